@@ -1,0 +1,64 @@
+//! The sidecar's own endpoints: `/healthz`, `/ready`, `/status`, `/metrics`, and JSON 404s.
+//!
+//! `/.well-known/*` and every unknown path answer `404` with `{"error":"not_found"}` as JSON:
+//! Claude Code probes OAuth discovery paths and treats a plain-text 404 as a crash and a 200 as
+//! "needs authentication" (PROTOCOL.md).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::server::App;
+
+pub async fn healthz() -> Response {
+    (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
+}
+
+pub async fn ready(State(app): State<Arc<App>>) -> Response {
+    let report = app.readiness.report();
+    let status = if report.ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(report)).into_response()
+}
+
+pub async fn status(State(app): State<Arc<App>>) -> Response {
+    let state = app.readiness.state();
+    let body = json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started_at": crate::time::rfc3339(app.started_at),
+        "upstream": crate::upstream::display_url(app.upstream.url()),
+        "path": app.path,
+        "ready": app.readiness.report(),
+        "handshake": {
+            "last_attempt": state.last_attempt_at.map(crate::time::rfc3339),
+            "last_success": state.last_success_at.map(crate::time::rfc3339),
+            "server": state.server,
+        },
+        "token": app.upstream.tokens().status(),
+        "counters": app.metrics.totals(),
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        app.metrics.encode(),
+    )
+        .into_response()
+}
+
+pub async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found" }))).into_response()
+}

@@ -1,0 +1,135 @@
+//! Command-line interface: parses arguments and dispatches to [`crate::commands`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes (sysexits.h where one fits, so scripts can tell "fix your config" from "try later").
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// Not ready, timed out, or the server stopped with an error.
+    pub const FAILURE: u8 = 1;
+    /// Invalid configuration or command line (EX_USAGE).
+    pub const CONFIG: u8 = 64;
+    /// A required service is unavailable, e.g. the listen address is taken (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: u8 = 69;
+    /// The command given to `wait` could not be executed.
+    pub const CANNOT_EXEC: u8 = 126;
+    pub const NOT_FOUND: u8 = 127;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-sidecar",
+    version,
+    about = "Holds OAuth credentials for an AI agent and proxies MCP to the remote server with a fresh token",
+    after_help = "Configuration comes from MCP_SIDECAR_* environment variables and an optional TOML file; \
+                  see `mcp-sidecar check-config` and the README."
+)]
+pub struct Cli {
+    /// TOML configuration file (default: $MCP_SIDECAR_CONFIG). Environment variables override it.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the proxy (the default).
+    Serve,
+    /// Exit 0 when the running sidecar answers 200: the container healthcheck (no curl needed).
+    Probe {
+        /// Check /ready (the default): the upstream handshake succeeded.
+        #[arg(long, conflicts_with = "live")]
+        ready: bool,
+        /// Check /healthz: the process is serving.
+        #[arg(long)]
+        live: bool,
+        /// Full URL to check (default: derived from MCP_SIDECAR_LISTEN).
+        #[arg(long)]
+        url: Option<String>,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "5s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Block until the sidecar is ready, printing each change of reason; then run CMD, or exit 0.
+    Wait {
+        /// Give up after this long and exit 1 with the last reason.
+        #[arg(long, default_value = "120s", value_parser = parse_duration)]
+        timeout: Duration,
+        /// The /ready URL (default: derived from MCP_SIDECAR_LISTEN).
+        #[arg(long)]
+        url: Option<String>,
+        /// How often to ask.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        interval: Duration,
+        /// Command to exec once ready (after `--`).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Validate the configuration and print it with secrets redacted; exit 64 on any problem.
+    CheckConfig,
+    /// Run a demo MCP upstream that demands a token, and the sidecar in front of it.
+    Demo {
+        /// Run only the demo upstream (for compose's demo profile and tests).
+        #[arg(long)]
+        upstream_only: bool,
+        /// Where the demo upstream listens.
+        #[arg(long, default_value = crate::demo::DEFAULT_DEMO_LISTEN, value_parser = crate::demo::parse_listen)]
+        listen: std::net::SocketAddr,
+        /// The token the demo upstream demands (default with the sidecar: a random one).
+        #[arg(
+            long,
+            env = "MCP_DEMO_TOKEN",
+            hide_env_values = true,
+            conflicts_with = "token_file"
+        )]
+        token: Option<String>,
+        /// File holding the token the demo upstream demands (re-read when it changes).
+        #[arg(long, env = "MCP_DEMO_TOKEN_FILE")]
+        token_file: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 2m: {e}"))
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                exit::CONFIG
+            } else {
+                exit::OK
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let code = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => crate::commands::serve::run(cli.config),
+        Command::CheckConfig => crate::commands::check_config::run(cli.config),
+        Command::Probe {
+            live, url, timeout, ..
+        } => crate::commands::probe::run(live, url, timeout),
+        Command::Wait {
+            timeout,
+            url,
+            interval,
+            command,
+        } => crate::commands::wait::run(url, timeout, interval, command),
+        Command::Demo {
+            upstream_only,
+            listen,
+            token,
+            token_file,
+        } => crate::commands::demo::run(cli.config, upstream_only, listen, token, token_file),
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,50 @@
+//! `mcp-sidecar serve`: load the configuration, bind, and run until SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use crate::cli::exit;
+use crate::config::{self, Sources};
+
+pub fn run(config_file: Option<PathBuf>) -> u8 {
+    let config = match config::load(&Sources::from_process(config_file)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        let shutdown = match crate::shutdown::signal() {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return exit::FAILURE;
+            }
+        };
+        let listener = match tokio::net::TcpListener::bind(config.listen).await {
+            Ok(listener) => listener,
+            Err(e) => {
+                tracing::error!(listen = %config.listen, error = %e, "cannot listen (MCP_SIDECAR_LISTEN)");
+                return exit::UNAVAILABLE;
+            }
+        };
+        match crate::server::serve(config, listener, shutdown).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                tracing::error!(error = %e, "stopped with an error");
+                exit::FAILURE
+            }
+        }
+    })
+}

@@ -1,0 +1,169 @@
+//! `mcp-sidecar wait`: hold an agent's start until the sidecar is ready.
+//!
+//! Polls `/ready`, prints each change of reason (and a device-code prompt when a login is
+//! pending) to stderr, a progress line every 15 s, and then execs the given command so the agent
+//! replaces this process (signals reach it directly, no zombie parent).
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::cli::exit;
+
+const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq)]
+struct Observation {
+    reason: String,
+    detail: String,
+    login: Option<Value>,
+}
+
+pub fn run(url: Option<String>, timeout: Duration, interval: Duration, command: Vec<String>) -> u8 {
+    let url = url.unwrap_or_else(|| super::local_url("/ready"));
+    let runtime = match super::client_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-sidecar wait: cannot start: {e}");
+            return exit::FAILURE;
+        }
+    };
+    let ready = runtime.block_on(wait_ready(&url, timeout, interval));
+    drop(runtime);
+    if !ready {
+        return exit::FAILURE;
+    }
+    if command.is_empty() {
+        return exit::OK;
+    }
+    exec(&command)
+}
+
+async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5).min(timeout))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mcp-sidecar wait: {e}");
+            return false;
+        }
+    };
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut last: Option<Observation> = None;
+    let mut last_print = Instant::now();
+    eprintln!(
+        "mcp-sidecar wait: waiting up to {} for {url}",
+        humantime::format_duration(timeout)
+    );
+    loop {
+        let (ready, observation) = ask(&client, url).await;
+        if ready {
+            eprintln!(
+                "mcp-sidecar wait: ready after {:.1}s: {}",
+                started.elapsed().as_secs_f32(),
+                observation.detail
+            );
+            return true;
+        }
+        if last.as_ref() != Some(&observation) {
+            eprintln!(
+                "mcp-sidecar wait: not ready: {}: {}",
+                observation.reason, observation.detail
+            );
+            if let Some(login) = &observation.login {
+                print_login(login);
+            }
+            last_print = Instant::now();
+            last = Some(observation.clone());
+        } else if last_print.elapsed() >= PROGRESS_EVERY {
+            eprintln!(
+                "mcp-sidecar wait: still waiting after {}s: {}",
+                started.elapsed().as_secs(),
+                observation.reason
+            );
+            last_print = Instant::now();
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let last = last.unwrap_or(observation);
+            eprintln!(
+                "mcp-sidecar wait: gave up after {}: last reason: {}: {}",
+                humantime::format_duration(timeout),
+                last.reason,
+                last.detail
+            );
+            return false;
+        }
+        tokio::time::sleep(interval.min(deadline - now)).await;
+    }
+}
+
+async fn ask(client: &reqwest::Client, url: &str) -> (bool, Observation) {
+    match client.get(url).send().await {
+        Ok(response) => {
+            let ok = response.status().is_success();
+            let status = response.status();
+            match response.json::<Value>().await {
+                Ok(body) => {
+                    let text = |key: &str| {
+                        body.get(key)
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    let ready = ok && body.get("ready").and_then(Value::as_bool).unwrap_or(ok);
+                    (
+                        ready,
+                        Observation {
+                            reason: text("reason"),
+                            detail: text("detail"),
+                            login: body.get("login").filter(|l| !l.is_null()).cloned(),
+                        },
+                    )
+                }
+                Err(_) => (
+                    false,
+                    Observation {
+                        reason: "unexpected_answer".into(),
+                        detail: format!("{url} answered {status} without a readiness report"),
+                        login: None,
+                    },
+                ),
+            }
+        }
+        Err(e) => (
+            false,
+            Observation {
+                reason: "sidecar_unreachable".into(),
+                detail: crate::upstream::describe_reqwest_error(&e),
+                login: None,
+            },
+        ),
+    }
+}
+
+fn print_login(login: &Value) {
+    let field = |k: &str| login.get(k).and_then(Value::as_str).unwrap_or("?");
+    eprintln!(
+        "mcp-sidecar wait: sign in: open {} and enter the code {} (expires {})",
+        field("verification_uri"),
+        field("user_code"),
+        field("expires_at")
+    );
+}
+
+fn exec(command: &[String]) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let error = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
+    eprintln!("mcp-sidecar wait: cannot run {}: {error}", command[0]);
+    if error.kind() == std::io::ErrorKind::NotFound {
+        exit::NOT_FOUND
+    } else {
+        exit::CANNOT_EXEC
+    }
+}

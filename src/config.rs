@@ -1,0 +1,1092 @@
+//! Configuration: where settings come from, what they mean, and every way they can be wrong.
+//!
+//! Sources merge with figment: built-in defaults < an optional TOML file (`--config` or
+//! `MCP_SIDECAR_CONFIG`) < environment variables `MCP_SIDECAR_*`. The merged values are read as an
+//! untyped map and validated here in one pass, so a user sees *every* problem at once, each naming
+//! its key (`MCP_SIDECAR_TOKEN_FILE`, or `token_file in /etc/mcp-sidecar.toml`).
+//!
+//! Two deliberate departures from the usual figment recipe, both to keep secrets out of messages:
+//! environment values are taken as strings verbatim (figment's `Env` would turn a token `0123` into
+//! the number 123), and type errors are described by the expected type only, never by echoing the
+//! offending value as serde and figment messages do.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::Format;
+use figment::value::{Dict, Map, Value};
+use figment::{Figment, Metadata, Profile, Provider};
+use url::Url;
+
+use crate::secret::{Secret, SecretFile, SecretSource};
+
+/// Prefix of every environment variable the sidecar reads.
+pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
+/// The environment variable naming the TOML file (not itself a setting).
+pub const CONFIG_ENV: &str = "MCP_SIDECAR_CONFIG";
+/// Default listen address: loopback, so nothing outside the pod or host can use the credentials.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4510";
+pub const DEFAULT_PATH: &str = "/mcp";
+pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// Every key the sidecar understands, for unknown-key detection and suggestions.
+const KNOWN_KEYS: &[&str] = &[
+    "upstream_url",
+    "allow_insecure_upstream",
+    "listen",
+    "path",
+    "allow_remote_clients",
+    "allowed_hosts",
+    "client_token",
+    "client_token_file",
+    "auth",
+    "token",
+    "token_file",
+    "headers",
+    "headers_file",
+    "ca_file",
+    "connect_timeout",
+    "ready_interval",
+    "ready_timeout",
+    "max_body_bytes",
+    "shutdown_grace",
+    "log",
+    "log_format",
+];
+
+/// The validated configuration the rest of the program runs on.
+#[derive(Debug)]
+pub struct Config {
+    pub upstream: UpstreamConfig,
+    pub listen: SocketAddr,
+    /// Path of the proxied MCP endpoint, e.g. `/mcp`.
+    pub path: String,
+    pub allow_remote_clients: bool,
+    /// Host names (besides loopback names) that clients may use to reach the sidecar.
+    pub allowed_hosts: Vec<String>,
+    /// Shared secret clients must present as `Authorization: Bearer ...`, when set.
+    pub client_token: Option<SecretSource>,
+    pub auth: AuthConfig,
+    pub ready: ReadyConfig,
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may take to finish after SIGTERM.
+    pub shutdown_grace: Duration,
+    pub log: LogConfig,
+}
+
+#[derive(Debug)]
+pub struct UpstreamConfig {
+    pub url: Url,
+    /// Extra static headers (`Name: value` lines); values are secrets.
+    pub headers: Option<SecretSource>,
+    pub ca_file: Option<PathBuf>,
+    pub connect_timeout: Duration,
+}
+
+/// Which credential the sidecar injects upstream.
+#[derive(Debug)]
+pub enum AuthConfig {
+    None,
+    Bearer(SecretSource),
+}
+
+impl AuthConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Bearer(_) => "bearer",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ReadyConfig {
+    /// How often the background handshake runs while healthy.
+    pub interval: Duration,
+    /// How long one handshake may take before it counts as failed.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A tracing filter directive, e.g. `info` or `mcp_sidecar=debug`.
+    pub filter: String,
+}
+
+/// One thing wrong with the configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The key as the user wrote it (`MCP_SIDECAR_TOKEN_FILE`, `token_file in /etc/x.toml`).
+    pub key: String,
+    pub message: String,
+}
+
+/// Every problem found, in key order. Displayed one per line.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl ConfigError {
+    fn render(&self) -> String {
+        let mut out = format!(
+            "invalid configuration ({} problem{}):",
+            self.problems.len(),
+            if self.problems.len() == 1 { "" } else { "s" }
+        );
+        for p in &self.problems {
+            out.push_str(&format!("\n  - {}: {}", p.key, p.message));
+        }
+        out
+    }
+}
+
+/// Where configuration comes from: the process environment in production, a map in tests
+/// (so tests never mutate the process environment).
+pub struct Sources {
+    pub file: Option<PathBuf>,
+    pub env: HashMap<String, String>,
+}
+
+impl Sources {
+    /// The real process environment, plus the `--config` argument if given.
+    pub fn from_process(config_arg: Option<PathBuf>) -> Self {
+        let env: HashMap<String, String> = std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+            .collect();
+        let file = config_arg.or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
+        Self { file, env }
+    }
+}
+
+/// Environment variables `MCP_SIDECAR_*` as a figment provider, values kept as verbatim strings.
+struct PrefixedEnv<'a>(&'a HashMap<String, String>);
+
+const ENV_METADATA: &str = "environment variable(s)";
+
+impl Provider for PrefixedEnv<'_> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(ENV_METADATA)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        let dict: Dict = self
+            .0
+            .iter()
+            .filter(|(k, _)| k.as_str() != CONFIG_ENV)
+            .filter_map(|(k, v)| {
+                let key = k.strip_prefix(ENV_PREFIX)?;
+                Some((key.to_ascii_lowercase(), Value::from(v.clone())))
+            })
+            .collect();
+        Ok(Profile::Default.collect(dict))
+    }
+}
+
+/// Loads and validates the configuration.
+pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let mut problems = Vec::new();
+    let mut figment = Figment::new();
+    let mut file_label = None;
+    if let Some(path) = &sources.file {
+        match read_toml(path) {
+            Ok(text) => {
+                figment = figment.merge(figment::providers::Toml::string(&text));
+                file_label = Some(path.display().to_string());
+            }
+            Err(message) => problems.push(Problem {
+                key: CONFIG_ENV.to_string(),
+                message,
+            }),
+        }
+    }
+    let figment = figment.merge(PrefixedEnv(&sources.env));
+    let raw: BTreeMap<String, Value> = match figment.extract() {
+        Ok(map) => map,
+        Err(_) => {
+            // Top-level extraction into a map only fails if the file is not a table, which
+            // `read_toml` already rejects; say so without echoing any value.
+            problems.push(Problem {
+                key: CONFIG_ENV.to_string(),
+                message: "configuration is not a table of keys".into(),
+            });
+            BTreeMap::new()
+        }
+    };
+    let mut reader = Reader {
+        raw,
+        figment: &figment,
+        file_label,
+        problems,
+    };
+    let config = reader.validate();
+    let mut problems = reader.problems;
+    if problems.is_empty() {
+        // `validate` returns `None` only after recording a problem.
+        config.ok_or_else(|| ConfigError {
+            problems: vec![Problem {
+                key: "configuration".into(),
+                message: "incomplete".into(),
+            }],
+        })
+    } else {
+        problems.sort_by(|a, b| a.key.cmp(&b.key));
+        problems.dedup();
+        Err(ConfigError { problems })
+    }
+}
+
+fn read_toml(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    // Parse once here to report errors by position only: toml's own messages quote the offending
+    // line, which may hold a secret.
+    if let Err(e) = text.parse::<toml::Table>() {
+        let position = e
+            .span()
+            .map(|span| {
+                let line = text[..span.start].matches('\n').count() + 1;
+                format!(" at line {line}")
+            })
+            .unwrap_or_default();
+        let first = e.message().lines().next().unwrap_or("syntax error");
+        return Err(format!(
+            "config file {} is not valid TOML{position}: {first}",
+            path.display()
+        ));
+    }
+    Ok(text)
+}
+
+/// Walks the raw values once, converting each and collecting problems.
+struct Reader<'a> {
+    raw: BTreeMap<String, Value>,
+    figment: &'a Figment,
+    file_label: Option<String>,
+    problems: Vec<Problem>,
+}
+
+impl Reader<'_> {
+    /// The key as the user wrote it, based on where its value came from.
+    fn label(&self, key: &str) -> String {
+        let from_env = self
+            .figment
+            .find_metadata(key)
+            .is_none_or(|m| m.name == ENV_METADATA);
+        match (&self.file_label, from_env) {
+            (Some(file), false) => format!("{key} in {file}"),
+            _ => format!("{ENV_PREFIX}{}", key.to_ascii_uppercase()),
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let key = self.label(key);
+        self.problems.push(Problem {
+            key,
+            message: message.into(),
+        });
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        let value = self.raw.get(key)?;
+        match value {
+            Value::String(_, s) => Some(s.clone()),
+            Value::Num(_, n) => n.to_u128().map(|n| n.to_string()).or_else(|| {
+                n.to_i128()
+                    .map(|n| n.to_string())
+                    .or_else(|| n.to_f64().map(|f| f.to_string()))
+            }),
+            Value::Bool(_, b) => Some(b.to_string()),
+            other => {
+                let kind = describe(other);
+                self.problem(key, format!("expected a string, found {kind}"));
+                None
+            }
+        }
+    }
+
+    /// A non-empty string, trimmed.
+    fn text(&mut self, key: &str) -> Option<String> {
+        let s = self.string(key)?;
+        let trimmed = s.trim();
+        if trimmed.is_empty() {
+            self.problem(key, "is set but empty");
+            None
+        } else {
+            Some(trimmed.to_string())
+        }
+    }
+
+    fn boolean(&mut self, key: &str, default: bool) -> bool {
+        match self.raw.get(key) {
+            None => default,
+            Some(Value::Bool(_, b)) => *b,
+            Some(Value::String(_, s)) => match s.trim().to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => true,
+                "false" | "0" | "no" | "off" | "" => false,
+                _ => {
+                    self.problem(key, "expected true or false");
+                    default
+                }
+            },
+            Some(other) => {
+                let kind = describe(other);
+                self.problem(key, format!("expected true or false, found {kind}"));
+                default
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &str, default: Duration) -> Duration {
+        let Some(value) = self.raw.get(key) else {
+            return default;
+        };
+        let parsed = match value {
+            Value::Num(_, n) => n.to_u128().map(|s| Duration::from_secs(s as u64)),
+            Value::String(_, s) => {
+                let s = s.trim();
+                match s.parse::<u64>() {
+                    Ok(secs) => Some(Duration::from_secs(secs)),
+                    Err(_) => humantime::parse_duration(s).ok(),
+                }
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(d) if !d.is_zero() => d,
+            Some(_) => {
+                self.problem(key, "must be greater than zero");
+                default
+            }
+            None => {
+                self.problem(key, "expected a duration such as 10s, 500ms or 2m");
+                default
+            }
+        }
+    }
+
+    fn positive_int(&mut self, key: &str, default: usize) -> usize {
+        let Some(value) = self.raw.get(key) else {
+            return default;
+        };
+        let parsed = match value {
+            Value::Num(_, n) => n.to_u128().and_then(|n| usize::try_from(n).ok()),
+            Value::String(_, s) => s.trim().parse::<usize>().ok(),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if n > 0 => n,
+            _ => {
+                self.problem(key, "expected a whole number greater than zero");
+                default
+            }
+        }
+    }
+
+    fn list(&mut self, key: &str) -> Vec<String> {
+        match self.raw.get(key) {
+            None => Vec::new(),
+            Some(Value::String(_, s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            Some(Value::Array(_, items)) => {
+                let mut out = Vec::new();
+                for item in items.clone() {
+                    match item {
+                        Value::String(_, s) => out.push(s.trim().to_string()),
+                        other => {
+                            let kind = describe(&other);
+                            self.problem(key, format!("expected a list of strings, found {kind}"));
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                let kind = describe(other);
+                self.problem(
+                    key,
+                    format!("expected a comma-separated list, found {kind}"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// A secret given as `key` or `key_file`; both set is an error.
+    fn secret(
+        &mut self,
+        key: &'static str,
+        file_key: &'static str,
+        env_name: &'static str,
+    ) -> Option<SecretSource> {
+        let inline = self.raw.contains_key(key);
+        let file = self.raw.contains_key(file_key);
+        match (inline, file) {
+            (true, true) => {
+                let other = self.label(file_key);
+                self.problem(key, format!("both this and {other} are set; use one"));
+                None
+            }
+            (true, false) => self
+                .text(key)
+                .map(|value| SecretSource::Inline(Secret::new(value))),
+            (false, true) => {
+                let path = self.text(file_key)?;
+                let file = SecretFile::new(env_name, PathBuf::from(&path));
+                // Fail early on a file that cannot be used at all; a file that is readable now
+                // may still be rotated later, which the proxy handles at run time.
+                if let Err(e) = file.read() {
+                    self.problem(file_key, strip_key_prefix(&e.to_string(), env_name));
+                }
+                Some(SecretSource::File(file))
+            }
+            (false, false) => None,
+        }
+    }
+
+    fn unknown_keys(&mut self) {
+        let unknown: Vec<String> = self
+            .raw
+            .keys()
+            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in unknown {
+            let suggestion = KNOWN_KEYS
+                .iter()
+                .map(|known| (strsim::jaro_winkler(&key, known), known))
+                .filter(|(score, _)| *score > 0.85)
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+                .map(|(_, known)| {
+                    format!(
+                        " (did you mean {}?)",
+                        self.label_like(&key, known.to_string())
+                    )
+                })
+                .unwrap_or_default();
+            self.problem(&key, format!("unknown key{suggestion}"));
+        }
+    }
+
+    /// Spells `known` the way `key` was spelled (env variable or TOML key).
+    fn label_like(&self, key: &str, known: String) -> String {
+        if self.label(key).starts_with(ENV_PREFIX) {
+            format!("{ENV_PREFIX}{}", known.to_ascii_uppercase())
+        } else {
+            known
+        }
+    }
+
+    fn validate(&mut self) -> Option<Config> {
+        self.unknown_keys();
+
+        let allow_insecure = self.boolean("allow_insecure_upstream", false);
+        let upstream_url = match self.text("upstream_url") {
+            None => {
+                if !self.raw.contains_key("upstream_url") {
+                    self.problem(
+                        "upstream_url",
+                        "is required: the remote MCP endpoint, e.g. https://mcp.example.com/mcp",
+                    );
+                }
+                None
+            }
+            Some(s) => self.upstream_url(&s, allow_insecure),
+        };
+
+        let listen = match self.text("listen") {
+            None => Some(
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("DEFAULT_LISTEN is a valid socket address"),
+            ),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.problem(
+                        "listen",
+                        "expected IP:PORT, e.g. 127.0.0.1:4510 or 0.0.0.0:4510",
+                    );
+                    None
+                }
+            },
+        };
+
+        let path = match self.text("path") {
+            None => DEFAULT_PATH.to_string(),
+            Some(p) => {
+                if !p.starts_with('/') || p.contains(['?', '#', ' ']) || p == "/" {
+                    self.problem("path", "expected an absolute path such as /mcp");
+                } else if is_reserved_path(&p) {
+                    self.problem(
+                        "path",
+                        "collides with an endpoint of the sidecar itself (/healthz, /ready, /status, /metrics, /.well-known)",
+                    );
+                }
+                p
+            }
+        };
+
+        let allow_remote_clients = self.boolean("allow_remote_clients", false);
+        let allowed_hosts: Vec<String> = self
+            .list("allowed_hosts")
+            .into_iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect();
+        let client_token = self.secret("client_token", "client_token_file", "CLIENT_TOKEN_FILE");
+        if let Some(addr) = listen
+            && !addr.ip().is_loopback()
+            && !allow_remote_clients
+            && client_token.is_none()
+        {
+            self.problem(
+                "listen",
+                format!(
+                    "{addr} is reachable from other machines, and anyone who reaches it uses the sidecar's credentials; \
+                     set {} or {}",
+                    self.label_like("listen", "allow_remote_clients=true".into()),
+                    self.label_like("listen", "client_token".into()),
+                ),
+            );
+        }
+
+        let auth = self.auth();
+        let headers = if matches!(self.raw.get("headers"), Some(Value::Dict(..))) {
+            if self.raw.contains_key("headers_file") {
+                let other = self.label("headers_file");
+                self.problem("headers", format!("both this and {other} are set; use one"));
+            }
+            self.table_headers()
+        } else {
+            self.secret("headers", "headers_file", "HEADERS_FILE")
+        };
+        if let Some(source) = headers
+            .as_ref()
+            .filter(|_| !matches!(self.raw.get("headers"), Some(Value::Dict(..))))
+        {
+            let header_key = match source {
+                SecretSource::Inline(_) => "headers",
+                SecretSource::File(_) => "headers_file",
+            };
+            if let Ok(text) = source.read()
+                && let Err(message) = crate::upstream::parse_extra_headers(text.expose())
+            {
+                self.problem(header_key, message);
+            }
+        }
+
+        let ca_file = self.text("ca_file").map(PathBuf::from);
+        if let Some(path) = &ca_file
+            && let Err(message) = crate::upstream::load_ca_file(path)
+        {
+            self.problem("ca_file", message);
+        }
+
+        let connect_timeout = self.duration("connect_timeout", Duration::from_secs(10));
+        let ready = ReadyConfig {
+            interval: self.duration("ready_interval", Duration::from_secs(30)),
+            timeout: self.duration("ready_timeout", Duration::from_secs(10)),
+        };
+        let max_body_bytes = self.positive_int("max_body_bytes", DEFAULT_MAX_BODY_BYTES);
+        let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let log = self.log();
+
+        Some(Config {
+            upstream: UpstreamConfig {
+                url: upstream_url?,
+                headers,
+                ca_file,
+                connect_timeout,
+            },
+            listen: listen?,
+            path,
+            allow_remote_clients,
+            allowed_hosts,
+            client_token,
+            auth: auth?,
+            ready,
+            max_body_bytes,
+            shutdown_grace,
+            log,
+        })
+    }
+
+    fn upstream_url(&mut self, s: &str, allow_insecure: bool) -> Option<Url> {
+        let url = match Url::parse(s) {
+            Ok(url) => url,
+            Err(e) => {
+                self.problem("upstream_url", format!("not a valid URL: {e}"));
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            // Credentials in the URL would leak into every log line that names the upstream.
+            self.problem(
+                "upstream_url",
+                "must not contain user:password; use TOKEN or HEADERS",
+            );
+            return None;
+        }
+        match url.scheme() {
+            "https" => Some(url),
+            "http" if allow_insecure || host_is_loopback(&url) => Some(url),
+            "http" => {
+                let hint = self.label_like("upstream_url", "allow_insecure_upstream=true".into());
+                self.problem(
+                    "upstream_url",
+                    format!(
+                        "plain http to a non-loopback host would send the token in clear text; use https or set {hint}"
+                    ),
+                );
+                None
+            }
+            other => {
+                self.problem(
+                    "upstream_url",
+                    format!("scheme {other} is not supported; use https"),
+                );
+                None
+            }
+        }
+    }
+
+    fn auth(&mut self) -> Option<AuthConfig> {
+        let token = self.secret("token", "token_file", "TOKEN_FILE");
+        let requested = self.text("auth").map(|s| s.to_ascii_lowercase());
+        match (requested.as_deref(), token) {
+            (None, None) | (Some("none"), None) => Some(AuthConfig::None),
+            (None | Some("bearer"), Some(token)) => Some(AuthConfig::Bearer(token)),
+            (Some("none"), Some(_)) => {
+                self.problem(
+                    "auth",
+                    "is none, but a token is configured; remove the token or set AUTH=bearer",
+                );
+                None
+            }
+            (Some("bearer"), None) => {
+                if !self.raw.contains_key("token") && !self.raw.contains_key("token_file") {
+                    self.problem("auth", "is bearer, but neither TOKEN nor TOKEN_FILE is set");
+                }
+                None
+            }
+            (Some(other), _) => {
+                // Echo the value only when it looks like a mistyped mode name: a credential pasted
+                // into the wrong variable must not end up in the error.
+                let shown = if other.len() <= 24
+                    && other.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                {
+                    format!(" {other:?}")
+                } else {
+                    String::new()
+                };
+                self.problem(
+                    "auth",
+                    format!("unknown or unsupported value{shown}; supported: none, bearer"),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[headers]` as a TOML table is accepted besides the `Name: value` text form.
+    fn table_headers(&mut self) -> Option<SecretSource> {
+        let Some(Value::Dict(_, dict)) = self.raw.get("headers") else {
+            return None;
+        };
+        let mut text = String::new();
+        let mut bad = Vec::new();
+        for (name, value) in dict {
+            match value {
+                Value::String(_, v) => text.push_str(&format!("{name}: {v}\n")),
+                _ => bad.push(name.clone()),
+            }
+        }
+        for name in bad {
+            self.problem(
+                "headers",
+                format!("value of header {name} must be a string"),
+            );
+        }
+        if let Err(message) = crate::upstream::parse_extra_headers(&text) {
+            self.problem("headers", message);
+        }
+        Some(SecretSource::Inline(Secret::new(text)))
+    }
+
+    fn log(&mut self) -> LogConfig {
+        let format = match self.text("log_format").map(|s| s.to_ascii_lowercase()) {
+            None => LogFormat::Text,
+            Some(s) if s == "text" => LogFormat::Text,
+            Some(s) if s == "json" => LogFormat::Json,
+            Some(_) => {
+                self.problem("log_format", "expected text or json");
+                LogFormat::Text
+            }
+        };
+        let filter = self.text("log").unwrap_or_else(|| "info".to_string());
+        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
+            self.problem(
+                "log",
+                "expected a level (error, warn, info, debug, trace) or a filter like mcp_sidecar=debug",
+            );
+        }
+        LogConfig { format, filter }
+    }
+}
+
+fn describe(value: &Value) -> &'static str {
+    match value {
+        Value::String(..) => "a string",
+        Value::Char(..) => "a character",
+        Value::Bool(..) => "a boolean",
+        Value::Num(..) => "a number",
+        Value::Empty(..) => "nothing",
+        Value::Dict(..) => "a table",
+        Value::Array(..) => "a list",
+    }
+}
+
+/// Secret errors already start with their key; the problem list names the key separately.
+fn strip_key_prefix(message: &str, key: &str) -> String {
+    message
+        .strip_prefix(key)
+        .and_then(|rest| rest.strip_prefix(": "))
+        .unwrap_or(message)
+        .to_string()
+}
+
+fn is_reserved_path(path: &str) -> bool {
+    ["/healthz", "/ready", "/status", "/metrics", "/.well-known"]
+        .iter()
+        .any(|reserved| path == *reserved || path.starts_with(&format!("{reserved}/")))
+}
+
+fn host_is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => is_loopback_name(d),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+/// Names that always resolve to this machine.
+pub fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    host == "localhost"
+        || host.ends_with(".localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// The resolved settings for `check-config`: every key, secrets redacted, files by path.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let secret = |s: &Option<SecretSource>| {
+            s.as_ref()
+                .map(SecretSource::describe)
+                .unwrap_or_else(|| "(not set)".into())
+        };
+        let mut rows = vec![
+            (
+                "UPSTREAM_URL",
+                crate::upstream::display_url(&self.upstream.url),
+            ),
+            ("LISTEN", self.listen.to_string()),
+            ("PATH", self.path.clone()),
+            (
+                "ALLOW_REMOTE_CLIENTS",
+                self.allow_remote_clients.to_string(),
+            ),
+            (
+                "ALLOWED_HOSTS",
+                if self.allowed_hosts.is_empty() {
+                    "(loopback names only)".into()
+                } else {
+                    format!("{} and loopback names", self.allowed_hosts.join(","))
+                },
+            ),
+            ("CLIENT_TOKEN", secret(&self.client_token)),
+            ("AUTH", self.auth.name().into()),
+        ];
+        if let AuthConfig::Bearer(token) = &self.auth {
+            rows.push(("TOKEN", token.describe()));
+        }
+        rows.extend([
+            ("HEADERS", self.header_summary()),
+            (
+                "CA_FILE",
+                self.upstream
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(built-in roots only)".into()),
+            ),
+            (
+                "CONNECT_TIMEOUT",
+                humantime::format_duration(self.upstream.connect_timeout).to_string(),
+            ),
+            (
+                "READY_INTERVAL",
+                humantime::format_duration(self.ready.interval).to_string(),
+            ),
+            (
+                "READY_TIMEOUT",
+                humantime::format_duration(self.ready.timeout).to_string(),
+            ),
+            ("MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            (
+                "SHUTDOWN_GRACE",
+                humantime::format_duration(self.shutdown_grace).to_string(),
+            ),
+            ("LOG", self.log.filter.clone()),
+            (
+                "LOG_FORMAT",
+                match self.log.format {
+                    LogFormat::Text => "text".into(),
+                    LogFormat::Json => "json".into(),
+                },
+            ),
+        ]);
+        rows
+    }
+
+    fn header_summary(&self) -> String {
+        match &self.upstream.headers {
+            None => "(none)".into(),
+            Some(SecretSource::File(f)) => format!("file {}", f.path().display()),
+            Some(source @ SecretSource::Inline(_)) => source
+                .read()
+                .ok()
+                .and_then(|s| crate::upstream::parse_extra_headers(s.expose()).ok())
+                .map(|hs| {
+                    hs.iter()
+                        .map(|(n, _)| format!("{n}: <redacted>"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                })
+                .unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources {
+            file: None,
+            env: pairs
+                .iter()
+                .map(|(k, v)| (format!("{ENV_PREFIX}{k}"), v.to_string()))
+                .collect(),
+        }
+    }
+
+    fn problems(sources: &Sources) -> Vec<Problem> {
+        load(sources)
+            .expect_err("configuration should be invalid")
+            .problems
+    }
+
+    #[test]
+    fn minimal_config_has_sensible_defaults() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://mcp.example.com/mcp")])).unwrap();
+        assert_eq!(config.listen.to_string(), "127.0.0.1:4510");
+        assert_eq!(config.path, "/mcp");
+        assert!(matches!(config.auth, AuthConfig::None));
+        assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
+        assert_eq!(config.ready.interval, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn token_is_kept_verbatim() {
+        // figment's Env provider would parse this as the number 123.
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://mcp.example.com/mcp"),
+            ("TOKEN", "0123"),
+        ]))
+        .unwrap();
+        let AuthConfig::Bearer(SecretSource::Inline(token)) = &config.auth else {
+            panic!("bearer auth inferred from TOKEN")
+        };
+        assert_eq!(token.expose(), "0123");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_with_its_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "").unwrap();
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "http://mcp.example.com/mcp"),
+            ("LISTEN", "0.0.0.0:4510"),
+            ("TOKEN_FILE", token_file.to_str().unwrap()),
+            ("READY_INTERVAL", "often"),
+            ("UPSTREM_URL", "typo"),
+        ]));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "MCP_SIDECAR_LISTEN",
+                "MCP_SIDECAR_READY_INTERVAL",
+                "MCP_SIDECAR_TOKEN_FILE",
+                "MCP_SIDECAR_UPSTREAM_URL",
+                "MCP_SIDECAR_UPSTREM_URL",
+            ]
+        );
+        assert!(
+            found[4]
+                .message
+                .contains("did you mean MCP_SIDECAR_UPSTREAM_URL")
+        );
+        assert!(
+            found[2].message.contains("is empty"),
+            "{}",
+            found[2].message
+        );
+    }
+
+    #[test]
+    fn missing_upstream_is_required() {
+        let found = problems(&env(&[]));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].key, "MCP_SIDECAR_UPSTREAM_URL");
+        assert!(found[0].message.starts_with("is required"));
+    }
+
+    #[test]
+    fn inline_and_file_together_is_an_error() {
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOKEN", "a"),
+            ("TOKEN_FILE", "/run/secrets/token"),
+        ]));
+        assert!(
+            found
+                .iter()
+                .any(|p| p.key == "MCP_SIDECAR_TOKEN"
+                    && p.message.contains("MCP_SIDECAR_TOKEN_FILE")),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_never_appear_in_problems() {
+        let canary = "canary-secret-91b2";
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            format!("upstream_url = \"https://x.example/mcp\"\ntoken = [\"{canary}\"]\nauth = \"{canary}\"\nheaders = \"X-Key {canary}\"\n"),
+        )
+        .unwrap();
+        let sources = Sources {
+            file: Some(file.clone()),
+            env: HashMap::new(),
+        };
+        let err = load(&sources).unwrap_err().to_string();
+        assert!(!err.contains(canary), "{err}");
+        assert!(
+            err.contains(&format!("token in {}", file.display())),
+            "{err}"
+        );
+
+        std::fs::write(&file, format!("token = \"{canary}\nbroken")).unwrap();
+        let err = load(&sources).unwrap_err().to_string();
+        assert!(!err.contains(canary), "{err}");
+        assert!(err.contains("not valid TOML at line 1"), "{err}");
+    }
+
+    #[test]
+    fn non_loopback_listen_needs_an_explicit_choice() {
+        let base = [
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("LISTEN", "0.0.0.0:4510"),
+        ];
+        assert!(load(&env(&base)).is_err());
+        let mut allowed = base.to_vec();
+        allowed.push(("ALLOW_REMOTE_CLIENTS", "true"));
+        assert!(load(&env(&allowed)).is_ok());
+        let mut with_token = base.to_vec();
+        with_token.push(("CLIENT_TOKEN", "shared"));
+        assert!(load(&env(&with_token)).is_ok());
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback_or_when_allowed() {
+        assert!(load(&env(&[("UPSTREAM_URL", "http://127.0.0.1:9/mcp")])).is_ok());
+        assert!(load(&env(&[("UPSTREAM_URL", "http://localhost:9/mcp")])).is_ok());
+        assert!(load(&env(&[("UPSTREAM_URL", "http://mcp.internal/mcp")])).is_err());
+        assert!(
+            load(&env(&[
+                ("UPSTREAM_URL", "http://mcp.internal/mcp"),
+                ("ALLOW_INSECURE_UPSTREAM", "true")
+            ]))
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn toml_file_and_env_merge_with_env_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "upstream_url = \"https://file.example/mcp\"\npath = \"/x\"\n[headers]\nX-Api-Key = \"k\"\n",
+        )
+        .unwrap();
+        let mut sources = env(&[("UPSTREAM_URL", "https://env.example/mcp")]);
+        sources.file = Some(file);
+        let config = load(&sources).unwrap();
+        assert_eq!(config.upstream.url.as_str(), "https://env.example/mcp");
+        assert_eq!(config.path, "/x");
+        assert_eq!(
+            config
+                .summary()
+                .iter()
+                .find(|r| r.0 == "HEADERS")
+                .unwrap()
+                .1,
+            "x-api-key: <redacted>"
+        );
+    }
+
+    #[test]
+    fn auth_value_and_inference() {
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("AUTH", "bearer"),
+        ]));
+        assert!(found[0].message.contains("neither TOKEN nor TOKEN_FILE"));
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("AUTH", "magic"),
+        ]));
+        assert!(found[0].message.contains("supported: none, bearer"));
+    }
+
+    #[test]
+    fn reserved_paths_are_refused() {
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("PATH", "/ready"),
+        ]));
+        assert_eq!(found[0].key, "MCP_SIDECAR_PATH");
+    }
+}

@@ -1,0 +1,399 @@
+//! The MCP handshake that proves the upstream works with the current credential.
+//!
+//! `/ready` must mean "a client connecting now will get tools", so the check speaks MCP through
+//! the same [`Upstream`] path (token injection, refresh-and-retry) as proxied requests:
+//!
+//! - Modern servers (2026-07-28, stateless): `POST server/discover`.
+//! - Older servers (2025-11-25 and before): `POST initialize` (reply as JSON or SSE, priming events
+//!   skipped, id matched), `POST notifications/initialized` (202), `DELETE` of the session.
+//!
+//! Which one a server speaks is learnt from its answers (PROTOCOL.md, "Version detection": a 400
+//! with -32022 means modern, other 4xx means legacy) and remembered, so a steady-state check costs
+//! one round trip sequence, not a probe of both.
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::upstream::{Upstream, UpstreamError};
+
+pub const MODERN_VERSION: &str = "2026-07-28";
+pub const LEGACY_VERSION: &str = "2025-11-25";
+/// JSON-RPC error code of "unsupported protocol version" (2026-07-28).
+const UNSUPPORTED_VERSION: i64 = -32022;
+/// Replies larger than this are not a handshake answer; stop reading rather than buffer them.
+const MAX_REPLY_BYTES: usize = 1024 * 1024;
+
+static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
+
+/// Which handshake the upstream answered last time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Unknown,
+    /// `server/discover`, no sessions.
+    Stateless,
+    /// `initialize` with an optional session.
+    Initialize,
+}
+
+/// What a successful handshake learnt about the upstream (shown in `/status`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServerInfo {
+    pub protocol_version: String,
+    pub server_name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<String>,
+    pub mode: Mode,
+}
+
+/// Why the handshake failed, mapped one-to-one onto `/ready` reasons.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The upstream answered, but not like a working MCP server.
+    #[error("{0}")]
+    Failed(String),
+    /// A gateway in front of the server answered 502/503/504: the server itself is not reachable.
+    #[error("{0}")]
+    GatewayUnavailable(String),
+}
+
+/// Runs the handshake. `mode` is what worked last time and is updated on success.
+pub async fn run(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, HandshakeError> {
+    let info = match *mode {
+        Mode::Initialize => match initialize(upstream).await? {
+            Legacy::Done(info) => info,
+            Legacy::ServerIsModern => discover(upstream).await?.ok_or_else(|| {
+                HandshakeError::Failed(
+                    "initialize was refused as an unsupported version, and server/discover failed too".into(),
+                )
+            })?,
+        },
+        Mode::Unknown | Mode::Stateless => match discover(upstream).await? {
+            Some(info) => info,
+            None => match initialize(upstream).await? {
+                Legacy::Done(info) => info,
+                Legacy::ServerIsModern => {
+                    return Err(HandshakeError::Failed(
+                        "the server refused both server/discover and initialize as unsupported protocol versions".into(),
+                    ));
+                }
+            },
+        },
+    };
+    *mode = info.mode;
+    Ok(info)
+}
+
+/// `Some(info)` when the server speaks the stateless protocol; `None` when it answered like an
+/// older server (so the caller tries `initialize`).
+async fn discover(upstream: &Upstream) -> Result<Option<ServerInfo>, HandshakeError> {
+    let id = request_id("discover");
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "server/discover",
+        "params": { "_meta": { "io.modelcontextprotocol/protocolVersion": MODERN_VERSION } },
+    });
+    let mut headers = post_headers();
+    headers.insert(
+        MCP_PROTOCOL_VERSION.clone(),
+        HeaderValue::from_static(MODERN_VERSION),
+    );
+    headers.insert(
+        MCP_METHOD.clone(),
+        HeaderValue::from_static("server/discover"),
+    );
+    let response = upstream
+        .send(Method::POST, None, headers, Bytes::from(body.to_string()))
+        .await?;
+    let status = response.status();
+    check_gateway(status, "server/discover")?;
+    if status.is_client_error() || status == StatusCode::METHOD_NOT_ALLOWED {
+        // -32022 would mean "modern, but not this version": this sidecar knows only one modern
+        // version, so that too is answered by falling back to initialize, which the server will
+        // refuse again if it really is modern-only.
+        return Ok(None);
+    }
+    if !status.is_success() {
+        return Err(HandshakeError::Failed(format!(
+            "server/discover answered HTTP {status}"
+        )));
+    }
+    let reply = read_reply(response, &id, "server/discover").await?;
+    if reply.get("error").is_some() {
+        // Method not found and friends: an older server without server/discover.
+        return Ok(None);
+    }
+    let result = reply.get("result").ok_or_else(|| {
+        HandshakeError::Failed("server/discover reply has neither result nor error".into())
+    })?;
+    let (server_name, server_version) = server_info(result);
+    Ok(Some(ServerInfo {
+        protocol_version: result
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .unwrap_or(MODERN_VERSION)
+            .to_string(),
+        server_name: server_name.unwrap_or_else(|| "(unnamed)".into()),
+        server_version,
+        mode: Mode::Stateless,
+    }))
+}
+
+enum Legacy {
+    Done(ServerInfo),
+    /// 400 with -32022: the server only speaks the stateless protocol.
+    ServerIsModern,
+}
+
+async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
+    let id = request_id("initialize");
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LEGACY_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "mcp-sidecar-readiness", "version": env!("CARGO_PKG_VERSION") },
+        },
+    });
+    let response = upstream
+        .send(
+            Method::POST,
+            None,
+            post_headers(),
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+    let status = response.status();
+    check_gateway(status, "initialize")?;
+    if !status.is_success() {
+        let reply = read_reply_lenient(response).await;
+        if status == StatusCode::BAD_REQUEST && error_code(&reply) == Some(UNSUPPORTED_VERSION) {
+            return Ok(Legacy::ServerIsModern);
+        }
+        return Err(HandshakeError::Failed(format!(
+            "initialize answered HTTP {status}{}",
+            error_message(&reply)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        )));
+    }
+    let session = response.headers().get(&MCP_SESSION_ID).cloned();
+    let reply = read_reply(response, &id, "initialize").await?;
+    if let Some(message) = error_message(&Some(reply.clone())) {
+        return Err(HandshakeError::Failed(format!(
+            "initialize returned an error: {message}"
+        )));
+    }
+    let result = reply
+        .get("result")
+        .ok_or_else(|| HandshakeError::Failed("initialize reply has no result".into()))?;
+    let protocol_version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HandshakeError::Failed("initialize result has no protocolVersion".into()))?
+        .to_string();
+    let (server_name, server_version) = server_info(result);
+    let server_name = server_name
+        .ok_or_else(|| HandshakeError::Failed("initialize result has no serverInfo.name".into()))?;
+
+    let mut headers = post_headers();
+    if let Some(session) = &session {
+        headers.insert(MCP_SESSION_ID.clone(), session.clone());
+    }
+    if let Ok(version) = HeaderValue::try_from(protocol_version.as_str()) {
+        headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
+    }
+    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let response = upstream
+        .send(
+            Method::POST,
+            None,
+            headers.clone(),
+            Bytes::from(notification.to_string()),
+        )
+        .await?;
+    let status = response.status();
+    check_gateway(status, "notifications/initialized")?;
+    if !status.is_success() {
+        return Err(HandshakeError::Failed(format!(
+            "notifications/initialized answered HTTP {status} (expected 202)"
+        )));
+    }
+    drop(response);
+
+    if session.is_some() {
+        headers.remove(CONTENT_TYPE);
+        let response = upstream
+            .send(Method::DELETE, None, headers, Bytes::new())
+            .await?;
+        let status = response.status();
+        // 405: the server does not let clients end sessions; 404: it already forgot this one.
+        // Neither says anything about whether tools work, so neither fails the check.
+        if !(status.is_success()
+            || status == StatusCode::METHOD_NOT_ALLOWED
+            || status == StatusCode::NOT_FOUND)
+        {
+            tracing::warn!(%status, "upstream answered DELETE of the readiness session unexpectedly");
+        }
+    }
+    Ok(Legacy::Done(ServerInfo {
+        protocol_version,
+        server_name,
+        server_version,
+        mode: Mode::Initialize,
+    }))
+}
+
+fn post_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        ACCEPT,
+        HeaderValue::from_static("application/json, text/event-stream"),
+    );
+    headers
+}
+
+fn request_id(method: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!(
+        "mcp-sidecar-{method}-{}",
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn check_gateway(status: StatusCode, step: &str) -> Result<(), HandshakeError> {
+    if matches!(status.as_u16(), 502..=504) {
+        return Err(HandshakeError::GatewayUnavailable(format!(
+            "{step} answered HTTP {status}"
+        )));
+    }
+    Ok(())
+}
+
+fn server_info(result: &Value) -> (Option<String>, Option<String>) {
+    let info = result.get("serverInfo");
+    let field = |name| {
+        info.and_then(|i| i.get(name))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    (field("name"), field("version"))
+}
+
+fn error_code(reply: &Option<Value>) -> Option<i64> {
+    reply.as_ref()?.get("error")?.get("code")?.as_i64()
+}
+
+fn error_message(reply: &Option<Value>) -> Option<String> {
+    let error = reply.as_ref()?.get("error")?;
+    let code = error.get("code").and_then(Value::as_i64);
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or("(no message)");
+    Some(match code {
+        Some(code) => format!("{message} ({code})"),
+        None => message.to_string(),
+    })
+}
+
+/// Reads a successful reply: a JSON body, or an SSE stream in which the event answering `id`
+/// arrives after any number of priming events, notifications and server requests.
+async fn read_reply(
+    response: reqwest::Response,
+    id: &str,
+    step: &str,
+) -> Result<Value, HandshakeError> {
+    let content_type = response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("text/event-stream") {
+        let mut parser = crate::sse::Parser::new();
+        let mut stream = response.bytes_stream();
+        let mut total = 0usize;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                HandshakeError::Upstream(UpstreamError::Unreachable(format!(
+                    "{step} reply stream broke: {}",
+                    crate::upstream::describe_reqwest_error(&e)
+                )))
+            })?;
+            total += chunk.len();
+            for event in parser.push(&chunk) {
+                if event.data.is_empty() {
+                    continue;
+                }
+                if let Ok(message) = serde_json::from_str::<Value>(&event.data)
+                    && message.get("id").and_then(Value::as_str) == Some(id)
+                {
+                    return Ok(message);
+                }
+            }
+            if total > MAX_REPLY_BYTES {
+                break;
+            }
+        }
+        return Err(HandshakeError::Failed(format!(
+            "{step} reply stream ended without an answer to the request"
+        )));
+    }
+    if !content_type.starts_with("application/json") {
+        let shown = if content_type.is_empty() {
+            "no content type".to_string()
+        } else {
+            content_type
+        };
+        return Err(HandshakeError::Failed(format!(
+            "{step} reply is {shown}, expected application/json or text/event-stream"
+        )));
+    }
+    let body = read_limited(response).await.map_err(|e| {
+        HandshakeError::Upstream(UpstreamError::Unreachable(format!(
+            "{step} reply broke off: {e}"
+        )))
+    })?;
+    let message: Value = serde_json::from_slice(&body)
+        .map_err(|e| HandshakeError::Failed(format!("{step} reply is not valid JSON ({e})")))?;
+    if !message.is_object() || message.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err(HandshakeError::Failed(format!(
+            "{step} reply is not a JSON-RPC 2.0 message"
+        )));
+    }
+    Ok(message)
+}
+
+/// Reads an error reply for its JSON-RPC error, if it has one; never fails.
+async fn read_reply_lenient(response: reqwest::Response) -> Option<Value> {
+    let body = read_limited(response).await.ok()?;
+    serde_json::from_slice(&body).ok()
+}
+
+async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+    let mut stream = response.bytes_stream();
+    let mut body = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| crate::upstream::describe_reqwest_error(&e))?;
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_REPLY_BYTES {
+            return Err(format!("reply larger than {MAX_REPLY_BYTES} bytes"));
+        }
+    }
+    Ok(body)
+}

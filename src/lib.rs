@@ -1,0 +1,38 @@
+//! mcp-sidecar: holds the credentials an AI agent needs for a remote MCP server, keeps them
+//! fresh, proxies MCP to the server with the token injected, and reports readiness only after a
+//! real MCP handshake succeeded.
+//!
+//! Map of the crate (one module per concern):
+//! - [`config`]: sources, validation, every problem at once; [`secret`]: unprintable secrets and
+//!   re-read secret files.
+//! - [`token`]: the `TokenSource` abstraction and one provider per file.
+//! - [`upstream`]: the shared HTTP client and the refresh-and-retry rule; [`challenge`]:
+//!   `WWW-Authenticate` parsing.
+//! - [`proxy`]: the MCP endpoint; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
+//!   sidecar's own error replies.
+//! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
+//!   [`metrics`]: counters.
+//! - [`server`]: wiring and graceful shutdown; [`cli`] and [`commands`]: the binary's commands;
+//!   [`demo`]: the built-in demo upstream.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod challenge;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod demo;
+pub mod guard;
+pub mod handshake;
+pub mod jsonrpc;
+pub mod metrics;
+pub mod proxy;
+pub mod readiness;
+pub mod secret;
+pub mod server;
+pub mod shutdown;
+pub mod sse;
+pub mod telemetry;
+pub mod time;
+pub mod token;
+pub mod upstream;

@@ -1,0 +1,305 @@
+//! The proxied MCP endpoint (`PATH`, POST/GET/DELETE).
+//!
+//! Requests are checked ([`crate::guard`]), their body read up to the limit (kept for a replay
+//! after a token refresh), and sent upstream with the sidecar's credential. The upstream's answer
+//! goes back unchanged and unbuffered: status, headers (minus hop-by-hop ones), and a body streamed
+//! chunk by chunk, so an SSE event reaches the client the moment the upstream flushes it. When the
+//! client goes away, axum drops this handler's future or the response body, which drops the
+//! upstream request with it.
+//!
+//! Failures the client cannot act on (unreachable upstream, refused credential) come back as a
+//! JSON-RPC error with the request's id and status 502/503, never 401 or a bare 403.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use crate::jsonrpc::{self, Code};
+use crate::metrics::Outcome;
+use crate::server::App;
+use crate::upstream::UpstreamError;
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
+/// de-facto ones proxies also drop.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+
+pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    let started = Instant::now();
+    let (parts, body) = request.into_parts();
+    let method = parts.method.clone();
+
+    if let Err(refusal) = app.guard.check(&parts.uri, &parts.headers) {
+        tracing::warn!(%method, reason = %refusal.0, "refused a client request");
+        app.metrics.record_request(&method, Outcome::refused);
+        return error_response(
+            StatusCode::FORBIDDEN,
+            Value::Null,
+            Code::Refused,
+            &refusal.0,
+            "forbidden",
+        );
+    }
+    if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
+        app.metrics.record_request(&method, Outcome::refused);
+        let mut response = error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            Value::Null,
+            Code::Refused,
+            &format!("method {method} is not supported on the MCP endpoint"),
+            "method_not_allowed",
+        );
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+        return response;
+    }
+
+    let body = match read_body(body, &parts.headers, app.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => {
+            app.metrics.record_request(&method, Outcome::refused);
+            return response;
+        }
+    };
+
+    let headers = upstream_request_headers(&parts.headers);
+    let result = app
+        .upstream
+        .send(method.clone(), parts.uri.query(), headers, body.clone())
+        .await;
+
+    match result {
+        Ok(upstream) => {
+            let status = upstream.status();
+            if status.is_server_error() {
+                app.readiness.trigger();
+            }
+            if tracing::enabled!(tracing::Level::DEBUG) {
+                tracing::debug!(
+                    %method,
+                    rpc = jsonrpc::request_method(&body).as_deref().unwrap_or("-"),
+                    status = status.as_u16(),
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "proxied"
+                );
+            }
+            app.metrics.record_request(&method, Outcome::forwarded);
+            forward_response(&app, upstream)
+        }
+        Err(error) => {
+            app.readiness.trigger();
+            let id = jsonrpc::request_id(&body);
+            let (status, code, outcome, reason) = match &error {
+                UpstreamError::NoCredential(_) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::AuthRequired,
+                    Outcome::auth_required,
+                    "auth_required",
+                ),
+                UpstreamError::Unreachable(_) | UpstreamError::Headers(_) => (
+                    StatusCode::BAD_GATEWAY,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "upstream_unreachable",
+                ),
+                UpstreamError::AuthRejected { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    Code::UpstreamAuthRejected,
+                    Outcome::upstream_auth_rejected,
+                    "upstream_auth_rejected",
+                ),
+            };
+            tracing::warn!(%method, reason, error = %error, "could not proxy a request");
+            app.metrics.record_request(&method, outcome);
+            error_response(status, id, code, &format!("mcp-sidecar: {error}"), reason)
+        }
+    }
+}
+
+/// Reads the whole request body (MCP requests are single JSON-RPC messages), refusing bodies
+/// over the limit with 413 before reading them when the length is declared.
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Value::Null,
+            Code::Refused,
+            &format!(
+                "the request body exceeds the limit of {limit} bytes (MCP_SIDECAR_MAX_BODY_BYTES)"
+            ),
+            "body_too_large",
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => Ok(bytes),
+        Err(e) => {
+            let over_limit =
+                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                    e.source()
+                })
+                .any(|e| e.is::<http_body_util::LengthLimitError>());
+            if over_limit {
+                Err(too_large())
+            } else {
+                Err(error_response(
+                    StatusCode::BAD_REQUEST,
+                    Value::Null,
+                    Code::Refused,
+                    "the request body could not be read",
+                    "bad_request",
+                ))
+            }
+        }
+    }
+}
+
+/// The client's headers as the upstream should see them: everything except hop-by-hop headers,
+/// the ones the HTTP client sets itself, and the client's own `Authorization` (replaced by the
+/// sidecar's credential, or the client token meant only for the sidecar).
+fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(client.len());
+    let listed = connection_listed(client);
+    for (name, value) in client {
+        if HOP_BY_HOP.contains(name)
+            || listed.contains(name)
+            || name == header::HOST
+            || name == header::CONTENT_LENGTH
+            || name == header::AUTHORIZATION
+            // Compressed upstream responses tend to be buffered by the compressor; asking for
+            // identity keeps SSE events flowing one by one.
+            || name == header::ACCEPT_ENCODING
+        {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Header names a `Connection` header declares hop-by-hop.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect()
+}
+
+fn forward_response(app: &Arc<App>, upstream: reqwest::Response) -> Response {
+    let status = upstream.status();
+    let listed = connection_listed(upstream.headers());
+    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 1);
+    for (name, value) in upstream.headers() {
+        if HOP_BY_HOP.contains(name) || listed.contains(name) {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    if is_sse {
+        // Tells nginx-style intermediaries between agent and sidecar not to hold events back.
+        headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+    }
+
+    let readiness = app.readiness.clone();
+    let guard = is_sse.then(|| app.metrics.stream_guard());
+    let stream = upstream.bytes_stream().map(move |chunk| {
+        // The guard lives as long as the stream, counting open SSE streams.
+        let _ = &guard;
+        if let Err(e) = &chunk {
+            tracing::warn!(
+                error = %crate::upstream::describe_reqwest_error(e),
+                "upstream response broke off mid-stream"
+            );
+            readiness.trigger();
+        }
+        chunk
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+}
+
+/// A JSON-RPC error response produced by the sidecar itself.
+pub fn error_response(
+    status: StatusCode,
+    id: Value,
+    code: Code,
+    message: &str,
+    reason: &str,
+) -> Response {
+    (
+        status,
+        axum::Json(jsonrpc::error_body(id, code, message, reason)),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_headers_drop_hop_by_hop_auth_and_connection_listed() {
+        let mut client = HeaderMap::new();
+        client.insert(header::AUTHORIZATION, "Bearer client".parse().unwrap());
+        client.insert(header::CONNECTION, "keep-alive, X-Private".parse().unwrap());
+        client.insert("x-private", "1".parse().unwrap());
+        client.insert(header::HOST, "localhost:4510".parse().unwrap());
+        client.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
+        client.insert("mcp-session-id", "s1".parse().unwrap());
+        client.insert("last-event-id", "e5".parse().unwrap());
+        client.insert("mcp-param-region", "eu".parse().unwrap());
+        client.insert(
+            header::ACCEPT,
+            "application/json, text/event-stream".parse().unwrap(),
+        );
+        let out = upstream_request_headers(&client);
+        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
+        assert!(!names.contains(&"authorization"));
+        assert!(!names.contains(&"connection"));
+        assert!(!names.contains(&"x-private"));
+        assert!(!names.contains(&"host"));
+        assert!(!names.contains(&"accept-encoding"));
+        for kept in [
+            "mcp-session-id",
+            "last-event-id",
+            "mcp-param-region",
+            "accept",
+        ] {
+            assert!(names.contains(&kept), "{kept} must be forwarded");
+        }
+    }
+}

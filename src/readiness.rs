@@ -1,0 +1,295 @@
+//! Readiness: what `/ready` reports and the background checker that decides it.
+//!
+//! The checker performs a real MCP handshake ([`crate::handshake`]) at start, then on an interval
+//! while healthy, with a short backoff while not (so an agent waiting on `/ready` starts within
+//! a second or two of the upstream coming up), and at once when the proxy reports an upstream
+//! failure. Probes only read the last result: a flood of `/ready` requests never reaches the
+//! upstream.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::config::ReadyConfig;
+use crate::handshake::{self, HandshakeError, Mode, ServerInfo};
+use crate::metrics::Metrics;
+use crate::upstream::{Upstream, UpstreamError};
+
+/// The reasons of DESIGN.md, plus `ready`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Ready,
+    Starting,
+    AuthRequired,
+    UpstreamUnreachable,
+    UpstreamAuthRejected,
+    HandshakeFailed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Starting => "starting",
+            Self::AuthRequired => "auth_required",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamAuthRejected => "upstream_auth_rejected",
+            Self::HandshakeFailed => "handshake_failed",
+        }
+    }
+}
+
+/// A pending interactive login (device code), shown so a human can complete it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Login {
+    pub verification_uri: String,
+    pub user_code: String,
+    pub expires_at: String,
+}
+
+/// The body of `/ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub ready: bool,
+    pub reason: Reason,
+    pub detail: String,
+    /// When the current reason began (RFC 3339).
+    pub since: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub login: Option<Login>,
+}
+
+/// What the checker knows; `/ready` and `/status` read it.
+#[derive(Debug, Clone)]
+pub struct State {
+    pub reason: Reason,
+    pub detail: String,
+    pub since: SystemTime,
+    pub login: Option<Login>,
+    pub last_success: Option<Instant>,
+    pub last_success_at: Option<SystemTime>,
+    pub last_attempt_at: Option<SystemTime>,
+    pub server: Option<ServerInfo>,
+}
+
+/// Shared readiness handle.
+pub struct Readiness {
+    state: watch::Sender<State>,
+    wake: Notify,
+    config: ReadyConfig,
+    /// Set when the proxy asked for a check; cleared when the checker picks it up.
+    requested: Mutex<Option<Instant>>,
+}
+
+/// How soon after one check a proxy-triggered check may run, so a burst of failing requests
+/// causes one handshake, not one per request.
+const MIN_TRIGGERED_SPACING: Duration = Duration::from_secs(1);
+/// Retry schedule while not ready: fast at first, never slower than this.
+const UNREADY_BACKOFF_START: Duration = Duration::from_millis(250);
+const UNREADY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// While not ready, repeat the reason in the log this often so a long wait shows progress.
+const PROGRESS_EVERY: Duration = Duration::from_secs(30);
+
+impl Readiness {
+    pub fn new(config: ReadyConfig) -> Arc<Self> {
+        let (state, _) = watch::channel(State {
+            reason: Reason::Starting,
+            detail: "the first handshake with the upstream has not completed yet".into(),
+            since: SystemTime::now(),
+            login: None,
+            last_success: None,
+            last_success_at: None,
+            last_attempt_at: None,
+            server: None,
+        });
+        Arc::new(Self {
+            state,
+            wake: Notify::new(),
+            config,
+            requested: Mutex::new(None),
+        })
+    }
+
+    /// The proxy saw the upstream fail: check again soon, instead of at the next interval.
+    pub fn trigger(&self) {
+        let mut requested = self.requested.lock().unwrap_or_else(|p| p.into_inner());
+        if requested.is_none() {
+            *requested = Some(Instant::now());
+            self.wake.notify_one();
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    /// The `/ready` body. A success older than one interval (plus the check's own timeout) no
+    /// longer counts: a stuck checker must not keep reporting ready.
+    pub fn report(&self) -> Report {
+        let state = self.state.borrow();
+        let stale_after = self.config.interval + self.config.timeout + Duration::from_secs(1);
+        if state.reason == Reason::Ready
+            && state
+                .last_success
+                .is_none_or(|at| at.elapsed() > stale_after)
+        {
+            return Report {
+                ready: false,
+                reason: Reason::HandshakeFailed,
+                detail: format!(
+                    "no successful handshake in the last {}s",
+                    stale_after.as_secs()
+                ),
+                since: crate::time::rfc3339(state.since),
+                login: None,
+            };
+        }
+        Report {
+            ready: state.reason == Reason::Ready,
+            reason: state.reason,
+            detail: state.detail.clone(),
+            since: crate::time::rfc3339(state.since),
+            login: state.login.clone(),
+        }
+    }
+
+    /// Runs checks until `shutdown` resolves.
+    pub async fn run_checker(
+        self: Arc<Self>,
+        upstream: Arc<Upstream>,
+        metrics: Arc<Metrics>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(shutdown);
+        let mut mode = Mode::Unknown;
+        let mut backoff = UNREADY_BACKOFF_START;
+        let mut last_progress = Instant::now();
+        loop {
+            *self.requested.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            let started = Instant::now();
+            let outcome =
+                tokio::time::timeout(self.config.timeout, handshake::run(&upstream, &mut mode))
+                    .await;
+            let (reason, detail, server) = classify(outcome, self.config.timeout);
+            metrics.record_handshake(reason == Reason::Ready);
+            self.update(reason, detail, server, &mut last_progress);
+
+            let wait = if reason == Reason::Ready {
+                backoff = UNREADY_BACKOFF_START;
+                self.config.interval
+            } else {
+                let wait = backoff.min(self.config.interval);
+                backoff = (backoff * 2).min(UNREADY_BACKOFF_MAX);
+                wait
+            };
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.wake.notified() => {
+                    let since = started.elapsed();
+                    if since < MIN_TRIGGERED_SPACING {
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            _ = tokio::time::sleep(MIN_TRIGGERED_SPACING - since) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn update(
+        &self,
+        reason: Reason,
+        detail: String,
+        server: Option<ServerInfo>,
+        last_progress: &mut Instant,
+    ) {
+        let now = SystemTime::now();
+        self.state.send_modify(|state| {
+            let changed = state.reason != reason;
+            if changed {
+                state.since = now;
+                match reason {
+                    Reason::Ready => tracing::info!(
+                        reason = reason.as_str(),
+                        detail = %detail,
+                        "upstream ready"
+                    ),
+                    _ => tracing::warn!(
+                        reason = reason.as_str(),
+                        detail = %detail,
+                        "upstream not ready"
+                    ),
+                }
+                *last_progress = Instant::now();
+            } else if reason != Reason::Ready && last_progress.elapsed() >= PROGRESS_EVERY {
+                let waited = now
+                    .duration_since(state.since)
+                    .unwrap_or_default()
+                    .as_secs();
+                tracing::info!(
+                    reason = reason.as_str(),
+                    detail = %detail,
+                    waited_secs = waited,
+                    "upstream still not ready"
+                );
+                *last_progress = Instant::now();
+            }
+            state.reason = reason;
+            state.detail = detail;
+            state.last_attempt_at = Some(now);
+            if let Some(server) = server {
+                state.last_success = Some(Instant::now());
+                state.last_success_at = Some(now);
+                state.server = Some(server);
+            }
+        });
+    }
+}
+
+fn classify(
+    outcome: Result<Result<ServerInfo, HandshakeError>, tokio::time::error::Elapsed>,
+    timeout: Duration,
+) -> (Reason, String, Option<ServerInfo>) {
+    match outcome {
+        Err(_) => (
+            Reason::UpstreamUnreachable,
+            format!(
+                "the handshake did not complete within {}s",
+                timeout.as_secs_f32()
+            ),
+            None,
+        ),
+        Ok(Ok(server)) => {
+            let detail = format!(
+                "handshake with {}{} succeeded (protocol {})",
+                server.server_name,
+                server
+                    .server_version
+                    .as_deref()
+                    .map(|v| format!(" {v}"))
+                    .unwrap_or_default(),
+                server.protocol_version
+            );
+            (Reason::Ready, detail, Some(server))
+        }
+        Ok(Err(e)) => {
+            let reason = match &e {
+                HandshakeError::Upstream(UpstreamError::NoCredential(_)) => Reason::AuthRequired,
+                HandshakeError::Upstream(UpstreamError::Headers(_)) => Reason::HandshakeFailed,
+                HandshakeError::Upstream(UpstreamError::Unreachable(_))
+                | HandshakeError::GatewayUnavailable(_) => Reason::UpstreamUnreachable,
+                HandshakeError::Upstream(UpstreamError::AuthRejected { .. }) => {
+                    Reason::UpstreamAuthRejected
+                }
+                HandshakeError::Failed(_) => Reason::HandshakeFailed,
+            };
+            (reason, e.to_string(), None)
+        }
+    }
+}

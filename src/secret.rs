@@ -1,0 +1,284 @@
+//! Secret values and where they come from.
+//!
+//! Every credential the sidecar holds (bearer tokens, client tokens, static header values) lives in a
+//! [`Secret`], whose `Debug`, `Display`-free API and `Serialize` only ever print `<redacted>`: the type
+//! system, not reviewer vigilance, keeps secrets out of logs, errors, `check-config` and `/status`.
+//!
+//! A secret configured as `X_FILE` is a [`SecretFile`]: the path is kept and the file is re-read when it
+//! changes (Kubernetes rotates mounted secrets by swapping a symlink), so rotation needs no restart.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Serialize, Serializer};
+
+const REDACTED: &str = "<redacted>";
+
+/// A string that must never be printed.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(SecretString::from(value.into()))
+    }
+
+    /// The plain value, for the one place that needs it (building a request header).
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// Compares in constant time, so a client probing `CLIENT_TOKEN` learns nothing from timing.
+    pub fn matches(&self, candidate: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        self.expose().as_bytes().ct_eq(candidate).into()
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        self.matches(other.expose().as_bytes())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(REDACTED)
+    }
+}
+
+/// Why a secret could not be read. Names the configuration key and the path, never the content.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("{key}: cannot read {path}: {source}")]
+    Unreadable {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: {path} is empty")]
+    Empty { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is not valid UTF-8")]
+    NotUtf8 { key: &'static str, path: PathBuf },
+}
+
+/// What identifies one version of a file: a symlink swap changes the inode, an in-place write the
+/// length or modification time.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<SystemTime>,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+        }
+    }
+}
+
+/// A secret kept in a file and re-read whenever the file changes.
+///
+/// Reads are synchronous on purpose: a `stat` of a local file costs about a microsecond, far less
+/// than handing the call to a blocking thread pool, and this sits on the per-request path.
+#[derive(Debug)]
+pub struct SecretFile {
+    key: &'static str,
+    path: PathBuf,
+    cache: Mutex<Option<(FileStamp, Secret)>>,
+}
+
+impl SecretFile {
+    pub fn new(key: &'static str, path: impl Into<PathBuf>) -> Self {
+        Self {
+            key,
+            path: path.into(),
+            cache: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn key(&self) -> &'static str {
+        self.key
+    }
+
+    /// The current content: from the cache while the file is unchanged, read anew otherwise.
+    /// A missing or empty file is an error every time, never served from the cache.
+    pub fn read(&self) -> Result<Secret, SecretError> {
+        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        let stamp = FileStamp::of(&meta);
+        {
+            let cache = self.lock();
+            if let Some((cached, secret)) = cache.as_ref()
+                && *cached == stamp
+            {
+                return Ok(secret.clone());
+            }
+        }
+        self.load(stamp)
+    }
+
+    /// Reads the file regardless of the cache (used after the upstream rejected the cached value).
+    pub fn reread(&self) -> Result<Secret, SecretError> {
+        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        self.load(FileStamp::of(&meta))
+    }
+
+    fn load(&self, stamp: FileStamp) -> Result<Secret, SecretError> {
+        let bytes = std::fs::read(&self.path).map_err(|source| self.unreadable(source))?;
+        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 {
+            key: self.key,
+            path: self.path.clone(),
+        })?;
+        // Files written by `echo` or editors end with a newline that is not part of the secret.
+        let trimmed = text.trim();
+        if trimmed.is_empty() {
+            *self.lock() = None;
+            return Err(SecretError::Empty {
+                key: self.key,
+                path: self.path.clone(),
+            });
+        }
+        let secret = Secret::new(trimmed);
+        *self.lock() = Some((stamp, secret.clone()));
+        Ok(secret)
+    }
+
+    fn unreadable(&self, source: std::io::Error) -> SecretError {
+        *self.lock() = None;
+        SecretError::Unreadable {
+            key: self.key,
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileStamp, Secret)>> {
+        // A poisoned lock only means another thread panicked mid-update; the cache is a hint and
+        // is still safe to use or overwrite.
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A secret given inline (`X`) or as a file (`X_FILE`).
+#[derive(Debug)]
+pub enum SecretSource {
+    Inline(Secret),
+    File(SecretFile),
+}
+
+impl SecretSource {
+    pub fn read(&self) -> Result<Secret, SecretError> {
+        match self {
+            Self::Inline(secret) => Ok(secret.clone()),
+            Self::File(file) => file.read(),
+        }
+    }
+
+    pub fn reread(&self) -> Result<Secret, SecretError> {
+        match self {
+            Self::Inline(secret) => Ok(secret.clone()),
+            Self::File(file) => file.reread(),
+        }
+    }
+
+    /// How `check-config` and `/status` describe it: never the value, the path is fine.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Inline(_) => REDACTED.to_string(),
+            Self::File(file) => format!("file {}", file.path().display()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_and_serialize_redact() {
+        let secret = Secret::new("canary-7f3a");
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(serde_json::to_string(&secret).unwrap(), "\"<redacted>\"");
+        assert_eq!(
+            format!("{:?}", SecretSource::Inline(secret)),
+            "Inline(<redacted>)"
+        );
+    }
+
+    #[test]
+    fn file_is_reread_when_it_changes_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "first\n").unwrap();
+        let file = SecretFile::new("TOKEN_FILE", &path);
+        assert_eq!(file.read().unwrap().expose(), "first");
+        std::fs::write(&path, "second-longer\n").unwrap();
+        assert_eq!(file.read().unwrap().expose(), "second-longer");
+    }
+
+    #[test]
+    fn symlink_swap_is_seen() {
+        // Kubernetes updates a mounted secret by pointing `..data` at a new directory.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), "alpha").unwrap();
+        std::fs::write(dir.path().join("b"), "bravo").unwrap();
+        let link = dir.path().join("token");
+        std::os::unix::fs::symlink(dir.path().join("a"), &link).unwrap();
+        let file = SecretFile::new("TOKEN_FILE", &link);
+        assert_eq!(file.read().unwrap().expose(), "alpha");
+        let tmp = dir.path().join("token.tmp");
+        std::os::unix::fs::symlink(dir.path().join("b"), &tmp).unwrap();
+        std::fs::rename(&tmp, &link).unwrap();
+        assert_eq!(file.read().unwrap().expose(), "bravo");
+    }
+
+    #[test]
+    fn empty_or_missing_file_is_an_error_every_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "value").unwrap();
+        let file = SecretFile::new("TOKEN_FILE", &path);
+        assert!(file.read().is_ok());
+        std::fs::write(&path, "  \n").unwrap();
+        let err = file.read().unwrap_err();
+        assert!(matches!(err, SecretError::Empty { .. }), "{err}");
+        assert!(err.to_string().starts_with("TOKEN_FILE: "));
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(
+            file.read().unwrap_err(),
+            SecretError::Unreadable { .. }
+        ));
+    }
+
+    #[test]
+    fn error_messages_never_contain_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, [0xff, 0xfe, b'c', b'a', b'n']).unwrap();
+        let err = SecretFile::new("TOKEN_FILE", &path).read().unwrap_err();
+        assert!(!err.to_string().contains("can"));
+    }
+}

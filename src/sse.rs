@@ -1,0 +1,135 @@
+//! An incremental Server-Sent Events parser (WHATWG HTML, "event stream interpretation").
+//!
+//! The proxy passes SSE bytes through untouched; this parser is for the places where the sidecar
+//! itself must understand a stream: the readiness handshake reads an `initialize` reply that may
+//! arrive as SSE, after priming events that carry only an id.
+
+/// One dispatched event.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub event: Option<String>,
+    pub data: String,
+    pub id: Option<String>,
+    pub retry: Option<u64>,
+}
+
+/// Feeds on arbitrary chunks; yields complete events. Lines may end in CRLF, LF or CR, and a
+/// chunk boundary may fall anywhere, including between CR and LF.
+#[derive(Debug, Default)]
+pub struct Parser {
+    line: Vec<u8>,
+    after_cr: bool,
+    data: String,
+    has_data: bool,
+    event: Option<String>,
+    id: Option<String>,
+    retry: Option<u64>,
+}
+
+impl Parser {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
+        let mut events = Vec::new();
+        for &byte in chunk {
+            if self.after_cr {
+                self.after_cr = false;
+                if byte == b'\n' {
+                    continue;
+                }
+            }
+            match byte {
+                b'\n' => self.end_line(&mut events),
+                b'\r' => {
+                    self.after_cr = true;
+                    self.end_line(&mut events);
+                }
+                b => self.line.push(b),
+            }
+        }
+        events
+    }
+
+    fn end_line(&mut self, events: &mut Vec<Event>) {
+        let line = std::mem::take(&mut self.line);
+        if line.is_empty() {
+            self.dispatch(events);
+            return;
+        }
+        if line[0] == b':' {
+            return; // comment, used as keepalive
+        }
+        let text = String::from_utf8_lossy(&line);
+        let (field, value) = match text.split_once(':') {
+            Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+            None => (text.as_ref(), ""),
+        };
+        match field {
+            "data" => {
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
+            }
+            "event" => self.event = Some(value.to_string()),
+            "id" if !value.contains('\0') => self.id = Some(value.to_string()),
+            "retry" => self.retry = value.parse().ok(),
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self, events: &mut Vec<Event>) {
+        let event = Event {
+            event: self.event.take(),
+            data: std::mem::take(&mut self.data),
+            id: self.id.take(),
+            retry: self.retry.take(),
+        };
+        let had_data = std::mem::replace(&mut self.has_data, false);
+        // Events with only an id or retry (MCP priming events) still matter to a reader that
+        // tracks Last-Event-ID, so they are yielded; readers skip empty data themselves.
+        if had_data || event.id.is_some() || event.retry.is_some() || event.event.is_some() {
+            events.push(event);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_message_after_priming_event() {
+        let mut p = Parser::new();
+        let events =
+            p.push(b"id: 0\nretry: 1000\ndata:\n\nevent: message\nid: 1\ndata: {\"a\":1}\n\n");
+        assert_eq!(events.len(), 2);
+        assert_eq!(events[0].data, "");
+        assert_eq!(events[0].retry, Some(1000));
+        assert_eq!(events[1].event.as_deref(), Some("message"));
+        assert_eq!(events[1].data, "{\"a\":1}");
+        assert_eq!(events[1].id.as_deref(), Some("1"));
+    }
+
+    #[test]
+    fn handles_every_split_point_and_line_ending() {
+        let input = b": keepalive\r\ndata: one\r\ndata: two\r\n\r\ndata:three\r\rdata: four\n\n";
+        for split in 0..input.len() {
+            let mut p = Parser::new();
+            let mut events = p.push(&input[..split]);
+            events.extend(p.push(&input[split..]));
+            let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+            assert_eq!(data, ["one\ntwo", "three", "four"], "split at {split}");
+        }
+    }
+
+    #[test]
+    fn incomplete_event_is_not_dispatched() {
+        let mut p = Parser::new();
+        assert!(p.push(b"data: partial\n").is_empty());
+        assert_eq!(p.push(b"\n")[0].data, "partial");
+    }
+}

@@ -1,0 +1,348 @@
+//! The one connection to the upstream MCP server, shared by the proxy and the readiness checker.
+//!
+//! It owns the pooled keep-alive HTTP client, the extra static headers, and the rule that every
+//! request carries the current token: on a 401 (or a 403 `invalid_token`) it asks the token
+//! source for a fresh token once and sends the request once more. Keeping that rule here means the
+//! readiness handshake exercises exactly the path that client requests take.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, StatusCode};
+use url::Url;
+
+use crate::challenge::BearerChallenge;
+use crate::config::UpstreamConfig;
+use crate::secret::SecretSource;
+use crate::token::{AccessToken, TokenError, TokenSource};
+
+/// Why a request could not be delivered with a credential the upstream accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No credential is available (missing or empty token file, ...).
+    #[error("no credential available: {0}")]
+    NoCredential(#[from] TokenError),
+    /// The upstream could not be reached (DNS, connect, TLS, reset).
+    #[error("upstream unreachable: {0}")]
+    Unreachable(String),
+    /// The upstream refused the credential, also after a fresh one was obtained.
+    #[error("upstream rejected the sidecar's credentials (HTTP {status}{})", detail_suffix(.detail))]
+    AuthRejected { status: u16, detail: String },
+    /// `HEADERS_FILE` changed into something that is not `Name: value` lines.
+    #[error("HEADERS_FILE: {0}")]
+    Headers(String),
+}
+
+fn detail_suffix(detail: &str) -> String {
+    if detail.is_empty() {
+        String::new()
+    } else {
+        format!(": {detail}")
+    }
+}
+
+pub struct Upstream {
+    client: reqwest::Client,
+    url: Url,
+    headers: Option<SecretSource>,
+    tokens: Arc<dyn TokenSource>,
+}
+
+impl Upstream {
+    /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
+    pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(config.connect_timeout)
+            .tcp_keepalive(Duration::from_secs(30))
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(90))
+            // A redirect would carry the bearer token to wherever the Location points; clients
+            // see the 3xx instead and the token stays with the configured upstream.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.ca_file {
+            for cert in load_ca_file(path)? {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self {
+            client,
+            url: config.url.clone(),
+            headers: config.headers.as_ref().map(clone_source),
+            tokens,
+        })
+    }
+
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    pub fn tokens(&self) -> &Arc<dyn TokenSource> {
+        &self.tokens
+    }
+
+    /// Sends one request to the upstream endpoint with the current token, refreshing it and
+    /// retrying once if the upstream says the token is no good.
+    ///
+    /// `query` is appended to the upstream URL. The body is `Bytes` so the retry can replay it.
+    pub async fn send(
+        &self,
+        method: Method,
+        query: Option<&str>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let url = match query {
+            Some(q) if !q.is_empty() => {
+                let mut url = self.url.clone();
+                let joined = match self.url.query() {
+                    Some(existing) => format!("{existing}&{q}"),
+                    None => q.to_string(),
+                };
+                url.set_query(Some(&joined));
+                url
+            }
+            _ => self.url.clone(),
+        };
+        let token = self.tokens.token().await?;
+        let response = self
+            .send_once(&method, &url, &headers, &body, token.as_ref())
+            .await?;
+        let challenge = match auth_failure(&response) {
+            None => return Ok(response),
+            Some(AuthFailure::Refreshable(challenge)) => challenge,
+            Some(AuthFailure::Final(challenge)) => {
+                return Err(rejected(response.status(), challenge));
+            }
+        };
+        if token.is_none() {
+            // AUTH=none: there is nothing to refresh, and a retry would be refused the same way.
+            return Err(rejected(response.status(), challenge));
+        }
+        drop(response);
+        tracing::info!(
+            reason = %challenge.as_ref().map(BearerChallenge::explain).unwrap_or_default(),
+            "upstream rejected the token; obtaining a fresh one and retrying once"
+        );
+        let fresh = self.tokens.refresh(token.as_ref()).await?;
+        let response = self
+            .send_once(&method, &url, &headers, &body, fresh.as_ref())
+            .await?;
+        match auth_failure(&response) {
+            None => Ok(response),
+            Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
+                Err(rejected(response.status(), c))
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: &Bytes,
+        token: Option<&AccessToken>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = headers.clone();
+        if let Some(source) = &self.headers {
+            let text = source
+                .read()
+                .map_err(|e| UpstreamError::Headers(e.to_string()))?;
+            for (name, value) in
+                parse_extra_headers(text.expose()).map_err(UpstreamError::Headers)?
+            {
+                headers.insert(name, value);
+            }
+        }
+        if let Some(token) = token {
+            let mut value = HeaderValue::try_from(format!("Bearer {}", token.secret().expose()))
+                .map_err(|_| UpstreamError::NoCredential(TokenError::NotAHeaderValue))?;
+            value.set_sensitive(true);
+            headers.insert(AUTHORIZATION, value);
+        }
+        let mut request = self
+            .client
+            .request(method.clone(), url.clone())
+            .headers(headers);
+        if !body.is_empty() {
+            request = request.body(body.clone());
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))
+    }
+}
+
+enum AuthFailure {
+    /// A fresh token may help: 401, or 403 with `error="invalid_token"`.
+    Refreshable(Option<BearerChallenge>),
+    /// A fresh token of the same kind will not help: any other 403.
+    Final(Option<BearerChallenge>),
+}
+
+fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
+    let status = response.status();
+    if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
+        return None;
+    }
+    let challenge = BearerChallenge::from_headers(response.headers());
+    if status == StatusCode::UNAUTHORIZED
+        || challenge.as_ref().is_some_and(|c| c.is_invalid_token())
+    {
+        Some(AuthFailure::Refreshable(challenge))
+    } else {
+        Some(AuthFailure::Final(challenge))
+    }
+}
+
+fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamError {
+    UpstreamError::AuthRejected {
+        status: status.as_u16(),
+        detail: challenge.map(|c| c.explain()).unwrap_or_default(),
+    }
+}
+
+/// A readable cause from a reqwest error, without its URL (which may carry a query string).
+pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    if e.is_timeout() {
+        parts.push("timed out".to_string());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.without_url_display());
+    }
+    parts.join(": ")
+}
+
+trait WithoutUrlDisplay {
+    fn without_url_display(&self) -> String;
+}
+
+impl WithoutUrlDisplay for reqwest::Error {
+    fn without_url_display(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(url.as_str(), &display_url(url));
+        }
+        text
+    }
+}
+
+/// The upstream URL as logs and `/status` show it: no user info, no query, no fragment.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Headers the sidecar must own: the connection's framing, the target, and the credential.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-authorization",
+    "proxy-authenticate",
+];
+
+/// Parses `HEADERS`: one `Name: value` per line, blank lines and `#` comments ignored. Values are
+/// marked sensitive so they never show in debug output. Errors name the line, never the value.
+pub fn parse_extra_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+    let mut out = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = index + 1;
+        let Some((name, value)) = line.split_once(':') else {
+            return Err(format!("line {n}: expected 'Name: value'"));
+        };
+        let name = HeaderName::try_from(name.trim())
+            .map_err(|_| format!("line {n}: {:?} is not a valid header name", name.trim()))?;
+        if RESERVED_HEADERS.contains(&name.as_str()) {
+            return Err(format!(
+                "line {n}: header {name} is managed by the sidecar and cannot be set"
+            ));
+        }
+        let mut value = HeaderValue::try_from(value.trim()).map_err(|_| {
+            format!("line {n}: the value of {name} has characters not allowed in a header")
+        })?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(out)
+}
+
+/// Reads extra trust roots (PEM, one or more certificates).
+pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} contains no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn clone_source(source: &SecretSource) -> SecretSource {
+    match source {
+        SecretSource::Inline(s) => SecretSource::Inline(s.clone()),
+        SecretSource::File(f) => {
+            SecretSource::File(crate::secret::SecretFile::new(f.key(), f.path()))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_headers_parse_and_are_sensitive() {
+        let parsed = parse_extra_headers("# comment\nX-Api-Key: abc\n\nX-Tenant:  t1 \n").unwrap();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].0, "x-api-key");
+        assert!(parsed[0].1.is_sensitive());
+        assert_eq!(parsed[1].1, "t1");
+    }
+
+    #[test]
+    fn extra_header_errors_name_the_line_not_the_value() {
+        let err = parse_extra_headers("X-Ok: 1\nno colon canary").unwrap_err();
+        assert_eq!(err, "line 2: expected 'Name: value'");
+        let err = parse_extra_headers("Host: evil").unwrap_err();
+        assert!(err.contains("managed by the sidecar"));
+        let err = parse_extra_headers("X-Key: canary\u{7}").unwrap_err();
+        assert!(!err.contains("canary"));
+    }
+
+    #[test]
+    fn display_url_drops_query_and_credentials() {
+        let url = Url::parse("https://u:p@mcp.example.com/mcp?api_key=canary#x").unwrap();
+        assert_eq!(display_url(&url), "https://mcp.example.com/mcp");
+    }
+}

@@ -1,0 +1,371 @@
+#!/usr/bin/env bash
+# Interop tests: mcp-sidecar between real third-party MCP peers (pinned in package.json).
+#
+#   A  the official TypeScript SDK client -> sidecar (auth none) -> @modelcontextprotocol/server-everything
+#   B  the real Claude Code CLI -> sidecar (static bearer) -> `mcp-sidecar demo` upstream that demands
+#      the token; plus a negative control (Claude Code straight at that upstream, no token)
+#   C  readiness gate: /ready is 503 while the upstream is down and 200 once it answers
+#
+# CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
+# npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),
+# prints PASS/FAIL per scenario and a closing "N passed, N failed" line, and exits non-zero if any
+# scenario failed. Logs go to a temp dir that is printed (and tailed) on failure; KEEP_LOGS=1 keeps
+# it after a green run too.
+#
+# Pins (package.json, exact, with package-lock.json): @anthropic-ai/claude-code stays at 2.1.197,
+# the last release whose package declares Node >= 18 (from 2.1.198 on it declares >= 22, and these
+# machines have Node 20); it is also the version PROTOCOL.md's observations were made with.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$HERE"
+
+SIDECAR_BIN=${MCP_SIDECAR_BIN:-}
+# The sidecar reads every MCP_SIDECAR_* variable as configuration and rejects names it does not
+# know, so neither our own override (MCP_SIDECAR_BIN) nor settings left in the caller's environment
+# may leak into the processes started here: each scenario passes exactly the settings it means.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^MCP_SIDECAR_' || true)
+
+STARTED_AT=$SECONDS
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcp-sidecar-interop.XXXXXX")
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+# ---------------------------------------------------------------------------------------------
+# Process handling. Every server runs in its own process group (setsid) so that killing the
+# group also takes any children with it; each scenario kills its own groups when it ends, and
+# the EXIT trap below kills whatever a crashed or interrupted scenario left (pids in $WORK/pids).
+
+any_alive() { # any_alive PGID...: true while any of these process groups has a member
+  local pgid
+  for pgid in "$@"; do kill -0 -- "-$pgid" 2>/dev/null && return 0; done
+  return 1
+}
+
+kill_groups() { # kill_groups PGID...: TERM (graceful shutdown), then KILL what is left after ~5 s
+  local pgid
+  (($# == 0)) && return 0
+  for pgid in "$@"; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  for _ in {1..50}; do
+    any_alive "$@" || return 0
+    sleep 0.1
+  done
+  for pgid in "$@"; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
+}
+
+on_exit() {
+  local rc=$?
+  local pids=()
+  [[ -f $WORK/pids ]] && mapfile -t pids <"$WORK/pids"
+  kill_groups "${pids[@]}"
+  if ((rc != 0 || FAILED > 0)); then
+    echo
+    echo "interop: logs in $WORK"
+    local f
+    for f in "$WORK"/*.log "$WORK"/*.out; do
+      [[ -f $f ]] || continue
+      echo "----- tail $f"
+      tail -n 40 "$f"
+    done
+    # Claude Code's own account of each connection attempt (scenario B)
+    for f in "$WORK"/claude-home-*/.cache/claude-cli-nodejs/*/mcp-logs-*/*.jsonl; do
+      [[ -f $f ]] || continue
+      echo "----- tail $f"
+      tail -n 15 "$f" | cut -c1-400
+    done
+  elif [[ ${KEEP_LOGS:-} == 1 ]]; then
+    echo "interop: logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+# Scenario-local list of process groups and their names; each scenario runs in a subshell with
+# its own copy.
+SCENARIO_PGIDS=()
+declare -A NAME_OF=()
+
+start() { # start NAME CMD...: run CMD in the background, output to $WORK/NAME.log; sets STARTED_PID
+  local name=$1
+  shift
+  setsid "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  SCENARIO_PGIDS+=("$STARTED_PID")
+  NAME_OF[$STARTED_PID]=$name
+  echo "$STARTED_PID" >>"$WORK/pids"
+}
+
+fail() {
+  echo "  FAIL: $*" >&2
+  exit 1
+}
+note() { echo "  $*"; }
+
+free_port() { node "$HERE/lib/free-port.cjs"; }
+
+canary() { echo "canary-$1-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"; }
+
+# wait_http URL PID SECONDS: poll until anything answers HTTP at URL (for servers without /ready),
+# failing early if the process that should answer has exited.
+wait_http() {
+  local url=$1 pid=$2 deadline=$((SECONDS + $3)) code log
+  while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+    [[ $code != 000 ]] && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log=$WORK/${NAME_OF[$pid]:-?}.log
+      fail "${NAME_OF[$pid]:-process $pid} exited before $url answered; last lines of $log:
+$(tail -n 5 "$log" 2>/dev/null)"
+    fi
+    ((SECONDS < deadline)) || fail "$url did not answer within $3 s"
+    sleep 0.2
+  done
+}
+
+# http GET URL OUTFILE: prints the status, body to OUTFILE, headers to OUTFILE.headers
+http_get() {
+  # curl prints 000 itself when nothing answers
+  curl -s --max-time 10 -D "$2.headers" -o "$2" -w '%{http_code}' "$1" || true
+}
+
+# start_sidecar NAME LISTEN_PORT VAR=VALUE...: `mcp-sidecar serve` with exactly these settings,
+# debug logging (the widest net for the token canary), waits for /healthz; sets SIDECAR_PID.
+start_sidecar() {
+  local name=$1 port=$2
+  shift 2
+  start "$name" env "MCP_SIDECAR_LISTEN=127.0.0.1:$port" MCP_SIDECAR_LOG=debug "$@" "$SIDECAR_BIN" serve
+  SIDECAR_PID=$STARTED_PID
+  wait_http "http://127.0.0.1:$port/healthz" "$SIDECAR_PID" 30
+  local code
+  code=$(http_get "http://127.0.0.1:$port/healthz" "$WORK/$name-healthz.out")
+  [[ $code == 200 ]] || fail "GET /healthz: expected 200, got $code"
+}
+
+# wait_ready NAME PORT: the sidecar's own `wait` command, which is what users gate on
+wait_ready() {
+  local name=$1 port=$2 code
+  if ! "$SIDECAR_BIN" wait --url "http://127.0.0.1:$port/ready" --timeout 60s >"$WORK/$name-wait.out" 2>&1; then
+    kill -0 "$SIDECAR_PID" 2>/dev/null || fail "the sidecar exited before it became ready"
+    fail "mcp-sidecar wait: not ready within 60 s"
+  fi
+  code=$(http_get "http://127.0.0.1:$port/ready" "$WORK/$name-ready.out")
+  [[ $code == 200 ]] || fail "GET /ready after wait succeeded: expected 200, got $code"
+  assert_json "$WORK/$name-ready.out" "/ready"
+  note "/ready 200: $(head -c 300 "$WORK/$name-ready.out")"
+}
+
+assert_json() { # assert_json FILE WHAT: the body is JSON and says so in its Content-Type
+  jq -e . "$1" >/dev/null 2>&1 || fail "$2: body is not JSON: $(head -c 300 "$1")"
+  grep -qi '^content-type: *application/json' "$1.headers" || fail "$2: Content-Type is not application/json: $(cat "$1.headers")"
+}
+
+# assert_no_canary SECRET FILE...: TESTING.md: secrets are canaries, grep every log and response
+assert_no_canary() {
+  local secret=$1 hits
+  shift
+  hits=$(grep -rlF -- "$secret" "$@" 2>/dev/null || true)
+  [[ -z $hits ]] || fail "the token appears in: $hits"
+}
+
+run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
+  local id=$1 desc=$2 fn=$3 rc
+  echo "--- scenario $id: $desc"
+  # A subshell with errexit of its own (errexit is ignored in functions called from a condition),
+  # and a trap that kills the scenario's servers however it ends.
+  set +e
+  (
+    set -e
+    trap 'kill_groups "${SCENARIO_PGIDS[@]}"' EXIT
+    "$fn"
+  )
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    echo "PASS $id: $desc"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL $id: $desc"
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$id")
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# Claude Code runs with a throwaway HOME (its config, caches and the needs-auth cache live there)
+# and from a throwaway directory, so neither the user's ~/.claude nor a .mcp.json in this repo
+# can change what `claude mcp list` shows. The DISABLE_* variables keep it from phoning home
+# (telemetry, error reports, auto-update): these machines reach only package registries.
+claude() {
+  (
+    cd "$CLAUDE_CWD"
+    timeout 90 env -u ANTHROPIC_API_KEY -u ANTHROPIC_AUTH_TOKEN \
+      HOME="$CLAUDE_HOME" CLAUDE_CONFIG_DIR="$CLAUDE_HOME/.claude" \
+      XDG_CONFIG_HOME="$CLAUDE_HOME/.config" XDG_CACHE_HOME="$CLAUDE_HOME/.cache" \
+      DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
+      DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1 \
+      "$HERE/node_modules/.bin/claude" "$@"
+  )
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_a() {
+  local se_port sc_port session
+  se_port=$(free_port)
+  # server-everything listens on all interfaces and has no host option; the preload pins it to
+  # 127.0.0.1. PORT picks the port; `streamableHttp` serves Streamable HTTP at /mcp.
+  start everything env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
+
+  sc_port=$(free_port)
+  start_sidecar sidecar-a "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/mcp" MCP_SIDECAR_AUTH=none
+  wait_ready sidecar-a "$sc_port"
+
+  if ! node "$HERE/client.mjs" "http://127.0.0.1:$sc_port/mcp" >"$WORK/client-a.out" 2>"$WORK/client-a.log"; then
+    sed 's/^/  /' "$WORK/client-a.out"
+    fail "client.mjs through the sidecar (HTTP exchanges in client-a.log)"
+  fi
+  sed 's/^/  /' "$WORK/client-a.out"
+
+  # The SDK accepts a 405 for GET and DELETE, so a proxy that answered those itself would pass the
+  # client; the upstream's own log shows whether they reached it for this client's session.
+  session=$(sed -n 's/^session //p' "$WORK/client-a.out")
+  [[ -n $session ]] || fail "client.mjs printed no session id"
+  grep -q "Establishing new SSE stream for session $session" "$WORK/everything.log" ||
+    fail "the client's GET stream never reached server-everything"
+  grep -q "termination request for session $session" "$WORK/everything.log" ||
+    fail "the client's DELETE never reached server-everything"
+  note "GET stream and DELETE for session $session reached server-everything"
+}
+
+scenario_b() {
+  local token up_port sc_port line
+  token=$(canary b)
+  up_port=$(free_port)
+  start demo-b "$SIDECAR_BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
+  wait_http "http://127.0.0.1:$up_port/mcp" "$STARTED_PID" 30
+  # The negative control only means something if the upstream really refuses a tokenless client.
+  local code
+  code=$(curl -s --max-time 10 -D "$WORK/demo-b-401.headers" -o /dev/null -w '%{http_code}' \
+    -X POST -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \
+    --data '{"jsonrpc":"2.0","id":1,"method":"ping"}' "http://127.0.0.1:$up_port/mcp" || true)
+  [[ $code == 401 ]] || fail "demo upstream without a token: expected 401, got $code"
+  grep -qi '^www-authenticate: *bearer' "$WORK/demo-b-401.headers" ||
+    fail "demo upstream's 401 has no WWW-Authenticate: Bearer"
+
+  sc_port=$(free_port)
+  start_sidecar sidecar-b "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" MCP_SIDECAR_AUTH=bearer "MCP_SIDECAR_TOKEN=$token"
+  wait_ready sidecar-b "$sc_port"
+
+  # Claude Code starts OAuth discovery on anything but a JSON 404 at these paths (PROTOCOL.md).
+  local path
+  for path in /.well-known/oauth-protected-resource/mcp /.well-known/oauth-protected-resource \
+    /.well-known/oauth-authorization-server /.well-known/openid-configuration; do
+    code=$(http_get "http://127.0.0.1:$sc_port$path" "$WORK/sidecar-b-wellknown.out")
+    [[ $code == 404 ]] || fail "GET $path: expected 404, got $code"
+    assert_json "$WORK/sidecar-b-wellknown.out" "GET $path"
+  done
+  note "/.well-known/* answer 404 JSON: $(head -c 100 "$WORK/sidecar-b-wellknown.out")"
+
+  CLAUDE_HOME=$WORK/claude-home-b
+  CLAUDE_CWD=$WORK/claude-cwd-b
+  mkdir -p "$CLAUDE_HOME" "$CLAUDE_CWD"
+  claude mcp add --transport http sidecar "http://127.0.0.1:$sc_port/mcp" >>"$WORK/claude-b.out" 2>&1 ||
+    fail "claude mcp add sidecar"
+  claude mcp add --transport http direct "http://127.0.0.1:$up_port/mcp" >>"$WORK/claude-b.out" 2>&1 ||
+    fail "claude mcp add direct"
+  # `mcp list` connects to every server (initialize, tools/list) and prints one status line each.
+  claude mcp list >"$WORK/claude-b-list.out" 2>&1 || fail "claude mcp list exited non-zero: $(cat "$WORK/claude-b-list.out")"
+  sed 's/^/  claude: /' "$WORK/claude-b-list.out"
+
+  line=$(grep '^sidecar:' "$WORK/claude-b-list.out" || true)
+  [[ $line == *"✔ Connected"* ]] || fail "Claude Code does not show the sidecar as Connected: ${line:-no line for sidecar}"
+  line=$(grep '^direct:' "$WORK/claude-b-list.out" || true)
+  [[ -n $line ]] || fail "no line for the negative control 'direct'"
+  [[ $line != *Connected* ]] || fail "negative control: Claude Code connected to the upstream without a token: $line"
+  note "negative control without the sidecar: ${line##* - }"
+
+  # Claude Code's own MCP logs sit in its throwaway home; none of what it saw may hold the token.
+  assert_no_canary "$token" "$WORK/sidecar-b.log" "$WORK"/sidecar-b-*.out "$WORK"/claude-b*.out "$CLAUDE_HOME"
+  note "token canary absent from the sidecar's log, its responses and everything Claude Code saw"
+}
+
+scenario_c() {
+  local token up_port sc_port code
+  token=$(canary c)
+  printf '%s\n' "$token" >"$WORK/token-c"
+  up_port=$(free_port) # nothing listens here until the demo upstream starts below
+  sc_port=$(free_port)
+  start_sidecar sidecar-c "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" MCP_SIDECAR_AUTH=bearer \
+    "MCP_SIDECAR_TOKEN_FILE=$WORK/token-c"
+
+  # Until its first handshake fails the sidecar says `starting`; after that an operator must be
+  # told why it is not ready (DESIGN.md: reason upstream_unreachable).
+  local reason deadline=$((SECONDS + 20))
+  while :; do
+    code=$(http_get "http://127.0.0.1:$sc_port/ready" "$WORK/sidecar-c-ready-down.out")
+    [[ $code == 503 ]] || fail "GET /ready with the upstream down: expected 503, got $code: $(head -c 300 "$WORK/sidecar-c-ready-down.out")"
+    assert_json "$WORK/sidecar-c-ready-down.out" "/ready (upstream down)"
+    reason=$(jq -r .reason "$WORK/sidecar-c-ready-down.out")
+    [[ $reason != starting ]] && break
+    ((SECONDS < deadline)) || fail "/ready still says starting after 20 s"
+    sleep 0.2
+  done
+  [[ $reason == upstream_unreachable ]] ||
+    fail "/ready with nothing listening upstream: expected reason upstream_unreachable: $(head -c 300 "$WORK/sidecar-c-ready-down.out")"
+  note "/ready 503 while the upstream is down: $(head -c 300 "$WORK/sidecar-c-ready-down.out")"
+
+  if "$SIDECAR_BIN" wait --url "http://127.0.0.1:$sc_port/ready" --timeout 1s >"$WORK/sidecar-c-wait-down.out" 2>&1; then
+    fail "mcp-sidecar wait exited 0 while the upstream is down"
+  fi
+  grep -q upstream_unreachable "$WORK/sidecar-c-wait-down.out" ||
+    fail "mcp-sidecar wait timed out without naming the reason: $(cat "$WORK/sidecar-c-wait-down.out")"
+  note "mcp-sidecar wait --timeout 1s exits non-zero naming the reason: $(tail -n 1 "$WORK/sidecar-c-wait-down.out")"
+
+  start demo-c "$SIDECAR_BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
+  wait_ready sidecar-c "$sc_port"
+  assert_no_canary "$token" "$WORK/sidecar-c.log" "$WORK"/sidecar-c-*.out
+  note "token canary (from MCP_SIDECAR_TOKEN_FILE) absent from the sidecar's log and responses"
+}
+
+# ---------------------------------------------------------------------------------------------
+echo "interop: installing pinned npm packages"
+npm ci --quiet --no-audit --no-fund --loglevel=error >"$WORK/npm-ci.log" 2>&1 || {
+  cat "$WORK/npm-ci.log"
+  exit 1
+}
+# npm may skip install scripts (ignore-scripts, or npm's allow-list for scripts); without its
+# postinstall, Claude Code's bin is a placeholder until install.cjs links the native binary.
+if ! "$HERE/node_modules/.bin/claude" --version >/dev/null 2>&1; then
+  node "$HERE/node_modules/@anthropic-ai/claude-code/install.cjs" >"$WORK/claude-install.log" 2>&1
+fi
+echo "interop: Claude Code $("$HERE/node_modules/.bin/claude" --version)"
+
+if [[ -z $SIDECAR_BIN ]]; then
+  echo "interop: building mcp-sidecar (MCP_SIDECAR_BIN not set)"
+  (cd "$ROOT" && cargo build --quiet)
+  SIDECAR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/mcp-sidecar
+fi
+[[ -x $SIDECAR_BIN ]] || {
+  echo "interop: no sidecar binary at $SIDECAR_BIN"
+  exit 1
+}
+echo "interop: sidecar binary $SIDECAR_BIN"
+
+run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
+run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; direct without token is refused" scenario_b
+run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
+
+echo
+echo "interop: $((SECONDS - STARTED_AT)) s"
+((FAILED == 0)) || echo "interop: failed: ${FAILED_NAMES[*]}"
+echo "interop: $PASSED passed, $FAILED failed"
+((FAILED == 0))
