@@ -1,0 +1,375 @@
+//! The binary as operators run it: exit codes, `check-config`, `probe`, `wait`, and the promise
+//! that no secret ever reaches a log line or a response.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::Ordering;
+
+use serde_json::json;
+
+use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::{Sidecar, call, mcp_post, poll};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-sidecar");
+
+/// The binary with a clean environment plus `env` (keys without the prefix).
+fn sidecar_cmd(args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(format!("MCP_SIDECAR_{k}"), v);
+    }
+    cmd
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
+    sidecar_cmd(args, env).output().expect("run the binary")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn bad_configuration_exits_64_listing_every_bad_key() {
+    let env = [
+        ("UPSTREAM_URL", "ftp://mcp.example.com/mcp"),
+        ("LISTEN", "everywhere"),
+        ("READY_TIMEOUT", "soon"),
+        ("TOKEN", "a"),
+        ("TOKEN_FILE", "/run/secrets/none"),
+        ("LOG_FORMAT", "xml"),
+        ("BOGUS", "1"),
+    ];
+    for command in ["check-config", "serve"] {
+        let output = run(&[command], &env);
+        assert_eq!(output.status.code(), Some(64), "{command}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("6 problems"), "{command}: {stderr}");
+        for key in [
+            "MCP_SIDECAR_UPSTREAM_URL",
+            "MCP_SIDECAR_LISTEN",
+            "MCP_SIDECAR_READY_TIMEOUT",
+            "MCP_SIDECAR_TOKEN:",
+            "MCP_SIDECAR_LOG_FORMAT",
+            "MCP_SIDECAR_BOGUS",
+        ] {
+            assert!(
+                stderr.contains(key),
+                "{command}: {key} missing from:\n{stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn unknown_command_line_flag_exits_64() {
+    let output = run(&["serve", "--no-such-flag"], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let output = run(&["--version"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stdout).starts_with("mcp-sidecar "));
+}
+
+#[test]
+fn check_config_prints_resolved_settings_with_secrets_redacted() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "canary-in-file-3141").unwrap();
+    let output = run(
+        &["check-config"],
+        &[
+            (
+                "UPSTREAM_URL",
+                "https://mcp.example.com/mcp?key=canary-query-2718",
+            ),
+            ("TOKEN_FILE", token_file.to_str().unwrap()),
+            ("HEADERS", "X-Api-Key: canary-header-1618"),
+            ("CLIENT_TOKEN", "canary-client-1414"),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for canary in [
+        "canary-in-file",
+        "canary-query",
+        "canary-header",
+        "canary-client",
+    ] {
+        assert!(!stdout.contains(canary), "{canary} leaked:\n{stdout}");
+    }
+    assert!(stdout.contains("AUTH                  bearer"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("file {}", token_file.display())),
+        "{stdout}"
+    );
+    assert!(stdout.contains("x-api-key: <redacted>"), "{stdout}");
+    assert!(
+        stdout.contains("CLIENT_TOKEN          <redacted>"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_exits_0_when_ready_and_1_when_not() {
+    let mock = MockUpstream::start("t", Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let ready_url = sidecar.url("/ready");
+    let output = run(&["probe", "--url", &ready_url], &[]);
+    assert_eq!(output.status.code(), Some(0));
+
+    let lonely = Sidecar::start(&[("UPSTREAM_URL", "http://127.0.0.1:9/mcp")]).await;
+    lonely.wait_reason("upstream_unreachable").await;
+    let output = run(&["probe", "--url", &lonely.url("/ready")], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("upstream_unreachable"));
+
+    // Liveness does not depend on the upstream; the URL comes from MCP_SIDECAR_LISTEN.
+    let listen = lonely.addr.to_string();
+    let output = run(&["probe", "--live"], &[("LISTEN", &listen)]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_reports_reasons_then_execs_the_command() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &url), ("TOKEN", "t")]).await;
+    let ready_url = sidecar.url("/ready");
+    let child = sidecar_cmd(
+        &[
+            "wait",
+            "--url",
+            &ready_url,
+            "--timeout",
+            "30s",
+            "--",
+            "sh",
+            "-c",
+            "echo launched",
+        ],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    sidecar.wait_reason("upstream_unreachable").await;
+    let _mock = MockUpstream::start_on(port, "t", Mode::Legacy);
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "launched\n");
+    assert!(
+        stderr.contains("not ready: upstream_unreachable"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ready after"), "{stderr}");
+}
+
+#[test]
+fn wait_times_out_with_the_last_reason() {
+    let port = free_port();
+    let output = run(
+        &[
+            "wait",
+            "--url",
+            &format!("http://127.0.0.1:{port}/ready"),
+            "--timeout",
+            "1s",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("gave up after 1s: last reason: sidecar_unreachable"),
+        "{stderr}"
+    );
+}
+
+/// Runs the real binary at trace level through every path that handles a secret, and greps all
+/// output and every response for the canaries.
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_secrets_never_appear_in_logs_or_responses() {
+    const UPSTREAM: &str = "canary-upstream-7c1e9d";
+    const CLIENT: &str = "canary-client-2b4f88";
+    const HEADER: &str = "canary-header-5a0e31";
+    let canaries = [UPSTREAM, CLIENT, HEADER];
+
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{UPSTREAM}\n")).unwrap();
+    let mut mock = MockUpstream::start(UPSTREAM, Mode::LegacySse);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = [
+        ("UPSTREAM_URL", mock.url()),
+        ("LISTEN", listen.clone()),
+        ("TOKEN_FILE", token_file.to_str().unwrap().to_string()),
+        ("CLIENT_TOKEN", CLIENT.to_string()),
+        ("HEADERS", format!("X-Api-Key: {HEADER}")),
+        ("LOG", "trace".to_string()),
+        ("READY_INTERVAL", "1s".to_string()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let child = sidecar_cmd(&["serve"], &env_refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+
+    let client = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    let mut seen = Vec::<String>::new();
+    let ready = poll(
+        || {
+            let client = client.clone();
+            let url = format!("{base}/ready");
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(ready.is_some(), "the sidecar never became ready");
+
+    let record = |response: reqwest::Response| {
+        let head = format!("{} {:?}", response.status(), response.headers());
+        async move { format!("{head}\n{}", response.text().await.unwrap_or_default()) }
+    };
+    let mcp = format!("{base}/mcp");
+    let authed = |b: reqwest::RequestBuilder| b.header("authorization", format!("Bearer {CLIENT}"));
+    seen.push(
+        record(
+            authed(mcp_post(
+                &client,
+                &mcp,
+                call(1, "echo", json!({"text": "ok"})),
+            ))
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await,
+    );
+    mock.state.reject_next.store(1, Ordering::SeqCst);
+    seen.push(
+        record(
+            authed(mcp_post(
+                &client,
+                &mcp,
+                call(2, "echo", json!({"text": "retry"})),
+            ))
+            .send()
+            .await
+            .unwrap(),
+        )
+        .await,
+    );
+    seen.push(
+        record(
+            mcp_post(&client, &mcp, call(3, "echo", json!({})))
+                .header("authorization", "Bearer wrong")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    seen.push(
+        record(
+            authed(mcp_post(&client, &mcp, call(4, "echo", json!({}))))
+                .header("host", "evil.example")
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    for path in [
+        "/ready",
+        "/status",
+        "/metrics",
+        "/healthz",
+        "/.well-known/oauth-protected-resource",
+    ] {
+        seen.push(record(client.get(format!("{base}{path}")).send().await.unwrap()).await);
+    }
+    mock.state.set_token("something-else");
+    seen.push(
+        record(
+            authed(mcp_post(&client, &mcp, call(5, "echo", json!({}))))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    mock.stop();
+    seen.push(
+        record(
+            authed(mcp_post(&client, &mcp, call(6, "echo", json!({}))))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    );
+    seen.push(record(client.get(format!("{base}/status")).send().await.unwrap()).await);
+
+    let headers_seen = mock.state.requests();
+    assert!(
+        headers_seen
+            .iter()
+            .any(|r| r.headers.get("x-api-key").is_some_and(|v| v == HEADER)),
+        "HEADERS were injected upstream"
+    );
+
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "SIGTERM is a clean exit");
+    let logs = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        logs.lines().count() > 20,
+        "trace logging produced output:\n{logs}"
+    );
+    assert!(
+        logs.contains("upstream rejected the token"),
+        "the refresh path ran:\n{logs}"
+    );
+    for canary in canaries {
+        for line in logs.lines() {
+            assert!(
+                !line.contains(canary),
+                "{canary} leaked into the log: {line}"
+            );
+        }
+        for response in &seen {
+            assert!(
+                !response.contains(canary),
+                "{canary} leaked into a response: {response}"
+            );
+        }
+    }
+}

@@ -1,0 +1,352 @@
+//! A mock MCP upstream that can fail on command.
+//!
+//! It runs on its own thread and runtime so that `stop()` really closes every socket (tasks of a
+//! shared runtime would keep pooled connections alive), which is what "the upstream went down"
+//! looks like to the sidecar.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+
+/// How the mock answers the readiness handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 2025-11-25 style: initialize with a session, JSON replies; 400 to server/discover.
+    Legacy,
+    /// Like Legacy, but the initialize reply is SSE after a priming event and a notification.
+    LegacySse,
+    /// 2026-07-28 style: server/discover works; initialize gets 400 with -32022.
+    Modern,
+    /// initialize answers 200 with an HTML page.
+    Garbage,
+}
+
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: Method,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    pub query: Option<String>,
+}
+
+impl Recorded {
+    pub fn authorization(&self) -> Option<&str> {
+        self.headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+    }
+
+    pub fn rpc_method(&self) -> Option<String> {
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()?
+            .get("method")?
+            .as_str()
+            .map(str::to_string)
+    }
+}
+
+pub struct MockState {
+    /// The bearer token the mock accepts.
+    pub token: Mutex<String>,
+    /// Answer 401 to this many requests regardless of the token.
+    pub reject_next: AtomicUsize,
+    pub mode: Mutex<Mode>,
+    pub requests: Mutex<Vec<Recorded>>,
+    sessions: Mutex<HashSet<String>>,
+    /// Released by the test between the two events of the `gated` tool.
+    pub gate: Notify,
+    /// Set when the sidecar dropped the `hang` tool's stream (the client went away).
+    pub hang_dropped: AtomicBool,
+    pub hang_dropped_notify: Notify,
+}
+
+impl MockState {
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Requests sent by the test's client (which marks them with `x-test`), as opposed to the
+    /// sidecar's own readiness handshakes.
+    pub fn client_requests(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.headers.contains_key("x-test"))
+            .collect()
+    }
+
+    pub fn set_token(&self, token: &str) {
+        *self.token.lock().unwrap() = token.to_string();
+    }
+}
+
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    pub state: Arc<MockState>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockUpstream {
+    pub fn start(token: &str, mode: Mode) -> Self {
+        Self::start_on(0, token, mode)
+    }
+
+    /// Starts on a given port (0 for any), for tests where the upstream comes up late.
+    pub fn start_on(port: u16, token: &str, mode: Mode) -> Self {
+        let state = Arc::new(MockState {
+            token: Mutex::new(token.to_string()),
+            reject_next: AtomicUsize::new(0),
+            mode: Mutex::new(mode),
+            requests: Mutex::new(Vec::new()),
+            sessions: Mutex::new(HashSet::new()),
+            gate: Notify::new(),
+            hang_dropped: AtomicBool::new(false),
+            hang_dropped_notify: Notify::new(),
+        });
+        let listener =
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app_state = state.clone();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                let app = Router::new()
+                    .route("/mcp", any(handle))
+                    .with_state(app_state);
+                tokio::select! {
+                    _ = axum::serve(listener, app) => {}
+                    _ = stopped => {}
+                }
+            });
+            // Dropping the runtime here cancels every connection task and closes its socket.
+        });
+        Self {
+            addr,
+            state,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+
+    /// Stops the server and closes every connection.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.requests.lock().unwrap().push(Recorded {
+        method: method.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+        query: uri.query().map(str::to_string),
+    });
+    if state
+        .reject_next
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok()
+    {
+        return unauthorized();
+    }
+    let expected = format!("Bearer {}", state.token.lock().unwrap());
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return unauthorized();
+    }
+    match method {
+        Method::GET => {
+            return (
+                StatusCode::METHOD_NOT_ALLOWED,
+                [(header::ALLOW, "POST, DELETE")],
+            )
+                .into_response();
+        }
+        Method::DELETE => {
+            if let Some(s) = headers.get("mcp-session-id").and_then(|v| v.to_str().ok()) {
+                state.sessions.lock().unwrap().remove(s);
+            }
+            return StatusCode::NO_CONTENT.into_response();
+        }
+        _ => {}
+    }
+    let message: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(_) => return (StatusCode::BAD_REQUEST, "bad json").into_response(),
+    };
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let mode = *state.mode.lock().unwrap();
+    match message.get("method").and_then(Value::as_str).unwrap_or("") {
+        "server/discover" => match mode {
+            Mode::Modern => json_reply(json!({
+                "jsonrpc": "2.0", "id": id,
+                "result": { "supportedVersions": ["2026-07-28"], "serverInfo": { "name": "mock-modern", "version": "9.9" }, "capabilities": {} }
+            })),
+            _ => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"Bad Request: No valid session ID provided"}})),
+            )
+                .into_response(),
+        },
+        "initialize" => match mode {
+            Mode::Modern => (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32022,"message":"Unsupported protocol version","data":{"supported":["2026-07-28"]}}})),
+            )
+                .into_response(),
+            Mode::Garbage => (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/html")],
+                "<html><body>Welcome to nginx!</body></html>",
+            )
+                .into_response(),
+            Mode::Legacy | Mode::LegacySse => {
+                let session = format!("session-{}", state.requests.lock().unwrap().len());
+                state.sessions.lock().unwrap().insert(session.clone());
+                let result = json!({
+                    "jsonrpc": "2.0", "id": id,
+                    "result": { "protocolVersion": "2025-11-25", "capabilities": {}, "serverInfo": { "name": "mock-legacy", "version": "1.0" } }
+                });
+                let mut response = if mode == Mode::LegacySse {
+                    let events = format!(
+                        "id: 0\nretry: 500\ndata:\n\nevent: message\ndata: {}\n\nevent: message\nid: 1\ndata: {}\n\n",
+                        json!({"jsonrpc":"2.0","method":"notifications/message","params":{"level":"info","data":"hello"}}),
+                        result
+                    );
+                    (StatusCode::OK, [(header::CONTENT_TYPE, "text/event-stream")], events).into_response()
+                } else {
+                    json_reply(result)
+                };
+                response
+                    .headers_mut()
+                    .insert("mcp-session-id", session.parse().unwrap());
+                response
+            }
+        },
+        "notifications/initialized" => StatusCode::ACCEPTED.into_response(),
+        "tools/call" => {
+            let name = message["params"]["name"].as_str().unwrap_or("");
+            match name {
+                "echo" => json_reply(json!({
+                    "jsonrpc": "2.0", "id": id,
+                    "result": { "content": [{ "type": "text", "text": message["params"]["arguments"]["text"] }] }
+                })),
+                "gated" => gated(state.clone(), id),
+                "hang" => hang(state.clone()),
+                _ => json_reply(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"unknown tool"}})),
+            }
+        }
+        _ => json_reply(json!({"jsonrpc":"2.0","id":id,"result":{}})),
+    }
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        [(
+            header::WWW_AUTHENTICATE,
+            r#"Bearer error="invalid_token", error_description="token expired""#,
+        )],
+        "unauthorized",
+    )
+        .into_response()
+}
+
+fn json_reply(value: Value) -> Response {
+    axum::Json(value).into_response()
+}
+
+fn sse(body: Body) -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/event-stream")],
+        body,
+    )
+        .into_response()
+}
+
+/// Sends one event, waits for the test to open the gate, then sends the result.
+fn gated(state: Arc<MockState>, id: Value) -> Response {
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let state = state.clone();
+        let id = id.clone();
+        async move {
+            let event = match step {
+                0 => "event: message\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n".to_string(),
+                1 => {
+                    state.gate.notified().await;
+                    format!("event: message\nid: 2\ndata: {}\n\n", json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}}))
+                }
+                _ => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(event)),
+                step + 1,
+            ))
+        }
+    });
+    sse(Body::from_stream(stream))
+}
+
+struct DropFlag(Arc<MockState>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.hang_dropped.store(true, Ordering::SeqCst);
+        self.0.hang_dropped_notify.notify_waiters();
+    }
+}
+
+/// Sends one event and then nothing, forever; records when the stream is dropped.
+fn hang(state: Arc<MockState>) -> Response {
+    let flag = DropFlag(state);
+    let stream = futures_util::stream::unfold((0u8, flag), |(step, flag)| async move {
+        if step == 0 {
+            let event = Bytes::from_static(b"event: message\nid: 1\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{\"progressToken\":1,\"progress\":1}}\n\n");
+            Some((Ok::<_, std::convert::Infallible>(event), (1, flag)))
+        } else {
+            std::future::pending::<()>().await;
+            None
+        }
+    });
+    sse(Body::from_stream(stream))
+}

@@ -1,0 +1,8 @@
+//! Hermetic integration tests: real sockets on 127.0.0.1 port 0, a mock upstream that fails on
+//! command, the sidecar in process (and as a binary where exit codes and logs matter).
+
+mod common;
+
+mod cli;
+mod proxy;
+mod readiness;

@@ -1,0 +1,451 @@
+//! The proxied MCP endpoint, as a client sees it.
+
+use serde_json::{Value, json};
+use std::sync::atomic::Ordering;
+
+use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::{Sidecar, call, mcp_post, read_until};
+
+const TOKEN: &str = "upstream-token-1";
+
+async fn ready_pair() -> (MockUpstream, Sidecar) {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    sidecar.wait_reason("ready").await;
+    (mock, sidecar)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp?tenant=a");
+
+    let post = mcp_post(&client, &url, call(1, "echo", json!({"text": "hi"})))
+        .header("authorization", "Bearer client-supplied")
+        .header("mcp-session-id", "s-1")
+        .header("mcp-protocol-version", "2025-11-25")
+        .header("mcp-param-region", "eu")
+        .header("last-event-id", "e-7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 200);
+    let body: Value = post.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "hi");
+
+    let get = client
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 405, "status codes pass through unchanged");
+    assert_eq!(get.headers()["allow"], "POST, DELETE");
+
+    let delete = client
+        .delete(&url)
+        .header("mcp-session-id", "s-1")
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 204);
+
+    let seen = mock.state.client_requests();
+    let methods: Vec<&str> = seen.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["POST", "GET", "DELETE"]);
+    for request in &seen {
+        assert_eq!(request.authorization(), Some("Bearer upstream-token-1"));
+        assert_eq!(request.query.as_deref(), Some("tenant=a"));
+    }
+    let post = &seen[0];
+    for (name, value) in [
+        ("mcp-session-id", "s-1"),
+        ("mcp-protocol-version", "2025-11-25"),
+        ("mcp-param-region", "eu"),
+        ("last-event-id", "e-7"),
+    ] {
+        assert_eq!(post.headers[name], value, "{name} is forwarded");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sse_events_reach_the_client_one_by_one() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let mut response = mcp_post(&client, &sidecar.url("/mcp"), call(5, "gated", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
+
+    // The upstream holds its second event until the gate opens: the first must arrive before.
+    let mut seen = String::new();
+    assert!(
+        read_until(&mut response, &mut seen, "notifications/progress").await,
+        "first event did not arrive while the upstream held the second; got {seen:?}"
+    );
+    assert!(!seen.contains("\"result\""), "second event arrived early");
+    mock.state.gate.notify_one();
+    assert!(
+        read_until(&mut response, &mut seen, "\"result\"").await,
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains("id: 1\n") && seen.contains("id: 2\n"),
+        "event ids intact: {seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_disconnect_closes_the_upstream_request() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let mut response = mcp_post(&client, &sidecar.url("/mcp"), call(6, "hang", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut response, &mut seen, "progress").await);
+    assert!(!mock.state.hang_dropped.load(Ordering::SeqCst));
+    drop(response);
+    drop(client);
+    let dropped = crate::common::poll(
+        || async { Some(mock.state.hang_dropped.load(Ordering::SeqCst)) },
+        |dropped| *dropped,
+    )
+    .await;
+    assert!(
+        dropped.is_some(),
+        "upstream stream still open after the client went away"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_401_gets_one_refresh_and_retry() {
+    let (mock, sidecar) = ready_pair().await;
+    mock.state.reject_next.store(1, Ordering::SeqCst);
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(2, "echo", json!({"text": "again"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "again");
+    let seen = mock.state.client_requests();
+    assert_eq!(seen.len(), 2, "one rejected attempt, one retry");
+    assert_eq!(seen[0].body, seen[1].body, "the body is replayed unchanged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotated_token_file_is_used_after_a_401() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "old-token\n").unwrap();
+    let mock = MockUpstream::start("old-token", Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN_FILE", token_file.to_str().unwrap()),
+        ("READY_INTERVAL", "60s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+
+    // The upstream moves on to a new token before the file does: the request fails cleanly.
+    mock.state.set_token("new-token");
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(3, "echo", json!({"text": "x"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 502);
+
+    // Kubernetes-style rotation: the secret directory's symlink is swapped.
+    let fresh = dir.path().join("token.new");
+    std::fs::write(&fresh, "new-token\n").unwrap();
+    std::fs::rename(&fresh, &token_file).unwrap();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(4, "echo", json!({"text": "y"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let last = mock.state.client_requests().pop().unwrap();
+    assert_eq!(last.authorization(), Some("Bearer new-token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_401_gives_502_with_the_request_id_and_not_ready() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    // A long interval: /ready must change because the proxy reported the failure, not by timer.
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("READY_INTERVAL", "300s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    mock.state.set_token("only-a-different-token-works");
+
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(42, "echo", json!({"text": "x"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 502, "never 401 to the client");
+    assert!(response.headers().get("www-authenticate").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 42);
+    assert_eq!(body["error"]["data"]["reason"], "upstream_auth_rejected");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("rejected") && message.contains("token expired"),
+        "{message}"
+    );
+    assert_eq!(mock.state.client_requests().len(), 2, "exactly one retry");
+
+    let ready = sidecar.wait_reason("upstream_auth_rejected").await;
+    assert_eq!(ready["ready"], false);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_down_gives_502_and_unreachable() {
+    let (mut mock, sidecar) = ready_pair().await;
+    mock.stop();
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(7, "echo", json!({"text": "x"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 7);
+    assert_eq!(body["error"]["data"]["reason"], "upstream_unreachable");
+    sidecar.wait_reason("upstream_unreachable").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_token_file_is_auth_required_not_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, TOKEN).unwrap();
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN_FILE", token_file.to_str().unwrap()),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    std::fs::write(&token_file, "").unwrap();
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(8, "echo", json!({"text": "x"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "auth_required");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("is empty")
+    );
+    let ready = sidecar.wait_reason("auth_required").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("TOKEN_FILE"),
+        "{ready}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_host_or_origin_is_403_json() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    for (header, value) in [("host", "evil.example"), ("origin", "https://evil.example")] {
+        let response = mcp_post(&client, &url, call(9, "echo", json!({"text": "x"})))
+            .header(header, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{header}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("evil.example")
+        );
+    }
+    let ok = mcp_post(&client, &url, call(10, "echo", json!({"text": "x"})))
+        .header("origin", "http://localhost:3000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(
+        mock.state.client_requests().len(),
+        1,
+        "refused requests never reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_token_is_enforced_and_never_forwarded() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("CLIENT_TOKEN", "client-shared-secret"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let refused = mcp_post(&client, &url, call(1, "echo", json!({"text": "x"})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let accepted = mcp_post(&client, &url, call(2, "echo", json!({"text": "x"})))
+        .header("authorization", "Bearer client-shared-secret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 200);
+    let seen = mock.state.client_requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].authorization(), Some("Bearer upstream-token-1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oversized_body_is_413_json_and_other_methods_405() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("MAX_BODY_BYTES", "1024"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let big = call(1, "echo", json!({"text": "x".repeat(2000)}));
+    let response = mcp_post(&client, &url, big.clone()).send().await.unwrap();
+    assert_eq!(response.status(), 413);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("1024 bytes")
+    );
+
+    // Without a declared length (chunked), the limit still holds.
+    let stream = futures_util::stream::iter(
+        big.into_bytes()
+            .chunks(100)
+            .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+            .collect::<Vec<_>>(),
+    );
+    let response = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+
+    let response = client.put(&url).send().await.unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(mock.state.client_requests().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn well_known_and_unknown_paths_are_json_404s() {
+    let (_mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    for path in [
+        "/.well-known/oauth-protected-resource/mcp",
+        "/.well-known/oauth-authorization-server",
+        "/.well-known/openid-configuration",
+        "/register",
+    ] {
+        let response = client.get(sidecar.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 404, "{path}");
+        assert_eq!(response.headers()["content-type"], "application/json");
+        assert_eq!(
+            response.json::<Value>().await.unwrap(),
+            json!({"error": "not_found"})
+        );
+    }
+    let response = client
+        .post(sidecar.url("/register"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn graceful_shutdown_lets_an_in_flight_request_finish() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let mut response = mcp_post(&client, &sidecar.url("/mcp"), call(5, "gated", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut response, &mut seen, "progress").await);
+    let addr = sidecar.addr;
+    let shutdown = tokio::spawn(sidecar.shutdown());
+    // Draining has begun once the listener refuses new connections.
+    let refused = crate::common::poll(
+        || async move { Some(tokio::net::TcpStream::connect(addr).await.is_err()) },
+        |refused| *refused,
+    )
+    .await;
+    assert!(
+        refused.is_some(),
+        "the sidecar kept accepting connections after shutdown"
+    );
+    // The stream in flight still completes.
+    mock.state.gate.notify_one();
+    assert!(
+        read_until(&mut response, &mut seen, "\"result\"").await,
+        "{seen:?}"
+    );
+    shutdown.await.unwrap();
+}
