@@ -51,6 +51,7 @@ const KNOWN_KEYS: &[&str] = &[
     "ready_interval",
     "ready_timeout",
     "max_body_bytes",
+    "sse_keepalive",
     "shutdown_grace",
     "log",
     "log_format",
@@ -71,6 +72,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ready: ReadyConfig,
     pub max_body_bytes: usize,
+    /// Silence on an SSE stream after which a `:` comment is sent between events.
+    pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub log: LogConfig,
@@ -602,6 +605,7 @@ impl Reader<'_> {
             timeout: self.duration("ready_timeout", Duration::from_secs(10)),
         };
         let max_body_bytes = self.positive_int("max_body_bytes", DEFAULT_MAX_BODY_BYTES);
+        let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
         let log = self.log();
 
@@ -620,6 +624,7 @@ impl Reader<'_> {
             auth: auth?,
             ready,
             max_body_bytes,
+            sse_keepalive,
             shutdown_grace,
             log,
         })
@@ -848,6 +853,10 @@ impl Config {
                 humantime::format_duration(self.ready.timeout).to_string(),
             ),
             ("MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            (
+                "SSE_KEEPALIVE",
+                humantime::format_duration(self.sse_keepalive).to_string(),
+            ),
             (
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),

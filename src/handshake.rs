@@ -96,7 +96,7 @@ pub async fn run(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, Han
 /// `Some(info)` when the server speaks the stateless protocol; `None` when it answered like an
 /// older server (so the caller tries `initialize`).
 async fn discover(upstream: &Upstream) -> Result<Option<ServerInfo>, HandshakeError> {
-    let id = request_id("discover");
+    let id = Value::String(request_id("discover"));
     let body = json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -156,7 +156,7 @@ enum Legacy {
 }
 
 async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
-    let id = request_id("initialize");
+    let id = Value::String(request_id("initialize"));
     let body = json!({
         "jsonrpc": "2.0",
         "id": id,
@@ -313,9 +313,9 @@ fn error_message(reply: &Option<Value>) -> Option<String> {
 
 /// Reads a successful reply: a JSON body, or an SSE stream in which the event answering `id`
 /// arrives after any number of priming events, notifications and server requests.
-async fn read_reply(
+pub(crate) async fn read_reply(
     response: reqwest::Response,
-    id: &str,
+    id: &Value,
     step: &str,
 ) -> Result<Value, HandshakeError> {
     let content_type = response
@@ -341,7 +341,7 @@ async fn read_reply(
                     continue;
                 }
                 if let Ok(message) = serde_json::from_str::<Value>(&event.data)
-                    && message.get("id").and_then(Value::as_str) == Some(id)
+                    && message.get("id") == Some(id)
                 {
                     return Ok(message);
                 }

@@ -8,7 +8,8 @@
 //! - [`token`]: the `TokenSource` abstraction and one provider per file.
 //! - [`upstream`]: the shared HTTP client and the refresh-and-retry rule; [`challenge`]:
 //!   `WWW-Authenticate` parsing.
-//! - [`proxy`]: the MCP endpoint; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
+//! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
+//!   upstream forgot; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
@@ -30,6 +31,7 @@ pub mod proxy;
 pub mod readiness;
 pub mod secret;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod sse;
 pub mod telemetry;

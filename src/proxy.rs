@@ -7,6 +7,9 @@
 //! client goes away, axum drops this handler's future or the response body, which drops the
 //! upstream request with it.
 //!
+//! A session the upstream forgot (404) is re-initialized transparently ([`crate::session`]), and
+//! idle SSE streams get `:` comment keepalives between events.
+//!
 //! Failures the client cannot act on (unreachable upstream, refused credential) come back as a
 //! JSON-RPC error with the request's id and status 502/503, never 401 or a bare 403.
 
@@ -24,6 +27,7 @@ use serde_json::Value;
 use crate::jsonrpc::{self, Code};
 use crate::metrics::Outcome;
 use crate::server::App;
+use crate::session::MCP_SESSION_ID;
 use crate::upstream::UpstreamError;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
@@ -81,11 +85,54 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
         }
     };
 
-    let headers = upstream_request_headers(&parts.headers);
-    let result = app
+    let mut headers = upstream_request_headers(&parts.headers);
+    let client_session = parts
+        .headers
+        .get(&MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    // A session the sidecar re-initialized is known upstream by another id.
+    let session = client_session
+        .as_deref()
+        .and_then(|id| app.sessions.get(id));
+    let mut sent_session = None;
+    if let Some(session) = &session {
+        let id = session.upstream_id().await;
+        if let Ok(value) = HeaderValue::try_from(id.as_str()) {
+            headers.insert(MCP_SESSION_ID.clone(), value);
+        }
+        sent_session = Some(id);
+    }
+    let query = parts.uri.query();
+    let mut result = app
         .upstream
-        .send(method.clone(), parts.uri.query(), headers, body.clone())
+        .send(method.clone(), query, headers.clone(), body.clone())
         .await;
+
+    let forgotten = matches!(&result, Ok(r) if r.status() == StatusCode::NOT_FOUND);
+    if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
+        match session.reinitialize(&app.upstream, stale).await {
+            Ok(fresh) => {
+                if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
+                    headers.insert(MCP_SESSION_ID.clone(), value);
+                }
+                result = app
+                    .upstream
+                    .send(method.clone(), query, headers.clone(), body.clone())
+                    .await;
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "the upstream forgot a client's session and re-initializing it failed; passing its 404 on"
+            ),
+        }
+    }
+
+    if let Some(id) = &client_session
+        && method == Method::DELETE
+    {
+        app.sessions.forget(id);
+    }
 
     match result {
         Ok(upstream) => {
@@ -102,8 +149,19 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
                     "proxied"
                 );
             }
+            if client_session.is_none()
+                && method == Method::POST
+                && status.is_success()
+                && let Some(id) = upstream
+                    .headers()
+                    .get(&MCP_SESSION_ID)
+                    .and_then(|v| v.to_str().ok())
+                && crate::session::is_initialize(&body)
+            {
+                app.sessions.remember(id, body.clone(), &headers);
+            }
             app.metrics.record_request(&method, Outcome::forwarded);
-            forward_response(&app, upstream)
+            forward_response(&app, upstream, client_session.as_deref())
         }
         Err(error) => {
             app.readiness.trigger();
@@ -213,7 +271,13 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-fn forward_response(app: &Arc<App>, upstream: reqwest::Response) -> Response {
+/// `client_session` is the session id the client sent; a response naming the session (some
+/// servers echo it) shows the client that id, not the one a re-initialization obtained.
+fn forward_response(
+    app: &Arc<App>,
+    upstream: reqwest::Response,
+    client_session: Option<&str>,
+) -> Response {
     let status = upstream.status();
     let listed = connection_listed(upstream.headers());
     let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 1);
@@ -222,6 +286,12 @@ fn forward_response(app: &Arc<App>, upstream: reqwest::Response) -> Response {
             continue;
         }
         headers.append(name.clone(), value.clone());
+    }
+    if let Some(id) = client_session
+        && headers.contains_key(&MCP_SESSION_ID)
+        && let Ok(value) = HeaderValue::try_from(id)
+    {
+        headers.insert(MCP_SESSION_ID.clone(), value);
     }
     let is_sse = headers
         .get(header::CONTENT_TYPE)
@@ -234,7 +304,7 @@ fn forward_response(app: &Arc<App>, upstream: reqwest::Response) -> Response {
 
     let readiness = app.readiness.clone();
     let guard = is_sse.then(|| app.metrics.stream_guard());
-    let stream = upstream.bytes_stream().map(move |chunk| {
+    let chunks = upstream.bytes_stream().map(move |chunk| {
         // The guard lives as long as the stream, counting open SSE streams.
         let _ = &guard;
         if let Err(e) = &chunk {
@@ -246,11 +316,47 @@ fn forward_response(app: &Arc<App>, upstream: reqwest::Response) -> Response {
         }
         chunk
     });
-    let mut response = Response::new(Body::from_stream(stream));
+    let body = if is_sse {
+        Body::from_stream(with_keepalives(chunks, app.sse_keepalive))
+    } else {
+        Body::from_stream(chunks)
+    };
+    let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
 }
+
+/// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
+/// silent for `every` while between events, so load balancers and proxies between agent and
+/// sidecar do not cut an idle stream. Clients ignore comment lines; mid-event nothing is inserted.
+fn with_keepalives<S>(
+    chunks: S,
+    every: std::time::Duration,
+) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+{
+    let state = (Box::pin(chunks), crate::sse::Boundary::default());
+    futures_util::stream::unfold(state, move |(mut chunks, mut boundary)| async move {
+        loop {
+            match tokio::time::timeout(every, chunks.next()).await {
+                Ok(Some(Ok(chunk))) => {
+                    boundary.observe(&chunk);
+                    return Some((Ok(chunk), (chunks, boundary)));
+                }
+                Ok(Some(Err(e))) => return Some((Err(e), (chunks, boundary))),
+                Ok(None) => return None,
+                Err(_) if boundary.at_boundary() => {
+                    return Some((Ok(Bytes::from_static(KEEPALIVE)), (chunks, boundary)));
+                }
+                Err(_) => {}
+            }
+        }
+    })
+}
+
+const KEEPALIVE: &[u8] = b": keepalive\n\n";
 
 /// A JSON-RPC error response produced by the sidecar itself.
 pub fn error_response(

@@ -289,7 +289,12 @@ fn classify(
                 }
                 HandshakeError::Failed(_) => Reason::HandshakeFailed,
             };
-            (reason, e.to_string(), None)
+            let detail = match e {
+                // The reason already says "unreachable"; the detail says why.
+                HandshakeError::Upstream(UpstreamError::Unreachable(cause)) => cause,
+                other => other.to_string(),
+            };
+            (reason, detail, None)
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::{any, get};
@@ -14,6 +14,7 @@ use crate::config::Config;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
+use crate::session::Sessions;
 use crate::upstream::Upstream;
 
 /// State shared by every handler.
@@ -24,6 +25,8 @@ pub struct App {
     pub upstream: Arc<Upstream>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
+    pub sessions: Sessions,
+    pub sse_keepalive: Duration,
     pub started_at: SystemTime,
 }
 
@@ -66,6 +69,8 @@ pub async fn serve(
         upstream: upstream.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
+        sessions: Sessions::new(),
+        sse_keepalive: config.sse_keepalive,
         started_at: SystemTime::now(),
     });
 

@@ -97,6 +97,55 @@ impl Parser {
     }
 }
 
+/// Tracks whether a byte stream is between events, where a `:` comment line can be inserted
+/// without changing what the client parses (used for keepalives).
+#[derive(Debug, Clone, Copy)]
+pub struct Boundary {
+    at_boundary: bool,
+    line_empty: bool,
+    after_cr: bool,
+}
+
+impl Default for Boundary {
+    fn default() -> Self {
+        // The start of a stream is a boundary.
+        Self {
+            at_boundary: true,
+            line_empty: true,
+            after_cr: false,
+        }
+    }
+}
+
+impl Boundary {
+    pub fn observe(&mut self, chunk: &[u8]) {
+        for &byte in chunk {
+            if self.after_cr {
+                self.after_cr = false;
+                if byte == b'\n' {
+                    continue; // the LF of a CRLF already counted at the CR
+                }
+            }
+            match byte {
+                b'\n' | b'\r' => {
+                    // An empty line ends an event; a non-empty one leaves its fields pending.
+                    self.at_boundary = self.line_empty;
+                    self.line_empty = true;
+                    self.after_cr = byte == b'\r';
+                }
+                _ => {
+                    self.line_empty = false;
+                    self.at_boundary = false;
+                }
+            }
+        }
+    }
+
+    pub fn at_boundary(&self) -> bool {
+        self.at_boundary
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +173,24 @@ mod tests {
             let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
             assert_eq!(data, ["one\ntwo", "three", "four"], "split at {split}");
         }
+    }
+
+    #[test]
+    fn boundary_only_after_a_blank_line() {
+        let mut b = Boundary::default();
+        assert!(b.at_boundary());
+        b.observe(b"event: message\ndata: {}");
+        assert!(!b.at_boundary());
+        b.observe(b"\n");
+        assert!(!b.at_boundary(), "a field line ended, the event has not");
+        b.observe(b"\n");
+        assert!(b.at_boundary());
+        b.observe(b"data: x\r\n");
+        assert!(!b.at_boundary());
+        b.observe(b"\r");
+        assert!(b.at_boundary());
+        b.observe(b"\n"); // the LF of that CRLF, in the next chunk
+        assert!(b.at_boundary());
     }
 
     #[test]

@@ -20,10 +20,11 @@ async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
     let (mock, sidecar) = ready_pair().await;
     let client = reqwest::Client::new();
     let url = sidecar.url("/mcp?tenant=a");
+    let session = client_initialize(&client, &url).await;
 
     let post = mcp_post(&client, &url, call(1, "echo", json!({"text": "hi"})))
         .header("authorization", "Bearer client-supplied")
-        .header("mcp-session-id", "s-1")
+        .header("mcp-session-id", &session)
         .header("mcp-protocol-version", "2025-11-25")
         .header("mcp-param-region", "eu")
         .header("last-event-id", "e-7")
@@ -46,14 +47,15 @@ async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
 
     let delete = client
         .delete(&url)
-        .header("mcp-session-id", "s-1")
+        .header("mcp-session-id", &session)
         .header("x-test", "1")
         .send()
         .await
         .unwrap();
     assert_eq!(delete.status(), 204);
 
-    let seen = mock.state.client_requests();
+    // The first two requests were the client's initialize and initialized notification.
+    let seen = mock.state.client_requests().split_off(2);
     let methods: Vec<&str> = seen.iter().map(|r| r.method.as_str()).collect();
     assert_eq!(methods, ["POST", "GET", "DELETE"]);
     for request in &seen {
@@ -62,7 +64,7 @@ async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
     }
     let post = &seen[0];
     for (name, value) in [
-        ("mcp-session-id", "s-1"),
+        ("mcp-session-id", session.as_str()),
         ("mcp-protocol-version", "2025-11-25"),
         ("mcp-param-region", "eu"),
         ("last-event-id", "e-7"),
@@ -448,4 +450,159 @@ async fn graceful_shutdown_lets_an_in_flight_request_finish() {
         "{seen:?}"
     );
     shutdown.await.unwrap();
+}
+
+/// Initializes through the sidecar as a client does; returns the session id the client got.
+async fn client_initialize(client: &reqwest::Client, url: &str) -> String {
+    let body = json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"test","version":"1"}}});
+    let response = mcp_post(client, url, body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let notified = mcp_post(
+        client,
+        url,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string(),
+    )
+    .header("mcp-session-id", &session)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(notified.status(), 202);
+    session
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_upstream_forgot_is_reinitialized_transparently() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let session = client_initialize(&client, &url).await;
+
+    mock.state.forget_sessions();
+    // Several requests hit the forgotten session at once: one re-initialization serves them all.
+    let calls = (0..8).map(|i| {
+        let request = mcp_post(
+            &client,
+            &url,
+            call(100 + i, "echo", json!({"text": format!("after-{i}")})),
+        )
+        .header("mcp-session-id", &session);
+        async move { request.send().await.unwrap() }
+    });
+    for (i, response) in futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        assert_eq!(response.status(), 200, "the client never sees the 404");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["result"]["content"][0]["text"], format!("after-{i}"));
+    }
+
+    let seen = mock.state.client_requests();
+    let initializes: Vec<_> = seen
+        .iter()
+        .filter(|r| r.rpc_method().as_deref() == Some("initialize"))
+        .collect();
+    assert_eq!(
+        initializes.len(),
+        2,
+        "the client's initialize, and exactly one replay"
+    );
+    assert_eq!(
+        initializes[0].body, initializes[1].body,
+        "the replay is the client's own initialize"
+    );
+    let replayed_session = seen
+        .iter()
+        .rev()
+        .find(|r| r.rpc_method().as_deref() == Some("tools/call"))
+        .unwrap()
+        .headers["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(
+        replayed_session, session,
+        "retried under the new upstream session"
+    );
+    let initialized_after_replay = seen
+        .iter()
+        .filter(|r| r.rpc_method().as_deref() == Some("notifications/initialized"))
+        .count();
+    assert_eq!(initialized_after_replay, 2);
+
+    // The client's DELETE ends the upstream session it does not know about.
+    let delete = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 204);
+    assert_eq!(
+        mock.state.client_requests().last().unwrap().headers["mcp-session-id"],
+        replayed_session.as_str()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_sessions_get_the_upstreams_404() {
+    let (_mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(1, "echo", json!({"text": "x"})),
+    )
+    .header("mcp-session-id", "never-initialized-here")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_sse_streams_get_keepalive_comments_between_events() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("SSE_KEEPALIVE", "100ms"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let mut response = mcp_post(&client, &sidecar.url("/mcp"), call(5, "gated", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(
+        read_until(&mut response, &mut seen, ": keepalive\n\n").await,
+        "{seen:?}"
+    );
+    let first_event_end = seen.find("\n\n").unwrap();
+    assert!(
+        seen.find(": keepalive").unwrap() > first_event_end,
+        "only between events: {seen:?}"
+    );
+    mock.state.gate.notify_one();
+    assert!(read_until(&mut response, &mut seen, "\"result\"").await);
+    // The stream still parses as the same events.
+    let mut parser = mcp_sidecar::sse::Parser::new();
+    let events: Vec<_> = parser
+        .push(seen.as_bytes())
+        .into_iter()
+        .filter(|e| !e.data.is_empty())
+        .collect();
+    assert_eq!(events.len(), 2, "{seen:?}");
 }

@@ -84,6 +84,11 @@ impl MockState {
             .collect()
     }
 
+    /// Forgets every session, as a restarted server would.
+    pub fn forget_sessions(&self) {
+        self.sessions.lock().unwrap().clear();
+    }
+
     pub fn set_token(&self, token: &str) {
         *self.token.lock().unwrap() = token.to_string();
     }
@@ -193,6 +198,12 @@ async fn handle(
     {
         return unauthorized();
     }
+    let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
+    if let Some(session) = session
+        && !state.sessions.lock().unwrap().contains(session)
+    {
+        return (StatusCode::NOT_FOUND, "session not found").into_response();
+    }
     match method {
         Method::GET => {
             return (
@@ -241,6 +252,7 @@ async fn handle(
                 .into_response(),
             Mode::Legacy | Mode::LegacySse => {
                 let session = format!("session-{}", state.requests.lock().unwrap().len());
+                // Some servers name the session on every response; this one does on initialize.
                 state.sessions.lock().unwrap().insert(session.clone());
                 let result = json!({
                     "jsonrpc": "2.0", "id": id,

@@ -1,0 +1,202 @@
+//! Keeps a client's MCP session alive when the upstream forgets it.
+//!
+//! Claude Code never re-initializes after a session 404 (PROTOCOL.md lists seven issues), so an
+//! upstream restart or session expiry would break the agent for the rest of its run. The sidecar
+//! remembers each client's `initialize` request and the session id the upstream gave it. When the
+//! upstream answers 404 to a request that carries that session, the sidecar replays the
+//! `initialize` (and `notifications/initialized`) itself, maps the client's session id to the new
+//! upstream one, and retries the request. The client keeps using its original id throughout.
+//!
+//! Re-initialization is single-flight per session: concurrent 404s for one session cause one
+//! replay, the other requests retry with its result.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::{HeaderMap, Method};
+use serde_json::Value;
+
+use crate::upstream::{Upstream, UpstreamError};
+
+pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
+static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
+
+/// How many sessions are remembered; beyond this the least recently created is forgotten (its
+/// client then sees the upstream's 404, as without the sidecar).
+const MAX_SESSIONS: usize = 10_000;
+
+pub struct Sessions {
+    map: Mutex<HashMap<String, Arc<Session>>>,
+    created: AtomicU64,
+}
+
+pub struct Session {
+    /// The client's `initialize` request, replayed verbatim.
+    initialize: Bytes,
+    /// The headers it came with (Accept, protocol version, client-specific ones).
+    headers: HeaderMap,
+    /// The session id the upstream currently knows this client by.
+    upstream_id: tokio::sync::Mutex<String>,
+    order: u64,
+}
+
+/// Why a re-initialization failed; the client then gets the upstream's original 404.
+#[derive(Debug, thiserror::Error)]
+pub enum ReinitError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Sessions {
+    pub fn new() -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            created: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a session the upstream just created for a client's `initialize`.
+    pub fn remember(&self, client_id: &str, initialize: Bytes, headers: &HeaderMap) {
+        let mut replay_headers = HeaderMap::new();
+        for (name, value) in headers {
+            if name != MCP_SESSION_ID {
+                replay_headers.append(name.clone(), value.clone());
+            }
+        }
+        let session = Arc::new(Session {
+            initialize,
+            headers: replay_headers,
+            upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
+            order: self.created.fetch_add(1, Ordering::Relaxed),
+        });
+        let mut map = self.lock();
+        if map.len() >= MAX_SESSIONS
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, s)| s.order)
+                .map(|(k, _)| k.clone())
+        {
+            map.remove(&oldest);
+        }
+        map.insert(client_id.to_string(), session);
+    }
+
+    pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
+        self.lock().get(client_id).cloned()
+    }
+
+    pub fn forget(&self, client_id: &str) {
+        self.lock().remove(client_id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Session {
+    /// The id to send upstream in place of the client's.
+    pub async fn upstream_id(&self) -> String {
+        self.upstream_id.lock().await.clone()
+    }
+
+    /// The upstream answered 404 to a request sent with `stale`: obtain a new upstream session,
+    /// unless a concurrent request already did, and return the id to retry with.
+    pub async fn reinitialize(
+        &self,
+        upstream: &Upstream,
+        stale: &str,
+    ) -> Result<String, ReinitError> {
+        let mut current = self.upstream_id.lock().await;
+        if *current != stale {
+            return Ok(current.clone());
+        }
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if !headers.contains_key(ACCEPT) {
+            headers.insert(
+                ACCEPT,
+                HeaderValue::from_static("application/json, text/event-stream"),
+            );
+        }
+        let response = upstream
+            .send(Method::POST, None, headers.clone(), self.initialize.clone())
+            .await?;
+        if !response.status().is_success() {
+            return Err(ReinitError::Refused(format!(
+                "the replayed initialize was answered HTTP {}",
+                response.status()
+            )));
+        }
+        let new_id = response
+            .headers()
+            .get(&MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| {
+                ReinitError::Refused("the replayed initialize created no session".into())
+            })?;
+        let id = serde_json::from_slice::<Value>(&self.initialize)
+            .ok()
+            .and_then(|v| v.get("id").cloned())
+            .unwrap_or(Value::Null);
+        let reply = crate::handshake::read_reply(response, &id, "replayed initialize")
+            .await
+            .map_err(|e| ReinitError::Refused(e.to_string()))?;
+        let version = reply
+            .pointer("/result/protocolVersion")
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                ReinitError::Refused("the replayed initialize returned no protocolVersion".into())
+            })?;
+
+        let new_value = HeaderValue::try_from(new_id.as_str())
+            .map_err(|_| ReinitError::Refused("the new session id is not a header value".into()))?;
+        headers.insert(MCP_SESSION_ID.clone(), new_value);
+        if let Ok(v) = HeaderValue::try_from(version) {
+            headers.insert(MCP_PROTOCOL_VERSION.clone(), v);
+        }
+        let initialized =
+            Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
+        let response = upstream
+            .send(Method::POST, None, headers, initialized)
+            .await?;
+        if !response.status().is_success() {
+            return Err(ReinitError::Refused(format!(
+                "notifications/initialized after the replay was answered HTTP {}",
+                response.status()
+            )));
+        }
+        tracing::info!("upstream forgot a client's session; re-initialized it transparently");
+        *current = new_id.clone();
+        Ok(new_id)
+    }
+}
+
+/// Whether a request body is an `initialize` request (checked cheaply before parsing).
+pub fn is_initialize(body: &[u8]) -> bool {
+    if !body.windows(10).any(|w| w == b"initialize") {
+        return false;
+    }
+    crate::jsonrpc::request_method(body).as_deref() == Some("initialize")
+}
