@@ -6,6 +6,9 @@
 //! - Modern servers (2026-07-28, stateless): `POST server/discover`.
 //! - Older servers (2025-11-25 and before): `POST initialize` (reply as JSON or SSE, priming events
 //!   skipped, id matched), `POST notifications/initialized` (202), `DELETE` of the session.
+//! - HTTP+SSE servers (2024-11-05), tried when `initialize` gets a 4xx: `GET` for the `endpoint`
+//!   event, `initialize` and `notifications/initialized` POSTed there, the reply read from the
+//!   stream.
 //!
 //! Which one a server speaks is learnt from its answers (PROTOCOL.md, "Version detection": a 400
 //! with -32022 means modern, other 4xx means legacy) and remembered, so a steady-state check costs
@@ -41,6 +44,8 @@ pub enum Mode {
     Stateless,
     /// `initialize` with an optional session.
     Initialize,
+    /// The 2024-11-05 HTTP+SSE transport: `GET` for an `endpoint` event, POSTs there.
+    SseTransport,
 }
 
 /// What a successful handshake learnt about the upstream (shown in `/status`).
@@ -69,28 +74,44 @@ pub enum HandshakeError {
 /// Runs the handshake. `mode` is what worked last time and is updated on success.
 pub async fn run(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, HandshakeError> {
     let info = match *mode {
-        Mode::Initialize => match initialize(upstream).await? {
-            Legacy::Done(info) => info,
-            Legacy::ServerIsModern => discover(upstream).await?.ok_or_else(|| {
-                HandshakeError::Failed(
-                    "initialize was refused as an unsupported version, and server/discover failed too".into(),
-                )
-            })?,
+        Mode::SseTransport => match sse_transport(upstream).await? {
+            Some(info) => info,
+            None => after_initialize(upstream, initialize(upstream).await?, true).await?,
         },
+        Mode::Initialize => after_initialize(upstream, initialize(upstream).await?, true).await?,
         Mode::Unknown | Mode::Stateless => match discover(upstream).await? {
             Some(info) => info,
-            None => match initialize(upstream).await? {
-                Legacy::Done(info) => info,
-                Legacy::ServerIsModern => {
-                    return Err(HandshakeError::Failed(
-                        "the server refused both server/discover and initialize as unsupported protocol versions".into(),
-                    ));
-                }
-            },
+            None => after_initialize(upstream, initialize(upstream).await?, false).await?,
         },
     };
     *mode = info.mode;
     Ok(info)
+}
+
+/// Decides what an `initialize` attempt means. `discover_next` says whether `server/discover`
+/// is still worth trying (it is not when it was just tried).
+async fn after_initialize(
+    upstream: &Upstream,
+    outcome: Legacy,
+    discover_next: bool,
+) -> Result<ServerInfo, HandshakeError> {
+    match outcome {
+        Legacy::Done(info) => Ok(info),
+        Legacy::ServerIsModern if discover_next => discover(upstream).await?.ok_or_else(|| {
+            HandshakeError::Failed(
+                "initialize was refused as an unsupported version, and server/discover failed too"
+                    .into(),
+            )
+        }),
+        Legacy::ServerIsModern => Err(HandshakeError::Failed(
+            "the server refused both server/discover and initialize as unsupported protocol versions".into(),
+        )),
+        // The spec's backwards-compatibility rule: a 4xx to POST initialize means "try the
+        // HTTP+SSE transport".
+        Legacy::NotStreamable(failure) => sse_transport(upstream)
+            .await?
+            .ok_or(HandshakeError::Failed(failure)),
+    }
 }
 
 /// `Some(info)` when the server speaks the stateless protocol; `None` when it answered like an
@@ -153,6 +174,8 @@ enum Legacy {
     Done(ServerInfo),
     /// 400 with -32022: the server only speaks the stateless protocol.
     ServerIsModern,
+    /// Another 4xx: perhaps an HTTP+SSE server. Carries the failure to report if not.
+    NotStreamable(String),
 }
 
 async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
@@ -182,31 +205,20 @@ async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
         if status == StatusCode::BAD_REQUEST && error_code(&reply) == Some(UNSUPPORTED_VERSION) {
             return Ok(Legacy::ServerIsModern);
         }
-        return Err(HandshakeError::Failed(format!(
+        let failure = format!(
             "initialize answered HTTP {status}{}",
             error_message(&reply)
                 .map(|m| format!(": {m}"))
                 .unwrap_or_default()
-        )));
+        );
+        if status.is_client_error() {
+            return Ok(Legacy::NotStreamable(failure));
+        }
+        return Err(HandshakeError::Failed(failure));
     }
     let session = response.headers().get(&MCP_SESSION_ID).cloned();
     let reply = read_reply(response, &id, "initialize").await?;
-    if let Some(message) = error_message(&Some(reply.clone())) {
-        return Err(HandshakeError::Failed(format!(
-            "initialize returned an error: {message}"
-        )));
-    }
-    let result = reply
-        .get("result")
-        .ok_or_else(|| HandshakeError::Failed("initialize reply has no result".into()))?;
-    let protocol_version = result
-        .get("protocolVersion")
-        .and_then(Value::as_str)
-        .ok_or_else(|| HandshakeError::Failed("initialize result has no protocolVersion".into()))?
-        .to_string();
-    let (server_name, server_version) = server_info(result);
-    let server_name = server_name
-        .ok_or_else(|| HandshakeError::Failed("initialize result has no serverInfo.name".into()))?;
+    let (protocol_version, server_name, server_version) = initialize_result(&reply)?;
 
     let mut headers = post_headers();
     if let Some(session) = &session {
@@ -254,6 +266,188 @@ async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
         server_version,
         mode: Mode::Initialize,
     }))
+}
+
+/// Checks an `initialize` reply: protocol version, server name and version.
+fn initialize_result(reply: &Value) -> Result<(String, String, Option<String>), HandshakeError> {
+    if let Some(message) = error_message(&Some(reply.clone())) {
+        return Err(HandshakeError::Failed(format!(
+            "initialize returned an error: {message}"
+        )));
+    }
+    let result = reply
+        .get("result")
+        .ok_or_else(|| HandshakeError::Failed("initialize reply has no result".into()))?;
+    let protocol_version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .ok_or_else(|| HandshakeError::Failed("initialize result has no protocolVersion".into()))?
+        .to_string();
+    let (server_name, server_version) = server_info(result);
+    let server_name = server_name
+        .ok_or_else(|| HandshakeError::Failed("initialize result has no serverInfo.name".into()))?;
+    Ok((protocol_version, server_name, server_version))
+}
+
+/// The 2024-11-05 HTTP+SSE handshake. `Ok(None)` when the upstream offers no SSE stream on GET,
+/// i.e. it does not speak this transport either.
+async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, HandshakeError> {
+    let mut headers = HeaderMap::new();
+    headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    let response = upstream
+        .send(Method::GET, None, headers, Bytes::new())
+        .await?;
+    check_gateway(response.status(), "GET (HTTP+SSE transport)")?;
+    if !response.status().is_success() || !is_sse(&response) {
+        return Ok(None);
+    }
+    let mut events = Events::new(response);
+    let endpoint = loop {
+        match events.next("GET (HTTP+SSE transport)").await? {
+            Some(event) if event.event.as_deref() == Some("endpoint") => break event.data,
+            Some(_) => continue,
+            None => {
+                return Err(HandshakeError::Failed(
+                    "the SSE stream ended before its endpoint event".into(),
+                ));
+            }
+        }
+    };
+    let endpoint = upstream.same_origin(endpoint.trim()).ok_or_else(|| {
+        HandshakeError::Failed("the endpoint event names a URL on another origin".into())
+    })?;
+
+    let id = Value::String(request_id("initialize"));
+    let body = initialize_request(&id);
+    let response = upstream
+        .send_to(
+            Method::POST,
+            endpoint.clone(),
+            post_headers(),
+            Bytes::from(body.to_string()),
+        )
+        .await?;
+    check_gateway(response.status(), "initialize (HTTP+SSE transport)")?;
+    if !response.status().is_success() {
+        return Err(HandshakeError::Failed(format!(
+            "initialize to the announced endpoint answered HTTP {}",
+            response.status()
+        )));
+    }
+    drop(response);
+    let reply = loop {
+        match events.next("initialize (HTTP+SSE transport)").await? {
+            Some(event) => {
+                if let Ok(message) = serde_json::from_str::<Value>(&event.data)
+                    && message.get("id") == Some(&id)
+                {
+                    break message;
+                }
+            }
+            None => {
+                return Err(HandshakeError::Failed(
+                    "the SSE stream ended before the initialize reply".into(),
+                ));
+            }
+        }
+    };
+    let (protocol_version, server_name, server_version) = initialize_result(&reply)?;
+    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    let response = upstream
+        .send_to(
+            Method::POST,
+            endpoint,
+            post_headers(),
+            Bytes::from(notification.to_string()),
+        )
+        .await?;
+    if !response.status().is_success() {
+        return Err(HandshakeError::Failed(format!(
+            "notifications/initialized answered HTTP {}",
+            response.status()
+        )));
+    }
+    // Dropping `events` closes the stream, which ends the session on the server.
+    Ok(Some(ServerInfo {
+        protocol_version,
+        server_name,
+        server_version,
+        mode: Mode::SseTransport,
+    }))
+}
+
+fn initialize_request(id: &Value) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": LEGACY_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "mcp-sidecar-readiness", "version": env!("CARGO_PKG_VERSION") },
+        },
+    })
+}
+
+fn is_sse(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// Reads SSE events with data from a response, up to [`MAX_REPLY_BYTES`].
+struct Events {
+    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    parser: crate::sse::Parser,
+    queue: std::collections::VecDeque<crate::sse::Event>,
+    total: usize,
+}
+
+impl Events {
+    fn new(response: reqwest::Response) -> Self {
+        Self {
+            stream: Box::pin(response.bytes_stream()),
+            parser: crate::sse::Parser::new(),
+            queue: Default::default(),
+            total: 0,
+        }
+    }
+
+    /// The next event that carries data (priming events are skipped), or `None` at the end.
+    async fn next(&mut self, step: &str) -> Result<Option<crate::sse::Event>, HandshakeError> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                if event.data.is_empty() {
+                    continue;
+                }
+                return Ok(Some(event));
+            }
+            if self.total > MAX_REPLY_BYTES {
+                return Ok(None);
+            }
+            match self.stream.next().await {
+                Some(Ok(chunk)) => {
+                    self.total += chunk.len();
+                    self.queue.extend(self.parser.push(&chunk));
+                }
+                Some(Err(e)) => {
+                    return Err(HandshakeError::Upstream(UpstreamError::Unreachable(
+                        format!(
+                            "{step} reply stream broke: {}",
+                            crate::upstream::describe_reqwest_error(&e)
+                        ),
+                    )));
+                }
+                None => return Ok(None),
+            }
+        }
+    }
 }
 
 fn post_headers() -> HeaderMap {
@@ -325,29 +519,12 @@ pub(crate) async fn read_reply(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("text/event-stream") {
-        let mut parser = crate::sse::Parser::new();
-        let mut stream = response.bytes_stream();
-        let mut total = 0usize;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                HandshakeError::Upstream(UpstreamError::Unreachable(format!(
-                    "{step} reply stream broke: {}",
-                    crate::upstream::describe_reqwest_error(&e)
-                )))
-            })?;
-            total += chunk.len();
-            for event in parser.push(&chunk) {
-                if event.data.is_empty() {
-                    continue;
-                }
-                if let Ok(message) = serde_json::from_str::<Value>(&event.data)
-                    && message.get("id") == Some(id)
-                {
-                    return Ok(message);
-                }
-            }
-            if total > MAX_REPLY_BYTES {
-                break;
+        let mut events = Events::new(response);
+        while let Some(event) = events.next(step).await? {
+            if let Ok(message) = serde_json::from_str::<Value>(&event.data)
+                && message.get("id") == Some(id)
+            {
+                return Ok(message);
             }
         }
         return Err(HandshakeError::Failed(format!(

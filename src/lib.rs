@@ -9,7 +9,7 @@
 //! - [`upstream`]: the shared HTTP client and the refresh-and-retry rule; [`challenge`]:
 //!   `WWW-Authenticate` parsing.
 //! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
-//!   upstream forgot; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
+//!   upstream forgot; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
@@ -26,6 +26,7 @@ pub mod demo;
 pub mod guard;
 pub mod handshake;
 pub mod jsonrpc;
+pub mod legacy;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

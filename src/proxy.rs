@@ -46,7 +46,52 @@ static HOP_BY_HOP: [HeaderName; 9] = [
 
 static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
+/// Where a request goes upstream.
+enum Target {
+    /// The configured upstream URL, with the client's query appended.
+    Endpoint,
+    /// A legacy message endpoint the upstream announced (already checked to be open).
+    Legacy(url::Url),
+}
+
+/// The MCP endpoint (`PATH`).
 pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
+    forward(app, request, Target::Endpoint).await
+}
+
+/// `PATH/legacy/...`: POSTs to a message endpoint a legacy SSE stream announced.
+pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Response {
+    let prefix = format!("{}{}", app.path, crate::legacy::LEGACY_SEGMENT);
+    let announced = request
+        .uri()
+        .path_and_query()
+        .and_then(|pq| pq.as_str().strip_prefix(&prefix))
+        .map(str::to_string)
+        .filter(|key| app.legacy.is_open(key))
+        .and_then(|key| app.upstream.same_origin(&key));
+    match announced {
+        Some(url) if request.method() == Method::POST => {
+            forward(app, request, Target::Legacy(url)).await
+        }
+        Some(_) => {
+            let mut response = error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                Value::Null,
+                Code::Refused,
+                "legacy message endpoints take POST only",
+                "method_not_allowed",
+            );
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            response
+        }
+        // Not announced on an open stream (or already closed): the session is gone.
+        None => crate::admin::not_found().await,
+    }
+}
+
+async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
@@ -103,11 +148,23 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
         }
         sent_session = Some(id);
     }
-    let query = parts.uri.query();
-    let mut result = app
-        .upstream
-        .send(method.clone(), query, headers.clone(), body.clone())
-        .await;
+    let send = |headers: HeaderMap| {
+        let upstream = app.upstream.clone();
+        let method = method.clone();
+        let body = body.clone();
+        let query = parts.uri.query().map(str::to_string);
+        let target = match &target {
+            Target::Endpoint => None,
+            Target::Legacy(url) => Some(url.clone()),
+        };
+        async move {
+            match target {
+                None => upstream.send(method, query.as_deref(), headers, body).await,
+                Some(url) => upstream.send_to(method, url, headers, body).await,
+            }
+        }
+    };
+    let mut result = send(headers.clone()).await;
 
     let forgotten = matches!(&result, Ok(r) if r.status() == StatusCode::NOT_FOUND);
     if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
@@ -116,10 +173,7 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
                 if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                     headers.insert(MCP_SESSION_ID.clone(), value);
                 }
-                result = app
-                    .upstream
-                    .send(method.clone(), query, headers.clone(), body.clone())
-                    .await;
+                result = send(headers.clone()).await;
             }
             Err(e) => tracing::warn!(
                 error = %e,
@@ -161,7 +215,8 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
                 app.sessions.remember(id, body.clone(), &headers);
             }
             app.metrics.record_request(&method, Outcome::forwarded);
-            forward_response(&app, upstream, client_session.as_deref())
+            let rewrite_endpoint = method == Method::GET && matches!(target, Target::Endpoint);
+            forward_response(&app, upstream, client_session.as_deref(), rewrite_endpoint)
         }
         Err(error) => {
             app.readiness.trigger();
@@ -277,6 +332,7 @@ fn forward_response(
     app: &Arc<App>,
     upstream: reqwest::Response,
     client_session: Option<&str>,
+    rewrite_endpoint: bool,
 ) -> Response {
     let status = upstream.status();
     let listed = connection_listed(upstream.headers());
@@ -316,7 +372,16 @@ fn forward_response(
         }
         chunk
     });
-    let body = if is_sse {
+    let body = if is_sse && rewrite_endpoint {
+        // A GET stream may be a legacy SSE transport whose endpoint event must point here.
+        let chunks = crate::legacy::rewrite_endpoint(
+            chunks,
+            app.upstream.clone(),
+            app.legacy.clone(),
+            app.path.clone(),
+        );
+        Body::from_stream(with_keepalives(chunks, app.sse_keepalive))
+    } else if is_sse {
         Body::from_stream(with_keepalives(chunks, app.sse_keepalive))
     } else {
         Body::from_stream(chunks)

@@ -26,6 +26,7 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     pub sessions: Sessions,
+    pub legacy: Arc<crate::legacy::Endpoints>,
     pub sse_keepalive: Duration,
     pub started_at: SystemTime,
 }
@@ -33,6 +34,14 @@ pub struct App {
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route(&app.path, any(crate::proxy::handle))
+        .route(
+            &format!(
+                "{}{}/{{*endpoint}}",
+                app.path,
+                crate::legacy::LEGACY_SEGMENT
+            ),
+            any(crate::proxy::handle_legacy),
+        )
         .route("/healthz", get(crate::admin::healthz))
         .route("/ready", get(crate::admin::ready))
         .route("/status", get(crate::admin::status))
@@ -70,6 +79,7 @@ pub async fn serve(
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         sessions: Sessions::new(),
+        legacy: crate::legacy::Endpoints::new(),
         sse_keepalive: config.sse_keepalive,
         started_at: SystemTime::now(),
     });

@@ -83,6 +83,13 @@ impl Upstream {
         &self.url
     }
 
+    /// Resolves `reference` (absolute, or relative to the upstream URL) and returns it only if it
+    /// is on the upstream's origin: the token must never travel anywhere else.
+    pub fn same_origin(&self, reference: &str) -> Option<Url> {
+        let url = self.url.join(reference).ok()?;
+        (url.origin() == self.url.origin()).then_some(url)
+    }
+
     pub fn tokens(&self) -> &Arc<dyn TokenSource> {
         &self.tokens
     }
@@ -110,6 +117,18 @@ impl Upstream {
             }
             _ => self.url.clone(),
         };
+        self.send_to(method, url, headers, body).await
+    }
+
+    /// Like [`Upstream::send`], to another URL on the upstream's origin (a legacy SSE server's
+    /// message endpoint). Callers guarantee the origin: see [`Upstream::same_origin`].
+    pub async fn send_to(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let token = self.tokens.token().await?;
         let response = self
             .send_once(&method, &url, &headers, &body, token.as_ref())

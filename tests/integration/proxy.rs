@@ -606,3 +606,80 @@ async fn idle_sse_streams_get_keepalive_comments_between_events() {
         .collect();
     assert_eq!(events.len(), 2, "{seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn legacy_sse_transport_endpoint_is_rewritten_through_the_sidecar() {
+    let mock = MockUpstream::start(TOKEN, Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    let ready = sidecar.wait_reason("ready").await;
+    assert!(
+        ready["detail"]
+            .as_str()
+            .unwrap()
+            .contains("mock-sse-transport"),
+        "{ready}"
+    );
+
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(sidecar.url("/mcp"))
+        .header("accept", "text/event-stream")
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut seen = String::new();
+    assert!(read_until(&mut stream, &mut seen, "\n\n").await, "{seen:?}");
+    let endpoint = seen
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .expect("an endpoint event")
+        .to_string();
+    assert!(seen.starts_with("event: endpoint\n"), "{seen:?}");
+    assert!(
+        endpoint.starts_with("/mcp/legacy/messages?sessionId="),
+        "{endpoint}"
+    );
+
+    let posted = mcp_post(
+        &client,
+        &sidecar.url(&endpoint),
+        call(11, "echo", json!({"text": "old-school"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(posted.status(), 202);
+    assert!(
+        read_until(&mut stream, &mut seen, "old-school").await,
+        "{seen:?}"
+    );
+    let forwarded = mock.state.client_requests().pop().unwrap();
+    assert_eq!(forwarded.authorization(), Some("Bearer upstream-token-1"));
+
+    // Only endpoints the upstream announced, and only while their stream is open, are forwarded.
+    let other = mcp_post(
+        &client,
+        &sidecar.url("/mcp/legacy/admin?x=1"),
+        call(12, "echo", json!({})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(other.status(), 404);
+    drop(stream);
+    let closed = crate::common::poll(
+        || {
+            let request = mcp_post(
+                &client,
+                &sidecar.url(&endpoint),
+                call(13, "echo", json!({"text": "x"})),
+            );
+            async move { Some(request.send().await.unwrap().status()) }
+        },
+        |status| *status == 404,
+    )
+    .await;
+    assert!(closed.is_some(), "the endpoint outlived its stream");
+}

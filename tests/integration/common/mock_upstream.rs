@@ -4,7 +4,7 @@
 //! shared runtime would keep pooled connections alive), which is what "the upstream went down"
 //! looks like to the sidecar.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,6 +15,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
@@ -29,6 +30,9 @@ pub enum Mode {
     Modern,
     /// initialize answers 200 with an HTML page.
     Garbage,
+    /// 2024-11-05 HTTP+SSE: GET opens a stream whose `endpoint` event names `/messages`; POST to
+    /// the SSE URL is 405; replies arrive on the stream.
+    SseTransport,
 }
 
 #[derive(Debug, Clone)]
@@ -68,6 +72,8 @@ pub struct MockState {
     /// Set when the sidecar dropped the `hang` tool's stream (the client went away).
     pub hang_dropped: AtomicBool,
     pub hang_dropped_notify: Notify,
+    /// Open HTTP+SSE transport streams by session id.
+    sse_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 impl MockState {
@@ -117,6 +123,7 @@ impl MockUpstream {
             gate: Notify::new(),
             hang_dropped: AtomicBool::new(false),
             hang_dropped_notify: Notify::new(),
+            sse_streams: Mutex::new(HashMap::new()),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -133,6 +140,7 @@ impl MockUpstream {
                 let listener = tokio::net::TcpListener::from_std(listener).unwrap();
                 let app = Router::new()
                     .route("/mcp", any(handle))
+                    .route("/messages", any(legacy_message))
                     .with_state(app_state);
                 tokio::select! {
                     _ = axum::serve(listener, app) => {}
@@ -204,6 +212,13 @@ async fn handle(
     {
         return (StatusCode::NOT_FOUND, "session not found").into_response();
     }
+    let mode = *state.mode.lock().unwrap();
+    if mode == Mode::SseTransport {
+        return match method {
+            Method::GET => legacy_stream(&state),
+            _ => (StatusCode::METHOD_NOT_ALLOWED, [(header::ALLOW, "GET")]).into_response(),
+        };
+    }
     match method {
         Method::GET => {
             return (
@@ -225,7 +240,6 @@ async fn handle(
         Err(_) => return (StatusCode::BAD_REQUEST, "bad json").into_response(),
     };
     let id = message.get("id").cloned().unwrap_or(Value::Null);
-    let mode = *state.mode.lock().unwrap();
     match message.get("method").and_then(Value::as_str).unwrap_or("") {
         "server/discover" => match mode {
             Mode::Modern => json_reply(json!({
@@ -250,6 +264,7 @@ async fn handle(
                 "<html><body>Welcome to nginx!</body></html>",
             )
                 .into_response(),
+            Mode::SseTransport => unreachable!("HTTP+SSE mode answers before this match"),
             Mode::Legacy | Mode::LegacySse => {
                 let session = format!("session-{}", state.requests.lock().unwrap().len());
                 // Some servers name the session on every response; this one does on initialize.
@@ -361,4 +376,70 @@ fn hang(state: Arc<MockState>) -> Response {
         }
     });
     sse(Body::from_stream(stream))
+}
+
+/// GET on the SSE URL of an HTTP+SSE server: announce the message endpoint, then relay replies.
+fn legacy_stream(state: &Arc<MockState>) -> Response {
+    let session = format!("sse-{}", state.requests.lock().unwrap().len());
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    state
+        .sse_streams
+        .lock()
+        .unwrap()
+        .insert(session.clone(), tx);
+    let first = format!("event: endpoint\ndata: /messages?sessionId={session}\n\n");
+    let replies = futures_util::stream::unfold(rx, |mut rx| async move {
+        let message = rx.recv().await?;
+        Some((format!("event: message\ndata: {message}\n\n"), rx))
+    });
+    let stream = futures_util::stream::once(async move { first })
+        .chain(replies)
+        .map(|s| Ok::<_, std::convert::Infallible>(Bytes::from(s)));
+    sse(Body::from_stream(stream))
+}
+
+/// POST to an HTTP+SSE server's message endpoint: 202 here, the reply on the stream.
+async fn legacy_message(
+    State(state): State<Arc<MockState>>,
+    method: Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    state.requests.lock().unwrap().push(Recorded {
+        method: method.clone(),
+        headers: headers.clone(),
+        body: body.clone(),
+        query: uri.query().map(str::to_string),
+    });
+    let expected = format!("Bearer {}", state.token.lock().unwrap());
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return unauthorized();
+    }
+    let session = uri
+        .query()
+        .and_then(|q| q.strip_prefix("sessionId="))
+        .unwrap_or("")
+        .to_string();
+    let Some(tx) = state.sse_streams.lock().unwrap().get(&session).cloned() else {
+        return (StatusCode::NOT_FOUND, "unknown session").into_response();
+    };
+    let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if let Some(id) = message.get("id") {
+        let result = match message["method"].as_str() {
+            Some("initialize") => {
+                json!({"protocolVersion": "2024-11-05", "capabilities": {}, "serverInfo": {"name": "mock-sse-transport", "version": "0.1"}})
+            }
+            Some("tools/call") => {
+                json!({"content": [{"type": "text", "text": message["params"]["arguments"]["text"]}]})
+            }
+            _ => json!({}),
+        };
+        let _ = tx.send(json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string());
+    }
+    StatusCode::ACCEPTED.into_response()
 }
