@@ -3,7 +3,8 @@
 #
 #   A  the official TypeScript SDK client -> sidecar (auth none) -> @modelcontextprotocol/server-everything
 #   B  the real Claude Code CLI -> sidecar (static bearer) -> `mcp-sidecar demo` upstream that demands
-#      the token; plus a negative control (Claude Code straight at that upstream, no token)
+#      the token; negative controls: Claude Code straight at that upstream (no token), and a
+#      sidecar holding a wrong token (must fail plainly, not look like an OAuth server)
 #   C  readiness gate: /ready is 503 while the upstream is down and 200 once it answers
 #
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
@@ -19,9 +20,11 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
+SIDECAR_BIN=${MCP_SIDECAR_BIN:-}
+# a relative override means relative to where the caller stood
+[[ -n $SIDECAR_BIN && $SIDECAR_BIN != /* ]] && SIDECAR_BIN=$PWD/$SIDECAR_BIN
 cd "$HERE"
 
-SIDECAR_BIN=${MCP_SIDECAR_BIN:-}
 # The sidecar reads every MCP_SIDECAR_* variable as configuration and rejects names it does not
 # know, so neither our own override (MCP_SIDECAR_BIN) nor settings left in the caller's environment
 # may leak into the processes started here: each scenario passes exactly the settings it means.
@@ -68,6 +71,7 @@ on_exit() {
       [[ -f $f ]] || continue
       echo "----- tail $f"
       tail -n 40 "$f"
+      echo
     done
     # Claude Code's own account of each connection attempt (scenario B)
     for f in "$WORK"/claude-home-*/.cache/claude-cli-nodejs/*/mcp-logs-*/*.jsonl; do
@@ -274,6 +278,15 @@ scenario_b() {
   done
   note "/.well-known/* answer 404 JSON: $(head -c 100 "$WORK/sidecar-b-wellknown.out")"
 
+  # Second negative control: a sidecar holding a wrong token. The upstream's 401 must reach Claude
+  # Code as a plain failure that names the cause, never as a 401, which would send Claude Code into
+  # its own OAuth ("Needs authentication") instead of telling the user what is wrong.
+  local wrong wrong_port
+  wrong=$(canary b-wrong)
+  wrong_port=$(free_port)
+  start_sidecar sidecar-b-wrong "$wrong_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" MCP_SIDECAR_AUTH=bearer "MCP_SIDECAR_TOKEN=$wrong"
+
   CLAUDE_HOME=$WORK/claude-home-b
   CLAUDE_CWD=$WORK/claude-cwd-b
   mkdir -p "$CLAUDE_HOME" "$CLAUDE_CWD"
@@ -281,6 +294,8 @@ scenario_b() {
     fail "claude mcp add sidecar"
   claude mcp add --transport http direct "http://127.0.0.1:$up_port/mcp" >>"$WORK/claude-b.out" 2>&1 ||
     fail "claude mcp add direct"
+  claude mcp add --transport http wrongtoken "http://127.0.0.1:$wrong_port/mcp" >>"$WORK/claude-b.out" 2>&1 ||
+    fail "claude mcp add wrongtoken"
   # `mcp list` connects to every server (initialize, tools/list) and prints one status line each.
   claude mcp list >"$WORK/claude-b-list.out" 2>&1 || fail "claude mcp list exited non-zero: $(cat "$WORK/claude-b-list.out")"
   sed 's/^/  claude: /' "$WORK/claude-b-list.out"
@@ -291,10 +306,17 @@ scenario_b() {
   [[ -n $line ]] || fail "no line for the negative control 'direct'"
   [[ $line != *Connected* ]] || fail "negative control: Claude Code connected to the upstream without a token: $line"
   note "negative control without the sidecar: ${line##* - }"
+  line=$(grep '^wrongtoken:' "$WORK/claude-b-list.out" || true)
+  [[ $line == *"Failed to connect"* ]] ||
+    fail "sidecar with a wrong token: expected Failed to connect, got: ${line:-no line for wrongtoken}"
+  grep -rqs upstream_auth_rejected "$CLAUDE_HOME"/.cache/claude-cli-nodejs/*/mcp-logs-wrongtoken/ ||
+    fail "sidecar with a wrong token: Claude Code's MCP log does not name upstream_auth_rejected"
+  note "sidecar with a wrong token: ${line##* - }, and Claude Code's log names upstream_auth_rejected"
 
   # Claude Code's own MCP logs sit in its throwaway home; none of what it saw may hold the token.
   assert_no_canary "$token" "$WORK/sidecar-b.log" "$WORK"/sidecar-b-*.out "$WORK"/claude-b*.out "$CLAUDE_HOME"
-  note "token canary absent from the sidecar's log, its responses and everything Claude Code saw"
+  assert_no_canary "$wrong" "$WORK/sidecar-b-wrong.log" "$WORK"/sidecar-b-wrong-*.out "$WORK"/claude-b*.out "$CLAUDE_HOME"
+  note "token canaries absent from the sidecars' logs, their responses and everything Claude Code saw"
 }
 
 scenario_c() {
@@ -361,7 +383,7 @@ fi
 echo "interop: sidecar binary $SIDECAR_BIN"
 
 run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
-run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; direct without token is refused" scenario_b
+run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 
 echo
