@@ -77,6 +77,9 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// Things worth telling the operator that do not stop start-up (unknown keys that look like
+    /// another tool's). `serve` logs them; `check-config` prints them.
+    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug)]
@@ -231,6 +234,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
         figment: &figment,
         file_label,
         problems,
+        warnings: Vec::new(),
     };
     let config = reader.validate();
     let mut problems = reader.problems;
@@ -277,6 +281,7 @@ struct Reader<'a> {
     figment: &'a Figment,
     file_label: Option<String>,
     problems: Vec<Problem>,
+    warnings: Vec<Problem>,
 }
 
 impl Reader<'_> {
@@ -469,19 +474,29 @@ impl Reader<'_> {
             .cloned()
             .collect();
         for key in unknown {
+            let from_env = self.label(&key).starts_with(ENV_PREFIX);
+            if from_env && is_kubernetes_service_link(&key) {
+                continue;
+            }
             let suggestion = KNOWN_KEYS
                 .iter()
                 .map(|known| (strsim::jaro_winkler(&key, known), known))
                 .filter(|(score, _)| *score > 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
-                .map(|(_, known)| {
-                    format!(
-                        " (did you mean {}?)",
-                        self.label_like(&key, known.to_string())
-                    )
-                })
-                .unwrap_or_default();
-            self.problem(&key, format!("unknown key{suggestion}"));
+                .map(|(_, known)| self.label_like(&key, known.to_string()));
+            match suggestion {
+                Some(known) => self.problem(&key, format!("unknown key (did you mean {known}?)")),
+                // The environment is shared with other tools that may use the same prefix; a
+                // key that resembles no setting is more likely theirs than a typo of ours.
+                None if from_env => {
+                    let label = self.label(&key);
+                    self.warnings.push(Problem {
+                        key: label,
+                        message: "unknown key, ignored".into(),
+                    });
+                }
+                None => self.problem(&key, "unknown key"),
+            }
         }
     }
 
@@ -627,6 +642,7 @@ impl Reader<'_> {
             sse_keepalive,
             shutdown_grace,
             log,
+            warnings: std::mem::take(&mut self.warnings),
         })
     }
 
@@ -751,6 +767,25 @@ impl Reader<'_> {
         }
         LogConfig { format, filter }
     }
+}
+
+/// Variables Kubernetes injects for every Service in the namespace ("service links"): a Service
+/// named `mcp-sidecar` yields `MCP_SIDECAR_SERVICE_HOST`, `MCP_SIDECAR_PORT=tcp://...`,
+/// `MCP_SIDECAR_PORT_4510_TCP_ADDR` and so on. They are not settings, and must not stop start-up.
+fn is_kubernetes_service_link(key: &str) -> bool {
+    let tokens: Vec<&str> = key.split('_').collect();
+    if key.ends_with("service_host")
+        || key.contains("service_port")
+        || tokens.last() == Some(&"port")
+    {
+        return true;
+    }
+    tokens.windows(3).any(|w| {
+        w[0] == "port"
+            && !w[1].is_empty()
+            && w[1].chars().all(|c| c.is_ascii_digit())
+            && matches!(w[2], "tcp" | "udp" | "sctp")
+    })
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -968,6 +1003,31 @@ mod tests {
             found[2].message.contains("is empty"),
             "{}",
             found[2].message
+        );
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_ignored_and_foreign_keys_only_warned() {
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("SERVICE_HOST", "10.0.0.7"),
+            ("SERVICE_PORT", "4510"),
+            ("SERVICE_PORT_HTTP", "4510"),
+            ("PORT", "tcp://10.0.0.7:4510"),
+            ("PORT_4510_TCP", "tcp://10.0.0.7:4510"),
+            ("PORT_4510_TCP_ADDR", "10.0.0.7"),
+            ("PORT_4510_TCP_PROTO", "tcp"),
+            ("DEMO_SERVICE_HOST", "10.0.0.8"),
+            ("DEMO_PORT", "tcp://10.0.0.8:4520"),
+            ("IMAGE_TAG", "v1"),
+        ]))
+        .expect("service links and foreign keys do not stop start-up");
+        assert_eq!(
+            config.warnings,
+            [Problem {
+                key: "MCP_SIDECAR_IMAGE_TAG".into(),
+                message: "unknown key, ignored".into()
+            }]
         );
     }
 

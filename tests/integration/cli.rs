@@ -44,7 +44,8 @@ fn bad_configuration_exits_64_listing_every_bad_key() {
         ("TOKEN", "a"),
         ("TOKEN_FILE", "/run/secrets/none"),
         ("LOG_FORMAT", "xml"),
-        ("BOGUS", "1"),
+        ("READY_INTERVL", "1s"),
+        ("SOME_OTHER_TOOLS_SETTING", "ignored with a warning"),
     ];
     for command in ["check-config", "serve"] {
         let output = run(&[command], &env);
@@ -57,7 +58,7 @@ fn bad_configuration_exits_64_listing_every_bad_key() {
             "MCP_SIDECAR_READY_TIMEOUT",
             "MCP_SIDECAR_TOKEN:",
             "MCP_SIDECAR_LOG_FORMAT",
-            "MCP_SIDECAR_BOGUS",
+            "MCP_SIDECAR_READY_INTERVL: unknown key (did you mean MCP_SIDECAR_READY_INTERVAL?)",
         ] {
             assert!(
                 stderr.contains(key),
