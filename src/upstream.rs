@@ -145,11 +145,18 @@ impl Upstream {
             return Err(rejected(response.status(), challenge));
         }
         drop(response);
-        tracing::info!(
-            reason = %challenge.as_ref().map(BearerChallenge::explain).unwrap_or_default(),
-            "upstream rejected the token; obtaining a fresh one and retrying once"
-        );
         let fresh = self.tokens.refresh(token.as_ref()).await?;
+        let reason = challenge
+            .as_ref()
+            .map(BearerChallenge::explain)
+            .unwrap_or_default();
+        if fresh == token {
+            // A static token that the upstream refuses: the readiness state change already says
+            // so once; repeating it on every request and check would only bury other lines.
+            tracing::debug!(%reason, "upstream rejected the token; the source has no other, retrying once");
+        } else {
+            tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
+        }
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
             .await?;
