@@ -215,8 +215,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                 app.sessions.remember(id, body.clone(), &headers);
             }
             app.metrics.record_request(&method, Outcome::forwarded);
-            let rewrite_endpoint = method == Method::GET && matches!(target, Target::Endpoint);
-            forward_response(&app, upstream, client_session.as_deref(), rewrite_endpoint)
+            let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
+            forward_response(&app, upstream, client_session.as_deref(), get_stream)
         }
         Err(error) => {
             app.readiness.trigger();
@@ -332,7 +332,7 @@ fn forward_response(
     app: &Arc<App>,
     upstream: reqwest::Response,
     client_session: Option<&str>,
-    rewrite_endpoint: bool,
+    get_stream: bool,
 ) -> Response {
     let status = upstream.status();
     let listed = connection_listed(upstream.headers());
@@ -372,17 +372,24 @@ fn forward_response(
         }
         chunk
     });
-    let body = if is_sse && rewrite_endpoint {
-        // A GET stream may be a legacy SSE transport whose endpoint event must point here.
+    let body = if is_sse && get_stream {
+        // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
+        // carries no reply to a request, so at shutdown it ends at the next event boundary
+        // (the client resumes elsewhere with Last-Event-ID) instead of holding the drain.
         let chunks = crate::legacy::rewrite_endpoint(
             chunks,
             app.upstream.clone(),
             app.legacy.clone(),
             app.path.clone(),
         );
-        Body::from_stream(with_keepalives(chunks, app.sse_keepalive))
+        Body::from_stream(with_keepalives(
+            chunks,
+            app.sse_keepalive,
+            Some(app.shutdown.clone()),
+        ))
     } else if is_sse {
-        Body::from_stream(with_keepalives(chunks, app.sse_keepalive))
+        // A POST stream carries a reply: it gets the whole grace period to deliver it.
+        Body::from_stream(with_keepalives(chunks, app.sse_keepalive, None))
     } else {
         Body::from_stream(chunks)
     };
@@ -395,30 +402,64 @@ fn forward_response(
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
 /// silent for `every` while between events, so load balancers and proxies between agent and
 /// sidecar do not cut an idle stream. Clients ignore comment lines; mid-event nothing is inserted.
+///
+/// With `end_on_shutdown`, the stream ends cleanly at the first event boundary after shutdown
+/// begins.
 fn with_keepalives<S>(
     chunks: S,
     every: std::time::Duration,
+    end_on_shutdown: Option<tokio::sync::watch::Receiver<bool>>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send
 where
     S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
 {
-    let state = (Box::pin(chunks), crate::sse::Boundary::default());
-    futures_util::stream::unfold(state, move |(mut chunks, mut boundary)| async move {
+    struct State<S> {
+        chunks: std::pin::Pin<Box<S>>,
+        boundary: crate::sse::Boundary,
+        shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+        stopping: bool,
+    }
+    let state = State {
+        chunks: Box::pin(chunks),
+        boundary: crate::sse::Boundary::default(),
+        shutdown: end_on_shutdown,
+        stopping: false,
+    };
+    futures_util::stream::unfold(state, move |mut state| async move {
         loop {
-            match tokio::time::timeout(every, chunks.next()).await {
-                Ok(Some(Ok(chunk))) => {
-                    boundary.observe(&chunk);
-                    return Some((Ok(chunk), (chunks, boundary)));
+            if state.stopping && state.boundary.at_boundary() {
+                return None;
+            }
+            let watching = state.shutdown.is_some() && !state.stopping;
+            tokio::select! {
+                () = shutdown_begun(&mut state.shutdown), if watching => {
+                    state.stopping = true;
                 }
-                Ok(Some(Err(e))) => return Some((Err(e), (chunks, boundary))),
-                Ok(None) => return None,
-                Err(_) if boundary.at_boundary() => {
-                    return Some((Ok(Bytes::from_static(KEEPALIVE)), (chunks, boundary)));
-                }
-                Err(_) => {}
+                next = tokio::time::timeout(every, state.chunks.next()) => match next {
+                    Ok(Some(Ok(chunk))) => {
+                        state.boundary.observe(&chunk);
+                        return Some((Ok(chunk), state));
+                    }
+                    Ok(Some(Err(e))) => return Some((Err(e), state)),
+                    Ok(None) => return None,
+                    Err(_) if state.boundary.at_boundary() => {
+                        return Some((Ok(Bytes::from_static(KEEPALIVE)), state));
+                    }
+                    Err(_) => {}
+                },
             }
         }
     })
+}
+
+async fn shutdown_begun(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match shutdown {
+        // Err: the sender is gone, which only happens once the server has stopped.
+        Some(rx) => {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 const KEEPALIVE: &[u8] = b": keepalive\n\n";

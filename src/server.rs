@@ -28,6 +28,8 @@ pub struct App {
     pub sessions: Sessions,
     pub legacy: Arc<crate::legacy::Endpoints>,
     pub sse_keepalive: Duration,
+    /// Becomes true when shutdown begins (GET streams end at their next event boundary).
+    pub shutdown: watch::Receiver<bool>,
     pub started_at: SystemTime,
 }
 
@@ -71,6 +73,7 @@ pub async fn serve(
     let upstream = Arc::new(Upstream::new(&config.upstream, tokens).map_err(ServeError::Setup)?);
     let readiness = Readiness::new(config.ready);
     let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
     let app = Arc::new(App {
         path: config.path.clone(),
         max_body_bytes: config.max_body_bytes,
@@ -81,10 +84,10 @@ pub async fn serve(
         sessions: Sessions::new(),
         legacy: crate::legacy::Endpoints::new(),
         sse_keepalive: config.sse_keepalive,
+        shutdown: stop_rx.clone(),
         started_at: SystemTime::now(),
     });
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         // Err means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;

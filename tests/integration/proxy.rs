@@ -683,3 +683,33 @@ async fn legacy_sse_transport_endpoint_is_rewritten_through_the_sidecar() {
     .await;
     assert!(closed.is_some(), "the endpoint outlived its stream");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn open_get_streams_end_cleanly_at_shutdown_instead_of_holding_it() {
+    let mock = MockUpstream::start(TOKEN, Mode::SseTransport);
+    // A grace period far beyond the test's deadline: shutdown must not need it.
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("SHUTDOWN_GRACE", "120s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let mut stream = client
+        .get(sidecar.url("/mcp"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut stream, &mut seen, "\n\n").await);
+    sidecar.shutdown().await;
+    let end = tokio::time::timeout(crate::common::DEADLINE, stream.chunk())
+        .await
+        .expect("the stream ends");
+    assert!(
+        matches!(end, Ok(None)),
+        "a clean end of the stream, not a cut: {end:?}"
+    );
+}
