@@ -166,7 +166,14 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     };
     let mut result = send(headers.clone()).await;
 
-    let forgotten = matches!(&result, Ok(r) if r.status() == StatusCode::NOT_FOUND);
+    let mut forgotten = false;
+    if session.is_some()
+        && let Ok(response) = result
+    {
+        let (gone, response) = crate::session::forgotten(response).await;
+        forgotten = gone;
+        result = Ok(response);
+    }
     if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
         match session.reinitialize(&app.upstream, stale).await {
             Ok(fresh) => {
@@ -177,7 +184,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             }
             Err(e) => tracing::warn!(
                 error = %e,
-                "the upstream forgot a client's session and re-initializing it failed; passing its 404 on"
+                "the upstream forgot a client's session and re-initializing it failed; passing its answer on"
             ),
         }
     }

@@ -193,6 +193,63 @@ impl Session {
     }
 }
 
+/// How much of a 400 body is read to tell "unknown session" from other bad requests.
+const PEEK_LIMIT: usize = 64 * 1024;
+
+/// Whether the upstream's answer to a request carrying a session it issued means "I no longer
+/// know this session". The spec says 404; servers built from the TypeScript SDK's examples answer
+/// 400 "Bad Request: No valid session ID provided" instead, so a 400 whose body talks about the
+/// session counts too. Reading that body means handing back a rebuilt response.
+pub async fn forgotten(response: reqwest::Response) -> (bool, reqwest::Response) {
+    match response.status() {
+        http::StatusCode::NOT_FOUND => (true, response),
+        http::StatusCode::BAD_REQUEST => {
+            let status = response.status();
+            let version = response.version();
+            let headers = response.headers().clone();
+            let mut stream = response.bytes_stream();
+            let mut head = Vec::new();
+            let mut broken = None;
+            let mut complete = false;
+            while head.len() <= PEEK_LIMIT {
+                match futures_util::StreamExt::next(&mut stream).await {
+                    Some(Ok(chunk)) => head.extend_from_slice(&chunk),
+                    Some(Err(e)) => {
+                        broken = Some(e);
+                        break;
+                    }
+                    None => {
+                        complete = true;
+                        break;
+                    }
+                }
+            }
+            let about_session = complete
+                && String::from_utf8_lossy(&head)
+                    .to_ascii_lowercase()
+                    .contains("session");
+            // Give the caller the same response back: the bytes read, then whatever is left.
+            let rest: std::pin::Pin<
+                Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>,
+            > = match broken {
+                Some(e) => Box::pin(futures_util::stream::iter([Err(e)])),
+                None if complete => Box::pin(futures_util::stream::empty()),
+                None => Box::pin(stream),
+            };
+            let body = futures_util::StreamExt::chain(
+                futures_util::stream::iter([Ok(Bytes::from(head))]),
+                rest,
+            );
+            let mut rebuilt = http::Response::new(reqwest::Body::wrap_stream(body));
+            *rebuilt.status_mut() = status;
+            *rebuilt.version_mut() = version;
+            *rebuilt.headers_mut() = headers;
+            (about_session, reqwest::Response::from(rebuilt))
+        }
+        _ => (false, response),
+    }
+}
+
 /// Whether a request body is an `initialize` request (checked cheaply before parsing).
 pub fn is_initialize(body: &[u8]) -> bool {
     if !body.windows(10).any(|w| w == b"initialize") {

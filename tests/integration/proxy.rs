@@ -713,3 +713,35 @@ async fn open_get_streams_end_cleanly_at_shutdown_instead_of_holding_it() {
         "a clean end of the stream, not a cut: {end:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn typescript_sdk_style_400_for_a_forgotten_session_is_recovered_too() {
+    let (mock, sidecar) = ready_pair().await;
+    mock.state
+        .sdk_style_unknown_session
+        .store(true, Ordering::SeqCst);
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let session = client_initialize(&client, &url).await;
+
+    // A 400 that is not about the session passes through unchanged, body included.
+    let response = mcp_post(&client, &url, call(20, "bad_request", json!({})))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "invalid arguments");
+    assert_eq!(body["id"], 20);
+
+    mock.state.forget_sessions();
+    let response = mcp_post(&client, &url, call(21, "echo", json!({"text": "survived"})))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "survived");
+}

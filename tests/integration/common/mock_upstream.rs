@@ -72,6 +72,8 @@ pub struct MockState {
     /// Set when the sidecar dropped the `hang` tool's stream (the client went away).
     pub hang_dropped: AtomicBool,
     pub hang_dropped_notify: Notify,
+    /// Answer unknown sessions like the TypeScript SDK's examples (400) instead of 404.
+    pub sdk_style_unknown_session: AtomicBool,
     /// Open HTTP+SSE transport streams by session id.
     sse_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
 }
@@ -124,6 +126,7 @@ impl MockUpstream {
             hang_dropped: AtomicBool::new(false),
             hang_dropped_notify: Notify::new(),
             sse_streams: Mutex::new(HashMap::new()),
+            sdk_style_unknown_session: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -210,6 +213,13 @@ async fn handle(
     if let Some(session) = session
         && !state.sessions.lock().unwrap().contains(session)
     {
+        if state.sdk_style_unknown_session.load(Ordering::SeqCst) {
+            return (
+                StatusCode::BAD_REQUEST,
+                axum::Json(json!({"jsonrpc":"2.0","error":{"code":-32000,"message":"Bad Request: No valid session ID provided"},"id":null})),
+            )
+                .into_response();
+        }
         return (StatusCode::NOT_FOUND, "session not found").into_response();
     }
     let mode = *state.mode.lock().unwrap();
@@ -299,6 +309,11 @@ async fn handle(
                 })),
                 "gated" => gated(state.clone(), id),
                 "hang" => hang(state.clone()),
+                "bad_request" => (
+                    StatusCode::BAD_REQUEST,
+                    axum::Json(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"invalid arguments"}})),
+                )
+                    .into_response(),
                 _ => json_reply(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"unknown tool"}})),
             }
         }
