@@ -6,6 +6,10 @@
 #      the token; negative controls: Claude Code straight at that upstream (no token), and a
 #      sidecar holding a wrong token (must fail plainly, not look like an OAuth server)
 #   C  readiness gate: /ready is 503 while the upstream is down and 200 once it answers
+#   D  session resilience: server-everything is killed and restarted mid-session; the SDK client's
+#      next call on its old session succeeds because the sidecar re-initialized upstream (restart.mjs)
+#   E  legacy HTTP+SSE (2024-11-05): the SDK's SSE client through the sidecar to server-everything's
+#      `sse` transport; the endpoint event is rewritten so every POST goes through the sidecar
 #
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
 # npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),
@@ -382,9 +386,46 @@ fi
 }
 echo "interop: sidecar binary $SIDECAR_BIN"
 
+scenario_d() {
+  local se_port sc_port
+  se_port=$(free_port)
+  sc_port=$(free_port)
+  # The sidecar first: restart.mjs starts (and restarts) server-everything on se_port itself.
+  start_sidecar sidecar-d "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/mcp" MCP_SIDECAR_AUTH=none
+  if ! node "$HERE/restart.mjs" "http://127.0.0.1:$sc_port/mcp" "$se_port" >"$WORK/client-d.out" 2>"$WORK/client-d.log"; then
+    sed 's/^/  /' "$WORK/client-d.out"
+    fail "restart.mjs through the sidecar"
+  fi
+  sed 's/^/  /' "$WORK/client-d.out"
+  grep -q "re-initialized it transparently" "$WORK/sidecar-d.log" ||
+    fail "the sidecar's log does not show the transparent re-initialization"
+  note "the sidecar's log shows the transparent re-initialization"
+}
+
+scenario_e() {
+  local se_port sc_port
+  se_port=$(free_port)
+  # `sse` serves the 2024-11-05 transport: GET /sse announces POST /message?sessionId=...
+  start everything-sse env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" sse
+  wait_http "http://127.0.0.1:$se_port/message" "$STARTED_PID" 30
+  sc_port=$(free_port)
+  start_sidecar sidecar-e "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/sse" MCP_SIDECAR_AUTH=none
+  wait_ready sidecar-e "$sc_port"
+  if ! node "$HERE/legacy-sse.mjs" "http://127.0.0.1:$sc_port/mcp" >"$WORK/client-e.out" 2>"$WORK/client-e.log"; then
+    sed 's/^/  /' "$WORK/client-e.out"
+    fail "legacy-sse.mjs through the sidecar"
+  fi
+  sed 's/^/  /' "$WORK/client-e.out"
+}
+
 run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
+run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
+run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
 
 echo
 echo "interop: $((SECONDS - STARTED_AT)) s"
