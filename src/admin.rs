@@ -1,5 +1,8 @@
 //! The sidecar's own endpoints: `/healthz`, `/ready`, `/status`, `/metrics`, and JSON 404s.
 //!
+//! `/status` and `/metrics` check Host and Origin like the MCP endpoint (a web page must not read
+//! them); `/healthz` and `/ready` do not, because orchestrators probe them by any address.
+//!
 //! `/.well-known/*` and every unknown path answer `404` with `{"error":"not_found"}` as JSON:
 //! Claude Code probes OAuth discovery paths and treats a plain-text 404 as a crash and a 200 as
 //! "needs authentication" (PROTOCOL.md).
@@ -28,7 +31,25 @@ pub async fn ready(State(app): State<Arc<App>>) -> Response {
     (status, Json(report)).into_response()
 }
 
-pub async fn status(State(app): State<Arc<App>>) -> Response {
+/// 403 JSON for a request whose Host or Origin is not allowed.
+fn refused(app: &App, request: &axum::extract::Request) -> Option<Response> {
+    let refusal = app
+        .guard
+        .check_host_and_origin(request.uri(), request.headers())
+        .err()?;
+    Some(
+        (
+            StatusCode::FORBIDDEN,
+            Json(json!({ "error": "forbidden", "detail": refusal.0 })),
+        )
+            .into_response(),
+    )
+}
+
+pub async fn status(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
+    if let Some(refusal) = refused(&app, &request) {
+        return refusal;
+    }
     let state = app.readiness.state();
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
@@ -47,7 +68,10 @@ pub async fn status(State(app): State<Arc<App>>) -> Response {
     (StatusCode::OK, Json(body)).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<App>>) -> Response {
+pub async fn metrics(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
+    if let Some(refusal) = refused(&app, &request) {
+        return refusal;
+    }
     (
         StatusCode::OK,
         [(

@@ -6,6 +6,11 @@
 //! Host is a name this sidecar is meant to be reached by, and that any browser Origin is too,
 //! defeats that. Refusals are 403 with a JSON body, never 401 (which would make Claude Code start
 //! its own OAuth flow).
+//!
+//! A Host that is an IP literal is always accepted: rebinding needs a DNS name, and in Kubernetes
+//! the kubelet and Prometheus address pods by IP. Origins are stricter: only loopback origins and
+//! hosts listed in `ALLOWED_HOSTS` by name; the `*` wildcard relaxes Host only, never Origin, so a
+//! web page can never use the sidecar's credential.
 
 use http::HeaderMap;
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
@@ -33,8 +38,19 @@ impl Guard {
         }
     }
 
-    /// Checks one request to the MCP endpoint.
+    /// Checks one request to the MCP endpoint: Host, Origin and the client token.
     pub fn check(&self, uri: &http::Uri, headers: &HeaderMap) -> Result<(), Refusal> {
+        self.check_host_and_origin(uri, headers)?;
+        self.check_client_token(headers)
+    }
+
+    /// Host and Origin only: also for the read-only endpoints that describe the sidecar
+    /// (`/status`, `/metrics`), which use no credential but which a web page should not read.
+    pub fn check_host_and_origin(
+        &self,
+        uri: &http::Uri,
+        headers: &HeaderMap,
+    ) -> Result<(), Refusal> {
         // HTTP/2 carries the host in :authority, which hyper exposes on the URI.
         let host = uri.authority().map(|a| a.host().to_string()).or_else(|| {
             headers
@@ -44,7 +60,7 @@ impl Guard {
         });
         match host {
             None => return Err(Refusal("the request has no Host header".into())),
-            Some(host) if !self.host_allowed(&host) => {
+            Some(host) if !self.host_allowed(&host, true) => {
                 return Err(Refusal(format!(
                     "Host {host:?} is not allowed; add it to MCP_SIDECAR_ALLOWED_HOSTS"
                 )));
@@ -58,7 +74,7 @@ impl Guard {
                 .and_then(|o| url::Url::parse(o).ok())
                 .and_then(|u| u.host_str().map(str::to_string));
             match origin_host {
-                Some(h) if self.host_allowed(&h) => {}
+                Some(h) if self.host_allowed(&h, false) => {}
                 _ => {
                     let shown = origin.to_str().unwrap_or("(not text)");
                     return Err(Refusal(format!(
@@ -67,6 +83,10 @@ impl Guard {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn check_client_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let Some(expected) = &self.client_token {
             let presented = headers
                 .get(AUTHORIZATION)
@@ -94,13 +114,17 @@ impl Guard {
         Ok(())
     }
 
-    fn host_allowed(&self, host: &str) -> bool {
+    /// `is_host`: checking the Host header (IP literals and `*` apply), or an Origin's host.
+    fn host_allowed(&self, host: &str, is_host: bool) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        self.allow_any_host || is_loopback_name(&host) || self.allowed_hosts.contains(&host)
+        if is_loopback_name(&host) || self.allowed_hosts.contains(&host) {
+            return true;
+        }
+        is_host && (self.allow_any_host || host.parse::<std::net::IpAddr>().is_ok())
     }
 }
 
