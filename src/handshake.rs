@@ -16,23 +16,20 @@
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::mcp::{
+    LEGACY_VERSION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_VERSION,
+};
 use crate::upstream::{Upstream, UpstreamError};
 
-pub const MODERN_VERSION: &str = "2026-07-28";
-pub const LEGACY_VERSION: &str = "2025-11-25";
 /// JSON-RPC error code of "unsupported protocol version" (2026-07-28).
 const UNSUPPORTED_VERSION: i64 = -32022;
 /// Replies larger than this are not a handshake answer; stop reading rather than buffer them.
 const MAX_REPLY_BYTES: usize = 1024 * 1024;
-
-static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
-static MCP_METHOD: HeaderName = HeaderName::from_static("mcp-method");
 
 /// Which handshake the upstream answered last time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
@@ -298,7 +295,7 @@ async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, Handsh
         .send(Method::GET, None, headers, Bytes::new())
         .await?;
     check_gateway(response.status(), "GET (HTTP+SSE transport)")?;
-    if !response.status().is_success() || !is_sse(&response) {
+    if !response.status().is_success() || !crate::sse::is_event_stream(response.headers()) {
         return Ok(None);
     }
     let mut events = Events::new(response);
@@ -387,18 +384,6 @@ fn initialize_request(id: &Value) -> Value {
             "clientInfo": { "name": "mcp-sidecar-readiness", "version": env!("CARGO_PKG_VERSION") },
         },
     })
-}
-
-fn is_sse(response: &reqwest::Response) -> bool {
-    response
-        .headers()
-        .get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("text/event-stream")
-        })
 }
 
 /// Reads SSE events with data from a response, up to [`MAX_REPLY_BYTES`].
@@ -518,7 +503,7 @@ pub(crate) async fn read_reply(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    if content_type.starts_with("text/event-stream") {
+    if crate::sse::is_event_stream(response.headers()) {
         let mut events = Events::new(response);
         while let Some(event) = events.next(step).await? {
             if let Ok(message) = serde_json::from_str::<Value>(&event.data)

@@ -11,6 +11,7 @@
 //! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
 //!   upstream forgot; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
+//! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
 //! - [`server`]: wiring and graceful shutdown; [`cli`] and [`commands`]: the binary's commands;
@@ -27,6 +28,7 @@ pub mod guard;
 pub mod handshake;
 pub mod jsonrpc;
 pub mod legacy;
+pub mod mcp;
 pub mod metrics;
 pub mod proxy;
 pub mod readiness;

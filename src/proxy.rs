@@ -25,9 +25,9 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::jsonrpc::{self, Code};
+use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
 use crate::server::App;
-use crate::session::MCP_SESSION_ID;
 use crate::upstream::UpstreamError;
 
 /// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
@@ -61,6 +61,10 @@ pub async fn handle(State(app): State<Arc<App>>, request: Request) -> Response {
 
 /// `PATH/legacy/...`: POSTs to a message endpoint a legacy SSE stream announced.
 pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Response {
+    // Refuse before saying anything about which endpoints are open.
+    if let Some(refusal) = refuse(&app, request.method(), request.uri(), request.headers()) {
+        return refusal;
+    }
     let prefix = format!("{}{}", app.path, crate::legacy::LEGACY_SEGMENT);
     let announced = request
         .uri()
@@ -96,16 +100,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let (parts, body) = request.into_parts();
     let method = parts.method.clone();
 
-    if let Err(refusal) = app.guard.check(&parts.uri, &parts.headers) {
-        tracing::warn!(%method, reason = %refusal.0, "refused a client request");
-        app.metrics.record_request(&method, Outcome::refused);
-        return error_response(
-            StatusCode::FORBIDDEN,
-            Value::Null,
-            Code::Refused,
-            &refusal.0,
-            "forbidden",
-        );
+    if let Some(refusal) = refuse(&app, &method, &parts.uri, &parts.headers) {
+        return refusal;
     }
     if !matches!(method, Method::POST | Method::GET | Method::DELETE) {
         app.metrics.record_request(&method, Outcome::refused);
@@ -167,7 +163,9 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let mut result = send(headers.clone()).await;
 
     let mut forgotten = false;
+    // A DELETE of a session the upstream already forgot needs no new session to end.
     if session.is_some()
+        && method != Method::DELETE
         && let Ok(response) = result
     {
         let (gone, response) = crate::session::forgotten(response).await;
@@ -175,7 +173,15 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         result = Ok(response);
     }
     if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
-        match session.reinitialize(&app.upstream, stale).await {
+        // Bounded: other requests of this session wait for the re-initialization.
+        let reinit = tokio::time::timeout(
+            app.reinit_timeout,
+            session.reinitialize(&app.upstream, stale),
+        );
+        match reinit
+            .await
+            .unwrap_or(Err(crate::session::ReinitError::TimedOut))
+        {
             Ok(fresh) => {
                 if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                     headers.insert(MCP_SESSION_ID.clone(), value);
@@ -223,7 +229,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             }
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
-            forward_response(&app, upstream, client_session.as_deref(), get_stream)
+            let rename = client_session.as_deref().zip(sent_session.as_deref());
+            forward_response(&app, upstream, rename, get_stream)
         }
         Err(error) => {
             app.readiness.trigger();
@@ -253,6 +260,20 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             error_response(status, id, code, &format!("mcp-sidecar: {error}"), reason)
         }
     }
+}
+
+/// The 403 for a request the guard refuses (Host, Origin, client token).
+fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Option<Response> {
+    let refusal = app.guard.check(uri, headers).err()?;
+    tracing::warn!(%method, reason = %refusal.0, "refused a client request");
+    app.metrics.record_request(method, Outcome::refused);
+    Some(error_response(
+        StatusCode::FORBIDDEN,
+        Value::Null,
+        Code::Refused,
+        &refusal.0,
+        "forbidden",
+    ))
 }
 
 /// Reads the whole request body (MCP requests are single JSON-RPC messages), refusing bodies
@@ -299,9 +320,27 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
+/// Headers that describe the client's side of the sidecar and mean nothing (or the wrong thing)
+/// upstream: the sidecar checked the browser Origin itself and is the upstream's real client. A
+/// local tool's `Origin: http://localhost:6274` would make a spec-compliant upstream answer 403,
+/// and a client's `X-Forwarded-Host` could steer URLs the upstream builds.
+const CLIENT_SIDE: &[&str] = &[
+    "origin",
+    "referer",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "expect",
+];
+
 /// The client's headers as the upstream should see them: everything except hop-by-hop headers,
-/// the ones the HTTP client sets itself, and the client's own `Authorization` (replaced by the
-/// sidecar's credential, or the client token meant only for the sidecar).
+/// the ones the HTTP client sets itself, client-side ones ([`CLIENT_SIDE`]), and the client's own
+/// `Authorization` (replaced by the sidecar's credential, or the client token meant only for the
+/// sidecar).
 fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(client.len());
     let listed = connection_listed(client);
@@ -314,6 +353,7 @@ fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
             // Compressed upstream responses tend to be buffered by the compressor; asking for
             // identity keeps SSE events flowing one by one.
             || name == header::ACCEPT_ENCODING
+            || CLIENT_SIDE.contains(&name.as_str())
         {
             continue;
         }
@@ -333,12 +373,12 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// `client_session` is the session id the client sent; a response naming the session (some
-/// servers echo it) shows the client that id, not the one a re-initialization obtained.
+/// `rename` is (the client's session id, the upstream id the sidecar sent in its place): a
+/// response naming that upstream session (some servers echo it) shows the client its own id.
 fn forward_response(
     app: &Arc<App>,
     upstream: reqwest::Response,
-    client_session: Option<&str>,
+    rename: Option<(&str, &str)>,
     get_stream: bool,
 ) -> Response {
     let status = upstream.status();
@@ -350,19 +390,18 @@ fn forward_response(
         }
         headers.append(name.clone(), value.clone());
     }
-    if let Some(id) = client_session
-        && headers.contains_key(&MCP_SESSION_ID)
-        && let Ok(value) = HeaderValue::try_from(id)
+    if let Some((client_id, sent_id)) = rename
+        && headers.get(&MCP_SESSION_ID).is_some_and(|v| v == sent_id)
+        && let Ok(value) = HeaderValue::try_from(client_id)
     {
         headers.insert(MCP_SESSION_ID.clone(), value);
     }
-    let is_sse = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().starts_with("text/event-stream"));
+    let is_sse = crate::sse::is_event_stream(&headers);
     if is_sse {
         // Tells nginx-style intermediaries between agent and sidecar not to hold events back.
         headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+        // Keepalives and the endpoint rewrite change the length; the stream ends by itself.
+        headers.remove(header::CONTENT_LENGTH);
     }
 
     let readiness = app.readiness.clone();

@@ -28,6 +28,8 @@ pub struct App {
     pub sessions: Sessions,
     pub legacy: Arc<crate::legacy::Endpoints>,
     pub sse_keepalive: Duration,
+    /// Bound on replaying a forgotten session's initialize (other requests of it wait meanwhile).
+    pub reinit_timeout: Duration,
     /// Becomes true when shutdown begins (GET streams end at their next event boundary).
     pub shutdown: watch::Receiver<bool>,
     pub started_at: SystemTime,
@@ -84,6 +86,7 @@ pub async fn serve(
         sessions: Sessions::new(),
         legacy: crate::legacy::Endpoints::new(),
         sse_keepalive: config.sse_keepalive,
+        reinit_timeout: config.ready.timeout,
         shutdown: stop_rx.clone(),
         started_at: SystemTime::now(),
     });

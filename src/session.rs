@@ -16,14 +16,12 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use http::{HeaderMap, Method};
 use serde_json::Value;
 
+use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::upstream::{Upstream, UpstreamError};
-
-pub static MCP_SESSION_ID: HeaderName = HeaderName::from_static("mcp-session-id");
-static MCP_PROTOCOL_VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 
 /// How many sessions are remembered; beyond this the least recently created is forgotten (its
 /// client then sees the upstream's 404, as without the sidecar).
@@ -51,6 +49,8 @@ pub enum ReinitError {
     Upstream(#[from] UpstreamError),
     #[error("{0}")]
     Refused(String),
+    #[error("the replayed initialize did not complete in time")]
+    TimedOut,
 }
 
 impl Default for Sessions {
@@ -103,14 +103,6 @@ impl Sessions {
 
     pub fn forget(&self, client_id: &str) {
         self.lock().remove(client_id);
-    }
-
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
@@ -224,10 +216,7 @@ pub async fn forgotten(response: reqwest::Response) -> (bool, reqwest::Response)
                     }
                 }
             }
-            let about_session = complete
-                && String::from_utf8_lossy(&head)
-                    .to_ascii_lowercase()
-                    .contains("session");
+            let about_session = complete && says_session_unknown(&head);
             // Give the caller the same response back: the bytes read, then whatever is left.
             let rest: std::pin::Pin<
                 Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>,
@@ -248,6 +237,22 @@ pub async fn forgotten(response: reqwest::Response) -> (bool, reqwest::Response)
         }
         _ => (false, response),
     }
+}
+
+/// What servers say when they do not know a session, besides 404. Kept narrow: a 400 about
+/// anything else (a tool's own "session" of some kind) must not replace the upstream session.
+fn says_session_unknown(body: &[u8]) -> bool {
+    const PHRASES: &[&str] = &[
+        "no valid session",
+        "session not found",
+        "unknown session",
+        "invalid session",
+        "session does not exist",
+        "session expired",
+        "session has expired",
+    ];
+    let text = String::from_utf8_lossy(body).to_ascii_lowercase();
+    PHRASES.iter().any(|p| text.contains(p))
 }
 
 /// Whether a request body is an `initialize` request (checked cheaply before parsing).

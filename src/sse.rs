@@ -4,6 +4,18 @@
 //! itself must understand a stream: the readiness handshake reads an `initialize` reply that may
 //! arrive as SSE, after priming events that carry only an id.
 
+/// Whether a message's `Content-Type` is `text/event-stream` (media types are case-insensitive).
+pub fn is_event_stream(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .get(..17)
+                .is_some_and(|media| media.eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
 /// One dispatched event.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Event {

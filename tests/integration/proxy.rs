@@ -28,6 +28,8 @@ async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
         .header("mcp-protocol-version", "2025-11-25")
         .header("mcp-param-region", "eu")
         .header("last-event-id", "e-7")
+        .header("origin", "http://localhost:6274")
+        .header("x-forwarded-for", "10.0.0.1")
         .send()
         .await
         .unwrap();
@@ -70,6 +72,12 @@ async fn token_is_injected_on_post_get_and_delete_replacing_the_clients() {
         ("last-event-id", "e-7"),
     ] {
         assert_eq!(post.headers[name], value, "{name} is forwarded");
+    }
+    for name in ["origin", "x-forwarded-for"] {
+        assert!(
+            !post.headers.contains_key(name),
+            "{name} stays on the client's side"
+        );
     }
 }
 
@@ -552,6 +560,30 @@ async fn a_session_the_upstream_forgot_is_reinitialized_transparently() {
         mock.state.client_requests().last().unwrap().headers["mcp-session-id"],
         replayed_session.as_str()
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_forgotten_session_replays_nothing() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let session = client_initialize(&client, &url).await;
+    mock.state.forget_sessions();
+    let delete = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(delete.status(), 404, "the upstream's answer, unchanged");
+    let initializes = mock
+        .state
+        .client_requests()
+        .iter()
+        .filter(|r| r.rpc_method().as_deref() == Some("initialize"))
+        .count();
+    assert_eq!(initializes, 1, "no replay just to end a session");
 }
 
 #[tokio::test(flavor = "multi_thread")]
