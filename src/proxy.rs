@@ -236,17 +236,25 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             app.readiness.trigger();
             let id = jsonrpc::request_id(&body);
             let (status, code, outcome, reason) = match &error {
-                UpstreamError::NoCredential(_) => (
+                // A broken HEADERS_FILE usually holds a credential (an API key): like a missing
+                // token, the sidecar has nothing valid to send.
+                UpstreamError::NoCredential(_) | UpstreamError::Headers(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Code::AuthRequired,
                     Outcome::auth_required,
                     "auth_required",
                 ),
-                UpstreamError::Unreachable(_) | UpstreamError::Headers(_) => (
+                UpstreamError::Unreachable(_) => (
                     StatusCode::BAD_GATEWAY,
                     Code::UpstreamUnreachable,
                     Outcome::upstream_unreachable,
                     "upstream_unreachable",
+                ),
+                UpstreamError::Redirected { .. } => (
+                    StatusCode::BAD_GATEWAY,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "upstream_redirected",
                 ),
                 UpstreamError::AuthRejected { .. } => (
                     StatusCode::BAD_GATEWAY,

@@ -280,8 +280,12 @@ fn classify(
         }
         Ok(Err(e)) => {
             let reason = match &e {
-                HandshakeError::Upstream(UpstreamError::NoCredential(_)) => Reason::AuthRequired,
-                HandshakeError::Upstream(UpstreamError::Headers(_)) => Reason::HandshakeFailed,
+                HandshakeError::Upstream(
+                    UpstreamError::NoCredential(_) | UpstreamError::Headers(_),
+                ) => Reason::AuthRequired,
+                HandshakeError::Upstream(UpstreamError::Redirected { .. }) => {
+                    Reason::HandshakeFailed
+                }
                 HandshakeError::Upstream(UpstreamError::Unreachable(_))
                 | HandshakeError::GatewayUnavailable(_) => Reason::UpstreamUnreachable,
                 HandshakeError::Upstream(UpstreamError::AuthRejected { .. }) => {

@@ -32,8 +32,32 @@ pub enum UpstreamError {
     #[error("upstream rejected the sidecar's credentials (HTTP {status}{})", detail_suffix(.detail))]
     AuthRejected { status: u16, detail: String },
     /// `HEADERS_FILE` changed into something that is not `Name: value` lines.
-    #[error("HEADERS_FILE: {0}")]
+    #[error("{0}")]
     Headers(String),
+    /// The upstream answered with a redirect the sidecar does not follow.
+    #[error(
+        "the upstream redirected (HTTP {status}) to {location}; set MCP_SIDECAR_UPSTREAM_URL to the final URL"
+    )]
+    Redirected { status: u16, location: String },
+}
+
+/// Follows only what cannot hurt: same-origin 307/308 (method and body kept, so an MCP POST
+/// survives; the token never leaves the origin), three hops at most. Anything else is reported
+/// (see [`UpstreamError::Redirected`]): passed to the client, the client would follow it past the
+/// sidecar without a token, get a 401 and start its own OAuth.
+fn redirect_policy() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let same_origin = attempt
+            .previous()
+            .first()
+            .is_some_and(|first| first.origin() == attempt.url().origin());
+        let keeps_method = matches!(attempt.status().as_u16(), 307 | 308);
+        if same_origin && keeps_method && attempt.previous().len() <= 3 {
+            attempt.follow()
+        } else {
+            attempt.stop()
+        }
+    })
 }
 
 fn detail_suffix(detail: &str) -> String {
@@ -59,9 +83,7 @@ impl Upstream {
             .tcp_keepalive(Duration::from_secs(30))
             .tcp_nodelay(true)
             .pool_idle_timeout(Duration::from_secs(90))
-            // A redirect would carry the bearer token to wherever the Location points; clients
-            // see the 3xx instead and the token stays with the configured upstream.
-            .redirect(reqwest::redirect::Policy::none())
+            .redirect(redirect_policy())
             .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &config.ca_file {
             for cert in load_ca_file(path)? {
@@ -133,6 +155,7 @@ impl Upstream {
         let response = self
             .send_once(&method, &url, &headers, &body, token.as_ref())
             .await?;
+        let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
             None => return Ok(response),
             Some(AuthFailure::Refreshable(challenge)) => challenge,
@@ -160,12 +183,33 @@ impl Upstream {
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
             .await?;
+        let response = self.refuse_redirect(response)?;
         match auth_failure(&response) {
             None => Ok(response),
             Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
                 Err(rejected(response.status(), c))
             }
         }
+    }
+
+    fn refuse_redirect(
+        &self,
+        response: reqwest::Response,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        if !response.status().is_redirection() {
+            return Ok(response);
+        }
+        let location = response
+            .headers()
+            .get(http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|l| response.url().join(l).ok())
+            .map(|url| display_url(&url))
+            .unwrap_or_else(|| "(no Location)".into());
+        Err(UpstreamError::Redirected {
+            status: response.status().as_u16(),
+            location,
+        })
     }
 
     async fn send_once(

@@ -777,3 +777,51 @@ async fn typescript_sdk_style_400_for_a_forgotten_session_is_recovered_too() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["result"]["content"][0]["text"], "survived");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn same_origin_307_308_are_followed_other_redirects_explained_never_passed_on() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let old = format!("http://{}/old", mock.addr);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &old), ("TOKEN", TOKEN)]).await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(1, "echo", json!({"text": "via 308"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let followed = mock.state.client_requests().pop().unwrap();
+    assert_eq!(
+        followed.authorization(),
+        Some("Bearer upstream-token-1"),
+        "token kept on the same origin"
+    );
+
+    let moved = format!("http://{}/moved", mock.addr);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &moved), ("TOKEN", TOKEN)]).await;
+    let report = sidecar.wait_reason("handshake_failed").await;
+    let detail = report["detail"].as_str().unwrap();
+    assert!(detail.contains("https://new.example.com/mcp"), "{detail}");
+    assert!(
+        !detail.contains("canary-location"),
+        "the Location's query is not shown: {detail}"
+    );
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(2, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502, "a 3xx never reaches the client");
+    assert!(response.headers().get("location").is_none());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "upstream_redirected");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MCP_SIDECAR_UPSTREAM_URL")
+    );
+}

@@ -144,6 +144,25 @@ impl MockUpstream {
                 let app = Router::new()
                     .route("/mcp", any(handle))
                     .route("/messages", any(legacy_message))
+                    // A trailing-slash style redirect on the same origin, and a move elsewhere.
+                    .route(
+                        "/old",
+                        any(|| async {
+                            (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/mcp")])
+                        }),
+                    )
+                    .route(
+                        "/moved",
+                        any(|| async {
+                            (
+                                StatusCode::MOVED_PERMANENTLY,
+                                [(
+                                    header::LOCATION,
+                                    "https://new.example.com/mcp?key=canary-location",
+                                )],
+                            )
+                        }),
+                    )
                     .with_state(app_state);
                 tokio::select! {
                     _ = axum::serve(listener, app) => {}
