@@ -71,6 +71,23 @@ impl Drop for Registration {
     }
 }
 
+/// Where the first field line of a raw event starts, after blank lines and comments.
+fn first_field(event: &[u8]) -> usize {
+    let mut i = 0;
+    while i < event.len() {
+        match event[i] {
+            b'\r' | b'\n' => i += 1,
+            b':' => {
+                while i < event.len() && event[i] != b'\r' && event[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            _ => return i,
+        }
+    }
+    i
+}
+
 /// The key under which an upstream URL's endpoint is registered.
 pub fn key(url: &url::Url) -> String {
     match url.query() {
@@ -93,8 +110,10 @@ struct Rewriter<S> {
     registration: Option<Registration>,
 }
 
-/// Passes a GET stream through, rewriting its `endpoint` event. Until that event, bytes are held
-/// per event (a client cannot use half an event anyway); after it, chunks pass as they come.
+/// Passes a GET stream through, rewriting its `endpoint` event. The transport sends that event
+/// first, so bytes are held per event (a client cannot use half an event anyway) only until the
+/// first event with data; from then on chunks pass as they come. A Streamable HTTP GET stream,
+/// whose first data event is a message, is thus untouched after it.
 pub fn rewrite_endpoint<S, E>(
     chunks: S,
     upstream: Arc<Upstream>,
@@ -158,24 +177,26 @@ impl<S> Rewriter<S> {
                 match self.rewrite(&event) {
                     Some(rewritten) => {
                         out.extend_from_slice(&rewritten);
-                        out.extend_from_slice(&self.pending[self.scanned..]);
-                        self.pending.clear();
                         self.done = true;
-                        return out;
                     }
                     None => out.extend_from_slice(&event),
                 }
                 self.event_start = self.scanned;
+                if self.done {
+                    break;
+                }
             }
         }
         // Everything before event_start has been emitted.
         self.pending.drain(..self.event_start);
         self.scanned -= self.event_start;
         self.event_start = 0;
-        // Done (an endpoint on another origin) or no event in sight: pass everything on as is.
+        // Done (rewritten, not the legacy transport, or an endpoint on another origin) or no
+        // event in sight: pass everything on as is.
         if self.done || self.pending.len() > MAX_PENDING {
             out.append(&mut self.pending);
             self.scanned = 0;
+            self.event_start = 0;
             self.done = true;
         }
         out
@@ -187,6 +208,10 @@ impl<S> Rewriter<S> {
         // `event` ends with its blank line, so the parser dispatches it.
         let parsed = parser.push(event).into_iter().next()?;
         if parsed.event.as_deref() != Some("endpoint") {
+            if !parsed.data.is_empty() {
+                // A message came first: not the legacy transport; stop looking.
+                self.done = true;
+            }
             return None;
         }
         let reference = parsed.data.trim();
@@ -201,9 +226,9 @@ impl<S> Rewriter<S> {
         let key = key(&url);
         let rewritten = format!("{}{}{key}", self.prefix, LEGACY_SEGMENT);
         self.registration = Some(self.endpoints.register(key));
-        // An event cut at the CR of a CRLF starts with the previous event's LF: keep it.
-        let leading = event.iter().take_while(|b| **b == b'\n').count();
-        let mut out = "\n".repeat(leading);
+        // Blank lines and comments before the first field (an LF left over from a CRLF, a
+        // keepalive) are not part of the event: pass them on as they are.
+        let mut out = String::from_utf8_lossy(&event[..first_field(event)]).into_owned();
         out.push_str("event: endpoint\n");
         if let Some(id) = parsed.id {
             out.push_str(&format!("id: {id}\n"));
@@ -256,6 +281,17 @@ mod tests {
             let endpoints = Endpoints::new();
             let out = run(input, split, &endpoints).await;
             assert_eq!(out, expected, "split at {split}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_whose_first_message_is_not_an_endpoint_passes_untouched() {
+        let input = b"id: 0\ndata:\n\nevent: message\ndata: {}\n\nevent: endpoint\ndata: /late\n\n";
+        for split in 0..input.len() {
+            let endpoints = Endpoints::new();
+            let out = run(input, split, &endpoints).await;
+            assert_eq!(out.as_bytes(), input, "split at {split}");
+            assert!(!endpoints.is_open("/late"));
         }
     }
 

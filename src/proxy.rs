@@ -516,7 +516,10 @@ async fn shutdown_begun(shutdown: &mut Option<tokio::sync::watch::Receiver<bool>
     }
 }
 
-const KEEPALIVE: &[u8] = b": keepalive\n\n";
+/// A comment line alone, no blank line after it: a blank line would make decoders that keep the
+/// last event id (httpx-sse, used by the MCP Python SDK) emit an empty event, which MCP clients
+/// then fail to parse as JSON-RPC.
+const KEEPALIVE: &[u8] = b": keepalive\n";
 
 /// A JSON-RPC error response produced by the sidecar itself.
 pub fn error_response(

@@ -110,11 +110,14 @@ impl Parser {
 }
 
 /// Tracks whether a byte stream is between events, where a `:` comment line can be inserted
-/// without changing what the client parses (used for keepalives).
+/// without changing what the client parses (used for keepalives). Comment lines themselves are
+/// neutral: after one, the stream is exactly as between events as before it.
 #[derive(Debug, Clone, Copy)]
 pub struct Boundary {
     at_boundary: bool,
     line_empty: bool,
+    line_is_comment: bool,
+    before_line: bool,
     after_cr: bool,
 }
 
@@ -124,6 +127,8 @@ impl Default for Boundary {
         Self {
             at_boundary: true,
             line_empty: true,
+            line_is_comment: false,
+            before_line: true,
             after_cr: false,
         }
     }
@@ -140,12 +145,24 @@ impl Boundary {
             }
             match byte {
                 b'\n' | b'\r' => {
-                    // An empty line ends an event; a non-empty one leaves its fields pending.
-                    self.at_boundary = self.line_empty;
+                    // An empty line ends an event; a field line leaves the event pending; a
+                    // comment line changes nothing.
+                    self.at_boundary = if self.line_empty {
+                        true
+                    } else if self.line_is_comment {
+                        self.before_line
+                    } else {
+                        false
+                    };
                     self.line_empty = true;
+                    self.line_is_comment = false;
                     self.after_cr = byte == b'\r';
                 }
                 _ => {
+                    if self.line_empty {
+                        self.before_line = self.at_boundary;
+                        self.line_is_comment = byte == b':';
+                    }
                     self.line_empty = false;
                     self.at_boundary = false;
                 }
@@ -203,6 +220,16 @@ mod tests {
         assert!(b.at_boundary());
         b.observe(b"\n"); // the LF of that CRLF, in the next chunk
         assert!(b.at_boundary());
+        b.observe(b": keepalive\n");
+        assert!(
+            b.at_boundary(),
+            "a comment between events keeps the boundary"
+        );
+        b.observe(b"data: y\n: note\n");
+        assert!(
+            !b.at_boundary(),
+            "a comment inside an event does not end it"
+        );
     }
 
     #[test]

@@ -619,8 +619,12 @@ async fn idle_sse_streams_get_keepalive_comments_between_events() {
         .unwrap();
     let mut seen = String::new();
     assert!(
-        read_until(&mut response, &mut seen, ": keepalive\n\n").await,
+        read_until(&mut response, &mut seen, ": keepalive\n").await,
         "{seen:?}"
+    );
+    assert!(
+        !seen.contains(": keepalive\n\n"),
+        "no blank line after the comment: {seen:?}"
     );
     let first_event_end = seen.find("\n\n").unwrap();
     assert!(
