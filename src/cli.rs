@@ -49,7 +49,7 @@ pub enum Command {
         /// Check /healthz: the process is serving.
         #[arg(long)]
         live: bool,
-        /// Full URL to check (default: derived from MCP_SIDECAR_LISTEN).
+        /// Full URL to check (default: from the sidecar's LISTEN setting).
         #[arg(long)]
         url: Option<String>,
         /// How long to wait for the answer.
@@ -61,7 +61,7 @@ pub enum Command {
         /// Give up after this long and exit 1 with the last reason.
         #[arg(long, default_value = "120s", value_parser = parse_duration)]
         timeout: Duration,
-        /// The /ready URL (default: derived from MCP_SIDECAR_LISTEN).
+        /// The /ready URL (default: from the sidecar's LISTEN setting).
         #[arg(long)]
         url: Option<String>,
         /// How often to ask.
@@ -117,13 +117,13 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
         Command::Probe {
             live, url, timeout, ..
-        } => crate::commands::probe::run(live, url, timeout),
+        } => crate::commands::probe::run(cli.config, live, url, timeout),
         Command::Wait {
             timeout,
             url,
             interval,
             command,
-        } => crate::commands::wait::run(url, timeout, interval, command),
+        } => crate::commands::wait::run(cli.config, url, timeout, interval, command),
         Command::Demo {
             upstream_only,
             listen,

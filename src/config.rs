@@ -30,6 +30,9 @@ pub const CONFIG_ENV: &str = "MCP_SIDECAR_CONFIG";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4510";
 pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
+/// overflow when added to instants.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Every key the sidecar understands, for unknown-key detection and suggestions.
 const KNOWN_KEYS: &[&str] = &[
@@ -77,9 +80,6 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub log: LogConfig,
-    /// Things worth telling the operator that do not stop start-up (unknown keys that look like
-    /// another tool's). `serve` logs them; `check-config` prints them.
-    pub warnings: Vec<Problem>,
 }
 
 #[derive(Debug)]
@@ -201,6 +201,62 @@ impl Provider for PrefixedEnv<'_> {
 
 /// Loads and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+    let (figment, raw, file_label, problems) = merge(sources);
+    let mut reader = Reader {
+        raw,
+        figment: &figment,
+        file_label,
+        problems,
+    };
+    let config = reader.validate();
+    let mut problems = reader.problems;
+    if problems.is_empty() {
+        // `validate` returns `None` only after recording a problem.
+        config.ok_or_else(|| ConfigError {
+            problems: vec![Problem {
+                key: "configuration".into(),
+                message: "incomplete".into(),
+            }],
+        })
+    } else {
+        problems.sort_by(|a, b| a.key.cmp(&b.key));
+        problems.dedup();
+        Err(ConfigError { problems })
+    }
+}
+
+/// Only the listen address, for `probe` and `wait`: they run beside the sidecar with its
+/// configuration but must not fail on settings they do not use (a token file mounted only into
+/// the sidecar's container, say).
+pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
+    let (figment, raw, file_label, problems) = merge(sources);
+    let mut reader = Reader {
+        raw,
+        figment: &figment,
+        file_label,
+        problems,
+    };
+    let listen = reader.listen();
+    if reader.problems.is_empty() {
+        listen.ok_or_else(|| ConfigError {
+            problems: Vec::new(),
+        })
+    } else {
+        Err(ConfigError {
+            problems: reader.problems,
+        })
+    }
+}
+
+type Merged = (
+    Figment,
+    BTreeMap<String, Value>,
+    Option<String>,
+    Vec<Problem>,
+);
+
+/// Merges the TOML file and the environment into one untyped map.
+fn merge(sources: &Sources) -> Merged {
     let mut problems = Vec::new();
     let mut figment = Figment::new();
     let mut file_label = None;
@@ -229,28 +285,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             BTreeMap::new()
         }
     };
-    let mut reader = Reader {
-        raw,
-        figment: &figment,
-        file_label,
-        problems,
-        warnings: Vec::new(),
-    };
-    let config = reader.validate();
-    let mut problems = reader.problems;
-    if problems.is_empty() {
-        // `validate` returns `None` only after recording a problem.
-        config.ok_or_else(|| ConfigError {
-            problems: vec![Problem {
-                key: "configuration".into(),
-                message: "incomplete".into(),
-            }],
-        })
-    } else {
-        problems.sort_by(|a, b| a.key.cmp(&b.key));
-        problems.dedup();
-        Err(ConfigError { problems })
-    }
+    (figment, raw, file_label, problems)
 }
 
 fn read_toml(path: &Path) -> Result<String, String> {
@@ -281,7 +316,6 @@ struct Reader<'a> {
     figment: &'a Figment,
     file_label: Option<String>,
     problems: Vec<Problem>,
-    warnings: Vec<Problem>,
 }
 
 impl Reader<'_> {
@@ -371,6 +405,10 @@ impl Reader<'_> {
             _ => None,
         };
         match parsed {
+            Some(d) if d > MAX_DURATION => {
+                self.problem(key, "must be at most 24h");
+                default
+            }
             Some(d) if !d.is_zero() => d,
             Some(_) => {
                 self.problem(key, "must be greater than zero");
@@ -475,7 +513,11 @@ impl Reader<'_> {
             .collect();
         for key in unknown {
             let from_env = self.label(&key).starts_with(ENV_PREFIX);
-            if from_env && is_kubernetes_service_link(&key) {
+            let value = match self.raw.get(&key) {
+                Some(Value::String(_, v)) => v.as_str(),
+                _ => "",
+            };
+            if from_env && is_kubernetes_service_link(&key, value) {
                 continue;
             }
             let suggestion = KNOWN_KEYS
@@ -484,19 +526,15 @@ impl Reader<'_> {
                 .filter(|(score, _)| *score > 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, known)| self.label_like(&key, known.to_string()));
-            match suggestion {
-                Some(known) => self.problem(&key, format!("unknown key (did you mean {known}?)")),
-                // The environment is shared with other tools that may use the same prefix; a
-                // key that resembles no setting is more likely theirs than a typo of ours.
-                None if from_env => {
-                    let label = self.label(&key);
-                    self.warnings.push(Problem {
-                        key: label,
-                        message: "unknown key, ignored".into(),
-                    });
+            let message = match (suggestion, key.as_str()) {
+                (Some(known), _) => format!("unknown key (did you mean {known}?)"),
+                (None, "port") => {
+                    let listen = self.label_like(&key, "listen".into());
+                    format!("unknown key (the port is part of {listen}, e.g. 0.0.0.0:8080)")
                 }
-                None => self.problem(&key, "unknown key"),
-            }
+                (None, _) => "unknown key".to_string(),
+            };
+            self.problem(&key, message);
         }
     }
 
@@ -547,8 +585,14 @@ impl Reader<'_> {
         let path = match self.text("path") {
             None => DEFAULT_PATH.to_string(),
             Some(p) => {
-                if !p.starts_with('/') || p.contains(['?', '#', ' ']) || p == "/" {
-                    self.problem("path", "expected an absolute path such as /mcp");
+                let plain = p
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/-._~".contains(c));
+                if !p.starts_with('/') || !plain || p == "/" || p.contains("//") {
+                    self.problem(
+                        "path",
+                        "expected an absolute path of letters, digits and - . _ ~ such as /mcp",
+                    );
                 } else if is_reserved_path(&p) {
                     self.problem(
                         "path",
@@ -607,6 +651,17 @@ impl Reader<'_> {
             }
         }
 
+        if let (Some(AuthConfig::Bearer(_)), Some(source)) = (&auth, &headers)
+            && let Ok(text) = source.read()
+            && crate::upstream::parse_extra_headers(text.expose())
+                .is_ok_and(|hs| hs.iter().any(|(n, _)| n == http::header::AUTHORIZATION))
+        {
+            self.problem(
+                "headers",
+                "sets Authorization, which the bearer token replaces; remove one of them",
+            );
+        }
+
         let ca_file = self.text("ca_file").map(PathBuf::from);
         if let Some(path) = &ca_file
             && let Err(message) = crate::upstream::load_ca_file(path)
@@ -642,8 +697,27 @@ impl Reader<'_> {
             sse_keepalive,
             shutdown_grace,
             log,
-            warnings: std::mem::take(&mut self.warnings),
         })
+    }
+
+    fn listen(&mut self) -> Option<SocketAddr> {
+        match self.text("listen") {
+            None => Some(
+                DEFAULT_LISTEN
+                    .parse()
+                    .expect("DEFAULT_LISTEN is a valid socket address"),
+            ),
+            Some(s) => match s.parse::<SocketAddr>() {
+                Ok(addr) => Some(addr),
+                Err(_) => {
+                    self.problem(
+                        "listen",
+                        "expected IP:PORT, e.g. 127.0.0.1:4510 or 0.0.0.0:4510",
+                    );
+                    None
+                }
+            },
+        }
     }
 
     fn upstream_url(&mut self, s: &str, allow_insecure: bool) -> Option<Url> {
@@ -770,22 +844,41 @@ impl Reader<'_> {
 }
 
 /// Variables Kubernetes injects for every Service in the namespace ("service links"): a Service
-/// named `mcp-sidecar` yields `MCP_SIDECAR_SERVICE_HOST`, `MCP_SIDECAR_PORT=tcp://...`,
-/// `MCP_SIDECAR_PORT_4510_TCP_ADDR` and so on. They are not settings, and must not stop start-up.
-fn is_kubernetes_service_link(key: &str) -> bool {
-    let tokens: Vec<&str> = key.split('_').collect();
-    if key.ends_with("service_host")
-        || key.contains("service_port")
-        || tokens.last() == Some(&"port")
-    {
-        return true;
+/// named `mcp-sidecar` yields `MCP_SIDECAR_SERVICE_HOST=10.0.0.7`, `MCP_SIDECAR_PORT=tcp://...`,
+/// `MCP_SIDECAR_PORT_4510_TCP_ADDR=10.0.0.7` and so on. They are not settings and must not stop
+/// start-up; both the name and the value's shape must match, so `MCP_SIDECAR_PORT=8080` (a user's
+/// guess) is still reported.
+fn is_kubernetes_service_link(key: &str, value: &str) -> bool {
+    let is_ip = value.parse::<IpAddr>().is_ok();
+    let is_port = !value.is_empty() && value.chars().all(|c| c.is_ascii_digit());
+    let is_url = ["tcp://", "udp://", "sctp://"]
+        .iter()
+        .any(|scheme| value.starts_with(scheme));
+    let is_proto = matches!(value, "TCP" | "UDP" | "SCTP" | "tcp" | "udp" | "sctp");
+    if key.ends_with("service_host") {
+        return is_ip;
     }
-    tokens.windows(3).any(|w| {
-        w[0] == "port"
+    if key.contains("service_port") {
+        return is_port;
+    }
+    let tokens: Vec<&str> = key.split('_').collect();
+    // ..._port_<number>_<protocol>[_proto|_port|_addr]
+    let numbered = tokens.windows(3).enumerate().find_map(|(i, w)| {
+        let matches = w[0] == "port"
             && !w[1].is_empty()
             && w[1].chars().all(|c| c.is_ascii_digit())
-            && matches!(w[2], "tcp" | "udp" | "sctp")
-    })
+            && matches!(w[2], "tcp" | "udp" | "sctp");
+        matches.then(|| tokens.get(i + 3).copied())
+    });
+    match numbered {
+        Some(None) => is_url,
+        Some(Some("proto")) => is_proto,
+        Some(Some("port")) => is_port,
+        Some(Some("addr")) => is_ip,
+        Some(Some(_)) => false,
+        // ..._port=tcp://...
+        None => tokens.last() == Some(&"port") && is_url,
+    }
 }
 
 fn describe(value: &Value) -> &'static str {
@@ -1007,8 +1100,8 @@ mod tests {
     }
 
     #[test]
-    fn kubernetes_service_links_are_ignored_and_foreign_keys_only_warned() {
-        let config = load(&env(&[
+    fn kubernetes_service_links_are_ignored_but_lookalikes_are_not() {
+        load(&env(&[
             ("UPSTREAM_URL", "https://x.example/mcp"),
             ("SERVICE_HOST", "10.0.0.7"),
             ("SERVICE_PORT", "4510"),
@@ -1016,18 +1109,52 @@ mod tests {
             ("PORT", "tcp://10.0.0.7:4510"),
             ("PORT_4510_TCP", "tcp://10.0.0.7:4510"),
             ("PORT_4510_TCP_ADDR", "10.0.0.7"),
+            ("PORT_4510_TCP_PORT", "4510"),
             ("PORT_4510_TCP_PROTO", "tcp"),
             ("DEMO_SERVICE_HOST", "10.0.0.8"),
             ("DEMO_PORT", "tcp://10.0.0.8:4520"),
-            ("IMAGE_TAG", "v1"),
         ]))
-        .expect("service links and foreign keys do not stop start-up");
-        assert_eq!(
-            config.warnings,
-            [Problem {
-                key: "MCP_SIDECAR_IMAGE_TAG".into(),
-                message: "unknown key, ignored".into()
-            }]
+        .expect("service links do not stop start-up");
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("PORT", "8080"),
+            ("BEARER_TOKEN", "x"),
+        ]));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(found[1].message.contains("MCP_SIDECAR_LISTEN"), "{found:?}");
+    }
+
+    #[test]
+    fn paths_and_durations_that_would_panic_are_refused() {
+        for path in ["/:mcp", "/{x}", "/a*", "/a//b"] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("PATH", path),
+            ]));
+            assert_eq!(found[0].key, "MCP_SIDECAR_PATH", "{path}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("READY_INTERVAL", "18446744073709551615"),
+        ]));
+        assert!(found[0].message.contains("at most 24h"), "{found:?}");
+    }
+
+    #[test]
+    fn authorization_in_headers_conflicts_with_a_bearer_token() {
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOKEN", "t"),
+            ("HEADERS", "Authorization: Basic abc"),
+        ]));
+        assert_eq!(found[0].key, "MCP_SIDECAR_HEADERS");
+        assert!(
+            load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("HEADERS", "Authorization: Basic abc"),
+            ]))
+            .is_ok(),
+            "with AUTH=none a static Authorization is the user's choice"
         );
     }
 

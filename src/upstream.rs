@@ -327,6 +327,12 @@ pub fn display_url(url: &Url) -> String {
 
 /// Headers the sidecar must own: the connection's framing, the target, and the credential.
 const RESERVED_HEADERS: &[&str] = &[
+    // MCP's own headers and content negotiation belong to the client's request.
+    "mcp-session-id",
+    "mcp-protocol-version",
+    "last-event-id",
+    "content-type",
+    "accept",
     "host",
     "content-length",
     "transfer-encoding",
@@ -352,11 +358,23 @@ pub fn parse_extra_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>,
         let Some((name, value)) = line.split_once(':') else {
             return Err(format!("line {n}: expected 'Name: value'"));
         };
+        // The name is not quoted back: a mistyped line may have its value on the left.
         let name = HeaderName::try_from(name.trim())
-            .map_err(|_| format!("line {n}: {:?} is not a valid header name", name.trim()))?;
+            .map_err(|_| format!("line {n}: the header name is not valid"))?;
         if RESERVED_HEADERS.contains(&name.as_str()) {
             return Err(format!(
                 "line {n}: header {name} is managed by the sidecar and cannot be set"
+            ));
+        }
+        let joined = value.split(',').skip(1).any(|part| {
+            part.split_once(':').is_some_and(|(n, _)| {
+                let n = n.trim();
+                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            })
+        });
+        if joined {
+            return Err(format!(
+                "line {n}: the value of {name} looks like several headers joined by commas; put each on its own line"
             ));
         }
         let mut value = HeaderValue::try_from(value.trim()).map_err(|_| {
@@ -409,6 +427,11 @@ mod tests {
         assert!(err.contains("managed by the sidecar"));
         let err = parse_extra_headers("X-Key: canary\u{7}").unwrap_err();
         assert!(!err.contains("canary"));
+        let err = parse_extra_headers("X-Auth=user-canary:pass").unwrap_err();
+        assert!(!err.contains("canary"), "{err}");
+        let err = parse_extra_headers("X-Api-Key: k1, X-Tenant: t1").unwrap_err();
+        assert!(err.contains("own line"), "{err}");
+        assert!(parse_extra_headers("X-List: a, b, c").is_ok());
     }
 
     #[test]

@@ -16,9 +16,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
             for (key, value) in rows {
                 println!("  {key:width$}  {value}");
             }
-            for warning in &config.warnings {
-                eprintln!("warning: {}: {}", warning.key, warning.message);
-            }
+
             exit::OK
         }
         Err(e) => {

@@ -72,9 +72,6 @@ pub fn run(
             filter: "info".into(),
         });
     crate::telemetry::init(&log);
-    for warning in sidecar_config.iter().flat_map(|c| &c.warnings) {
-        tracing::warn!(key = %warning.key, "{}", warning.message);
-    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -6,26 +6,22 @@ pub mod probe;
 pub mod serve;
 pub mod wait;
 
-use crate::config::{DEFAULT_LISTEN, ENV_PREFIX};
+use std::path::PathBuf;
 
-/// The local URL of one of the sidecar's endpoints, from `MCP_SIDECAR_LISTEN` as the running
-/// sidecar sees it. `probe` and `wait` run in the sidecar's container (or the agent's, with the
-/// same environment), so they need no full configuration; a wildcard bind is reached on loopback.
-pub fn local_url(path: &str) -> String {
-    let listen =
-        std::env::var(format!("{ENV_PREFIX}LISTEN")).unwrap_or_else(|_| DEFAULT_LISTEN.into());
-    let addr: std::net::SocketAddr = listen.trim().parse().unwrap_or_else(|_| {
-        DEFAULT_LISTEN
-            .parse()
-            .expect("DEFAULT_LISTEN is a valid socket address")
-    });
+use crate::config::{self, Sources};
+
+/// The local URL of one of the sidecar's endpoints, from the listen address the running sidecar
+/// uses (its TOML file and environment). `probe` and `wait` run in the sidecar's container (or the
+/// agent's, with the same settings); a wildcard bind is reached on loopback.
+pub fn local_url(config_file: Option<PathBuf>, path: &str) -> Result<String, config::ConfigError> {
+    let addr = config::listen_address(&Sources::from_process(config_file))?;
     let host = match addr.ip() {
         ip if ip.is_unspecified() && ip.is_ipv6() => "[::1]".to_string(),
         ip if ip.is_unspecified() => "127.0.0.1".to_string(),
         std::net::IpAddr::V6(ip) => format!("[{ip}]"),
         ip => ip.to_string(),
     };
-    format!("http://{host}:{}{path}", addr.port())
+    Ok(format!("http://{host}:{}{path}", addr.port()))
 }
 
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.

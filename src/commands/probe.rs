@@ -1,12 +1,22 @@
 //! `mcp-sidecar probe`: the container healthcheck. The image has no shell and no curl, so the
 //! binary checks itself: exit 0 when `/ready` (or `/healthz` with `--live`) answers 200.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cli::exit;
 
-pub fn run(live: bool, url: Option<String>, timeout: Duration) -> u8 {
-    let url = url.unwrap_or_else(|| super::local_url(if live { "/healthz" } else { "/ready" }));
+pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
+    let url = match url
+        .map(Ok)
+        .unwrap_or_else(|| super::local_url(config_file, if live { "/healthz" } else { "/ready" }))
+    {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("mcp-sidecar probe: {e}");
+            return exit::CONFIG;
+        }
+    };
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {

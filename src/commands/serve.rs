@@ -14,9 +14,6 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         }
     };
     crate::telemetry::init(&config.log);
-    for warning in &config.warnings {
-        tracing::warn!(key = %warning.key, "{}", warning.message);
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -4,6 +4,7 @@
 //! pending) to stderr, a progress line every 15 s, and then execs the given command so the agent
 //! replaces this process (signals reach it directly, no zombie parent).
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -19,8 +20,23 @@ struct Observation {
     login: Option<Value>,
 }
 
-pub fn run(url: Option<String>, timeout: Duration, interval: Duration, command: Vec<String>) -> u8 {
-    let url = url.unwrap_or_else(|| super::local_url("/ready"));
+pub fn run(
+    config_file: Option<PathBuf>,
+    url: Option<String>,
+    timeout: Duration,
+    interval: Duration,
+    command: Vec<String>,
+) -> u8 {
+    let url = match url
+        .map(Ok)
+        .unwrap_or_else(|| super::local_url(config_file, "/ready"))
+    {
+        Ok(url) => url,
+        Err(e) => {
+            eprintln!("mcp-sidecar wait: {e}");
+            return exit::CONFIG;
+        }
+    };
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
