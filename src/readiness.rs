@@ -210,6 +210,8 @@ impl Readiness {
         last_progress: &mut Instant,
     ) {
         let now = SystemTime::now();
+        // Details quote the upstream (error messages, server names), which may echo a secret.
+        let detail = crate::secret::scrub(&detail);
         self.state.send_modify(|state| {
             let changed = state.reason != reason;
             if changed {

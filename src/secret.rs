@@ -17,13 +17,55 @@ use serde::{Serialize, Serializer};
 
 const REDACTED: &str = "<redacted>";
 
+/// Every secret value this process has held, newest last, so that text the sidecar did not
+/// write (an upstream's `error_description`, a JSON-RPC error message) can be scrubbed before it
+/// reaches a log line, `/ready` or a client: servers do echo the key they were given ("invalid
+/// key sk-..."). Bounded to the newest entries; rotation adds one value per new token.
+static REGISTRY: Mutex<std::collections::VecDeque<String>> =
+    Mutex::new(std::collections::VecDeque::new());
+const REGISTRY_SIZE: usize = 256;
+/// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
+const MIN_SCRUBBED_LEN: usize = 4;
+
+fn registry() -> std::sync::MutexGuard<'static, std::collections::VecDeque<String>> {
+    REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Remembers `value` for [`scrub`]. Called for every [`Secret`] and every `HEADERS` value.
+pub fn register(value: &str) {
+    if value.len() < MIN_SCRUBBED_LEN {
+        return;
+    }
+    let mut known = registry();
+    if !known.iter().any(|k| k == value) {
+        known.push_back(value.to_string());
+        if known.len() > REGISTRY_SIZE {
+            known.pop_front();
+        }
+    }
+}
+
+/// `text` with every known secret value replaced by `<redacted>`.
+pub fn scrub(text: &str) -> String {
+    let known = registry();
+    let mut out = text.to_string();
+    for secret in known.iter() {
+        if out.contains(secret.as_str()) {
+            out = out.replace(secret.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
 /// A string that must never be printed.
 #[derive(Clone)]
 pub struct Secret(SecretString);
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
-        Self(SecretString::from(value.into()))
+        let value = value.into();
+        register(&value);
+        Self(SecretString::from(value))
     }
 
     /// The plain value, for the one place that needs it (building a request header).
@@ -226,6 +268,15 @@ mod tests {
             format!("{:?}", SecretSource::Inline(secret)),
             "Inline(<redacted>)"
         );
+    }
+
+    #[test]
+    fn scrub_removes_every_known_secret() {
+        let _token = Secret::new("sk-canary-echo-4242");
+        register("header-canary-77");
+        let echoed = "invalid key sk-canary-echo-4242 (with header-canary-77)";
+        assert_eq!(scrub(echoed), "invalid key <redacted> (with <redacted>)");
+        assert_eq!(scrub("nothing secret here"), "nothing secret here");
     }
 
     #[test]

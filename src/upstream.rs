@@ -169,10 +169,12 @@ impl Upstream {
         }
         drop(response);
         let fresh = self.tokens.refresh(token.as_ref()).await?;
-        let reason = challenge
-            .as_ref()
-            .map(BearerChallenge::explain)
-            .unwrap_or_default();
+        let reason = crate::secret::scrub(
+            &challenge
+                .as_ref()
+                .map(BearerChallenge::explain)
+                .unwrap_or_default(),
+        );
         if fresh == token {
             // A static token that the upstream refuses: the readiness state change already says
             // so once; repeating it on every request and check would only bury other lines.
@@ -276,7 +278,8 @@ fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
 fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamError {
     UpstreamError::AuthRejected {
         status: status.as_u16(),
-        detail: challenge.map(|c| c.explain()).unwrap_or_default(),
+        // The upstream's own words, which may quote the token it was given.
+        detail: crate::secret::scrub(&challenge.map(|c| c.explain()).unwrap_or_default()),
     }
 }
 

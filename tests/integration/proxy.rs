@@ -829,3 +829,25 @@ async fn same_origin_307_308_are_followed_other_redirects_explained_never_passed
             .contains("MCP_SIDECAR_UPSTREAM_URL")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_that_quotes_the_token_back_has_it_scrubbed() {
+    const SECRET: &str = "canary-echoed-by-upstream-5150";
+    let mock = MockUpstream::start("another-token", Mode::Legacy);
+    mock.state.echo_token.store(true, Ordering::SeqCst);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", SECRET)]).await;
+    let report = sidecar.wait_reason("upstream_auth_rejected").await;
+    let detail = report["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("the key <redacted> is not valid"),
+        "{detail}"
+    );
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(SECRET), "{body}");
+    assert!(body.contains("<redacted>"), "{body}");
+}

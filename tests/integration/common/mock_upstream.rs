@@ -74,6 +74,8 @@ pub struct MockState {
     pub hang_dropped_notify: Notify,
     /// Answer unknown sessions like the TypeScript SDK's examples (400) instead of 404.
     pub sdk_style_unknown_session: AtomicBool,
+    /// Quote the presented token in 401 error descriptions, as careless servers do.
+    pub echo_token: AtomicBool,
     /// Open HTTP+SSE transport streams by session id.
     sse_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
 }
@@ -127,6 +129,7 @@ impl MockUpstream {
             hang_dropped_notify: Notify::new(),
             sse_streams: Mutex::new(HashMap::new()),
             sdk_style_unknown_session: AtomicBool::new(false),
+            echo_token: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -221,11 +224,22 @@ async fn handle(
         return unauthorized();
     }
     let expected = format!("Bearer {}", state.token.lock().unwrap());
-    if headers
+    let presented = headers
         .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
+        .and_then(|v| v.to_str().ok());
+    if presented != Some(expected.as_str()) {
+        if state.echo_token.load(Ordering::SeqCst) {
+            let description = format!(
+                r#"Bearer error="invalid_token", error_description="the key {} is not valid""#,
+                presented.unwrap_or("").trim_start_matches("Bearer ")
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, description)],
+                "unauthorized",
+            )
+                .into_response();
+        }
         return unauthorized();
     }
     let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
