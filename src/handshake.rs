@@ -177,16 +177,7 @@ enum Legacy {
 
 async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
     let id = Value::String(request_id("initialize"));
-    let body = json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LEGACY_VERSION,
-            "capabilities": {},
-            "clientInfo": { "name": "mcp-sidecar-readiness", "version": env!("CARGO_PKG_VERSION") },
-        },
-    });
+    let body = initialize_request(&id);
     let response = upstream
         .send(
             Method::POST,

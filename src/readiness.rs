@@ -7,7 +7,7 @@
 //! upstream.
 
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
@@ -81,8 +81,9 @@ pub struct Readiness {
     state: watch::Sender<State>,
     wake: Notify,
     config: ReadyConfig,
-    /// Set when the proxy asked for a check; cleared when the checker picks it up.
-    requested: Mutex<Option<Instant>>,
+    /// Set when the proxy asked for a check; cleared when the checker starts one, so a burst of
+    /// failures wakes the checker once.
+    requested: AtomicBool,
 }
 
 /// How soon after one check a proxy-triggered check may run, so a burst of failing requests
@@ -110,15 +111,13 @@ impl Readiness {
             state,
             wake: Notify::new(),
             config,
-            requested: Mutex::new(None),
+            requested: AtomicBool::new(false),
         })
     }
 
     /// The proxy saw the upstream fail: check again soon, instead of at the next interval.
     pub fn trigger(&self) {
-        let mut requested = self.requested.lock().unwrap_or_else(|p| p.into_inner());
-        if requested.is_none() {
-            *requested = Some(Instant::now());
+        if !self.requested.swap(true, Ordering::AcqRel) {
             self.wake.notify_one();
         }
     }
@@ -169,7 +168,7 @@ impl Readiness {
         let mut backoff = UNREADY_BACKOFF_START;
         let mut last_progress = Instant::now();
         loop {
-            *self.requested.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            self.requested.store(false, Ordering::Release);
             let started = Instant::now();
             let outcome =
                 tokio::time::timeout(self.config.timeout, handshake::run(&upstream, &mut mode))

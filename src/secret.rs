@@ -224,8 +224,15 @@ impl SecretFile {
     }
 }
 
+impl Clone for SecretFile {
+    /// The same file, with a cache of its own (filled on first read).
+    fn clone(&self) -> Self {
+        Self::new(self.key, self.path.clone())
+    }
+}
+
 /// A secret given inline (`X`) or as a file (`X_FILE`).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum SecretSource {
     Inline(Secret),
     File(SecretFile),

@@ -96,7 +96,7 @@ impl Upstream {
         Ok(Self {
             client,
             url: config.url.clone(),
-            headers: config.headers.as_ref().map(clone_source),
+            headers: config.headers.clone(),
             tokens,
         })
     }
@@ -398,15 +398,6 @@ pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
         return Err(format!("{} contains no PEM certificate", path.display()));
     }
     Ok(certs)
-}
-
-fn clone_source(source: &SecretSource) -> SecretSource {
-    match source {
-        SecretSource::Inline(s) => SecretSource::Inline(s.clone()),
-        SecretSource::File(f) => {
-            SecretSource::File(crate::secret::SecretFile::new(f.key(), f.path()))
-        }
-    }
 }
 
 #[cfg(test)]
