@@ -187,6 +187,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     headers.insert(MCP_SESSION_ID.clone(), value);
                 }
                 result = send(headers.clone()).await;
+                // The retry went out under the new id; a response echoing it is renamed.
+                sent_session = Some(fresh);
             }
             Err(e) => tracing::warn!(
                 error = %e,
@@ -285,7 +287,11 @@ fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> O
 }
 
 /// Reads the whole request body (MCP requests are single JSON-RPC messages), refusing bodies
-/// over the limit with 413 before reading them when the length is declared.
+/// over the limit with 413.
+///
+/// An oversized body is drained (up to [`DRAIN_LIMIT`] bytes, for at most [`DRAIN_TIME`]) before
+/// the 413 goes out: answering while the client is still sending makes the connection close under
+/// it, and the client then reports a broken connection instead of the 413 and its reason.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
     let too_large = || {
         error_response(
@@ -302,30 +308,47 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut chunks = body.into_data_stream();
     if declared.is_some_and(|len| len > limit as u64) {
+        drain(chunks).await;
         return Err(too_large());
     }
-    match axum::body::to_bytes(body, limit).await {
-        Ok(bytes) => Ok(bytes),
-        Err(e) => {
-            let over_limit =
-                std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                    e.source()
-                })
-                .any(|e| e.is::<http_body_util::LengthLimitError>());
-            if over_limit {
-                Err(too_large())
-            } else {
-                Err(error_response(
-                    StatusCode::BAD_REQUEST,
-                    Value::Null,
-                    Code::Refused,
-                    "the request body could not be read",
-                    "bad_request",
-                ))
+    let mut buffer = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = chunks.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(error_response(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                Code::Refused,
+                "the request body could not be read",
+                "bad_request",
+            ));
+        };
+        if buffer.len() + chunk.len() > limit {
+            drain(chunks).await;
+            return Err(too_large());
+        }
+        buffer.extend_from_slice(&chunk);
+    }
+    Ok(buffer.freeze())
+}
+
+/// How much of an oversized body is read and discarded so that the client receives the 413.
+const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+
+async fn drain(mut chunks: axum::body::BodyDataStream) {
+    let discard = async {
+        let mut drained = 0usize;
+        while let Some(Ok(chunk)) = chunks.next().await {
+            drained += chunk.len();
+            if drained > DRAIN_LIMIT {
+                break;
             }
         }
-    }
+    };
+    // Past either bound the connection closes instead; the client was far over the limit.
+    let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
 /// Headers that describe the client's side of the sidecar and mean nothing (or the wrong thing)

@@ -510,6 +510,11 @@ async fn a_session_the_upstream_forgot_is_reinitialized_transparently() {
         .enumerate()
     {
         assert_eq!(response.status(), 200, "the client never sees the 404");
+        assert_eq!(
+            response.headers()["mcp-session-id"],
+            session.as_str(),
+            "an echoed session id is the client's own, not the new upstream one"
+        );
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["result"]["content"][0]["text"], format!("after-{i}"));
     }

@@ -255,6 +255,23 @@ async fn handle(
         }
         return (StatusCode::NOT_FOUND, "session not found").into_response();
     }
+    // Like server-everything, name the session on every response that belongs to one.
+    if let Some(session) = session.map(str::to_string) {
+        let mut response = Box::pin(respond(state.clone(), method, headers.clone(), body)).await;
+        if let Ok(value) = session.parse() {
+            response.headers_mut().insert("mcp-session-id", value);
+        }
+        return response;
+    }
+    respond(state, method, headers, body).await
+}
+
+async fn respond(
+    state: Arc<MockState>,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mode = *state.mode.lock().unwrap();
     if mode == Mode::SseTransport {
         return match method {
