@@ -564,23 +564,7 @@ impl Reader<'_> {
             Some(s) => self.upstream_url(&s, allow_insecure),
         };
 
-        let listen = match self.text("listen") {
-            None => Some(
-                DEFAULT_LISTEN
-                    .parse()
-                    .expect("DEFAULT_LISTEN is a valid socket address"),
-            ),
-            Some(s) => match s.parse::<SocketAddr>() {
-                Ok(addr) => Some(addr),
-                Err(_) => {
-                    self.problem(
-                        "listen",
-                        "expected IP:PORT, e.g. 127.0.0.1:4510 or 0.0.0.0:4510",
-                    );
-                    None
-                }
-            },
-        };
+        let listen = self.listen();
 
         let path = match self.text("path") {
             None => DEFAULT_PATH.to_string(),

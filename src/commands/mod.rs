@@ -24,6 +24,23 @@ pub fn local_url(config_file: Option<PathBuf>, path: &str) -> Result<String, con
     Ok(format!("http://{host}:{}{path}", addr.port()))
 }
 
+/// The URL a client-side command checks: `--url`, else `path` on the configured listen address.
+/// Prints the configuration problem and returns the exit code when there is none to be had.
+pub fn target_url(
+    command: &str,
+    config_file: Option<PathBuf>,
+    url: Option<String>,
+    path: &str,
+) -> Result<String, u8> {
+    match url {
+        Some(url) => Ok(url),
+        None => local_url(config_file, path).map_err(|e| {
+            eprintln!("mcp-sidecar {command}: {e}");
+            crate::cli::exit::CONFIG
+        }),
+    }
+}
+
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.
 pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -7,15 +7,14 @@ use std::time::Duration;
 use crate::cli::exit;
 
 pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
-    let url = match url
-        .map(Ok)
-        .unwrap_or_else(|| super::local_url(config_file, if live { "/healthz" } else { "/ready" }))
-    {
+    let url = match super::target_url(
+        "probe",
+        config_file,
+        url,
+        if live { "/healthz" } else { "/ready" },
+    ) {
         Ok(url) => url,
-        Err(e) => {
-            eprintln!("mcp-sidecar probe: {e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,

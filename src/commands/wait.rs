@@ -27,15 +27,9 @@ pub fn run(
     interval: Duration,
     command: Vec<String>,
 ) -> u8 {
-    let url = match url
-        .map(Ok)
-        .unwrap_or_else(|| super::local_url(config_file, "/ready"))
-    {
+    let url = match super::target_url("wait", config_file, url, "/ready") {
         Ok(url) => url,
-        Err(e) => {
-            eprintln!("mcp-sidecar wait: {e}");
-            return exit::CONFIG;
-        }
+        Err(code) => return code,
     };
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,

@@ -94,6 +94,41 @@ impl MockState {
             .collect()
     }
 
+    fn record(&self, method: &Method, uri: &axum::http::Uri, headers: &HeaderMap, body: &Bytes) {
+        self.requests.lock().unwrap().push(Recorded {
+            method: method.clone(),
+            headers: headers.clone(),
+            body: body.clone(),
+            query: uri.query().map(str::to_string),
+        });
+    }
+
+    /// The 401 for a request without the accepted token (quoting it back when `echo_token`).
+    fn refuse_token(&self, headers: &HeaderMap) -> Option<Response> {
+        let expected = format!("Bearer {}", self.token.lock().unwrap());
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        if presented == Some(expected.as_str()) {
+            return None;
+        }
+        if self.echo_token.load(Ordering::SeqCst) {
+            let description = format!(
+                r#"Bearer error="invalid_token", error_description="the key {} is not valid""#,
+                presented.unwrap_or("").trim_start_matches("Bearer ")
+            );
+            return Some(
+                (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, description)],
+                    "unauthorized",
+                )
+                    .into_response(),
+            );
+        }
+        Some(unauthorized())
+    }
+
     /// Forgets every session, as a restarted server would.
     pub fn forget_sessions(&self) {
         self.sessions.lock().unwrap().clear();
@@ -210,12 +245,7 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.requests.lock().unwrap().push(Recorded {
-        method: method.clone(),
-        headers: headers.clone(),
-        body: body.clone(),
-        query: uri.query().map(str::to_string),
-    });
+    state.record(&method, &uri, &headers, &body);
     if state
         .reject_next
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
@@ -223,24 +253,8 @@ async fn handle(
     {
         return unauthorized();
     }
-    let expected = format!("Bearer {}", state.token.lock().unwrap());
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if presented != Some(expected.as_str()) {
-        if state.echo_token.load(Ordering::SeqCst) {
-            let description = format!(
-                r#"Bearer error="invalid_token", error_description="the key {} is not valid""#,
-                presented.unwrap_or("").trim_start_matches("Bearer ")
-            );
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, description)],
-                "unauthorized",
-            )
-                .into_response();
-        }
-        return unauthorized();
+    if let Some(refusal) = state.refuse_token(&headers) {
+        return refusal;
     }
     let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
     if let Some(session) = session
@@ -471,19 +485,9 @@ async fn legacy_message(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    state.requests.lock().unwrap().push(Recorded {
-        method: method.clone(),
-        headers: headers.clone(),
-        body: body.clone(),
-        query: uri.query().map(str::to_string),
-    });
-    let expected = format!("Bearer {}", state.token.lock().unwrap());
-    if headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        != Some(expected.as_str())
-    {
-        return unauthorized();
+    state.record(&method, &uri, &headers, &body);
+    if let Some(refusal) = state.refuse_token(&headers) {
+        return refusal;
     }
     let session = uri
         .query()
