@@ -373,3 +373,75 @@ async fn canary_secrets_never_appear_in_logs_or_responses() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line() {
+    let mock = MockUpstream::start("t", Mode::Legacy);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = sidecar_cmd(
+        &["serve"],
+        &[
+            ("UPSTREAM_URL", &mock.url()),
+            ("TOKEN", "t"),
+            ("LISTEN", &listen),
+            ("LOG_FORMAT", "json"),
+            ("LOG", "debug"),
+        ],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let ready = poll(
+        || {
+            let client = client.clone();
+            let url = format!("http://{listen}/ready");
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(ready.is_some());
+    let response = mcp_post(
+        &client,
+        &format!("http://{listen}/mcp"),
+        call(1, "echo", json!({"text": "x"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}")))
+        .collect();
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["message"].as_str()).collect();
+    for expected in [
+        "mcp-sidecar listening",
+        "upstream ready",
+        "proxied",
+        "received shutdown signal",
+    ] {
+        assert!(
+            messages.contains(&expected),
+            "{expected} missing from {messages:?}"
+        );
+    }
+    let proxied = lines.iter().find(|l| l["message"] == "proxied").unwrap();
+    assert_eq!(proxied["rpc"], "tools/call");
+    assert_eq!(proxied["status"], 200);
+    assert_eq!(lines[0]["level"], "INFO");
+}
