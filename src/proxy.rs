@@ -265,9 +265,11 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     "upstream_auth_rejected",
                 ),
             };
-            tracing::warn!(%method, reason, error = %error, "could not proxy a request");
+            // The cause may quote the upstream, which may echo a secret.
+            let cause = crate::secret::scrub(&error.to_string());
+            tracing::warn!(%method, reason, error = %cause, "could not proxy a request");
             app.metrics.record_request(&method, outcome);
-            error_response(status, id, code, &format!("mcp-sidecar: {error}"), reason)
+            error_response(status, id, code, &format!("mcp-sidecar: {cause}"), reason)
         }
     }
 }
