@@ -96,7 +96,12 @@ pub enum Command {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 30s or 2m: {e}"))
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 30s or 2m: {e}"))?;
+    if d > Duration::from_secs(24 * 60 * 60) {
+        return Err(format!("{s:?} is longer than 24h"));
+    }
+    Ok(d)
 }
 
 pub fn main() -> ExitCode {

@@ -30,6 +30,8 @@ pub const CONFIG_ENV: &str = "MCP_SIDECAR_CONFIG";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4510";
 pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+/// MCP messages are JSON-RPC requests; a body beyond this is a mistake or an attack.
+const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
 /// overflow when added to instants.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -659,6 +661,9 @@ impl Reader<'_> {
             timeout: self.duration("ready_timeout", Duration::from_secs(10)),
         };
         let max_body_bytes = self.positive_int("max_body_bytes", DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes > MAX_MAX_BODY_BYTES {
+            self.problem("max_body_bytes", "must be at most 67108864 (64 MiB)");
+        }
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
         let log = self.log();

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use crate::secret::{Secret, SecretSource};
 
-pub const PROTOCOL_VERSION: &str = "2025-11-25";
+pub const PROTOCOL_VERSION: &str = crate::mcp::LEGACY_VERSION;
 const SUPPORTED_VERSIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
 
 pub struct Demo {
@@ -80,7 +80,7 @@ async fn handle(
         return refusal;
     }
     let session = headers
-        .get("mcp-session-id")
+        .get(&crate::mcp::MCP_SESSION_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     if let Some(id) = &session
@@ -155,7 +155,9 @@ async fn handle(
                 }),
             );
             if let Ok(value) = HeaderValue::try_from(session) {
-                response.headers_mut().insert("mcp-session-id", value);
+                response
+                    .headers_mut()
+                    .insert(crate::mcp::MCP_SESSION_ID.clone(), value);
             }
             response
         }

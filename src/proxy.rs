@@ -168,7 +168,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         && method != Method::DELETE
         && let Ok(response) = result
     {
-        let (gone, response) = crate::session::forgotten(response).await;
+        let (gone, response) = crate::session::forgotten(response, app.reinit_timeout).await;
         forgotten = gone;
         result = Ok(response);
     }
@@ -191,7 +191,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                 sent_session = Some(fresh);
             }
             Err(e) => tracing::warn!(
-                error = %e,
+                error = %crate::secret::scrub(&e.to_string()),
                 "the upstream forgot a client's session and re-initializing it failed; passing its answer on"
             ),
         }
@@ -310,30 +310,67 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // A client that waits for `100 Continue` has sent nothing yet: reading would invite the very
+    // upload being refused, so it gets the 413 at once.
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     let mut chunks = body.into_data_stream();
     if declared.is_some_and(|len| len > limit as u64) {
-        drain(chunks).await;
+        if !expects_continue {
+            drain(chunks).await;
+        }
         return Err(too_large());
     }
-    let mut buffer = bytes::BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(chunk) = chunks.next().await {
-        let Ok(chunk) = chunk else {
-            return Err(error_response(
-                StatusCode::BAD_REQUEST,
-                Value::Null,
-                Code::Refused,
-                "the request body could not be read",
-                "bad_request",
-            ));
-        };
-        if buffer.len() + chunk.len() > limit {
-            drain(chunks).await;
-            return Err(too_large());
+    // The declared length is only a claim: reserve at most a little up front.
+    let reserve = declared.unwrap_or(0).min(INITIAL_RESERVE as u64) as usize;
+    let mut buffer = bytes::BytesMut::with_capacity(reserve);
+    let read = async {
+        while let Some(chunk) = chunks.next().await {
+            let Ok(chunk) = chunk else {
+                return Err(ReadError::Broken);
+            };
+            if buffer.len() + chunk.len() > limit {
+                drain(chunks).await;
+                return Err(ReadError::TooLarge);
+            }
+            buffer.extend_from_slice(&chunk);
         }
-        buffer.extend_from_slice(&chunk);
+        Ok(())
+    };
+    match tokio::time::timeout(BODY_TIME, read).await {
+        Ok(Ok(())) => Ok(buffer.freeze()),
+        Ok(Err(ReadError::TooLarge)) => Err(too_large()),
+        Ok(Err(ReadError::Broken)) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            Value::Null,
+            Code::Refused,
+            "the request body could not be read",
+            "bad_request",
+        )),
+        Err(_) => Err(error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            Value::Null,
+            Code::Refused,
+            &format!(
+                "the request body did not arrive within {}s",
+                BODY_TIME.as_secs()
+            ),
+            "body_timeout",
+        )),
     }
-    Ok(buffer.freeze())
 }
+
+enum ReadError {
+    TooLarge,
+    Broken,
+}
+
+/// How long a client may take to send a request body: MCP messages are small, and a client
+/// trickling one holds a connection and its buffer.
+const BODY_TIME: std::time::Duration = std::time::Duration::from_secs(30);
+/// Reserved up front for a body, whatever length the client declares.
+const INITIAL_RESERVE: usize = 64 * 1024;
 
 /// How much of an oversized body is read and discarded so that the client receives the 413.
 const DRAIN_LIMIT: usize = 16 * 1024 * 1024;
@@ -521,7 +558,7 @@ where
                     }
                     Ok(Some(Err(e))) => return Some((Err(e), state)),
                     Ok(None) => return None,
-                    Err(_) if state.boundary.at_boundary() => {
+                    Err(_) if state.boundary.can_insert() => {
                         return Some((Ok(Bytes::from_static(KEEPALIVE)), state));
                     }
                     Err(_) => {}

@@ -17,17 +17,29 @@ use serde::{Serialize, Serializer};
 
 const REDACTED: &str = "<redacted>";
 
-/// Every secret value this process has held, newest last, so that text the sidecar did not
-/// write (an upstream's `error_description`, a JSON-RPC error message) can be scrubbed before it
-/// reaches a log line, `/ready` or a client: servers do echo the key they were given ("invalid
-/// key sk-..."). Bounded to the newest entries; rotation adds one value per new token.
-static REGISTRY: Mutex<std::collections::VecDeque<String>> =
-    Mutex::new(std::collections::VecDeque::new());
-const REGISTRY_SIZE: usize = 256;
+/// Every secret value this process holds, so that text the sidecar did not write (an upstream's
+/// `error_description`, a JSON-RPC error message) can be scrubbed before it reaches a log line,
+/// `/ready` or a client: servers do echo the key they were given ("invalid key sk-...").
+///
+/// Values registered while the configuration loads are pinned for the life of the process; values
+/// that arrive later (rotated token files, reloaded header files) go into a bounded ring, newest
+/// kept, so rotation cannot grow memory without bound.
+struct Registry {
+    pinned: Vec<String>,
+    rotating: std::collections::VecDeque<String>,
+    sealed: bool,
+}
+
+static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
+    pinned: Vec::new(),
+    rotating: std::collections::VecDeque::new(),
+    sealed: false,
+});
+const ROTATING_SIZE: usize = 256;
 /// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
 const MIN_SCRUBBED_LEN: usize = 4;
 
-fn registry() -> std::sync::MutexGuard<'static, std::collections::VecDeque<String>> {
+fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -36,20 +48,42 @@ pub fn register(value: &str) {
     if value.len() < MIN_SCRUBBED_LEN {
         return;
     }
-    let mut known = registry();
-    if !known.iter().any(|k| k == value) {
-        known.push_back(value.to_string());
-        if known.len() > REGISTRY_SIZE {
-            known.pop_front();
+    let mut registry = registry();
+    if registry
+        .pinned
+        .iter()
+        .chain(registry.rotating.iter())
+        .any(|k| k == value)
+    {
+        return;
+    }
+    if registry.sealed {
+        registry.rotating.push_back(value.to_string());
+        if registry.rotating.len() > ROTATING_SIZE {
+            registry.rotating.pop_front();
         }
+    } else {
+        registry.pinned.push(value.to_string());
     }
 }
 
-/// `text` with every known secret value replaced by `<redacted>`.
+/// Ends the configuration phase: secrets registered from now on may rotate out of the registry.
+pub fn seal() {
+    registry().sealed = true;
+}
+
+/// `text` with every known secret value replaced by `<redacted>`. Longest first, so a secret that
+/// contains another is replaced whole.
 pub fn scrub(text: &str) -> String {
-    let known = registry();
+    let registry = registry();
+    let mut known: Vec<&String> = registry
+        .pinned
+        .iter()
+        .chain(registry.rotating.iter())
+        .collect();
+    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
     let mut out = text.to_string();
-    for secret in known.iter() {
+    for secret in known {
         if out.contains(secret.as_str()) {
             out = out.replace(secret.as_str(), REDACTED);
         }
@@ -283,6 +317,13 @@ mod tests {
         register("header-canary-77");
         let echoed = "invalid key sk-canary-echo-4242 (with header-canary-77)";
         assert_eq!(scrub(echoed), "invalid key <redacted> (with <redacted>)");
+        register("canary-long-secret-99");
+        register("long-secret");
+        assert_eq!(
+            scrub("x canary-long-secret-99 y"),
+            "x <redacted> y",
+            "longest first"
+        );
         assert_eq!(scrub("nothing secret here"), "nothing secret here");
     }
 

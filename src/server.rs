@@ -71,6 +71,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
+    crate::secret::seal();
     let tokens = crate::token::from_config(config.auth);
     let upstream = Arc::new(Upstream::new(&config.upstream, tokens).map_err(ServeError::Setup)?);
     let readiness = Readiness::new(config.ready);

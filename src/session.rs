@@ -192,7 +192,10 @@ const PEEK_LIMIT: usize = 64 * 1024;
 /// know this session". The spec says 404; servers built from the TypeScript SDK's examples answer
 /// 400 "Bad Request: No valid session ID provided" instead, so a 400 whose body talks about the
 /// session counts too. Reading that body means handing back a rebuilt response.
-pub async fn forgotten(response: reqwest::Response) -> (bool, reqwest::Response) {
+pub async fn forgotten(
+    response: reqwest::Response,
+    within: std::time::Duration,
+) -> (bool, reqwest::Response) {
     match response.status() {
         http::StatusCode::NOT_FOUND => (true, response),
         http::StatusCode::BAD_REQUEST => {
@@ -203,8 +206,15 @@ pub async fn forgotten(response: reqwest::Response) -> (bool, reqwest::Response)
             let mut head = Vec::new();
             let mut broken = None;
             let mut complete = false;
+            // A body that stalls is not the short error this looks for; stop waiting for it.
+            let deadline = tokio::time::Instant::now() + within;
             while head.len() <= PEEK_LIMIT {
-                match futures_util::StreamExt::next(&mut stream).await {
+                let next =
+                    tokio::time::timeout_at(deadline, futures_util::StreamExt::next(&mut stream));
+                let Ok(next) = next.await else {
+                    break;
+                };
+                match next {
                     Some(Ok(chunk)) => head.extend_from_slice(&chunk),
                     Some(Err(e)) => {
                         broken = Some(e);

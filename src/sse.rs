@@ -173,6 +173,12 @@ impl Boundary {
     pub fn at_boundary(&self) -> bool {
         self.at_boundary
     }
+
+    /// Whether a line can be inserted now: between events, and not between the CR and LF of a
+    /// line ending split across chunks (the LF would then follow the insertion as a blank line).
+    pub fn can_insert(&self) -> bool {
+        self.at_boundary && !self.after_cr
+    }
 }
 
 #[cfg(test)]
@@ -218,8 +224,10 @@ mod tests {
         assert!(!b.at_boundary());
         b.observe(b"\r");
         assert!(b.at_boundary());
+        assert!(!b.can_insert(), "an LF may still complete this CR");
         b.observe(b"\n"); // the LF of that CRLF, in the next chunk
         assert!(b.at_boundary());
+        assert!(b.can_insert());
         b.observe(b": keepalive\n");
         assert!(
             b.at_boundary(),

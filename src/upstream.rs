@@ -227,9 +227,10 @@ impl Upstream {
             let text = source
                 .read()
                 .map_err(|e| UpstreamError::Headers(e.to_string()))?;
-            for (name, value) in
-                parse_extra_headers(text.expose()).map_err(UpstreamError::Headers)?
-            {
+            // Read errors already name HEADERS_FILE; parse errors give only the line.
+            let parsed = parse_extra_headers(text.expose())
+                .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?;
+            for (name, value) in parsed {
                 headers.insert(name, value);
             }
         }
@@ -369,22 +370,32 @@ pub fn parse_extra_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>,
                 "line {n}: header {name} is managed by the sidecar and cannot be set"
             ));
         }
+        // `, Name: value` (a colon and a space after a token) is a second header pasted onto the
+        // line; `read, repo:write` is an ordinary list value.
         let joined = value.split(',').skip(1).any(|part| {
-            part.split_once(':').is_some_and(|(n, _)| {
+            part.split_once(": ").is_some_and(|(n, _)| {
                 let n = n.trim();
                 !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
             })
         });
         if joined {
             return Err(format!(
-                "line {n}: the value of {name} looks like several headers joined by commas; put each on its own line"
+                "line {n}: the value looks like several headers joined by commas; put each on its own line"
             ));
         }
-        let mut value = HeaderValue::try_from(value.trim()).map_err(|_| {
-            format!("line {n}: the value of {name} has characters not allowed in a header")
-        })?;
-        value.set_sensitive(true);
-        out.push((name, value));
+        let value = value.trim();
+        // A valid name may still be a credential typed on the wrong side of the colon, so from
+        // here on messages give the line only.
+        let mut header = HeaderValue::try_from(value)
+            .map_err(|_| format!("line {n}: the value has characters not allowed in a header"))?;
+        header.set_sensitive(true);
+        // For scrubbing upstream text that quotes it: the value, and an Authorization value's
+        // credential without its scheme.
+        crate::secret::register(value);
+        if let Some((_scheme, credential)) = value.split_once(' ') {
+            crate::secret::register(credential.trim());
+        }
+        out.push((name, header));
     }
     Ok(out)
 }
@@ -426,6 +437,22 @@ mod tests {
         let err = parse_extra_headers("X-Api-Key: k1, X-Tenant: t1").unwrap_err();
         assert!(err.contains("own line"), "{err}");
         assert!(parse_extra_headers("X-List: a, b, c").is_ok());
+        assert!(parse_extra_headers("X-Scopes: read, repo:write").is_ok());
+        let err = parse_extra_headers("abc123canary: x\u{7}").unwrap_err();
+        assert!(
+            !err.contains("canary"),
+            "a credential left of the colon is not quoted: {err}"
+        );
+    }
+
+    #[test]
+    fn header_values_are_registered_for_scrubbing() {
+        parse_extra_headers("X-Api-Key: sk-live-canary-31\nAuthorization: Basic dXNlcjpjYW5hcnk=")
+            .unwrap();
+        assert_eq!(
+            crate::secret::scrub("invalid key sk-live-canary-31, bad dXNlcjpjYW5hcnk="),
+            "invalid key <redacted>, bad <redacted>"
+        );
     }
 
     #[test]

@@ -443,5 +443,9 @@ async fn json_logs_are_one_object_per_line() {
     let proxied = lines.iter().find(|l| l["message"] == "proxied").unwrap();
     assert_eq!(proxied["rpc"], "tools/call");
     assert_eq!(proxied["status"], 200);
-    assert_eq!(lines[0]["level"], "INFO");
+    let listening = lines
+        .iter()
+        .find(|l| l["message"] == "mcp-sidecar listening")
+        .unwrap();
+    assert_eq!(listening["level"], "INFO");
 }

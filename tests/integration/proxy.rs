@@ -855,4 +855,16 @@ async fn an_upstream_that_quotes_the_token_back_has_it_scrubbed() {
     let body = response.text().await.unwrap();
     assert!(!body.contains(SECRET), "{body}");
     assert!(body.contains("<redacted>"), "{body}");
+
+    // A credential in HEADERS (here a static Authorization with AUTH=none) is scrubbed too.
+    const BASIC: &str = "canary-basic-credential-6174";
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("HEADERS", &format!("Authorization: Basic {BASIC}")),
+    ])
+    .await;
+    let report = sidecar.wait_reason("upstream_auth_rejected").await;
+    let detail = report["detail"].as_str().unwrap();
+    assert!(!detail.contains(BASIC), "{detail}");
+    assert!(detail.contains("<redacted>"), "{detail}");
 }
