@@ -196,13 +196,35 @@ mod tests {
     }
 
     #[test]
-    fn wildcard_allows_any_host() {
+    fn wildcard_allows_any_host_but_never_a_foreign_origin() {
         let guard = Guard::new(vec!["*".into()], None);
+        assert!(
+            guard
+                .check(&uri(), &headers(&[("host", "anything.example:4510")]))
+                .is_ok()
+        );
+        let rebinding = headers(&[
+            ("host", "evil.example:4510"),
+            ("origin", "http://evil.example:4510"),
+        ]);
+        assert!(guard.check(&uri(), &rebinding).is_err());
+    }
+
+    #[test]
+    fn ip_literal_hosts_pass_ip_literal_origins_do_not() {
+        let guard = Guard::new(vec![], None);
         assert!(
             guard
                 .check(&uri(), &headers(&[("host", "10.1.2.3:4510")]))
                 .is_ok()
         );
+        assert!(
+            guard
+                .check(&uri(), &headers(&[("host", "[fd00::7]:4510")]))
+                .is_ok()
+        );
+        let page = headers(&[("host", "10.1.2.3:4510"), ("origin", "http://10.9.9.9")]);
+        assert!(guard.check(&uri(), &page).is_err());
     }
 
     #[test]

@@ -139,6 +139,27 @@ async fn probe_exits_0_when_ready_and_1_when_not() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // ... or from the TOML file the sidecar runs with.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecar.toml");
+    std::fs::write(&file, format!("listen = \"{listen}\"\n")).unwrap();
+    let output = run(
+        &["probe", "--live", "--config", file.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let output = run(&["probe"], &[("LISTEN", "nonsense")]);
+    assert_eq!(
+        output.status.code(),
+        Some(64),
+        "a bad LISTEN is reported, not guessed around: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

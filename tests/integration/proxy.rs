@@ -329,6 +329,22 @@ async fn wrong_host_or_origin_is_403_json() {
         1,
         "refused requests never reach the upstream"
     );
+
+    // The descriptive endpoints are guarded too; the orchestrator's probes are not.
+    for (path, expected) in [
+        ("/status", 403),
+        ("/metrics", 403),
+        ("/ready", 200),
+        ("/healthz", 200),
+    ] {
+        let response = client
+            .get(sidecar.url(path))
+            .header("host", "evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected, "{path}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
