@@ -203,13 +203,7 @@ impl Provider for PrefixedEnv<'_> {
 
 /// Loads and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
-    let (figment, raw, file_label, problems) = merge(sources);
-    let mut reader = Reader {
-        raw,
-        figment: &figment,
-        file_label,
-        problems,
-    };
+    let mut reader = Reader::new(sources);
     let config = reader.validate();
     let mut problems = reader.problems;
     if problems.is_empty() {
@@ -231,13 +225,7 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
 /// configuration but must not fail on settings they do not use (a token file mounted only into
 /// the sidecar's container, say).
 pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
-    let (figment, raw, file_label, problems) = merge(sources);
-    let mut reader = Reader {
-        raw,
-        figment: &figment,
-        file_label,
-        problems,
-    };
+    let mut reader = Reader::new(sources);
     let listen = reader.listen();
     if reader.problems.is_empty() {
         listen.ok_or_else(|| ConfigError {
@@ -248,46 +236,6 @@ pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
             problems: reader.problems,
         })
     }
-}
-
-type Merged = (
-    Figment,
-    BTreeMap<String, Value>,
-    Option<String>,
-    Vec<Problem>,
-);
-
-/// Merges the TOML file and the environment into one untyped map.
-fn merge(sources: &Sources) -> Merged {
-    let mut problems = Vec::new();
-    let mut figment = Figment::new();
-    let mut file_label = None;
-    if let Some(path) = &sources.file {
-        match read_toml(path) {
-            Ok(text) => {
-                figment = figment.merge(figment::providers::Toml::string(&text));
-                file_label = Some(path.display().to_string());
-            }
-            Err(message) => problems.push(Problem {
-                key: CONFIG_ENV.to_string(),
-                message,
-            }),
-        }
-    }
-    let figment = figment.merge(PrefixedEnv(&sources.env));
-    let raw: BTreeMap<String, Value> = match figment.extract() {
-        Ok(map) => map,
-        Err(_) => {
-            // Top-level extraction into a map only fails if the file is not a table, which
-            // `read_toml` already rejects; say so without echoing any value.
-            problems.push(Problem {
-                key: CONFIG_ENV.to_string(),
-                message: "configuration is not a table of keys".into(),
-            });
-            BTreeMap::new()
-        }
-    };
-    (figment, raw, file_label, problems)
 }
 
 fn read_toml(path: &Path) -> Result<String, String> {
@@ -313,14 +261,53 @@ fn read_toml(path: &Path) -> Result<String, String> {
 }
 
 /// Walks the raw values once, converting each and collecting problems.
-struct Reader<'a> {
+struct Reader {
     raw: BTreeMap<String, Value>,
-    figment: &'a Figment,
+    /// Kept for where each value came from (file or environment), to name keys as written.
+    figment: Figment,
     file_label: Option<String>,
     problems: Vec<Problem>,
 }
 
-impl Reader<'_> {
+impl Reader {
+    /// Merges the TOML file and the environment into one untyped map.
+    fn new(sources: &Sources) -> Self {
+        let mut problems = Vec::new();
+        let mut figment = Figment::new();
+        let mut file_label = None;
+        if let Some(path) = &sources.file {
+            match read_toml(path) {
+                Ok(text) => {
+                    figment = figment.merge(figment::providers::Toml::string(&text));
+                    file_label = Some(path.display().to_string());
+                }
+                Err(message) => problems.push(Problem {
+                    key: CONFIG_ENV.to_string(),
+                    message,
+                }),
+            }
+        }
+        let figment = figment.merge(PrefixedEnv(&sources.env));
+        let raw: BTreeMap<String, Value> = match figment.extract() {
+            Ok(map) => map,
+            Err(_) => {
+                // Top-level extraction into a map only fails if the file is not a table, which
+                // `read_toml` already rejects; say so without echoing any value.
+                problems.push(Problem {
+                    key: CONFIG_ENV.to_string(),
+                    message: "configuration is not a table of keys".into(),
+                });
+                BTreeMap::new()
+            }
+        };
+        Self {
+            raw,
+            figment,
+            file_label,
+            problems,
+        }
+    }
+
     /// The key as the user wrote it, based on where its value came from.
     fn label(&self, key: &str) -> String {
         let from_env = self
