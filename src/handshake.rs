@@ -22,7 +22,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::mcp::{
-    LEGACY_VERSION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_VERSION,
+    INITIALIZED_NOTIFICATION, LEGACY_VERSION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID,
+    MODERN_VERSION,
 };
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -215,13 +216,12 @@ async fn initialize(upstream: &Upstream) -> Result<Legacy, HandshakeError> {
     if let Ok(version) = HeaderValue::try_from(protocol_version.as_str()) {
         headers.insert(MCP_PROTOCOL_VERSION.clone(), version);
     }
-    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     let response = upstream
         .send(
             Method::POST,
             None,
             headers.clone(),
-            Bytes::from(notification.to_string()),
+            Bytes::from_static(INITIALIZED_NOTIFICATION),
         )
         .await?;
     let status = response.status();
@@ -340,13 +340,12 @@ async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, Handsh
         }
     };
     let (protocol_version, server_name, server_version) = initialize_result(&reply)?;
-    let notification = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
     let response = upstream
         .send_to(
             Method::POST,
             endpoint,
             post_headers(),
-            Bytes::from(notification.to_string()),
+            Bytes::from_static(INITIALIZED_NOTIFICATION),
         )
         .await?;
     if !response.status().is_success() {

@@ -168,10 +168,13 @@ impl Session {
         if let Ok(v) = HeaderValue::try_from(version) {
             headers.insert(MCP_PROTOCOL_VERSION.clone(), v);
         }
-        let initialized =
-            Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#);
         let response = upstream
-            .send(Method::POST, None, headers, initialized)
+            .send(
+                Method::POST,
+                None,
+                headers,
+                Bytes::from_static(crate::mcp::INITIALIZED_NOTIFICATION),
+            )
             .await?;
         if !response.status().is_success() {
             return Err(ReinitError::Refused(format!(
