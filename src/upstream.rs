@@ -6,7 +6,7 @@
 //! readiness handshake exercises exactly the path that client requests take.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use url::Url;
 
 use crate::challenge::BearerChallenge;
 use crate::config::UpstreamConfig;
-use crate::secret::SecretSource;
+use crate::secret::{Secret, SecretSource};
 use crate::token::{AccessToken, TokenError, TokenSource};
 
 /// Why a request could not be delivered with a credential the upstream accepts.
@@ -72,8 +72,13 @@ pub struct Upstream {
     client: reqwest::Client,
     url: Url,
     headers: Option<SecretSource>,
+    /// `headers` parsed, with the text they came from: parsing (and registering the values for
+    /// scrubbing) happens when the text changes, not on every request.
+    parsed_headers: Mutex<Option<(Secret, ExtraHeaders)>>,
     tokens: Arc<dyn TokenSource>,
 }
+
+type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
@@ -97,6 +102,7 @@ impl Upstream {
             client,
             url: config.url.clone(),
             headers: config.headers.clone(),
+            parsed_headers: Mutex::new(None),
             tokens,
         })
     }
@@ -223,16 +229,8 @@ impl Upstream {
         token: Option<&AccessToken>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = headers.clone();
-        if let Some(source) = &self.headers {
-            let text = source
-                .read()
-                .map_err(|e| UpstreamError::Headers(e.to_string()))?;
-            // Read errors already name HEADERS_FILE; parse errors give only the line.
-            let parsed = parse_extra_headers(text.expose())
-                .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?;
-            for (name, value) in parsed {
-                headers.insert(name, value);
-            }
+        for (name, value) in self.extra_headers()?.iter() {
+            headers.insert(name.clone(), value.clone());
         }
         if let Some(token) = token {
             let mut value = HeaderValue::try_from(format!("Bearer {}", token.secret().expose()))
@@ -251,6 +249,33 @@ impl Upstream {
             .send()
             .await
             .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))
+    }
+}
+
+impl Upstream {
+    /// The `HEADERS` to add, re-parsed only when their text (a rotated `HEADERS_FILE`) changed.
+    fn extra_headers(&self) -> Result<ExtraHeaders, UpstreamError> {
+        let Some(source) = &self.headers else {
+            return Ok(Arc::from([]));
+        };
+        let text = source
+            .read()
+            .map_err(|e| UpstreamError::Headers(e.to_string()))?;
+        let mut cache = self
+            .parsed_headers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, parsed)) = cache.as_ref()
+            && *cached == text
+        {
+            return Ok(parsed.clone());
+        }
+        // Read errors already name HEADERS_FILE; parse errors give only the line.
+        let parsed: ExtraHeaders = parse_extra_headers(text.expose())
+            .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?
+            .into();
+        *cache = Some((text, parsed.clone()));
+        Ok(parsed)
     }
 }
 
