@@ -426,6 +426,7 @@ run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the to
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
 run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
+MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/oauth/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
 
 echo
 echo "interop: $((SECONDS - STARTED_AT)) s"

@@ -1,0 +1,503 @@
+#!/usr/bin/env bash
+# OAuth interop: mcp-sidecar obtaining tokens from a REAL authorization server (npm oidc-provider,
+# idp.mjs) for an MCP server that validates every token it is given (resource-server.mjs: JWT
+# signature from the issuer's JWKS, issuer, audience = its own URL, expiry, scope mcp:tools).
+# Each scenario starts its own authorization server and resource server (so each one's log holds only
+# that scenario's requests and can be counted), then the sidecar, and asserts that /ready turns 200,
+# that `tools/call whoami` through the sidecar reaches the resource server as the expected principal,
+# and that no secret (client secret, private key, any token the IdP issued) appears in the sidecar's
+# log, /ready, /status or `mcp-sidecar wait` output.
+#
+#   A   client_credentials, client_secret_basic, endpoints configured (TOKEN_URL)
+#   A2  client_credentials, client_secret_post, secret from the environment
+#   B   client_credentials, private_key_jwt: RS256 (PKCS#8 RSA key, no kid), then ES256 (SEC1 EC key, kid)
+#   C   refresh_token: a refresh token obtained here through the device flow is seeded with
+#       REFRESH_TOKEN_FILE; access tokens live 8 s (REFRESH_SKEW 2s); one MCP session keeps calling
+#       whoami across three expiries; the IdP rotates the refresh token on every use and would answer
+#       a reused one with invalid_grant: there must be refreshes and no invalid_grant
+#   D   device_code with ISSUER only: /ready shows login.user_code, approve-device.mjs approves it on
+#       the provider's own pages, /ready turns 200; a restarted sidecar on the same STATE_DIR is ready
+#       without a new login (the refresh token was persisted)
+#   E   discovery: only UPSTREAM_URL + client credentials; the sidecar must find the authorization
+#       server through the resource server's 401 -> RFC 9728 metadata -> authorization server metadata
+#
+# Called by ../run.sh at its end with MCP_SIDECAR_BIN set; runs alone too (`bash run.sh`, which
+# builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). Needs node/npm, curl, jq, openssl.
+# KEEP_LOGS=1 keeps the temp dir of logs after a green run. ONLY=A,C runs a subset.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+INTEROP=$(cd "$HERE/.." && pwd)
+ROOT=$(cd "$INTEROP/../.." && pwd)
+SIDECAR_BIN=${MCP_SIDECAR_BIN:-}
+[[ -n $SIDECAR_BIN && $SIDECAR_BIN != /* ]] && SIDECAR_BIN=$PWD/$SIDECAR_BIN
+cd "$HERE"
+
+# The sidecar rejects MCP_SIDECAR_* names it does not know: each scenario passes exactly its own.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep '^MCP_SIDECAR_' || true)
+
+STARTED_AT=$SECONDS
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcp-sidecar-oauth.XXXXXX")
+chmod 700 "$WORK"
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+# ---------------------------------------------------------------------------------------------
+# Process handling, as in ../run.sh: every server in its own process group, killed by its scenario
+# and, whatever is left after a crash or an interrupt, by the EXIT trap (pids in $WORK/pids).
+any_alive() {
+  local pgid
+  for pgid in "$@"; do kill -0 -- "-$pgid" 2>/dev/null && return 0; done
+  return 1
+}
+
+kill_groups() {
+  local pgid
+  (($# == 0)) && return 0
+  for pgid in "$@"; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  for _ in {1..50}; do
+    any_alive "$@" || return 0
+    sleep 0.1
+  done
+  for pgid in "$@"; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
+}
+
+on_exit() {
+  local rc=$?
+  local pids=()
+  [[ -f $WORK/pids ]] && mapfile -t pids <"$WORK/pids"
+  kill_groups "${pids[@]}"
+  if ((rc != 0 || FAILED > 0)); then
+    echo
+    echo "interop-oauth: logs in $WORK"
+    local f
+    for f in "$WORK"/*.log "$WORK"/*.out; do
+      [[ -f $f ]] || continue
+      echo "----- tail $f"
+      tail -n 30 "$f" | cut -c1-600
+      echo
+    done
+  elif [[ ${KEEP_LOGS:-} == 1 ]]; then
+    echo "interop-oauth: logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+SCENARIO_PGIDS=()
+declare -A NAME_OF=()
+
+start() { # start NAME CMD...: run CMD in the background, output to $WORK/NAME.log; sets STARTED_PID
+  local name=$1
+  shift
+  setsid "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  SCENARIO_PGIDS+=("$STARTED_PID")
+  NAME_OF[$STARTED_PID]=$name
+  echo "$STARTED_PID" >>"$WORK/pids"
+}
+
+stop() { # stop PID: stop one server this scenario started (its process group)
+  kill_groups "$1"
+}
+
+fail() {
+  echo "  FAIL: $*" >&2
+  exit 1
+}
+note() { echo "  $*"; }
+
+free_port() { node "$INTEROP/lib/free-port.cjs"; }
+
+canary() { echo "canary-$1-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"; }
+
+wait_http() { # wait_http URL PID SECONDS: poll until anything answers HTTP at URL
+  local url=$1 pid=$2 deadline=$((SECONDS + $3)) code log
+  while :; do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$url" || true)
+    [[ $code != 000 ]] && return 0
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log=$WORK/${NAME_OF[$pid]:-?}.log
+      fail "${NAME_OF[$pid]:-process $pid} exited before $url answered; last lines of $log:
+$(tail -n 5 "$log" 2>/dev/null)"
+    fi
+    ((SECONDS < deadline)) || fail "$url did not answer within $3 s"
+    sleep 0.2
+  done
+}
+
+http_get() { # http_get URL OUTFILE: prints the status, body to OUTFILE, headers to OUTFILE.headers
+  curl -s --max-time 10 -D "$2.headers" -o "$2" -w '%{http_code}' "$1" || true
+}
+
+# json_lines LOG JQ_FILTER: the JSON lines of a server log that match the filter (the logs also
+# hold non-JSON warnings, e.g. oidc-provider's about its development settings)
+json_lines() { grep '^{' "$1" | jq -c "select($2)"; }
+count_lines() { json_lines "$@" | wc -l | tr -d ' '; }
+
+# ---------------------------------------------------------------------------------------------
+# The authorization server and the resource server of one scenario. start_servers NAME [ACCESS_TTL]
+# sets IDP (issuer URL), RS (the MCP resource URL), IDP_LOG, RS_LOG, ISSUED (file of every token
+# the IdP issued, for the leak checks) and CC_SECRET (cc-client's secret, a canary).
+start_servers() {
+  local name=$1 ttl=${2:-3600} idp_port rs_port
+  idp_port=$(free_port)
+  rs_port=$(free_port)
+  IDP=http://127.0.0.1:$idp_port
+  RS=http://127.0.0.1:$rs_port/mcp
+  IDP_LOG=$WORK/idp-$name.log
+  RS_LOG=$WORK/rs-$name.log
+  ISSUED=$WORK/issued-$name
+  CC_SECRET=$(canary cc-secret)
+  : >"$ISSUED"
+  chmod 600 "$ISSUED"
+  start "idp-$name" env IDP_PORT="$idp_port" IDP_RESOURCE="$RS" IDP_CC_SECRET="$CC_SECRET" \
+    IDP_RSA_KEY_FILE="$WORK/rsa-pkcs8.pem" IDP_EC_KEY_FILE="$WORK/ec-sec1.pem" \
+    IDP_SECRETS_FILE="$ISSUED" ACCESS_TTL="$ttl" node "$HERE/idp.mjs"
+  wait_http "$IDP/.well-known/openid-configuration" "$STARTED_PID" 30
+  start "rs-$name" env RS_PORT="$rs_port" RS_ISSUER="$IDP" node "$HERE/resource-server.mjs"
+  wait_http "http://127.0.0.1:$rs_port/.well-known/oauth-protected-resource/mcp" "$STARTED_PID" 30
+}
+
+# start_sidecar NAME VAR=VALUE...: `mcp-sidecar serve` in front of $RS with exactly these settings
+# (plus LISTEN, debug logging, a fresh STATE_DIR unless given); waits for /healthz; sets SIDECAR_PID,
+# SIDECAR (its base URL) and STATE (its state dir).
+start_sidecar() {
+  local name=$1 port code
+  shift
+  port=$(free_port)
+  SIDECAR=http://127.0.0.1:$port
+  STATE=$WORK/state-$name
+  local settings=("$@")
+  if [[ " ${settings[*]} " != *" MCP_SIDECAR_STATE_DIR="* ]]; then
+    mkdir -p "$STATE"
+    chmod 700 "$STATE"
+    settings+=("MCP_SIDECAR_STATE_DIR=$STATE")
+  fi
+  start "sidecar-$name" env "MCP_SIDECAR_LISTEN=127.0.0.1:$port" MCP_SIDECAR_LOG=debug \
+    "MCP_SIDECAR_UPSTREAM_URL=$RS" "${settings[@]}" "$SIDECAR_BIN" serve
+  SIDECAR_PID=$STARTED_PID
+  wait_http "$SIDECAR/healthz" "$SIDECAR_PID" 30
+  code=$(http_get "$SIDECAR/healthz" "$WORK/sidecar-$name-healthz.out")
+  [[ $code == 200 ]] || fail "GET /healthz: expected 200, got $code"
+}
+
+# wait_ready NAME: the sidecar's own `wait` command (what users gate on), then /ready must be 200
+wait_ready() {
+  local name=$1 code
+  if ! "$SIDECAR_BIN" wait --url "$SIDECAR/ready" --timeout 60s >"$WORK/sidecar-$name-wait.out" 2>&1; then
+    http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready.out" >/dev/null
+    kill -0 "$SIDECAR_PID" 2>/dev/null || fail "the sidecar exited before it became ready"
+    fail "mcp-sidecar wait: not ready within 60 s; /ready: $(head -c 400 "$WORK/sidecar-$name-ready.out")"
+  fi
+  code=$(http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready.out")
+  [[ $code == 200 ]] || fail "GET /ready after wait succeeded: expected 200, got $code"
+  jq -e '.ready == true and .reason == "ready"' "$WORK/sidecar-$name-ready.out" >/dev/null ||
+    fail "/ready 200 without ready:true, reason:ready: $(head -c 300 "$WORK/sidecar-$name-ready.out")"
+  note "/ready 200: $(head -c 200 "$WORK/sidecar-$name-ready.out")"
+}
+
+# whoami NAME [ARGS...]: tools/call whoami through the sidecar (the SDK client); sets WHO (the
+# last answer's JSON)
+whoami() {
+  local name=$1
+  shift
+  if ! node "$HERE/whoami.mjs" "$SIDECAR/mcp" "$@" >"$WORK/whoami-$name.out" 2>"$WORK/whoami-$name.log"; then
+    sed 's/^/  /' "$WORK/whoami-$name.out"
+    fail "tools/call whoami through the sidecar (HTTP exchanges in whoami-$name.log)"
+  fi
+  WHO=$(sed -n 's/^whoami //p' "$WORK/whoami-$name.out" | tail -n 1)
+  note "whoami through the sidecar: $WHO"
+}
+
+# check_status NAME: /status is JSON with a token object
+check_status() {
+  local name=$1 code
+  code=$(http_get "$SIDECAR/status" "$WORK/sidecar-$name-status.out")
+  [[ $code == 200 ]] || fail "GET /status: expected 200, got $code"
+  jq -e '.token | type == "object"' "$WORK/sidecar-$name-status.out" >/dev/null ||
+    fail "/status has no token object: $(head -c 400 "$WORK/sidecar-$name-status.out")"
+  note "/status token: $(jq -c .token "$WORK/sidecar-$name-status.out" | head -c 300)"
+}
+
+# assert_no_secrets NAME SECRET...: neither the given secrets nor any token the scenario's IdP issued
+# appears in what the sidecar logged or answered (its state dir is where secrets belong: not grepped)
+assert_no_secrets() {
+  local name=$1 files hits patterns
+  patterns=$WORK/patterns-$name
+  shift
+  { printf '%s\n' "$@"; cat "$ISSUED"; } | grep -v '^$' >"$patterns" || true
+  [[ -s $patterns ]] || return 0
+  files=("$WORK"/sidecar-"$name"*.log "$WORK"/sidecar-"$name"*.out "$WORK"/sidecar-"$name"*.headers)
+  hits=$(grep -lF -f "$patterns" "${files[@]}" 2>/dev/null || true)
+  [[ -z $hits ]] || fail "a secret appears in: $hits"
+  note "no secret (${#@} configured, $(grep -c '' "$ISSUED") issued tokens) in the sidecar's log or responses"
+}
+
+run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
+  local id=$1 desc=$2 fn=$3 rc
+  if [[ -n ${ONLY:-} && ",$ONLY," != *",$id,"* ]]; then return 0; fi
+  echo "--- oauth scenario $id: $desc"
+  set +e
+  (
+    set -e
+    trap 'kill_groups "${SCENARIO_PGIDS[@]}"' EXIT
+    "$fn"
+  )
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    echo "PASS oauth $id: $desc"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL oauth $id: $desc"
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$id")
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# A refresh token for device-client, obtained the way a user would: device authorization request,
+# approval on the provider's own pages, token request. Prints it.
+device_refresh_token() {
+  local out=$WORK/device-seed
+  curl -s --max-time 10 -o "$out-auth.json" -d client_id=device-client \
+    -d "scope=openid offline_access mcp:tools" --data-urlencode "resource=$RS" "$IDP/device/auth"
+  jq -e .user_code "$out-auth.json" >/dev/null || fail "device authorization: $(cat "$out-auth.json")"
+  node "$HERE/approve-device.mjs" "$(jq -r .verification_uri "$out-auth.json")" \
+    "$(jq -r .user_code "$out-auth.json")" seed-user >"$out-approve.out" 2>&1 ||
+    fail "approve-device.mjs: $(tail -n 3 "$out-approve.out")"
+  curl -s --max-time 10 -o "$out-token.json" -d client_id=device-client \
+    -d grant_type=urn:ietf:params:oauth:grant-type:device_code \
+    --data-urlencode "device_code=$(jq -r .device_code "$out-auth.json")" "$IDP/token"
+  jq -er .refresh_token "$out-token.json" || fail "device token request: $(jq -c 'del(.access_token, .id_token)' "$out-token.json")"
+  rm -f "$out-auth.json" "$out-token.json"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_cc() { # scenario_cc NAME CLIENT_AUTH SECRET_VIA(file|env)
+  local name=$1 method=$2 via=$3 secret_setting
+  start_servers "$name"
+  if [[ $via == file ]]; then
+    printf '%s\n' "$CC_SECRET" >"$WORK/cc-secret-$name"
+    chmod 600 "$WORK/cc-secret-$name"
+    secret_setting=MCP_SIDECAR_CLIENT_SECRET_FILE=$WORK/cc-secret-$name
+  else
+    secret_setting=MCP_SIDECAR_CLIENT_SECRET=$CC_SECRET
+  fi
+  start_sidecar "$name" MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=cc-client \
+    "$secret_setting" "MCP_SIDECAR_CLIENT_AUTH=$method" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
+    MCP_SIDECAR_SCOPES=mcp:tools
+  wait_ready "$name"
+  whoami "$name"
+  jq -e '.sub == "cc-client" and .client_id == "cc-client" and .scope == "mcp:tools"' <<<"$WHO" >/dev/null ||
+    fail "whoami: expected cc-client with scope mcp:tools: $WHO"
+  local ok
+  ok=$(count_lines "$IDP_LOG" ".event == \"token\" and .outcome == \"ok\" and .auth == \"$method\"")
+  ((ok >= 1)) || fail "the IdP saw no successful $method token request: $(json_lines "$IDP_LOG" '.event == "token"')"
+  (($(count_lines "$IDP_LOG" ".event == \"token\" and .resource == \"$RS\"") >= 1)) ||
+    fail "no token request carried resource=$RS (RFC 8707): $(json_lines "$IDP_LOG" '.event == "token"')"
+  note "IdP: $ok token request(s) with $method, resource=$RS"
+  check_status "$name"
+  assert_no_secrets "$name" "$CC_SECRET"
+}
+scenario_a() { scenario_cc a client_secret_basic file; }
+scenario_a2() { scenario_cc a2 client_secret_post env; }
+
+scenario_b() {
+  start_servers b
+  local name alg key key_line
+  local -a kid
+  for alg in RS256 ES256; do
+    if [[ $alg == RS256 ]]; then
+      name=b-rs key=$WORK/rsa-pkcs8.pem kid=()
+    else
+      name=b-es key=$WORK/ec-sec1.pem kid=(MCP_SIDECAR_CLIENT_ASSERTION_KID=ec-key)
+    fi
+    # CLIENT_AUTH is left to its default: private_key_jwt because a key file is set; the algorithm
+    # is inferred from the key
+    start_sidecar "$name" MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=jwt-client \
+      "MCP_SIDECAR_CLIENT_ASSERTION_KEY_FILE=$key" "${kid[@]}" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
+      MCP_SIDECAR_SCOPES=mcp:tools
+    wait_ready "$name"
+    whoami "$name"
+    jq -e '.sub == "jwt-client" and .client_id == "jwt-client"' <<<"$WHO" >/dev/null ||
+      fail "whoami: expected jwt-client: $WHO"
+    (($(count_lines "$IDP_LOG" ".event == \"token\" and .outcome == \"ok\" and (.auth | startswith(\"private_key_jwt/$alg\"))") >= 1)) ||
+      fail "the IdP saw no successful private_key_jwt/$alg request: $(json_lines "$IDP_LOG" '.event == "token"')"
+    note "IdP: client assertions $(json_lines "$IDP_LOG" '.event == "token"' | jq -r .auth | sort | uniq -c | tr -s ' \n' ' ')"
+    check_status "$name"
+    # a line of the private key's base64 stands for the key
+    key_line=$(sed -n 2p "$key")
+    assert_no_secrets "$name" "$key_line"
+    stop "$SIDECAR_PID"
+  done
+}
+
+scenario_c() {
+  local ttl=8 rt name=c
+  start_servers c "$ttl"
+  rt=$(device_refresh_token)
+  printf '%s\n' "$rt" >"$WORK/refresh-token-c"
+  chmod 600 "$WORK/refresh-token-c"
+  note "seeded a refresh token from a device login (access tokens live $ttl s)"
+  local seeded_refreshes
+  seeded_refreshes=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token"')
+  start_sidecar "$name" MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client \
+    "MCP_SIDECAR_REFRESH_TOKEN_FILE=$WORK/refresh-token-c" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
+    MCP_SIDECAR_REFRESH_SKEW=2s
+  wait_ready "$name"
+  # one client session across three expiries; a call every 2 s
+  whoami "$name" --repeat-for $((3 * ttl + 2)) --every 2
+  local calls tokens
+  read -r _ calls _ tokens < <(grep '^calls ' "$WORK/whoami-$name.out")
+  note "$calls calls in one session, answered with $tokens distinct access tokens"
+  ((tokens >= 3)) || fail "expected at least 3 distinct access tokens across $((3 * ttl)) s, saw $tokens"
+  jq -e '.sub == "seed-user" and .client_id == "device-client"' <<<"$WHO" >/dev/null ||
+    fail "whoami: expected seed-user via device-client: $WHO"
+  local code
+  code=$(http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready-after.out")
+  [[ $code == 200 ]] || fail "/ready after the expiries: expected 200, got $code: $(head -c 300 "$WORK/sidecar-$name-ready-after.out")"
+  local refreshes rotated invalid
+  refreshes=$(($(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .outcome == "ok"') - seeded_refreshes))
+  rotated=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .rotated == true')
+  invalid=$(count_lines "$IDP_LOG" '.event == "token" and .outcome == "invalid_grant"')
+  note "IdP: $refreshes refresh requests (rotated $rotated), $invalid invalid_grant; resource sent on refresh: $(json_lines "$IDP_LOG" '.grant_type == "refresh_token"' | jq -r '.resource // "none"' | sort | uniq -c | tr -s ' \n' ' ')"
+  ((refreshes >= 3)) || fail "expected at least 3 refreshes across 3 expiries, the IdP saw $refreshes"
+  ((invalid == 0)) || fail "the IdP answered invalid_grant $invalid time(s): a rotated refresh token was reused"
+  (($(count_lines "$IDP_LOG" '.event == "grant_revoked"') == 0)) || fail "the IdP revoked the grant (refresh token reuse)"
+  local rejected
+  rejected=$(count_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"')
+  ((rejected == 0)) || fail "the resource server refused $rejected request(s) from the sidecar (an expired token was sent): $(json_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"' | head -n 3)"
+  note "resource server: every request from the sidecar carried a valid token (refreshed ahead of expiry)"
+  check_status "$name"
+  assert_no_secrets "$name" "$rt"
+}
+
+# poll_login NAME SECONDS: poll /ready until it shows a pending device login; sets USER_CODE, VERIFY_URI
+poll_login() {
+  local name=$1 deadline=$((SECONDS + $2)) code out=$WORK/sidecar-$1-ready-login.out
+  while :; do
+    code=$(http_get "$SIDECAR/ready" "$out")
+    if [[ $code == 503 ]] && jq -e '.login.user_code' "$out" >/dev/null 2>&1; then
+      break
+    fi
+    [[ $code == 200 ]] && fail "/ready 200 before any login"
+    kill -0 "$SIDECAR_PID" 2>/dev/null || fail "the sidecar exited while waiting for a login"
+    ((SECONDS < deadline)) || fail "/ready never showed login.user_code within $2 s: $code $(head -c 400 "$out")"
+    sleep 0.3
+  done
+  [[ $(jq -r .reason "$out") == auth_required ]] || fail "/ready with a login pending: expected reason auth_required: $(cat "$out")"
+  jq -e '.login.verification_uri and .login.expires_at' "$out" >/dev/null ||
+    fail "/ready login object lacks verification_uri or expires_at: $(jq -c .login "$out")"
+  USER_CODE=$(jq -r .login.user_code "$out")
+  VERIFY_URI=$(jq -r .login.verification_uri "$out")
+  note "/ready 503 auth_required with login: $(jq -c .login "$out")"
+}
+
+scenario_d() {
+  local name=d
+  start_servers d
+  start_sidecar "$name" MCP_SIDECAR_AUTH=device_code MCP_SIDECAR_CLIENT_ID=device-client \
+    "MCP_SIDECAR_ISSUER=$IDP" "MCP_SIDECAR_SCOPES=openid offline_access mcp:tools"
+  local state=$STATE
+  poll_login "$name" 30
+  [[ $VERIFY_URI == "$IDP/"* ]] || fail "verification_uri $VERIFY_URI is not on the IdP $IDP"
+  # what a user runs to gate on readiness shows them the code too
+  "$SIDECAR_BIN" wait --url "$SIDECAR/ready" --timeout 1s >"$WORK/sidecar-$name-wait-login.out" 2>&1 || true
+  grep -qF "$USER_CODE" "$WORK/sidecar-$name-wait-login.out" ||
+    fail "mcp-sidecar wait does not show the user code: $(cat "$WORK/sidecar-$name-wait-login.out")"
+  node "$HERE/approve-device.mjs" "$VERIFY_URI" "$USER_CODE" device-user >"$WORK/approve-$name.out" 2>&1 ||
+    fail "approve-device.mjs: $(tail -n 3 "$WORK/approve-$name.out")"
+  note "approved $USER_CODE on the provider's pages ($(grep -c '^step' "$WORK/approve-$name.out") steps)"
+  wait_ready "$name"
+  whoami "$name"
+  jq -e '.sub == "device-user" and .client_id == "device-client"' <<<"$WHO" >/dev/null ||
+    fail "whoami: expected device-user via device-client: $WHO"
+  check_status "$name"
+  assert_no_secrets "$name"
+  [[ -n $(find "$state" -type f 2>/dev/null) ]] || fail "nothing persisted in STATE_DIR $state"
+
+  # a restart on the same state dir needs no new login
+  stop "$SIDECAR_PID"
+  start_sidecar d-restart MCP_SIDECAR_AUTH=device_code MCP_SIDECAR_CLIENT_ID=device-client \
+    "MCP_SIDECAR_ISSUER=$IDP" "MCP_SIDECAR_SCOPES=openid offline_access mcp:tools" "MCP_SIDECAR_STATE_DIR=$state"
+  wait_ready d-restart
+  whoami d-restart
+  jq -e '.sub == "device-user"' <<<"$WHO" >/dev/null || fail "whoami after restart: expected device-user: $WHO"
+  (($(count_lines "$IDP_LOG" '.event == "device_authorization"') == 1)) ||
+    fail "the restarted sidecar started a new device login instead of using the persisted token"
+  (($(count_lines "$IDP_LOG" '.event == "token" and .outcome == "invalid_grant"') == 0)) || fail "invalid_grant seen"
+  note "restarted on the same STATE_DIR: ready without a new login"
+  assert_no_secrets d-restart
+}
+
+scenario_e() {
+  local name=e
+  start_servers e
+  printf '%s\n' "$CC_SECRET" >"$WORK/cc-secret-$name"
+  chmod 600 "$WORK/cc-secret-$name"
+  # no TOKEN_URL, no ISSUER, no SCOPES, no CLIENT_AUTH
+  start_sidecar "$name" MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=cc-client \
+    "MCP_SIDECAR_CLIENT_SECRET_FILE=$WORK/cc-secret-$name"
+  wait_ready "$name"
+  whoami "$name"
+  jq -e '.sub == "cc-client" and .scope == "mcp:tools"' <<<"$WHO" >/dev/null ||
+    fail "whoami: expected cc-client with scope mcp:tools: $WHO"
+  (($(count_lines "$RS_LOG" '.path == "/.well-known/oauth-protected-resource/mcp" and .status == 200') >= 1)) ||
+    fail "the sidecar never fetched the resource server's RFC 9728 metadata"
+  (($(count_lines "$RS_LOG" '.path == "/mcp" and .auth == "missing" and .status == 401') >= 1)) ||
+    note "(the sidecar went to the well-known metadata without a 401 first)"
+  note "discovery: $(json_lines "$RS_LOG" '.event == "request"' | jq -r '"\(.method) \(.path) \(.status) \(.auth // "")"' | head -n 4 | paste -sd ';')"
+  (($(count_lines "$IDP_LOG" '.event == "token" and .outcome == "ok"') >= 1)) || fail "the IdP issued no token"
+  note "IdP token requests: $(json_lines "$IDP_LOG" '.event == "token"' | jq -c '{auth, resource, scope, outcome}' | sort | uniq -c | tr -s ' \n' ' ')"
+  check_status "$name"
+  assert_no_secrets "$name" "$CC_SECRET"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The pinned packages: ../run.sh has installed them; alone, install them if they are not the locked ones.
+locked() { jq -r --arg p "node_modules/$1" '.packages[$p].version' "$INTEROP/package-lock.json"; }
+installed() { jq -r .version "$INTEROP/node_modules/$1/package.json" 2>/dev/null || echo none; }
+if [[ $(installed oidc-provider) != "$(locked oidc-provider)" || $(installed jose) != "$(locked jose)" ||
+  $(installed @modelcontextprotocol/sdk) != "$(locked @modelcontextprotocol/sdk)" ]]; then
+  echo "interop-oauth: installing pinned npm packages"
+  (cd "$INTEROP" && npm ci --quiet --no-audit --no-fund --loglevel=error) >"$WORK/npm-ci.log" 2>&1 || {
+    cat "$WORK/npm-ci.log"
+    exit 1
+  }
+fi
+echo "interop-oauth: oidc-provider $(installed oidc-provider), jose $(installed jose), @modelcontextprotocol/sdk $(installed @modelcontextprotocol/sdk), node $(node --version)"
+
+if [[ -z $SIDECAR_BIN ]]; then
+  echo "interop-oauth: building mcp-sidecar (MCP_SIDECAR_BIN not set)"
+  (cd "$ROOT" && cargo build --quiet)
+  SIDECAR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/mcp-sidecar
+fi
+[[ -x $SIDECAR_BIN ]] || {
+  echo "interop-oauth: no sidecar binary at $SIDECAR_BIN"
+  exit 1
+}
+
+# the client keys for private_key_jwt: RSA as PKCS#8, EC P-256 as SEC1 (what `openssl ecparam
+# -genkey` writes); the IdP registers their public halves
+openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa-pkcs8.pem" 2>/dev/null
+openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/ec-sec1.pem"
+chmod 600 "$WORK"/*.pem
+
+run_scenario A "client_credentials, client_secret_basic (secret file), TOKEN_URL" scenario_a
+run_scenario A2 "client_credentials, client_secret_post (secret in env), TOKEN_URL" scenario_a2
+run_scenario B "client_credentials, private_key_jwt RS256 (PKCS#8) and ES256 (SEC1, kid)" scenario_b
+run_scenario C "refresh_token rotation across three forced expiries, no invalid_grant" scenario_c
+run_scenario D "device_code via ISSUER: approved on the provider's pages; restart reuses the state" scenario_d
+run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
+
+echo
+echo "interop-oauth: $((SECONDS - STARTED_AT)) s"
+((FAILED == 0)) || echo "interop-oauth: failed: ${FAILED_NAMES[*]}"
+echo "interop-oauth: $PASSED passed, $FAILED failed"
+((FAILED == 0))
