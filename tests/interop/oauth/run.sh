@@ -22,7 +22,7 @@
 #       server through the resource server's 401 -> RFC 9728 metadata -> authorization server metadata
 #
 # Called by ../run.sh at its end with MCP_SIDECAR_BIN set; runs alone too (`bash run.sh`, which
-# builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). Needs node/npm, curl, jq, openssl.
+# builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). Needs node/npm, curl and jq.
 # KEEP_LOGS=1 keeps the temp dir of logs after a green run. ONLY=A,C runs a subset.
 set -euo pipefail
 
@@ -483,11 +483,15 @@ fi
   exit 1
 }
 
-# the client keys for private_key_jwt: RSA as PKCS#8, EC P-256 as SEC1 (what `openssl ecparam
-# -genkey` writes); the IdP registers their public halves
-openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/rsa-pkcs8.pem" 2>/dev/null
-openssl ecparam -name prime256v1 -genkey -noout -out "$WORK/ec-sec1.pem"
-chmod 600 "$WORK"/*.pem
+# the client keys for private_key_jwt: RSA as PKCS#8 (BEGIN PRIVATE KEY), EC P-256 as SEC1 (BEGIN EC
+# PRIVATE KEY, what `openssl ecparam -genkey` writes); the IdP registers their public halves
+node -e '
+const { generateKeyPairSync } = require("node:crypto");
+const { writeFileSync } = require("node:fs");
+const [rsa, ec] = process.argv.slice(1);
+writeFileSync(rsa, generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
+writeFileSync(ec, generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "sec1", format: "pem" }), { mode: 0o600 });
+' "$WORK/rsa-pkcs8.pem" "$WORK/ec-sec1.pem"
 
 run_scenario A "client_credentials, client_secret_basic (secret file), TOKEN_URL" scenario_a
 run_scenario A2 "client_credentials, client_secret_post (secret in env), TOKEN_URL" scenario_a2
