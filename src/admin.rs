@@ -86,3 +86,71 @@ pub async fn metrics(State(app): State<Arc<App>>, request: axum::extract::Reques
 pub async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found" }))).into_response()
 }
+
+/// `GET /oauth/login` (AUTH=authorization_code): redirects the browser to the authorization
+/// endpoint with a fresh state and PKCE challenge.
+pub async fn oauth_login(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
+    if let Some(refusal) = refused(&app, &request) {
+        return refusal;
+    }
+    let Some((_, grant)) = &app.login else {
+        return not_found().await;
+    };
+    match grant.begin().await {
+        Ok(url) => (
+            StatusCode::FOUND,
+            [
+                (header::LOCATION, url.to_string()),
+                (header::CACHE_CONTROL, "no-store".to_string()),
+            ],
+        )
+            .into_response(),
+        Err(e) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Cannot start the login: {e}\n"),
+        ),
+    }
+}
+
+/// `GET /oauth/callback`: the authorization server's redirect back with the code.
+pub async fn oauth_callback(
+    State(app): State<Arc<App>>,
+    request: axum::extract::Request,
+) -> Response {
+    if let Some(refusal) = refused(&app, &request) {
+        return refusal;
+    }
+    let Some((manager, grant)) = &app.login else {
+        return not_found().await;
+    };
+    match grant.complete(request.uri().query().unwrap_or("")).await {
+        Ok(issued) => {
+            manager.accept(issued).await;
+            app.readiness.trigger();
+            tracing::info!("authorization-code login complete");
+            plain(
+                StatusCode::OK,
+                "Logged in: mcp-sidecar has its tokens. You can close this tab.\n".into(),
+            )
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "authorization-code login failed");
+            plain(
+                StatusCode::BAD_REQUEST,
+                format!("The login did not complete: {e}\n"),
+            )
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}

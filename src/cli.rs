@@ -73,6 +73,9 @@ pub enum Command {
     },
     /// Validate the configuration and print it with secrets redacted; exit 64 on any problem.
     CheckConfig,
+    /// Log in interactively (device code, or authorization code with the redirected URL pasted
+    /// back) and persist the tokens in STATE_DIR, before or beside a running sidecar.
+    Login,
     /// Run a demo MCP upstream that demands a token, and the sidecar in front of it.
     Demo {
         /// Run only the demo upstream (for compose's demo profile and tests).
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => crate::commands::serve::run(cli.config),
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
+        Command::Login => crate::commands::login::run(cli.config),
         Command::Probe {
             live, url, timeout, ..
         } => crate::commands::probe::run(cli.config, live, url, timeout),

@@ -363,6 +363,12 @@ async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, Handsh
     }))
 }
 
+/// An `initialize` body, for probes that only want the server's reaction to an unauthenticated
+/// request (authorization discovery).
+pub fn initialize_body() -> String {
+    initialize_request(&Value::String(request_id("initialize"))).to_string()
+}
+
 fn initialize_request(id: &Value) -> Value {
     json!({
         "jsonrpc": "2.0",

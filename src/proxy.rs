@@ -240,6 +240,12 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             let (status, code, outcome, reason) = match &error {
                 // A broken HEADERS_FILE usually holds a credential (an API key): like a missing
                 // token, the sidecar has nothing valid to send.
+                UpstreamError::NoCredential(crate::token::TokenError::Temporary(_)) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "token_endpoint_unavailable",
+                ),
                 UpstreamError::NoCredential(_) | UpstreamError::Headers(_) => (
                     StatusCode::SERVICE_UNAVAILABLE,
                     Code::AuthRequired,

@@ -16,6 +16,7 @@ use tokio::sync::{Notify, watch};
 use crate::config::ReadyConfig;
 use crate::handshake::{self, HandshakeError, Mode, ServerInfo};
 use crate::metrics::Metrics;
+use crate::token::TokenError;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// The reasons of DESIGN.md, plus `ready`.
@@ -43,13 +44,7 @@ impl Reason {
     }
 }
 
-/// A pending interactive login (device code), shown so a human can complete it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Login {
-    pub verification_uri: String,
-    pub user_code: String,
-    pub expires_at: String,
-}
+pub use crate::token::Login;
 
 /// The body of `/ready`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -175,7 +170,10 @@ impl Readiness {
                     .await;
             let (reason, detail, server) = classify(outcome, self.config.timeout);
             metrics.record_handshake(reason == Reason::Ready);
-            self.update(reason, detail, server, &mut last_progress);
+            let login = (reason == Reason::AuthRequired)
+                .then(|| upstream.tokens().login())
+                .flatten();
+            self.update(reason, detail, server, login, &mut last_progress);
 
             let wait = if reason == Reason::Ready {
                 backoff = UNREADY_BACKOFF_START;
@@ -206,6 +204,7 @@ impl Readiness {
         reason: Reason,
         detail: String,
         server: Option<ServerInfo>,
+        login: Option<Login>,
         last_progress: &mut Instant,
     ) {
         let now = SystemTime::now();
@@ -243,6 +242,7 @@ impl Readiness {
             }
             state.reason = reason;
             state.detail = detail;
+            state.login = login;
             state.last_attempt_at = Some(now);
             if let Some(server) = server {
                 state.last_success = Some(Instant::now());
@@ -281,6 +281,10 @@ fn classify(
         }
         Ok(Err(e)) => {
             let reason = match &e {
+                // The authorization server is down or slow: nobody needs to log in.
+                HandshakeError::Upstream(UpstreamError::NoCredential(TokenError::Temporary(_))) => {
+                    Reason::UpstreamUnreachable
+                }
                 HandshakeError::Upstream(
                     UpstreamError::NoCredential(_) | UpstreamError::Headers(_),
                 ) => Reason::AuthRequired,

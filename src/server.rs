@@ -33,6 +33,11 @@ pub struct App {
     /// Becomes true when shutdown begins (GET streams end at their next event boundary).
     pub shutdown: watch::Receiver<bool>,
     pub started_at: SystemTime,
+    /// With `AUTH=authorization_code`: the manager and the grant behind `/oauth/*`.
+    pub login: Option<(
+        Arc<crate::token::Manager>,
+        Arc<crate::token::AuthorizationCode>,
+    )>,
 }
 
 pub fn router(app: Arc<App>) -> Router {
@@ -50,6 +55,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/ready", get(crate::admin::ready))
         .route("/status", get(crate::admin::status))
         .route("/metrics", get(crate::admin::metrics))
+        .route("/oauth/login", get(crate::admin::oauth_login))
+        .route("/oauth/callback", get(crate::admin::oauth_callback))
         .fallback(crate::admin::not_found)
         .with_state(app)
 }
@@ -73,8 +80,11 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let tokens = crate::token::from_config(config.auth);
-    let upstream = Arc::new(Upstream::new(&config.upstream, tokens).map_err(ServeError::Setup)?);
+    let built = crate::token::build(config.auth, &config.upstream, &config.state_dir)
+        .map_err(ServeError::Setup)?;
+    built.source.clone().start();
+    let upstream =
+        Arc::new(Upstream::new(&config.upstream, built.source).map_err(ServeError::Setup)?);
     let readiness = Readiness::new(config.ready);
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -91,6 +101,7 @@ pub async fn serve(
         reinit_timeout: config.ready.timeout,
         shutdown: stop_rx.clone(),
         started_at: SystemTime::now(),
+        login: built.manager.zip(built.authorization),
     });
 
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -83,21 +83,7 @@ type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
-        let mut builder = reqwest::Client::builder()
-            .connect_timeout(config.connect_timeout)
-            .tcp_keepalive(Duration::from_secs(30))
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(redirect_policy())
-            .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
-        if let Some(path) = &config.ca_file {
-            for cert in load_ca_file(path)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = http_client(config, redirect_policy())?;
         Ok(Self {
             client,
             url: config.url.clone(),
@@ -166,7 +152,17 @@ impl Upstream {
             None => return Ok(response),
             Some(AuthFailure::Refreshable(challenge)) => challenge,
             Some(AuthFailure::Final(challenge)) => {
-                return Err(rejected(response.status(), challenge));
+                return self
+                    .step_up(
+                        &method,
+                        &url,
+                        &headers,
+                        &body,
+                        token.as_ref(),
+                        response,
+                        challenge,
+                    )
+                    .await;
             }
         };
         if token.is_none() {
@@ -190,6 +186,46 @@ impl Upstream {
         }
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
+            .await?;
+        let response = self.refuse_redirect(response)?;
+        match auth_failure(&response) {
+            None => Ok(response),
+            Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
+                Err(rejected(response.status(), c))
+            }
+        }
+    }
+
+    /// 403 `insufficient_scope` naming the scopes it wants: ask the source for a token with
+    /// them and retry once. The source bounds how often that happens.
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "one request's parts, passed through once"
+    )]
+    async fn step_up(
+        &self,
+        method: &Method,
+        url: &Url,
+        headers: &HeaderMap,
+        body: &Bytes,
+        token: Option<&AccessToken>,
+        response: reqwest::Response,
+        challenge: Option<BearerChallenge>,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let status = response.status();
+        let scope = challenge
+            .as_ref()
+            .filter(|c| c.error.as_deref() == Some("insufficient_scope"))
+            .and_then(|c| c.scope.clone());
+        let (Some(scope), Some(token)) = (scope, token) else {
+            return Err(rejected(status, challenge));
+        };
+        drop(response);
+        let Some(fresh) = self.tokens.step_up(Some(token), &scope).await? else {
+            return Err(rejected(status, challenge));
+        };
+        let response = self
+            .send_once(method, url, headers, body, Some(&fresh))
             .await?;
         let response = self.refuse_redirect(response)?;
         match auth_failure(&response) {
@@ -307,6 +343,30 @@ fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamE
         // The upstream's own words, which may quote the token it was given.
         detail: crate::secret::scrub(&challenge.map(|c| c.explain()).unwrap_or_default()),
     }
+}
+
+/// An HTTP client with the sidecar's trust roots (`CA_FILE` too) and connect timeout. The
+/// authorization server gets its own client that follows no redirects: a token request that is
+/// redirected would carry the client's credentials to wherever the redirect points.
+pub fn http_client(
+    config: &UpstreamConfig,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(redirect)
+        .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &config.ca_file {
+        for cert in load_ca_file(path)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// A readable cause from a reqwest error, without its URL (which may carry a query string).

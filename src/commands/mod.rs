@@ -2,6 +2,7 @@
 
 pub mod check_config;
 pub mod demo;
+pub mod login;
 pub mod probe;
 pub mod serve;
 pub mod wait;

@@ -156,13 +156,20 @@ async fn ask(client: &reqwest::Client, url: &str) -> (bool, Observation) {
 }
 
 fn print_login(login: &Value) {
-    let field = |k: &str| login.get(k).and_then(Value::as_str).unwrap_or("?");
-    eprintln!(
-        "mcp-sidecar wait: sign in: open {} and enter the code {} (expires {})",
-        field("verification_uri"),
-        field("user_code"),
-        field("expires_at")
-    );
+    let field = |k: &str| login.get(k).and_then(Value::as_str);
+    let uri = field("verification_uri").unwrap_or("?");
+    let expires = field("expires_at")
+        .map(|e| format!(" (expires {e})"))
+        .unwrap_or_default();
+    match field("user_code") {
+        Some(code) => {
+            eprintln!("mcp-sidecar wait: sign in: open {uri} and enter the code {code}{expires}")
+        }
+        None => eprintln!("mcp-sidecar wait: sign in: open {uri} in a browser{expires}"),
+    }
+    if let Some(complete) = field("verification_uri_complete") {
+        eprintln!("mcp-sidecar wait: or open {complete} (the code is filled in)");
+    }
 }
 
 fn exec(command: &[String]) -> u8 {

@@ -76,6 +76,7 @@ impl TokenSource for BearerSource {
             last_obtained: state.last_obtained.map(crate::time::rfc3339),
             refreshes: state.refreshes,
             last_error: state.last_error.clone(),
+            ..TokenStatus::basic("bearer")
         }
     }
 }

@@ -6,19 +6,32 @@
 //! grant with its own expiry and single-flight refresh) stays behind this trait, so new sources
 //! slot in without touching the proxy.
 
+mod authorization_code;
 mod bearer;
+mod client_credentials;
+mod command;
+mod device_code;
+pub mod discovery;
+pub mod endpoint;
+pub mod manager;
 mod none;
+mod refresh;
+pub mod store;
+mod token_exchange;
 
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use serde::Serialize;
 
+pub use authorization_code::AuthorizationCode;
 pub use bearer::BearerSource;
+pub use manager::Manager;
 pub use none::NoAuth;
 
-use crate::config::AuthConfig;
+use crate::config::{AuthConfig, GrantKind, UpstreamConfig};
 use crate::secret::{Secret, SecretError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -43,6 +56,12 @@ pub enum TokenError {
     /// The credential is missing or unusable until someone fixes it: reported as `auth_required`.
     #[error(transparent)]
     Unavailable(#[from] SecretError),
+    /// The authorization server rejected the credential, or a login is pending: `auth_required`.
+    #[error("{0}")]
+    AuthRequired(String),
+    /// The authorization server (or token command) failed in a way that may pass.
+    #[error("{0}")]
+    Temporary(String),
     /// The credential has characters (a line break, a control character) that HTTP headers
     /// cannot carry; usually a token file with stray content.
     #[error("the token contains characters that cannot be sent in an HTTP header")]
@@ -65,6 +84,67 @@ pub struct TokenStatus {
     /// The last failure to obtain a token, if the most recent attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// When the current token expires (RFC 3339), when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// When the next refresh is due (expiry minus `REFRESH_SKEW`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<String>,
+    /// When a token was last requested, and how that went (`ok` or `failed: ...`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_refresh: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_outcome: Option<String>,
+    /// Whether a refresh token is held (OAuth sources only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub has_refresh_token: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// The state file, or `memory only`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub persisted_in: Option<String>,
+}
+
+impl TokenStatus {
+    /// A status with only the source's name and counters; sources fill in what they know.
+    pub fn basic(source: &'static str) -> Self {
+        Self {
+            source,
+            origin: None,
+            last_obtained: None,
+            refreshes: 0,
+            last_error: None,
+            expires_at: None,
+            next_refresh: None,
+            last_refresh: None,
+            last_outcome: None,
+            has_refresh_token: None,
+            scope: None,
+            persisted_in: None,
+        }
+    }
+}
+
+/// A pending interactive login, shown in `/ready` so a person can complete it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Login {
+    pub verification_uri: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification_uri_complete: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+impl Login {
+    /// One line for `/ready`'s detail and logs.
+    pub fn describe(&self) -> String {
+        match &self.user_code {
+            Some(code) => format!("log in at {} with code {code}", self.verification_uri),
+            None => format!("log in at {}", self.verification_uri),
+        }
+    }
 }
 
 pub trait TokenSource: Send + Sync {
@@ -79,13 +159,154 @@ pub trait TokenSource: Send + Sync {
         rejected: Option<&'a AccessToken>,
     ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>>;
 
+    /// The upstream answered 403 `insufficient_scope` naming `scope`: return a token with those
+    /// scopes added, or `None` when the source cannot (or already tried).
+    fn step_up<'a>(
+        &'a self,
+        _rejected: Option<&'a AccessToken>,
+        _scope: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// A login a person must complete, while one is pending.
+    fn login(&self) -> Option<Login> {
+        None
+    }
+
+    /// Starts background work (refresh ahead of expiry); called once the runtime runs.
+    fn start(self: Arc<Self>) {}
+
     fn status(&self) -> TokenStatus;
 }
 
-/// Builds the source the configuration asks for.
-pub fn from_config(auth: AuthConfig) -> Arc<dyn TokenSource> {
-    match auth {
-        AuthConfig::None => Arc::new(NoAuth),
-        AuthConfig::Bearer(source) => Arc::new(BearerSource::new(source)),
-    }
+/// What [`build`] produces: the source, plus handles the HTTP routes and `login` need.
+pub struct Built {
+    pub source: Arc<dyn TokenSource>,
+    pub manager: Option<Arc<Manager>>,
+    /// Present with `AUTH=authorization_code`: serves `/oauth/login` and `/oauth/callback`.
+    pub authorization: Option<Arc<AuthorizationCode>>,
+}
+
+/// Builds the source the configuration asks for. OAuth sources persist under `state_dir` when it
+/// is writable and otherwise keep tokens in memory, which is said once here.
+pub fn build(
+    auth: AuthConfig,
+    upstream: &UpstreamConfig,
+    state_dir: &Path,
+) -> Result<Built, String> {
+    let simple = |source: Arc<dyn TokenSource>| Built {
+        source,
+        manager: None,
+        authorization: None,
+    };
+    let (parts, authorization) = match auth {
+        AuthConfig::None => return Ok(simple(Arc::new(NoAuth))),
+        AuthConfig::Bearer(source) => return Ok(simple(Arc::new(BearerSource::new(source)))),
+        AuthConfig::Command(config) => {
+            let skew = config.refresh_skew;
+            (
+                manager::Parts {
+                    name: "command",
+                    grant: Box::new(command::Command { config }),
+                    interactive: None,
+                    oauth: None,
+                    store: None,
+                    seed: None,
+                    skew,
+                },
+                None,
+            )
+        }
+        AuthConfig::OAuth(config) => {
+            let config: Arc<crate::config::OAuthConfig> = Arc::from(config);
+            let http = crate::upstream::http_client(upstream, reqwest::redirect::Policy::none())?;
+            let oauth = Arc::new(endpoint::OAuthClient::new(
+                http,
+                config.clone(),
+                upstream.url.clone(),
+            ));
+            let name = config.grant.name();
+            let anchor = config
+                .token_url
+                .as_ref()
+                .or(config.issuer.as_ref())
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| crate::upstream::display_url(&upstream.url));
+            let store_name =
+                store::state_name(name, &anchor, config.client_id.as_deref().unwrap_or(""));
+            let store = match store::Store::open(state_dir, &store_name) {
+                Ok(store) => Some(store),
+                Err(e) => {
+                    tracing::warn!(
+                        state_dir = %state_dir.display(),
+                        error = %e,
+                        "STATE_DIR is not writable: tokens are kept in memory only, so a restart needs a new token{}",
+                        if config.grant.is_interactive() { " and a new login" } else { "" }
+                    );
+                    None
+                }
+            };
+            let mut authorization = None;
+            let (grant, interactive): (
+                Box<dyn manager::Grant>,
+                Option<Arc<dyn manager::Interactive>>,
+            ) = match config.grant {
+                GrantKind::ClientCredentials => (
+                    Box::new(client_credentials::ClientCredentials {
+                        oauth: oauth.clone(),
+                    }),
+                    None,
+                ),
+                GrantKind::TokenExchange => (
+                    Box::new(token_exchange::TokenExchange {
+                        oauth: oauth.clone(),
+                    }),
+                    None,
+                ),
+                GrantKind::RefreshToken => (
+                    Box::new(refresh::RefreshOnly {
+                        oauth: oauth.clone(),
+                    }),
+                    None,
+                ),
+                GrantKind::DeviceCode => (
+                    Box::new(refresh::RefreshOnly {
+                        oauth: oauth.clone(),
+                    }),
+                    Some(Arc::new(device_code::DeviceCode {
+                        oauth: oauth.clone(),
+                    })),
+                ),
+                GrantKind::AuthorizationCode => {
+                    let grant = Arc::new(AuthorizationCode::new(oauth.clone()));
+                    authorization = Some(grant.clone());
+                    (
+                        Box::new(refresh::RefreshOnly {
+                            oauth: oauth.clone(),
+                        }),
+                        Some(grant as Arc<dyn manager::Interactive>),
+                    )
+                }
+            };
+            (
+                manager::Parts {
+                    name,
+                    grant,
+                    interactive,
+                    oauth: Some(oauth),
+                    store,
+                    seed: config.refresh_token.clone(),
+                    skew: config.refresh_skew,
+                },
+                authorization,
+            )
+        }
+    };
+    let manager = Manager::new(parts);
+    Ok(Built {
+        source: manager.clone(),
+        manager: Some(manager),
+        authorization,
+    })
 }

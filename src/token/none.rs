@@ -18,12 +18,6 @@ impl TokenSource for NoAuth {
     }
 
     fn status(&self) -> TokenStatus {
-        TokenStatus {
-            source: "none",
-            origin: None,
-            last_obtained: None,
-            refreshes: 0,
-            last_error: None,
-        }
+        TokenStatus::basic("none")
     }
 }

@@ -22,6 +22,10 @@ use url::Url;
 
 use crate::secret::{Secret, SecretFile, SecretSource};
 
+mod auth;
+
+pub use auth::{AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg};
+
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
 /// The environment variable naming the TOML file (not itself a setting).
@@ -60,6 +64,33 @@ const KNOWN_KEYS: &[&str] = &[
     "shutdown_grace",
     "log",
     "log_format",
+    "state_dir",
+    "token_command",
+    "token_command_ttl",
+    "token_command_timeout",
+    "token_command_shell",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "client_auth",
+    "client_assertion_key_file",
+    "client_assertion_alg",
+    "client_assertion_kid",
+    "client_id_metadata_url",
+    "scopes",
+    "audience",
+    "resource",
+    "issuer",
+    "token_url",
+    "authorization_url",
+    "device_authorization_url",
+    "redirect_uri",
+    "refresh_token",
+    "refresh_token_file",
+    "subject_token_file",
+    "subject_token_type",
+    "refresh_skew",
+    "token_timeout",
 ];
 
 /// The validated configuration the rest of the program runs on.
@@ -82,7 +113,12 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     pub log: LogConfig,
+    /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
+    pub state_dir: PathBuf,
 }
+
+/// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
 
 #[derive(Debug)]
 pub struct UpstreamConfig {
@@ -91,22 +127,6 @@ pub struct UpstreamConfig {
     pub headers: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
-}
-
-/// Which credential the sidecar injects upstream.
-#[derive(Debug)]
-pub enum AuthConfig {
-    None,
-    Bearer(SecretSource),
-}
-
-impl AuthConfig {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Bearer(_) => "bearer",
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -599,7 +619,7 @@ impl Reader {
             );
         }
 
-        let auth = self.auth();
+        let auth = self.auth(upstream_url.as_ref(), listen);
         let headers = if matches!(self.raw.get("headers"), Some(Value::Dict(..))) {
             if self.raw.contains_key("headers_file") {
                 let other = self.label("headers_file");
@@ -654,6 +674,13 @@ impl Reader {
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
         let log = self.log();
+        let state_dir = self
+            .text("state_dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            self.problem("state_dir", "expected an absolute path");
+        }
 
         Some(Config {
             upstream: UpstreamConfig {
@@ -673,6 +700,7 @@ impl Reader {
             sse_keepalive,
             shutdown_grace,
             log,
+            state_dir,
         })
     }
 
@@ -729,44 +757,6 @@ impl Reader {
                 self.problem(
                     "upstream_url",
                     format!("scheme {other} is not supported; use https"),
-                );
-                None
-            }
-        }
-    }
-
-    fn auth(&mut self) -> Option<AuthConfig> {
-        let token = self.secret("token", "token_file", "TOKEN_FILE");
-        let requested = self.text("auth").map(|s| s.to_ascii_lowercase());
-        match (requested.as_deref(), token) {
-            (None, None) | (Some("none"), None) => Some(AuthConfig::None),
-            (None | Some("bearer"), Some(token)) => Some(AuthConfig::Bearer(token)),
-            (Some("none"), Some(_)) => {
-                self.problem(
-                    "auth",
-                    "is none, but a token is configured; remove the token or set AUTH=bearer",
-                );
-                None
-            }
-            (Some("bearer"), None) => {
-                if !self.raw.contains_key("token") && !self.raw.contains_key("token_file") {
-                    self.problem("auth", "is bearer, but neither TOKEN nor TOKEN_FILE is set");
-                }
-                None
-            }
-            (Some(other), _) => {
-                // Echo the value only when it looks like a mistyped mode name: a credential pasted
-                // into the wrong variable must not end up in the error.
-                let shown = if other.len() <= 24
-                    && other.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                {
-                    format!(" {other:?}")
-                } else {
-                    String::new()
-                };
-                self.problem(
-                    "auth",
-                    format!("unknown or unsupported value{shown}; supported: none, bearer"),
                 );
                 None
             }
@@ -931,8 +921,11 @@ impl Config {
             ("CLIENT_TOKEN", secret(&self.client_token)),
             ("AUTH", self.auth.name().into()),
         ];
-        if let AuthConfig::Bearer(token) = &self.auth {
-            rows.push(("TOKEN", token.describe()));
+        match &self.auth {
+            AuthConfig::Bearer(token) => rows.push(("TOKEN", token.describe())),
+            AuthConfig::Command(command) => rows.extend(command.summary()),
+            AuthConfig::OAuth(oauth) => rows.extend(oauth.summary()),
+            AuthConfig::None => {}
         }
         rows.extend([
             ("HEADERS", self.header_summary()),
@@ -965,6 +958,7 @@ impl Config {
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
             ),
+            ("STATE_DIR", self.state_dir.display().to_string()),
             ("LOG", self.log.filter.clone()),
             (
                 "LOG_FORMAT",

@@ -1,0 +1,136 @@
+//! `mcp-sidecar login`: runs the interactive flow in the foreground and persists the tokens in
+//! `STATE_DIR`, for operators who seed credentials before the sidecar starts.
+//!
+//! Device code: prints the verification URI and code, polls until approved. Authorization code:
+//! prints the authorization URL, then reads the URL the browser was redirected to, pasted back,
+//! because inside a container nothing may listen where the browser is sent. Other sources: gets
+//! one token, as a check that the configuration works.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::cli::exit;
+use crate::config::{self, AuthConfig, Sources};
+use crate::token::{self, Login};
+
+pub fn run(config_file: Option<PathBuf>) -> u8 {
+    let config = match config::load(&Sources::from_process(config_file)) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("mcp-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&config.log);
+    let interactive = matches!(&config.auth, AuthConfig::OAuth(o) if o.grant.is_interactive());
+    let runtime = match crate::commands::client_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("mcp-sidecar login: cannot start the async runtime: {e}");
+            return exit::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        crate::secret::seal();
+        let built = match token::build(config.auth, &config.upstream, &config.state_dir) {
+            Ok(built) => built,
+            Err(e) => {
+                eprintln!("mcp-sidecar login: {e}");
+                return exit::FAILURE;
+            }
+        };
+        let Some(manager) = built.manager.clone() else {
+            eprintln!(
+                "mcp-sidecar login: AUTH={} holds no tokens of its own; nothing to log in to",
+                built.source.status().source
+            );
+            return exit::CONFIG;
+        };
+        if interactive && manager.store().is_none() {
+            eprintln!(
+                "mcp-sidecar login: STATE_DIR {} is not writable, so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory",
+                config.state_dir.display()
+            );
+            return exit::FAILURE;
+        }
+        let outcome = match (&built.authorization, interactive) {
+            (Some(grant), _) => authorization_code(&manager, grant).await,
+            (None, true) => token::manager::login_foreground(&manager, &print_prompt)
+                .await
+                .map_err(|e| e.to_string()),
+            (None, false) => built
+                .source
+                .token()
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        match outcome {
+            Ok(()) => {
+                let status = built.source.status();
+                eprintln!(
+                    "mcp-sidecar login: done; token valid until {}, stored in {}",
+                    status.expires_at.as_deref().unwrap_or("it is rejected (no expiry given)"),
+                    status.persisted_in.as_deref().unwrap_or("memory only")
+                );
+                exit::OK
+            }
+            Err(e) => {
+                eprintln!("mcp-sidecar login: {e}");
+                exit::FAILURE
+            }
+        }
+    })
+}
+
+fn print_prompt(login: Option<Login>) {
+    let Some(login) = login else { return };
+    match &login.user_code {
+        Some(code) => eprintln!(
+            "mcp-sidecar login: open {} and enter the code {code}{}",
+            login.verification_uri,
+            login
+                .expires_at
+                .as_deref()
+                .map(|e| format!(" (expires {e})"))
+                .unwrap_or_default()
+        ),
+        None => eprintln!("mcp-sidecar login: open {}", login.verification_uri),
+    }
+    if let Some(complete) = &login.verification_uri_complete {
+        eprintln!("mcp-sidecar login: or open {complete} (the code is filled in)");
+    }
+}
+
+async fn authorization_code(
+    manager: &Arc<token::Manager>,
+    grant: &Arc<token::AuthorizationCode>,
+) -> Result<(), String> {
+    let url = grant.begin().await.map_err(|e| e.to_string())?;
+    eprintln!("mcp-sidecar login: open this URL in a browser and log in:\n\n  {url}\n");
+    eprintln!(
+        "mcp-sidecar login: then paste the URL the browser was sent to (it fails to load if nothing listens there; that is fine):"
+    );
+    let line = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map(|_| line)
+    })
+    .await
+    .map_err(|e| format!("cannot read standard input: {e}"))?
+    .map_err(|e| format!("cannot read standard input: {e}"))?;
+    let pasted = line.trim();
+    let query = match url::Url::parse(pasted) {
+        Ok(url) => url.query().unwrap_or("").to_string(),
+        Err(_) => pasted.trim_start_matches('?').to_string(),
+    };
+    if query.is_empty() {
+        return Err(
+            "nothing usable was pasted: expected the full redirected URL with ?code=...&state=..."
+                .into(),
+        );
+    }
+    let issued = grant.complete(&query).await.map_err(|e| e.to_string())?;
+    manager.accept(issued).await;
+    Ok(())
+}

@@ -1,0 +1,618 @@
+//! The token manager: owns the current token of every expiring source (OAuth grants and token
+//! commands) and decides when and how to get the next one.
+//!
+//! - Ahead of expiry (`REFRESH_SKEW`) the next token is fetched in the background while the
+//!   current one keeps serving; only an expired token makes requests wait.
+//! - Single-flight: concurrent callers share one token request. After taking the lock a caller
+//!   looks again, because the token it wanted refreshed may have been replaced while it waited.
+//! - With a writable `STATE_DIR` every obtain runs under an OS file lock and first adopts what
+//!   another process may have written, so two sidecars on one volume never both spend the same
+//!   rotating refresh token.
+//! - A held refresh token is tried first; when the server rejects it (`invalid_grant`) it is
+//!   dropped and the source's own grant runs (client credentials, token exchange), or a login
+//!   starts (device code, authorization code).
+//! - Failures back off with jitter. A temporary failure keeps serving the current token while it
+//!   is still valid; a rejection reports `auth_required`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use super::endpoint::{GrantError, Issued, OAuthClient};
+use super::store::{self, Persisted, Store};
+use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
+use crate::secret::{Secret, SecretSource};
+
+/// The source-specific part: how to get a token when no refresh token is held.
+pub trait Grant: Send + Sync {
+    /// Obtains a token. `extra_scope` asks for more than the configured scopes (step-up).
+    fn obtain<'a>(
+        &'a self,
+        extra_scope: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Issued, GrantError>>;
+
+    /// Where the credential comes from, for `/status` (`client cc-client at https://...`).
+    fn origin(&self) -> Option<String> {
+        None
+    }
+}
+
+/// A login that needs a person; runs in the background until it yields tokens.
+pub trait Interactive: Send + Sync {
+    /// Runs one login to completion, publishing what the person must do through `prompt`.
+    /// `Ok(None)`: the tokens were delivered through [`Manager::accept`] (a callback).
+    fn login<'a>(
+        &'a self,
+        prompt: &'a (dyn Fn(Option<Login>) + Send + Sync),
+    ) -> BoxFuture<'a, Result<Option<Issued>, GrantError>>;
+
+    /// What `/ready` shows before the login has produced a prompt of its own.
+    fn waiting(&self) -> Option<Login> {
+        None
+    }
+}
+
+#[derive(Clone, Default)]
+struct Held {
+    access: Option<AccessToken>,
+    expires_at: Option<SystemTime>,
+    refresh: Option<Secret>,
+    scope: Option<String>,
+    /// Fingerprint of the configured refresh-token seed this state descends from.
+    seed: Option<String>,
+    obtained_at: Option<SystemTime>,
+}
+
+#[derive(Default)]
+struct Stats {
+    refreshes: u64,
+    last_attempt: Option<SystemTime>,
+    last_outcome: Option<String>,
+    /// The last failure: whether it was temporary, and its message.
+    last_error: Option<(bool, String)>,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Scopes added by step-up requests, so each challenge is answered at most once.
+    extra_scopes: Vec<String>,
+}
+
+pub struct Manager {
+    name: &'static str,
+    grant: Box<dyn Grant>,
+    interactive: Option<Arc<dyn Interactive>>,
+    oauth: Option<Arc<OAuthClient>>,
+    store: Option<Store>,
+    seed: Option<SecretSource>,
+    skew: Duration,
+    held: Mutex<Held>,
+    flight: tokio::sync::Mutex<()>,
+    stats: Mutex<Stats>,
+    login: Mutex<Option<Login>>,
+    login_running: AtomicBool,
+    changed: tokio::sync::Notify,
+    me: Weak<Manager>,
+}
+
+/// Longest pause between attempts after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// How many scopes step-up requests may add in total: a server that keeps asking for more is
+/// not answered forever.
+const MAX_EXTRA_SCOPES: usize = 8;
+
+pub struct Parts {
+    pub name: &'static str,
+    pub grant: Box<dyn Grant>,
+    pub interactive: Option<Arc<dyn Interactive>>,
+    pub oauth: Option<Arc<OAuthClient>>,
+    pub store: Option<Store>,
+    pub seed: Option<SecretSource>,
+    pub skew: Duration,
+}
+
+impl Manager {
+    pub fn new(parts: Parts) -> Arc<Self> {
+        let manager = Arc::new_cyclic(|me| Self {
+            name: parts.name,
+            grant: parts.grant,
+            interactive: parts.interactive,
+            oauth: parts.oauth,
+            store: parts.store,
+            seed: parts.seed,
+            skew: parts.skew,
+            held: Mutex::new(Held::default()),
+            flight: tokio::sync::Mutex::new(()),
+            stats: Mutex::new(Stats::default()),
+            login: Mutex::new(None),
+            login_running: AtomicBool::new(false),
+            changed: tokio::sync::Notify::new(),
+            me: me.clone(),
+        });
+        if let Err(e) = manager.adopt_persisted() {
+            tracing::warn!(error = %e, "cannot read the persisted token state; starting without it");
+        }
+        manager
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Held> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn stats(&self) -> std::sync::MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The held token if it is good for at least the skew and is not the one that was rejected.
+    fn fresh(&self, rejected: Option<&AccessToken>) -> Option<AccessToken> {
+        let held = self.held();
+        let token = held.access.as_ref()?;
+        if rejected.is_some_and(|r| r == token) {
+            return None;
+        }
+        match held.expires_at {
+            Some(at) if SystemTime::now() + self.skew >= at => None,
+            _ => Some(token.clone()),
+        }
+    }
+
+    /// The held token if it has not expired (possibly inside the skew window).
+    fn valid(&self) -> Option<AccessToken> {
+        let held = self.held();
+        let token = held.access.as_ref()?;
+        match held.expires_at {
+            Some(at) if SystemTime::now() >= at => None,
+            _ => Some(token.clone()),
+        }
+    }
+
+    /// Reads the state file and adopts it when it is another process's newer result, or ours
+    /// from before a restart. A configured refresh-token seed that changed wins over the file.
+    fn adopt_persisted(&self) -> Result<(), String> {
+        let seed = match &self.seed {
+            Some(source) => Some(source.read().map_err(|e| e.to_string())?),
+            None => None,
+        };
+        let seed_print = seed.as_ref().map(|s| store::fingerprint(s.expose()));
+        let persisted = match &self.store {
+            Some(store) => store.load()?,
+            None => None,
+        };
+        if let (Some(oauth), Some(client)) = (
+            &self.oauth,
+            persisted.as_ref().and_then(|p| p.client.clone()),
+        ) && oauth.registered().is_none()
+        {
+            oauth.set_registered(Some(client));
+        }
+        let mut held = self.held();
+        match persisted {
+            Some(p) if seed_print.is_none() || p.seed == seed_print => {
+                let access = p.access_token.map(|t| AccessToken::new(Secret::new(t)));
+                if access != held.access
+                    || held.refresh.as_ref().map(|s| s.expose()) != p.refresh_token.as_deref()
+                {
+                    held.access = access;
+                    held.expires_at = p.expires_at.map(store::from_unix);
+                    held.refresh = p.refresh_token.map(Secret::new);
+                    held.scope = p.scope;
+                    held.seed = p.seed;
+                    held.obtained_at = Some(store::from_unix(p.updated_at));
+                }
+            }
+            _ => {
+                if let Some(seed) = seed
+                    && held.seed != seed_print
+                {
+                    // A new seed from the operator (or the first start): use it.
+                    *held = Held {
+                        refresh: Some(seed),
+                        seed: seed_print,
+                        ..Held::default()
+                    };
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<(), String> {
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let held = self.held().clone();
+        store.save(&Persisted {
+            access_token: held.access.map(|a| a.secret().expose().to_string()),
+            expires_at: held.expires_at.map(store::to_unix),
+            refresh_token: held.refresh.map(|r| r.expose().to_string()),
+            scope: held.scope,
+            seed: held.seed,
+            client: self.oauth.as_ref().and_then(|o| o.registered()),
+            ..Persisted::default()
+        })
+    }
+
+    /// Takes a new token into use and persists it. Called with the flight lock (and the file
+    /// lock, when there is a store) held.
+    fn install(&self, issued: Issued) {
+        {
+            let mut held = self.held();
+            held.access = Some(AccessToken::new(issued.access_token));
+            held.expires_at = issued.expires_at;
+            // Servers that do not rotate refresh tokens omit them from refresh replies; a reply
+            // without `scope` means the scopes did not change (RFC 6749 5.1).
+            if issued.refresh_token.is_some() {
+                held.refresh = issued.refresh_token;
+            }
+            if issued.scope.is_some() {
+                held.scope = issued.scope;
+            }
+            held.obtained_at = Some(SystemTime::now());
+        }
+        if let Err(e) = self.persist() {
+            tracing::error!(error = %e, "cannot persist the new token; it is kept in memory");
+        }
+        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let mut stats = self.stats();
+        stats.failures = 0;
+        stats.retry_at = None;
+        stats.last_error = None;
+        stats.last_attempt = Some(SystemTime::now());
+        stats.last_outcome = Some("ok".into());
+        drop(stats);
+        self.changed.notify_waiters();
+    }
+
+    /// Gets a token other than `rejected`: the single-flight path behind every refresh.
+    async fn acquire(
+        &self,
+        rejected: Option<&AccessToken>,
+        extra_scope: Option<&str>,
+    ) -> Result<AccessToken, TokenError> {
+        let _flight = self.flight.lock().await;
+        if extra_scope.is_none()
+            && let Some(token) = self.fresh(rejected)
+        {
+            return Ok(token);
+        }
+        if let Some(error) = self.backing_off() {
+            return self.valid().filter(|t| Some(t) != rejected).ok_or(error);
+        }
+        let _file = match &self.store {
+            Some(store) => Some(store.lock().await.map_err(TokenError::Temporary)?),
+            None => None,
+        };
+        if let Err(e) = self.adopt_persisted() {
+            tracing::warn!(error = %e, "cannot read the persisted token state");
+        }
+        if extra_scope.is_none()
+            && let Some(token) = self.fresh(rejected)
+        {
+            return Ok(token);
+        }
+        match self.obtain(extra_scope).await {
+            Ok(issued) => {
+                let token = AccessToken::new(issued.access_token.clone());
+                let expires = issued.expires_at.map(crate::time::rfc3339);
+                self.install(issued);
+                tracing::info!(
+                    source = self.name,
+                    expires_at = expires.as_deref().unwrap_or("unknown"),
+                    "obtained a new access token"
+                );
+                Ok(token)
+            }
+            Err(e) => {
+                let error = self.failed(&e);
+                // A temporary failure keeps the current token in service while it is valid.
+                match (&e, self.valid()) {
+                    (GrantError::Temporary(_), Some(token)) if Some(&token) != rejected => {
+                        Ok(token)
+                    }
+                    _ => Err(error),
+                }
+            }
+        }
+    }
+
+    /// Refresh token first, then the source's own grant, then a login.
+    async fn obtain(&self, extra_scope: Option<&str>) -> Result<Issued, GrantError> {
+        let refresh = self.held().refresh.clone();
+        if let (Some(oauth), Some(refresh)) = (&self.oauth, refresh) {
+            match super::refresh::refresh(oauth, &refresh, extra_scope).await {
+                Ok(issued) => return Ok(issued),
+                Err(GrantError::Rejected(reason)) => {
+                    tracing::warn!(source = self.name, %reason, "the refresh token was rejected; dropping it");
+                    {
+                        let mut held = self.held();
+                        held.refresh = None;
+                        held.access = None;
+                        held.expires_at = None;
+                    }
+                    if let Err(e) = self.persist() {
+                        tracing::error!(error = %e, "cannot persist the dropped refresh token");
+                    }
+                    if self.interactive.is_none() && self.name == "refresh_token" {
+                        return Err(GrantError::Rejected(format!(
+                            "{reason}; seed a new refresh token (REFRESH_TOKEN_FILE) or log in with `mcp-sidecar login`"
+                        )));
+                    }
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        if let Some(interactive) = &self.interactive {
+            self.start_login(interactive.clone());
+            let prompt = self.login().map(|l| l.describe());
+            return Err(GrantError::LoginRequired(prompt.unwrap_or_else(|| {
+                "waiting for a login (see `mcp-sidecar login`)".into()
+            })));
+        }
+        self.grant.obtain(extra_scope).await
+    }
+
+    fn failed(&self, e: &GrantError) -> TokenError {
+        let message = e.to_string();
+        let error = match e {
+            GrantError::Temporary(_) => TokenError::Temporary(message.clone()),
+            GrantError::Rejected(_) | GrantError::LoginRequired(_) => {
+                TokenError::AuthRequired(message.clone())
+            }
+        };
+        let mut stats = self.stats();
+        stats.last_attempt = Some(SystemTime::now());
+        stats.last_outcome = Some(format!("failed: {message}"));
+        stats.last_error = Some((matches!(error, TokenError::Temporary(_)), message.clone()));
+        if !matches!(e, GrantError::LoginRequired(_)) {
+            stats.failures = stats.failures.saturating_add(1);
+            let delay = backoff(stats.failures);
+            stats.retry_at = Some(Instant::now() + delay);
+            tracing::warn!(
+                source = self.name,
+                error = %message,
+                retry_in_ms = delay.as_millis() as u64,
+                "cannot obtain a token"
+            );
+        }
+        error
+    }
+
+    /// The last error while a backoff is running.
+    fn backing_off(&self) -> Option<TokenError> {
+        let stats = self.stats();
+        match (stats.retry_at, &stats.last_error) {
+            (Some(at), Some((true, message))) if Instant::now() < at => {
+                Some(TokenError::Temporary(message.clone()))
+            }
+            (Some(at), Some((false, message))) if Instant::now() < at => {
+                Some(TokenError::AuthRequired(message.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    fn start_login(&self, interactive: Arc<dyn Interactive>) {
+        if self.login_running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if let Some(waiting) = interactive.waiting() {
+            self.set_login(Some(waiting));
+        }
+        let Some(me) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut failures = 0;
+            loop {
+                let prompt_to = Arc::downgrade(&me);
+                let prompt = move |login: Option<Login>| {
+                    if let Some(m) = prompt_to.upgrade() {
+                        m.set_login(login);
+                    }
+                };
+                match interactive.login(&prompt).await {
+                    Ok(None) => break,
+                    Ok(Some(issued)) => {
+                        let _flight = me.flight.lock().await;
+                        let _file = match &me.store {
+                            Some(store) => store.lock().await.ok(),
+                            None => None,
+                        };
+                        me.install(issued);
+                        tracing::info!(source = me.name, "login complete; tokens obtained");
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        me.failed(&e);
+                        me.set_login(interactive.waiting());
+                        tokio::time::sleep(backoff(failures)).await;
+                    }
+                }
+            }
+            me.login_running.store(false, Ordering::Release);
+        });
+    }
+
+    fn set_login(&self, login: Option<Login>) {
+        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = login;
+    }
+
+    /// Takes tokens obtained outside the manager (an authorization-code callback) into use.
+    pub async fn accept(&self, issued: Issued) {
+        let _flight = self.flight.lock().await;
+        let _file = match &self.store {
+            Some(store) => store.lock().await.ok(),
+            None => None,
+        };
+        self.install(issued);
+    }
+
+    /// Runs until the process ends: refreshes ahead of expiry even when no request comes.
+    async fn refresher(self: Arc<Self>) {
+        loop {
+            let expires_at = self.held().expires_at;
+            let wait = match expires_at {
+                Some(at) => at
+                    .checked_sub(self.skew)
+                    .and_then(|due| due.duration_since(SystemTime::now()).ok())
+                    .unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(3600),
+            };
+            let wait = wait.max(Duration::from_secs(1));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = self.changed.notified() => continue,
+            }
+            let due = self
+                .held()
+                .expires_at
+                .is_some_and(|at| SystemTime::now() + self.skew >= at);
+            if due {
+                let current = self.held().access.clone();
+                let _ = self.acquire(current.as_ref(), None).await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff with ±50 % jitter, so sidecars that failed together retry apart.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1)
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(6))
+        .min(MAX_BACKOFF);
+    let mut byte = [0u8; 1];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut byte);
+    base.mul_f64(0.5 + f64::from(byte[0]) / 255.0)
+}
+
+impl TokenSource for Manager {
+    fn token(&self) -> BoxFuture<'_, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(async move {
+            if let Some(token) = self.fresh(None) {
+                return Ok(Some(token));
+            }
+            // Inside the skew window: serve the current token and refresh in the background.
+            if let Some(token) = self.valid()
+                && let Some(me) = self.me.upgrade()
+            {
+                if me.flight.try_lock().is_ok() {
+                    let rejected = Some(token.clone());
+                    tokio::spawn(async move {
+                        let _ = me.acquire(None, None).await;
+                        drop(rejected);
+                    });
+                }
+                return Ok(Some(token));
+            }
+            self.acquire(None, None).await.map(Some)
+        })
+    }
+
+    fn refresh<'a>(
+        &'a self,
+        rejected: Option<&'a AccessToken>,
+    ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(async move {
+            self.stats().refreshes += 1;
+            self.acquire(rejected, None).await.map(Some)
+        })
+    }
+
+    fn step_up<'a>(
+        &'a self,
+        _rejected: Option<&'a AccessToken>,
+        scope: &'a str,
+    ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>> {
+        Box::pin(async move {
+            let granted = self.held().scope.clone().unwrap_or_default();
+            let wanted: Vec<String> = {
+                let mut stats = self.stats();
+                let new: Vec<String> = scope
+                    .split_whitespace()
+                    .filter(|s| !granted.split_whitespace().any(|g| g == *s))
+                    .filter(|s| !stats.extra_scopes.iter().any(|e| e == s))
+                    .map(str::to_string)
+                    .collect();
+                if new.is_empty() || stats.extra_scopes.len() + new.len() > MAX_EXTRA_SCOPES {
+                    return Ok(None);
+                }
+                stats.extra_scopes.extend(new);
+                stats.extra_scopes.clone()
+            };
+            let extra = wanted.join(" ");
+            tracing::info!(source = self.name, scope = %extra, "the upstream asked for more scopes; requesting them");
+            self.acquire(None, Some(&extra)).await.map(Some)
+        })
+    }
+
+    fn login(&self) -> Option<Login> {
+        self.login.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn start(self: Arc<Self>) {
+        tokio::spawn(self.refresher());
+    }
+
+    fn status(&self) -> TokenStatus {
+        let held = self.held().clone();
+        let stats = self.stats();
+        let next_refresh = held
+            .expires_at
+            .and_then(|at| at.checked_sub(self.skew))
+            .map(crate::time::rfc3339);
+        TokenStatus {
+            source: self.name,
+            origin: self.grant.origin(),
+            last_obtained: held.obtained_at.map(crate::time::rfc3339),
+            refreshes: stats.refreshes,
+            last_error: stats.last_error.as_ref().map(|(_, m)| m.clone()),
+            expires_at: held.expires_at.map(crate::time::rfc3339),
+            next_refresh,
+            last_refresh: stats.last_attempt.map(crate::time::rfc3339),
+            last_outcome: stats.last_outcome.clone(),
+            has_refresh_token: self.oauth.as_ref().map(|_| held.refresh.is_some()),
+            scope: held.scope.clone(),
+            persisted_in: Some(
+                self.store
+                    .as_ref()
+                    .map(|s| s.path().display().to_string())
+                    .unwrap_or_else(|| "memory only".into()),
+            ),
+        }
+    }
+}
+
+/// `mcp-sidecar login`: runs the interactive flow in the foreground and persists the result.
+pub async fn login_foreground(
+    manager: &Manager,
+    prompt: &(dyn Fn(Option<Login>) + Send + Sync),
+) -> Result<(), GrantError> {
+    let interactive = manager.interactive.clone().ok_or_else(|| {
+        GrantError::Rejected(format!(
+            "AUTH={} needs no interactive login; `mcp-sidecar login` is for device_code and authorization_code",
+            manager.name
+        ))
+    })?;
+    if let Some(issued) = interactive.login(prompt).await? {
+        manager.accept(issued).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_a_minute_with_jitter() {
+        for failures in 1..20 {
+            let d = backoff(failures);
+            assert!(d >= Duration::from_millis(500), "{d:?}");
+            assert!(d <= MAX_BACKOFF.mul_f64(1.5), "{d:?}");
+        }
+        assert!(backoff(10) >= Duration::from_secs(30));
+    }
+}

@@ -1,0 +1,56 @@
+//! The refresh-token grant (RFC 6749 section 6), shared by every OAuth source that holds one,
+//! and `AUTH=refresh_token`: a source seeded with a refresh token (`REFRESH_TOKEN(_FILE)`, or the
+//! one persisted in `STATE_DIR`) that has no other way to get tokens.
+
+use std::sync::Arc;
+
+use super::BoxFuture;
+use super::endpoint::{GrantError, Issued, OAuthClient};
+use super::manager::Grant;
+use crate::secret::Secret;
+
+/// Spends `refresh_token` for a new access token. `extra_scope` is sent only for a step-up: a
+/// refresh without `scope` keeps the scopes already granted.
+pub async fn refresh(
+    oauth: &OAuthClient,
+    refresh_token: &Secret,
+    extra_scope: Option<&str>,
+) -> Result<Issued, GrantError> {
+    let endpoints = oauth.endpoints().await?;
+    let mut params = vec![
+        ("grant_type", "refresh_token".to_string()),
+        ("refresh_token", refresh_token.expose().to_string()),
+    ];
+    if let Some(extra) = extra_scope
+        && let Some(scope) = oauth.scope(&endpoints, Some(extra))
+    {
+        params.push(("scope", scope));
+    }
+    oauth.token_request(&endpoints, params).await
+}
+
+/// `AUTH=refresh_token`: everything happens in the manager's refresh path; when that token is
+/// gone there is nothing else to try.
+pub struct RefreshOnly {
+    pub oauth: Arc<OAuthClient>,
+}
+
+impl Grant for RefreshOnly {
+    fn obtain<'a>(
+        &'a self,
+        _extra_scope: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<Issued, GrantError>> {
+        Box::pin(std::future::ready(Err(GrantError::Rejected(
+            "no refresh token is held; seed one with REFRESH_TOKEN_FILE or `mcp-sidecar login`"
+                .into(),
+        ))))
+    }
+
+    fn origin(&self) -> Option<String> {
+        self.oauth
+            .config
+            .client_id
+            .as_ref()
+            .map(|id| format!("client {id}"))
+    }
+}
