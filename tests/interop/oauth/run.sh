@@ -10,7 +10,8 @@
 #
 #   A   client_credentials, client_secret_basic, endpoints configured (TOKEN_URL)
 #   A2  client_credentials, client_secret_post, secret from the environment
-#   B   client_credentials, private_key_jwt: RS256 (PKCS#8 RSA key, no kid), then ES256 (SEC1 EC key, kid)
+#   B   client_credentials, private_key_jwt: RS256 (PKCS#8 RSA key, no kid), then ES256 (PKCS#8 EC key, kid)
+#   B2  the same with the other PEM encodings of those keys: PKCS#1 RSA, SEC1 EC
 #   C   refresh_token: a refresh token obtained here through the device flow is seeded with
 #       REFRESH_TOKEN_FILE; access tokens live 8 s (REFRESH_SKEW 2s); one MCP session keeps calling
 #       whoami across three expiries; the IdP rotates the refresh token on every use and would answer
@@ -156,11 +157,12 @@ start_servers() {
   : >"$ISSUED"
   chmod 600 "$ISSUED"
   start "idp-$name" env IDP_PORT="$idp_port" IDP_RESOURCE="$RS" IDP_CC_SECRET="$CC_SECRET" \
-    IDP_RSA_KEY_FILE="$WORK/rsa-pkcs8.pem" IDP_EC_KEY_FILE="$WORK/ec-sec1.pem" \
+    IDP_RSA_KEY_FILE="$WORK/rsa-pkcs8.pem" IDP_EC_KEY_FILE="$WORK/ec-pkcs8.pem" \
     IDP_SECRETS_FILE="$ISSUED" ACCESS_TTL="$ttl" node "$HERE/idp.mjs"
   wait_http "$IDP/.well-known/openid-configuration" "$STARTED_PID" 30
   start "rs-$name" env RS_PORT="$rs_port" RS_ISSUER="$IDP" node "$HERE/resource-server.mjs"
-  wait_http "http://127.0.0.1:$rs_port/.well-known/oauth-protected-resource/mcp" "$STARTED_PID" 30
+  # any path answers (404); not the metadata path, whose fetches scenario E counts
+  wait_http "http://127.0.0.1:$rs_port/" "$STARTED_PID" 30
 }
 
 # start_sidecar NAME VAR=VALUE...: `mcp-sidecar serve` in front of $RS with exactly these settings
@@ -189,10 +191,10 @@ start_sidecar() {
 # wait_ready NAME: the sidecar's own `wait` command (what users gate on), then /ready must be 200
 wait_ready() {
   local name=$1 code
-  if ! "$SIDECAR_BIN" wait --url "$SIDECAR/ready" --timeout 60s >"$WORK/sidecar-$name-wait.out" 2>&1; then
+  if ! "$SIDECAR_BIN" wait --url "$SIDECAR/ready" --timeout 30s >"$WORK/sidecar-$name-wait.out" 2>&1; then
     http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready.out" >/dev/null
     kill -0 "$SIDECAR_PID" 2>/dev/null || fail "the sidecar exited before it became ready"
-    fail "mcp-sidecar wait: not ready within 60 s; /ready: $(head -c 400 "$WORK/sidecar-$name-ready.out")"
+    fail "mcp-sidecar wait: not ready within 30 s; /ready: $(head -c 400 "$WORK/sidecar-$name-ready.out")"
   fi
   code=$(http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready.out")
   [[ $code == 200 ]] || fail "GET /ready after wait succeeded: expected 200, got $code"
@@ -308,34 +310,37 @@ scenario_cc() { # scenario_cc NAME CLIENT_AUTH SECRET_VIA(file|env)
 scenario_a() { scenario_cc a client_secret_basic file; }
 scenario_a2() { scenario_cc a2 client_secret_post env; }
 
+# scenario_jwt NAME ALG KEY_FILE [KID]: client_credentials with private_key_jwt, CLIENT_AUTH left to its
+# default (private_key_jwt, because a key file is set) and the algorithm inferred from the key
+scenario_jwt() {
+  local name=$1 alg=$2 key=$3 kid=${4:-} key_line
+  local -a kid_setting=()
+  [[ -n $kid ]] && kid_setting=("MCP_SIDECAR_CLIENT_ASSERTION_KID=$kid")
+  start_sidecar "$name" MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=jwt-client \
+    "MCP_SIDECAR_CLIENT_ASSERTION_KEY_FILE=$key" "${kid_setting[@]}" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
+    MCP_SIDECAR_SCOPES=mcp:tools
+  wait_ready "$name"
+  whoami "$name"
+  jq -e '.sub == "jwt-client" and .client_id == "jwt-client"' <<<"$WHO" >/dev/null ||
+    fail "whoami: expected jwt-client: $WHO"
+  (($(count_lines "$IDP_LOG" ".event == \"token\" and .outcome == \"ok\" and (.auth | startswith(\"private_key_jwt/$alg\"))") >= 1)) ||
+    fail "the IdP saw no successful private_key_jwt/$alg request: $(json_lines "$IDP_LOG" '.event == "token"')"
+  note "IdP: client assertions so far: $(json_lines "$IDP_LOG" '.event == "token"' | jq -r '"\(.auth) \(.outcome)"' | sort | uniq -c | tr -s ' \n' ' ')"
+  check_status "$name"
+  # a line of the private key's base64 stands for the key
+  key_line=$(sed -n 2p "$key")
+  assert_no_secrets "$name" "$key_line"
+  stop "$SIDECAR_PID"
+}
 scenario_b() {
   start_servers b
-  local name alg key key_line
-  local -a kid
-  for alg in RS256 ES256; do
-    if [[ $alg == RS256 ]]; then
-      name=b-rs key=$WORK/rsa-pkcs8.pem kid=()
-    else
-      name=b-es key=$WORK/ec-sec1.pem kid=(MCP_SIDECAR_CLIENT_ASSERTION_KID=ec-key)
-    fi
-    # CLIENT_AUTH is left to its default: private_key_jwt because a key file is set; the algorithm
-    # is inferred from the key
-    start_sidecar "$name" MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=jwt-client \
-      "MCP_SIDECAR_CLIENT_ASSERTION_KEY_FILE=$key" "${kid[@]}" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
-      MCP_SIDECAR_SCOPES=mcp:tools
-    wait_ready "$name"
-    whoami "$name"
-    jq -e '.sub == "jwt-client" and .client_id == "jwt-client"' <<<"$WHO" >/dev/null ||
-      fail "whoami: expected jwt-client: $WHO"
-    (($(count_lines "$IDP_LOG" ".event == \"token\" and .outcome == \"ok\" and (.auth | startswith(\"private_key_jwt/$alg\"))") >= 1)) ||
-      fail "the IdP saw no successful private_key_jwt/$alg request: $(json_lines "$IDP_LOG" '.event == "token"')"
-    note "IdP: client assertions $(json_lines "$IDP_LOG" '.event == "token"' | jq -r .auth | sort | uniq -c | tr -s ' \n' ' ')"
-    check_status "$name"
-    # a line of the private key's base64 stands for the key
-    key_line=$(sed -n 2p "$key")
-    assert_no_secrets "$name" "$key_line"
-    stop "$SIDECAR_PID"
-  done
+  scenario_jwt b-rs RS256 "$WORK/rsa-pkcs8.pem"
+  scenario_jwt b-es ES256 "$WORK/ec-pkcs8.pem" ec-key
+}
+scenario_b2() { # the same keys in their other PEM encodings: PKCS#1 RSA, SEC1 EC
+  start_servers b2
+  scenario_jwt b2-rs RS256 "$WORK/rsa-pkcs1.pem"
+  scenario_jwt b2-es ES256 "$WORK/ec-sec1.pem"
 }
 
 scenario_c() {
@@ -452,7 +457,7 @@ scenario_e() {
     fail "the sidecar never fetched the resource server's RFC 9728 metadata"
   (($(count_lines "$RS_LOG" '.path == "/mcp" and .auth == "missing" and .status == 401') >= 1)) ||
     note "(the sidecar went to the well-known metadata without a 401 first)"
-  note "discovery: $(json_lines "$RS_LOG" '.event == "request"' | jq -r '"\(.method) \(.path) \(.status) \(.auth // "")"' | head -n 4 | paste -sd ';')"
+  note "discovery: $(json_lines "$RS_LOG" '.event == "request" and .path != "/"' | jq -r '"\(.method) \(.path) \(.status) \(.auth // "")"' | head -n 4 | paste -sd ';')"
   (($(count_lines "$IDP_LOG" '.event == "token" and .outcome == "ok"') >= 1)) || fail "the IdP issued no token"
   note "IdP token requests: $(json_lines "$IDP_LOG" '.event == "token"' | jq -c '{auth, resource, scope, outcome}' | sort | uniq -c | tr -s ' \n' ' ')"
   check_status "$name"
@@ -483,19 +488,25 @@ fi
   exit 1
 }
 
-# the client keys for private_key_jwt: RSA as PKCS#8 (BEGIN PRIVATE KEY), EC P-256 as SEC1 (BEGIN EC
-# PRIVATE KEY, what `openssl ecparam -genkey` writes); the IdP registers their public halves
+# the client keys for private_key_jwt, each in two PEM encodings: RSA as PKCS#8 (BEGIN PRIVATE KEY)
+# and PKCS#1 (BEGIN RSA PRIVATE KEY), EC P-256 as PKCS#8 and SEC1 (BEGIN EC PRIVATE KEY, what
+# `openssl ecparam -genkey` writes); the IdP registers their public halves
 node -e '
 const { generateKeyPairSync } = require("node:crypto");
 const { writeFileSync } = require("node:fs");
-const [rsa, ec] = process.argv.slice(1);
-writeFileSync(rsa, generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey.export({ type: "pkcs8", format: "pem" }), { mode: 0o600 });
-writeFileSync(ec, generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey.export({ type: "sec1", format: "pem" }), { mode: 0o600 });
-' "$WORK/rsa-pkcs8.pem" "$WORK/ec-sec1.pem"
+const dir = process.argv[1];
+const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 }).privateKey;
+const ec = generateKeyPairSync("ec", { namedCurve: "P-256" }).privateKey;
+const out = { "rsa-pkcs8": [rsa, "pkcs8"], "rsa-pkcs1": [rsa, "pkcs1"], "ec-pkcs8": [ec, "pkcs8"], "ec-sec1": [ec, "sec1"] };
+for (const [name, [key, type]] of Object.entries(out)) {
+  writeFileSync(`${dir}/${name}.pem`, key.export({ type, format: "pem" }), { mode: 0o600 });
+}
+' "$WORK"
 
 run_scenario A "client_credentials, client_secret_basic (secret file), TOKEN_URL" scenario_a
 run_scenario A2 "client_credentials, client_secret_post (secret in env), TOKEN_URL" scenario_a2
-run_scenario B "client_credentials, private_key_jwt RS256 (PKCS#8) and ES256 (SEC1, kid)" scenario_b
+run_scenario B "client_credentials, private_key_jwt: RS256 (PKCS#8 key, no kid), ES256 (PKCS#8 key, kid)" scenario_b
+run_scenario B2 "client_credentials, private_key_jwt: RS256 from a PKCS#1 key, ES256 from a SEC1 key" scenario_b2
 run_scenario C "refresh_token rotation across three forced expiries, no invalid_grant" scenario_c
 run_scenario D "device_code via ISSUER: approved on the provider's pages; restart reuses the state" scenario_d
 run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
