@@ -13,6 +13,10 @@
 // with a bad token: the same plus error="invalid_token"; with a valid token lacking the scope:
 // 403 error="insufficient_scope" (RFC 6750).
 //
+// Test control (loopback only, like everything here): POST /_test/revoke-seen makes every access
+// token seen so far invalid (401 invalid_token from then on), as when an authorization server revokes
+// tokens before they expire; the client must get a new token and retry.
+//
 // One tool, `whoami`, answers with the caller's token claims that identify it (sub, client_id, scope,
 // aud, and jti/iat/exp so a test can tell tokens apart; never the token itself).
 //
@@ -95,6 +99,16 @@ async function authenticate(req) {
       reason,
     };
   }
+  if (revokedJtis.has(claims.jti)) {
+    return {
+      status: 401,
+      header: challenge({ error: 'invalid_token', error_description: 'token revoked' }),
+      auth: 'invalid',
+      reason: 'revoked by /_test/revoke-seen',
+      claims,
+    };
+  }
+  seenJtis.add(claims.jti);
   const scopes = typeof claims.scope === 'string' ? claims.scope.split(' ').filter(Boolean) : [];
   if (!scopes.includes(REQUIRED_SCOPE)) {
     return {
@@ -136,6 +150,8 @@ function newMcpServer() {
 }
 
 const transports = new Map(); // session id -> transport
+const seenJtis = new Set();
+const revokedJtis = new Set();
 
 async function readBody(req) {
   const chunks = [];
@@ -223,6 +239,11 @@ const httpServer = createServer(async (req, res) => {
         bearer_methods_supported: ['header'],
         resource_name: 'mcp-sidecar OAuth interop resource server',
       });
+    } else if (path === '/_test/revoke-seen' && req.method === 'POST') {
+      for (const jti of seenJtis) revokedJtis.add(jti);
+      entry.revoked = seenJtis.size;
+      seenJtis.clear();
+      sendJson(res, 200, { revoked: entry.revoked });
     } else if (path === '/mcp') {
       await handleMcp(req, res, entry);
     } else {

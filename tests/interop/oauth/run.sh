@@ -13,14 +13,21 @@
 #   B   client_credentials, private_key_jwt: RS256 (PKCS#8 RSA key, no kid), then ES256 (PKCS#8 EC key, kid)
 #   B2  the same with the other PEM encodings of those keys: PKCS#1 RSA, SEC1 EC
 #   C   refresh_token: a refresh token obtained here through the device flow is seeded with
-#       REFRESH_TOKEN_FILE; access tokens live 8 s (REFRESH_SKEW 2s); one MCP session keeps calling
-#       whoami across three expiries; the IdP rotates the refresh token on every use and would answer
-#       a reused one with invalid_grant: there must be refreshes and no invalid_grant
+#       REFRESH_TOKEN_FILE; access tokens live 8 s (REFRESH_SKEW 2s); two MCP sessions keep calling
+#       whoami across two expiries, then the sidecar restarts with the same seed file and STATE_DIR
+#       and goes on across a third; the IdP rotates the refresh token on every use and answers a
+#       reused one with invalid_grant (revoking the grant): there must be refreshes, no invalid_grant,
+#       and no request the resource server refused
+#   C2  two sidecars sharing one STATE_DIR and seed, both busy across two expiries: no invalid_grant
 #   D   device_code with ISSUER only: /ready shows login.user_code, approve-device.mjs approves it on
 #       the provider's own pages, /ready turns 200; a restarted sidecar on the same STATE_DIR is ready
 #       without a new login (the refresh token was persisted)
 #   E   discovery: only UPSTREAM_URL + client credentials; the sidecar must find the authorization
 #       server through the resource server's 401 -> RFC 9728 metadata -> authorization server metadata
+#   F   the IdP refuses: a wrong client secret (invalid_client) and an unknown refresh token
+#       (invalid_grant) each give /ready 503 auth_required with a detail naming the error
+#   G   the resource server revokes a token that has an hour to live (401 invalid_token): the sidecar
+#       gets one new token and the client's call is answered
 #
 # Called by ../run.sh at its end with MCP_SIDECAR_BIN set; runs alone too (`bash run.sh`, which
 # builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). Needs node/npm, curl and jq.
@@ -343,44 +350,106 @@ scenario_b2() { # the same keys in their other PEM encodings: PKCS#1 RSA, SEC1 E
   scenario_jwt b2-es ES256 "$WORK/ec-sec1.pem"
 }
 
+# seed_refresh_token NAME: a refresh token from a device login, in $WORK/refresh-token-NAME (0600);
+# sets SEED_FILE and SEED
+seed_refresh_token() {
+  SEED_FILE=$WORK/refresh-token-$1
+  SEED=$(device_refresh_token)
+  printf '%s\n' "$SEED" >"$SEED_FILE"
+  chmod 600 "$SEED_FILE"
+}
+
+# refresh_outcomes: asserts that the scenario's IdP saw no refresh-token reuse; prints a summary
+refresh_outcomes() {
+  local invalid
+  invalid=$(count_lines "$IDP_LOG" '.event == "token" and .outcome == "invalid_grant"')
+  ((invalid == 0)) || fail "the IdP answered invalid_grant $invalid time(s): a rotated refresh token was reused: $(json_lines "$IDP_LOG" '.outcome == "invalid_grant"' | head -n 2)"
+  (($(count_lines "$IDP_LOG" '.event == "grant_revoked"') == 0)) || fail "the IdP revoked the grant (refresh token reuse)"
+  local rejected
+  rejected=$(count_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"')
+  ((rejected == 0)) || fail "the resource server refused $rejected request(s) from the sidecar (an expired token was sent): $(json_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"' | head -n 3)"
+}
+
+# whoami_bg NAME SIDECAR_URL ARGS...: whoami.mjs in the background (a second client); sets BG_PID
+whoami_bg() {
+  local name=$1 url=$2
+  shift 2
+  node "$HERE/whoami.mjs" "$url/mcp" "$@" >"$WORK/whoami-$name.out" 2>"$WORK/whoami-$name.log" &
+  BG_PID=$!
+}
+wait_bg() { # wait_bg NAME: the background client NAME succeeded
+  wait "$BG_PID" || fail "client $1: $(grep FAIL "$WORK/whoami-$1.out" || tail -n 2 "$WORK/whoami-$1.out")"
+  note "client $1: $(grep '^calls ' "$WORK/whoami-$1.out")"
+}
+
 scenario_c() {
-  local ttl=8 rt name=c
+  local ttl=8 name=c
   start_servers c "$ttl"
-  rt=$(device_refresh_token)
-  printf '%s\n' "$rt" >"$WORK/refresh-token-c"
-  chmod 600 "$WORK/refresh-token-c"
+  seed_refresh_token c
   note "seeded a refresh token from a device login (access tokens live $ttl s)"
   local seeded_refreshes
   seeded_refreshes=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token"')
-  start_sidecar "$name" MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client \
-    "MCP_SIDECAR_REFRESH_TOKEN_FILE=$WORK/refresh-token-c" "MCP_SIDECAR_TOKEN_URL=$IDP/token" \
-    MCP_SIDECAR_REFRESH_SKEW=2s
+  local settings=(MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client
+    "MCP_SIDECAR_REFRESH_TOKEN_FILE=$SEED_FILE" "MCP_SIDECAR_TOKEN_URL=$IDP/token" MCP_SIDECAR_REFRESH_SKEW=2s)
+  start_sidecar "$name" "${settings[@]}"
+  local state=$STATE
   wait_ready "$name"
-  # one client session across three expiries; a call every 2 s
-  whoami "$name" --repeat-for $((3 * ttl + 2)) --every 2
+  # two client sessions at once across two expiries: one calls every 2 s, the other every second
+  whoami_bg c-second "$SIDECAR" --repeat-for $((2 * ttl + 2)) --every 1
+  whoami "$name" --repeat-for $((2 * ttl + 2)) --every 2
+  wait_bg c-second
   local calls tokens
   read -r _ calls _ tokens < <(grep '^calls ' "$WORK/whoami-$name.out")
   note "$calls calls in one session, answered with $tokens distinct access tokens"
-  ((tokens >= 3)) || fail "expected at least 3 distinct access tokens across $((3 * ttl)) s, saw $tokens"
+  ((tokens >= 3)) || fail "expected at least 3 distinct access tokens across $((2 * ttl)) s, saw $tokens"
   jq -e '.sub == "seed-user" and .client_id == "device-client"' <<<"$WHO" >/dev/null ||
     fail "whoami: expected seed-user via device-client: $WHO"
   local code
   code=$(http_get "$SIDECAR/ready" "$WORK/sidecar-$name-ready-after.out")
   [[ $code == 200 ]] || fail "/ready after the expiries: expected 200, got $code: $(head -c 300 "$WORK/sidecar-$name-ready-after.out")"
-  local refreshes rotated invalid
+  check_status "$name"
+  refresh_outcomes
+
+  # A restart (a pod restarted with its secret and its state volume): the seed file still holds the
+  # refresh token spent long ago; the sidecar must go on with the rotated one from STATE_DIR, across
+  # one more expiry.
+  stop "$SIDECAR_PID"
+  start_sidecar c-restart "${settings[@]}" "MCP_SIDECAR_STATE_DIR=$state"
+  wait_ready c-restart
+  whoami c-restart --repeat-for $((ttl + 2)) --every 2
+  refresh_outcomes
+  local refreshes rotated
   refreshes=$(($(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .outcome == "ok"') - seeded_refreshes))
   rotated=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .rotated == true')
-  invalid=$(count_lines "$IDP_LOG" '.event == "token" and .outcome == "invalid_grant"')
-  note "IdP: $refreshes refresh requests (rotated $rotated), $invalid invalid_grant; resource sent on refresh: $(json_lines "$IDP_LOG" '.grant_type == "refresh_token"' | jq -r '.resource // "none"' | sort | uniq -c | tr -s ' \n' ' ')"
+  note "IdP: $refreshes refresh requests (each rotated: $rotated), no invalid_grant; resource sent on refresh: $(json_lines "$IDP_LOG" '.grant_type == "refresh_token"' | jq -r '.resource // "none"' | sort | uniq -c | tr -s ' \n' ' ')"
   ((refreshes >= 3)) || fail "expected at least 3 refreshes across 3 expiries, the IdP saw $refreshes"
-  ((invalid == 0)) || fail "the IdP answered invalid_grant $invalid time(s): a rotated refresh token was reused"
-  (($(count_lines "$IDP_LOG" '.event == "grant_revoked"') == 0)) || fail "the IdP revoked the grant (refresh token reuse)"
-  local rejected
-  rejected=$(count_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"')
-  ((rejected == 0)) || fail "the resource server refused $rejected request(s) from the sidecar (an expired token was sent): $(json_lines "$RS_LOG" '.event == "request" and .path == "/mcp" and .auth != "ok"' | head -n 3)"
   note "resource server: every request from the sidecar carried a valid token (refreshed ahead of expiry)"
-  check_status "$name"
-  assert_no_secrets "$name" "$rt"
+  assert_no_secrets c "$SEED"
+}
+
+scenario_c2() {
+  local ttl=8 state=$WORK/state-c2-shared one two
+  start_servers c2 "$ttl"
+  seed_refresh_token c2
+  mkdir -p "$state"
+  chmod 700 "$state"
+  local settings=(MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client
+    "MCP_SIDECAR_REFRESH_TOKEN_FILE=$SEED_FILE" "MCP_SIDECAR_TOKEN_URL=$IDP/token" MCP_SIDECAR_REFRESH_SKEW=2s
+    "MCP_SIDECAR_STATE_DIR=$state")
+  start_sidecar c2-one "${settings[@]}"
+  wait_ready c2-one
+  one=$SIDECAR
+  start_sidecar c2-two "${settings[@]}"
+  wait_ready c2-two
+  two=$SIDECAR
+  whoami_bg c2-one "$one" --repeat-for $((2 * ttl + 2)) --every 1
+  local first=$BG_PID
+  whoami_bg c2-two "$two" --repeat-for $((2 * ttl + 2)) --every 1
+  BG_PID=$first wait_bg c2-one
+  wait_bg c2-two
+  refresh_outcomes
+  note "IdP: $(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .outcome == "ok"') refreshes for two sidecars over $((2 * ttl)) s, no invalid_grant"
+  assert_no_secrets c2 "$SEED"
 }
 
 # poll_login NAME SECONDS: poll /ready until it shows a pending device login; sets USER_CODE, VERIFY_URI
@@ -464,6 +533,68 @@ scenario_e() {
   assert_no_secrets "$name" "$CC_SECRET"
 }
 
+# poll_settled NAME SECONDS: poll /ready until its reason is no longer `starting`; the body is in
+# $WORK/sidecar-NAME-ready-settled.out and READY_CODE, READY_REASON, READY_DETAIL are set
+poll_settled() {
+  local out=$WORK/sidecar-$1-ready-settled.out deadline=$((SECONDS + $2))
+  while :; do
+    READY_CODE=$(http_get "$SIDECAR/ready" "$out")
+    READY_REASON=$(jq -r .reason "$out" 2>/dev/null || echo '?')
+    READY_DETAIL=$(jq -r .detail "$out" 2>/dev/null || echo '?')
+    [[ $READY_REASON != starting && $READY_CODE != 000 ]] && return 0
+    kill -0 "$SIDECAR_PID" 2>/dev/null || fail "the sidecar exited"
+    ((SECONDS < deadline)) || fail "/ready still says starting after $2 s"
+    sleep 0.3
+  done
+}
+
+scenario_f() {
+  start_servers f
+  local wrong bogus
+  wrong=$(canary wrong-secret)
+  start_sidecar f-client MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=cc-client \
+    "MCP_SIDECAR_CLIENT_SECRET=$wrong" "MCP_SIDECAR_TOKEN_URL=$IDP/token" MCP_SIDECAR_SCOPES=mcp:tools
+  poll_settled f-client 20
+  [[ $READY_CODE == 503 && $READY_REASON == auth_required ]] ||
+    fail "wrong client secret: expected 503 auth_required, got $READY_CODE $READY_REASON: $READY_DETAIL"
+  [[ $READY_DETAIL == *invalid_client* ]] || fail "wrong client secret: the detail does not name invalid_client: $READY_DETAIL"
+  note "wrong client secret: 503 auth_required: $READY_DETAIL"
+  check_status f-client
+  assert_no_secrets f-client "$wrong" "$CC_SECRET"
+  stop "$SIDECAR_PID"
+
+  bogus=$(canary refresh-token)
+  start_sidecar f-refresh MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client \
+    "MCP_SIDECAR_REFRESH_TOKEN=$bogus" "MCP_SIDECAR_TOKEN_URL=$IDP/token"
+  poll_settled f-refresh 20
+  [[ $READY_CODE == 503 && $READY_REASON == auth_required ]] ||
+    fail "unknown refresh token: expected 503 auth_required, got $READY_CODE $READY_REASON: $READY_DETAIL"
+  [[ $READY_DETAIL == *invalid_grant* ]] || fail "unknown refresh token: the detail does not name invalid_grant: $READY_DETAIL"
+  note "unknown refresh token: 503 auth_required: $READY_DETAIL"
+  assert_no_secrets f-refresh "$bogus"
+}
+
+scenario_g() {
+  start_servers g
+  printf '%s\n' "$CC_SECRET" >"$WORK/cc-secret-g"
+  chmod 600 "$WORK/cc-secret-g"
+  start_sidecar g MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=cc-client \
+    "MCP_SIDECAR_CLIENT_SECRET_FILE=$WORK/cc-secret-g" "MCP_SIDECAR_TOKEN_URL=$IDP/token" MCP_SIDECAR_SCOPES=mcp:tools
+  wait_ready g
+  whoami g
+  local before=$WHO revoked
+  revoked=$(curl -s --max-time 10 -X POST "${RS%/mcp}/_test/revoke-seen" | jq -r .revoked)
+  note "the resource server now refuses the $revoked access token(s) it has seen (valid for another hour)"
+  whoami g-after
+  [[ $(jq -r .jti <<<"$WHO") != "$(jq -r .jti <<<"$before")" ]] || fail "whoami answered with the revoked token"
+  (($(count_lines "$RS_LOG" '.path == "/mcp" and .reason == "revoked by /_test/revoke-seen"') >= 1)) ||
+    fail "the revoked token never reached the resource server (so nothing was tested)"
+  (($(count_lines "$IDP_LOG" '.event == "token" and .outcome == "ok"') == 2)) ||
+    fail "expected exactly one new token after the 401: $(json_lines "$IDP_LOG" '.event == "token"')"
+  note "upstream 401 invalid_token: one new token, the request retried and answered"
+  assert_no_secrets g "$CC_SECRET"
+}
+
 # ---------------------------------------------------------------------------------------------
 # The pinned packages: ../run.sh has installed them; alone, install them if they are not the locked ones.
 locked() { jq -r --arg p "node_modules/$1" '.packages[$p].version' "$INTEROP/package-lock.json"; }
@@ -507,9 +638,12 @@ run_scenario A "client_credentials, client_secret_basic (secret file), TOKEN_URL
 run_scenario A2 "client_credentials, client_secret_post (secret in env), TOKEN_URL" scenario_a2
 run_scenario B "client_credentials, private_key_jwt: RS256 (PKCS#8 key, no kid), ES256 (PKCS#8 key, kid)" scenario_b
 run_scenario B2 "client_credentials, private_key_jwt: RS256 from a PKCS#1 key, ES256 from a SEC1 key" scenario_b2
-run_scenario C "refresh_token rotation across three forced expiries, no invalid_grant" scenario_c
+run_scenario C "refresh_token: rotation across expiries with two clients, then a restart; no invalid_grant" scenario_c
+run_scenario C2 "refresh_token: two sidecars sharing one STATE_DIR, across two expiries; no invalid_grant" scenario_c2
 run_scenario D "device_code via ISSUER: approved on the provider's pages; restart reuses the state" scenario_d
 run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
+run_scenario F "IdP refusals: wrong client secret, unknown refresh token -> 503 auth_required naming the error" scenario_f
+run_scenario G "upstream 401 invalid_token on a token the IdP considers valid: new token, request retried" scenario_g
 
 echo
 echo "interop-oauth: $((SECONDS - STARTED_AT)) s"
