@@ -248,7 +248,7 @@ assert_no_secrets() {
 }
 
 run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
-  local id=$1 desc=$2 fn=$3 rc
+  local id=$1 desc=$2 fn=$3 rc began=$SECONDS
   if [[ -n ${ONLY:-} && ",$ONLY," != *",$id,"* ]]; then return 0; fi
   echo "--- oauth scenario $id: $desc"
   set +e
@@ -260,10 +260,10 @@ run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
   rc=$?
   set -e
   if ((rc == 0)); then
-    echo "PASS oauth $id: $desc"
+    echo "PASS oauth $id: $desc ($((SECONDS - began)) s)"
     PASSED=$((PASSED + 1))
   else
-    echo "FAIL oauth $id: $desc"
+    echo "FAIL oauth $id: $desc ($((SECONDS - began)) s)"
     FAILED=$((FAILED + 1))
     FAILED_NAMES+=("$id")
   fi
