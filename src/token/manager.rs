@@ -152,10 +152,22 @@ impl Manager {
         if rejected.is_some_and(|r| r == token) {
             return None;
         }
-        match held.expires_at {
-            Some(at) if SystemTime::now() + self.skew >= at => None,
+        match self.refresh_due(&held) {
+            Some(due) if SystemTime::now() >= due => None,
             _ => Some(token.clone()),
         }
+    }
+
+    /// When the held token should be replaced: `REFRESH_SKEW` before expiry, but never earlier
+    /// than halfway through its life, so a server issuing 60 s tokens with a 60 s skew does not
+    /// get a refresh storm.
+    fn refresh_due(&self, held: &Held) -> Option<SystemTime> {
+        let expires = held.expires_at?;
+        let lifetime = held
+            .obtained_at
+            .and_then(|at| expires.duration_since(at).ok())
+            .unwrap_or(self.skew * 2);
+        Some(expires - self.skew.min(lifetime / 2))
     }
 
     /// The held token if it has not expired (possibly inside the skew window).
@@ -453,11 +465,10 @@ impl Manager {
     /// Runs until the process ends: refreshes ahead of expiry even when no request comes.
     async fn refresher(self: Arc<Self>) {
         loop {
-            let expires_at = self.held().expires_at;
-            let wait = match expires_at {
-                Some(at) => at
-                    .checked_sub(self.skew)
-                    .and_then(|due| due.duration_since(SystemTime::now()).ok())
+            let due = self.refresh_due(&self.held());
+            let wait = match due {
+                Some(due) => due
+                    .duration_since(SystemTime::now())
                     .unwrap_or(Duration::ZERO),
                 None => Duration::from_secs(3600),
             };
@@ -467,9 +478,8 @@ impl Manager {
                 _ = self.changed.notified() => continue,
             }
             let due = self
-                .held()
-                .expires_at
-                .is_some_and(|at| SystemTime::now() + self.skew >= at);
+                .refresh_due(&self.held())
+                .is_some_and(|due| SystemTime::now() >= due);
             if due {
                 let current = self.held().access.clone();
                 let _ = self.acquire(current.as_ref(), None).await;
@@ -559,10 +569,7 @@ impl TokenSource for Manager {
     fn status(&self) -> TokenStatus {
         let held = self.held().clone();
         let stats = self.stats();
-        let next_refresh = held
-            .expires_at
-            .and_then(|at| at.checked_sub(self.skew))
-            .map(crate::time::rfc3339);
+        let next_refresh = self.refresh_due(&held).map(crate::time::rfc3339);
         TokenStatus {
             source: self.name,
             origin: self.grant.origin(),

@@ -122,7 +122,7 @@ impl Store {
         Ok(Some(state))
     }
 
-    /// Replaces the file atomically.
+    /// Replaces the file atomically. Callers hold [`Store::lock`].
     pub fn save(&self, state: &Persisted) -> Result<(), String> {
         let mut state = state.clone();
         state.version = VERSION;
@@ -130,13 +130,14 @@ impl Store {
         let bytes = serde_json::to_vec_pretty(&state)
             .map_err(|e| format!("cannot encode the state: {e}"))?;
         let dir = self.path.parent().unwrap_or(Path::new("."));
+        // One fixed name: writers hold the exclusive lock, so they never share it, and a temp
+        // file left by a killed writer is simply overwritten by the next one.
         let tmp = dir.join(format!(
-            ".{}.{}.tmp",
+            ".{}.tmp",
             self.path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .unwrap_or("state"),
-            std::process::id()
+                .unwrap_or("state")
         ));
         let write = || -> std::io::Result<()> {
             let mut file = OpenOptions::new()

@@ -4,5 +4,6 @@
 mod common;
 
 mod cli;
+mod oauth;
 mod proxy;
 mod readiness;

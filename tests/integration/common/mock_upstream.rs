@@ -78,6 +78,17 @@ pub struct MockState {
     pub echo_token: AtomicBool,
     /// Open HTTP+SSE transport streams by session id.
     sse_streams: Mutex<HashMap<String, tokio::sync::mpsc::UnboundedSender<String>>>,
+    /// When set, 401s carry `resource_metadata` and the mock serves RFC 9728 metadata naming
+    /// this authorization server.
+    pub authorization_server: Mutex<Option<String>>,
+    /// A scope the token must name (the mock IdP writes granted scopes into its tokens); a
+    /// token without it gets 403 `insufficient_scope`.
+    pub required_scope: Mutex<Option<String>>,
+    /// Tokens accepted besides `token` (earlier tokens that have not expired, as real servers
+    /// accept them).
+    pub also_accepted: Mutex<HashSet<String>>,
+    /// `x-force-401` values already answered with a 401: each value forces exactly one refresh.
+    forced: Mutex<HashSet<String>>,
 }
 
 impl MockState {
@@ -110,6 +121,11 @@ impl MockState {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if presented == Some(expected.as_str()) {
+            return None;
+        }
+        if let Some(token) = presented.and_then(|p| p.strip_prefix("Bearer "))
+            && self.also_accepted.lock().unwrap().contains(token)
+        {
             return None;
         }
         if self.echo_token.load(Ordering::SeqCst) {
@@ -165,6 +181,10 @@ impl MockUpstream {
             sse_streams: Mutex::new(HashMap::new()),
             sdk_style_unknown_session: AtomicBool::new(false),
             echo_token: AtomicBool::new(false),
+            authorization_server: Mutex::new(None),
+            required_scope: Mutex::new(None),
+            forced: Mutex::new(HashSet::new()),
+            also_accepted: Mutex::new(HashSet::new()),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -182,6 +202,10 @@ impl MockUpstream {
                 let app = Router::new()
                     .route("/mcp", any(handle))
                     .route("/messages", any(legacy_message))
+                    .route(
+                        "/.well-known/oauth-protected-resource/mcp",
+                        any(protected_resource_metadata),
+                    )
                     // A trailing-slash style redirect on the same origin, and a move elsewhere.
                     .route(
                         "/old",
@@ -253,8 +277,45 @@ async fn handle(
     {
         return unauthorized();
     }
+    if let Some(force) = headers.get("x-force-401").and_then(|v| v.to_str().ok())
+        && state.forced.lock().unwrap().insert(force.to_string())
+    {
+        return unauthorized();
+    }
     if let Some(refusal) = state.refuse_token(&headers) {
+        if state.authorization_server.lock().unwrap().is_some() {
+            let metadata = format!(
+                r#"Bearer resource_metadata="http://{}/.well-known/oauth-protected-resource/mcp", scope="mcp:tools""#,
+                headers
+                    .get(header::HOST)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("127.0.0.1")
+            );
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, metadata)],
+                "unauthorized",
+            )
+                .into_response();
+        }
         return refusal;
+    }
+    if let Some(scope) = state.required_scope.lock().unwrap().clone() {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !token.split(['-', '+']).any(|part| part == scope) {
+            return (
+                StatusCode::FORBIDDEN,
+                [(
+                    header::WWW_AUTHENTICATE,
+                    format!(r#"Bearer error="insufficient_scope", scope="{scope}""#),
+                )],
+                "insufficient scope",
+            )
+                .into_response();
+        }
     }
     let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
     if let Some(session) = session
@@ -383,6 +444,24 @@ async fn respond(
         }
         _ => json_reply(json!({"jsonrpc":"2.0","id":id,"result":{}})),
     }
+}
+
+async fn protected_resource_metadata(
+    State(state): State<Arc<MockState>>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(server) = state.authorization_server.lock().unwrap().clone() else {
+        return (StatusCode::NOT_FOUND, "not found").into_response();
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    json_reply(json!({
+        "resource": format!("http://{host}/mcp"),
+        "authorization_servers": [server],
+        "scopes_supported": ["mcp:tools"],
+    }))
 }
 
 fn unauthorized() -> Response {

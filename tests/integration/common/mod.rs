@@ -1,6 +1,7 @@
 //! Test harness: an in-process sidecar on port 0, the mock upstream, and polling helpers.
 //! No test sleeps for a fixed time; every wait polls against a deadline.
 
+pub mod mock_idp;
 pub mod mock_upstream;
 
 use std::collections::HashMap;

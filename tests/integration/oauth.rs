@@ -1,0 +1,849 @@
+//! The token engine against a mock authorization server: every grant, every failure class,
+//! single-flight at expiry, persistence shared by two processes, and crash safety.
+
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Failure, MockIdp};
+use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::{DEADLINE, Sidecar, call, mcp_post, poll};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-sidecar");
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// An upstream whose accepted token is whatever the IdP issued last.
+fn linked() -> (MockUpstream, MockIdp) {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    (upstream, idp)
+}
+
+async fn echo(sidecar: &Sidecar, id: u64) -> reqwest::Response {
+    mcp_post(
+        &reqwest::Client::new(),
+        &sidecar.url("/mcp"),
+        call(id, "echo", json!({"text": "hi"})),
+    )
+    .send()
+    .await
+    .unwrap()
+}
+
+async fn status(sidecar: &Sidecar) -> Value {
+    reqwest::get(sidecar.url("/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// Fails if any canary (a client secret, refresh token, device code, code) appears in `text`.
+fn assert_no_canary(text: &str) {
+    assert!(!text.contains("canary"), "a secret leaked: {text}");
+}
+
+async fn assert_clean_endpoints(sidecar: &Sidecar) {
+    for path in ["/ready", "/status"] {
+        let body = reqwest::get(sidecar.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_no_canary(&body);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_with_basic_and_post_secrets() {
+    for (method, expect_basic) in [("client_secret_basic", true), ("client_secret_post", false)] {
+        let (upstream, idp) = linked();
+        let state = tempfile::tempdir().unwrap();
+        let sidecar = Sidecar::start(&[
+            ("UPSTREAM_URL", &upstream.url()),
+            ("AUTH", "client_credentials"),
+            ("CLIENT_ID", CLIENT_ID),
+            ("CLIENT_SECRET", CLIENT_SECRET),
+            ("CLIENT_AUTH", method),
+            ("TOKEN_URL", &idp.url("/token")),
+            ("SCOPES", "mcp:tools"),
+            ("STATE_DIR", state.path().to_str().unwrap()),
+        ])
+        .await;
+        sidecar.wait_reason("ready").await;
+        assert_eq!(echo(&sidecar, 1).await.status(), 200, "{method}");
+
+        let requests = idp.state.requests();
+        let first = &requests[0];
+        assert_eq!(first.outcome, "ok");
+        assert_eq!(first.authorization.is_some(), expect_basic, "{method}");
+        assert_eq!(first.form.contains_key("client_secret"), !expect_basic);
+        assert_eq!(
+            first.form.get("scope").map(String::as_str),
+            Some("mcp:tools")
+        );
+        // RFC 8707: the resource defaults to the upstream URL.
+        assert_eq!(first.form.get("resource"), Some(&upstream.url()));
+
+        let token = status(&sidecar).await["token"].clone();
+        assert_eq!(token["source"], "client_credentials");
+        assert!(token["expires_at"].is_string(), "{token}");
+        assert!(token["next_refresh"].is_string(), "{token}");
+        assert_eq!(token["last_outcome"], "ok");
+        assert_clean_endpoints(&sidecar).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_key_jwt_signs_with_rsa_and_ec_keys() {
+    for (key, public, alg) in [
+        ("rsa-key.pem", "rsa-pub.pem", jsonwebtoken::Algorithm::RS256),
+        (
+            "rsa-key-pkcs1.pem",
+            "rsa-pub.pem",
+            jsonwebtoken::Algorithm::RS256,
+        ),
+        ("ec-key.pem", "ec-pub.pem", jsonwebtoken::Algorithm::ES256),
+    ] {
+        let (upstream, idp) = linked();
+        let pem = std::fs::read(fixture(public)).unwrap();
+        let decoding = match alg {
+            jsonwebtoken::Algorithm::ES256 => jsonwebtoken::DecodingKey::from_ec_pem(&pem),
+            _ => jsonwebtoken::DecodingKey::from_rsa_pem(&pem),
+        }
+        .unwrap();
+        idp.state
+            .assertion_keys
+            .lock()
+            .unwrap()
+            .push((alg, decoding));
+        let sidecar = Sidecar::start(&[
+            ("UPSTREAM_URL", &upstream.url()),
+            ("CLIENT_ID", CLIENT_ID),
+            ("CLIENT_ASSERTION_KEY_FILE", &fixture(key)),
+            ("TOKEN_URL", &idp.url("/token")),
+            ("STATE_DIR", "/proc/not-writable"),
+        ])
+        .await;
+        sidecar.wait_reason("ready").await;
+        let request = &idp.state.requests()[0];
+        assert_eq!(
+            request
+                .form
+                .get("client_assertion_type")
+                .map(String::as_str),
+            Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer"),
+            "{key}"
+        );
+        assert_eq!(request.outcome, "ok", "{key}");
+        assert_eq!(
+            status(&sidecar).await["token"]["persisted_in"],
+            "memory only"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn discovery_follows_the_upstream_challenge_and_checks_the_issuer() {
+    let (upstream, idp) = linked();
+    *upstream.state.authorization_server.lock().unwrap() = Some(idp.url(""));
+    let env = [
+        ("UPSTREAM_URL", upstream.url()),
+        ("AUTH", "client_credentials".into()),
+        ("CLIENT_ID", CLIENT_ID.into()),
+        ("CLIENT_SECRET", CLIENT_SECRET.into()),
+        ("STATE_DIR", "/proc/not-writable".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sidecar = Sidecar::start(&env).await;
+    sidecar.wait_reason("ready").await;
+    // The scope came from the challenge; the token endpoint from the metadata.
+    let request = &idp.state.requests()[0];
+    assert_eq!(
+        request.form.get("scope").map(String::as_str),
+        Some("mcp:tools")
+    );
+    drop(sidecar);
+
+    let (upstream, idp) = linked();
+    *upstream.state.authorization_server.lock().unwrap() = Some(idp.url(""));
+    idp.state.wrong_issuer.store(true, Ordering::SeqCst);
+    let mut env = env.clone();
+    let url = upstream.url();
+    env[0] = ("UPSTREAM_URL", &url);
+    let sidecar = Sidecar::start(&env).await;
+    let ready = sidecar.wait_reason("auth_required").await;
+    let detail = ready["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("evil.example") && detail.contains("8414"),
+        "{detail}"
+    );
+    assert_eq!(idp.state.token_requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotating_refresh_tokens_stay_ready_across_expiries_and_persist() {
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(2);
+    let seed = idp.state.mint_refresh_token("mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let seed_file = dir.path().join("refresh-token");
+    std::fs::write(&seed_file, &seed).unwrap();
+    let state_dir = dir.path().join("state");
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN_FILE", seed_file.to_str().unwrap()),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", state_dir.to_str().unwrap()),
+        ("REFRESH_SKEW", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    // Three expiries pass; every refresh spends the newest refresh token.
+    let refreshed = poll(
+        || async { Some(idp.state.grant_count("refresh_token")) },
+        |n| *n >= 4,
+    )
+    .await;
+    assert!(refreshed.is_some(), "refreshes: {:?}", idp.state.requests());
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+    assert_eq!(echo(&sidecar, 1).await.status(), 200);
+    let token = status(&sidecar).await["token"].clone();
+    assert_eq!(token["has_refresh_token"], true);
+
+    let files: Vec<_> = std::fs::read_dir(&state_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .collect();
+    assert_eq!(files.len(), 1);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = files[0].metadata().unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let saved: Value = serde_json::from_slice(&std::fs::read(files[0].path()).unwrap()).unwrap();
+    assert_ne!(
+        saved["refresh_token"],
+        seed.as_str(),
+        "rotation was persisted"
+    );
+    assert_clean_endpoints(&sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_refresh_token_is_dropped_and_reported() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", "canary-rt-never-issued"),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    let ready = sidecar.wait_reason("auth_required").await;
+    let detail = ready["detail"].as_str().unwrap();
+    assert!(detail.contains("invalid_grant"), "{detail}");
+    assert!(detail.contains("REFRESH_TOKEN_FILE"), "{detail}");
+    let token = status(&sidecar).await["token"].clone();
+    assert_eq!(token["has_refresh_token"], false);
+    // Dropped means dropped: no second attempt with the same dead token.
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 1);
+    assert_clean_endpoints(&sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_endpoint_outages_keep_the_valid_token_in_service() {
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(4);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("REFRESH_SKEW", "3s"),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    *idp.state.failure.lock().unwrap() = Failure::Html503;
+    // The refresh ahead of expiry fails; the current token still serves.
+    let failed = poll(
+        || async {
+            let token = status(&sidecar).await["token"].clone();
+            Some(token["last_outcome"].as_str().unwrap_or("").to_string())
+        },
+        |outcome| outcome.starts_with("failed"),
+    )
+    .await
+    .expect("the refresh was attempted");
+    assert!(failed.contains("HTTP 503 with an HTML page"), "{failed}");
+    assert_eq!(echo(&sidecar, 1).await.status(), 200);
+    // Once it expires, requests fail with a reason naming the token endpoint, not a login.
+    let response = poll(
+        || async { Some(echo(&sidecar, 2).await) },
+        |r| r.status() == 503,
+    )
+    .await
+    .expect("the expired token is not used");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["error"]["data"]["reason"],
+        "token_endpoint_unavailable"
+    );
+    let ready = sidecar.wait_reason("upstream_unreachable").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("token endpoint"),
+        "{ready}"
+    );
+    // Recovery without a restart.
+    *idp.state.failure.lock().unwrap() = Failure::None;
+    let ready = poll(
+        || async { Some(echo(&sidecar, 3).await.status()) },
+        |s| *s == 200,
+    )
+    .await;
+    assert!(ready.is_some(), "recovered after the outage");
+    assert_clean_endpoints(&sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_authorization_server_answers_are_readable() {
+    for (failure, expected) in [
+        (Failure::Html200, "HTTP 200 with an HTML page"),
+        (Failure::NoAccessToken, "has no access_token"),
+    ] {
+        let (upstream, idp) = linked();
+        *idp.state.failure.lock().unwrap() = failure;
+        let sidecar = Sidecar::start(&[
+            ("UPSTREAM_URL", &upstream.url()),
+            ("CLIENT_ID", CLIENT_ID),
+            ("CLIENT_SECRET", CLIENT_SECRET),
+            ("TOKEN_URL", &idp.url("/token")),
+            ("STATE_DIR", "/proc/not-writable"),
+        ])
+        .await;
+        let ready = sidecar.wait_reason("upstream_unreachable").await;
+        let detail = ready["detail"].as_str().unwrap();
+        assert!(detail.contains(expected), "{failure:?}: {detail}");
+        assert_clean_endpoints(&sidecar).await;
+    }
+
+    // No expires_in: the token is used until the upstream rejects it.
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = None;
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert!(status(&sidecar).await["token"]["expires_at"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_code_login_shows_the_code_then_persists_the_refresh_token() {
+    let (upstream, idp) = linked();
+    let state_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("UPSTREAM_URL", upstream.url()),
+        ("AUTH", "device_code".into()),
+        ("CLIENT_ID", CLIENT_ID.into()),
+        ("ISSUER", idp.url("")),
+        ("STATE_DIR", state_dir.path().to_str().unwrap().into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let sidecar = Sidecar::start(&env).await;
+    let ready = poll(
+        || async {
+            let body: Value = reqwest::get(sidecar.url("/ready"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(body)
+        },
+        |body| body["login"]["user_code"].is_string(),
+    )
+    .await
+    .expect("/ready shows the login");
+    assert_eq!(ready["reason"], "auth_required");
+    assert_eq!(ready["login"]["verification_uri"], idp.url("/activate"));
+    assert!(
+        ready["detail"].as_str().unwrap().contains("WDJB-MJH"),
+        "{ready}"
+    );
+    assert_no_canary(&ready.to_string());
+
+    *idp.state.expires_in.lock().unwrap() = Some(2);
+    idp.state
+        .approve(ready["login"]["user_code"].as_str().unwrap());
+    let ready = sidecar.wait_reason("ready").await;
+    assert!(ready.get("login").is_none(), "{ready}");
+    assert_eq!(echo(&sidecar, 1).await.status(), 200);
+    // The refresh reply carries no scope: the scopes granted at login are kept.
+    poll(
+        || async { Some(idp.state.grant_count("refresh_token")) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the token was refreshed");
+    let token = status(&sidecar).await["token"].clone();
+    assert_eq!(token["scope"], "mcp:tools offline_access", "{token}");
+    *idp.state.expires_in.lock().unwrap() = Some(3600);
+    sidecar.shutdown().await;
+
+    // A restart with the same state directory needs no new login.
+    let logins = idp.state.device_requests.load(Ordering::SeqCst);
+    let sidecar = Sidecar::start(&env).await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_code_polling_slows_down_and_expired_codes_restart() {
+    let (upstream, idp) = linked();
+    *idp.state.device_expires_in.lock().unwrap() = 2;
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "device_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("DEVICE_AUTHORIZATION_URL", &idp.url("/device")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    // Nobody approves: the code expires and a new login begins with a new code.
+    let restarted = poll(
+        || async { Some(idp.state.device_requests.load(Ordering::SeqCst)) },
+        |n| *n >= 2,
+    )
+    .await;
+    assert!(restarted.is_some(), "a new device code was requested");
+    let user_code = poll(
+        || async {
+            let body: Value = reqwest::get(sidecar.url("/ready"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            body["login"]["user_code"].as_str().map(str::to_string)
+        },
+        |code| code != "WDJB-MJH0",
+    )
+    .await;
+    assert!(user_code.is_some(), "/ready shows the new code");
+
+    // slow_down adds five seconds to the interval (RFC 8628 3.5).
+    *idp.state.device_expires_in.lock().unwrap() = 600;
+    idp.state.poll_times.lock().unwrap().clear();
+    idp.state.slow_down_next.store(1, Ordering::SeqCst);
+    let polls = poll(
+        || async { Some(idp.state.poll_times.lock().unwrap().clone()) },
+        |times| times.len() >= 3,
+    )
+    .await
+    .expect("polling continues");
+    let gaps: Vec<Duration> = polls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().any(|g| *g >= Duration::from_millis(5500)),
+        "no slowed-down gap: {gaps:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_code_login_through_the_sidecars_own_pages() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    let ready = sidecar.wait_reason("auth_required").await;
+    assert!(
+        ready["login"]["verification_uri"]
+            .as_str()
+            .unwrap()
+            .ends_with("/oauth/login"),
+        "{ready}"
+    );
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .get(sidecar.url("/oauth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 302);
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let authorize_url = url::Url::parse(&authorize).unwrap();
+    let query: std::collections::HashMap<_, _> = authorize_url.query_pairs().into_owned().collect();
+    assert_eq!(query["code_challenge_method"], "S256");
+    assert_eq!(query["resource"], upstream.url());
+    // The "browser" logs in at the IdP and is sent back to the callback.
+    let back = client.get(&authorize).send().await.unwrap();
+    let callback = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    let done = client
+        .get(sidecar.url(&format!("/oauth/callback?{}", callback.query().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 200);
+    sidecar.wait_reason("ready").await;
+
+    // A replayed callback (same state) is refused.
+    let replay = client
+        .get(sidecar.url(&format!("/oauth/callback?{}", callback.query().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 400);
+    assert_no_canary(&replay.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_exchange_reads_the_subject_token_anew_for_each_exchange() {
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("sa-token");
+    std::fs::write(&subject, "canary-subject-1").unwrap();
+    *idp.state.subject_token.lock().unwrap() = Some("canary-subject-1".into());
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "token_exchange"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("SUBJECT_TOKEN_FILE", subject.to_str().unwrap()),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    // The kubelet rotates the projected token; the next exchange must use the new one.
+    std::fs::write(&subject, "canary-subject-2").unwrap();
+    *idp.state.subject_token.lock().unwrap() = Some("canary-subject-2".into());
+    let response = mcp_post(
+        &reqwest::Client::new(),
+        &sidecar.url("/mcp"),
+        call(1, "echo", json!({})),
+    )
+    .header("x-force-401", "exchange")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let last = idp.state.requests().last().cloned().unwrap();
+    assert_eq!(last.form["subject_token"], "canary-subject-2");
+    assert_eq!(
+        last.form["grant_type"],
+        "urn:ietf:params:oauth:grant-type:token-exchange"
+    );
+    assert_clean_endpoints(&sidecar).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn token_command_output_is_cached_and_rerun_after_a_401() {
+    let upstream = MockUpstream::start("cmd-token-1", Mode::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    let runs = dir.path().join("runs");
+    std::fs::write(&file, "cmd-token-1").unwrap();
+    let script = format!(
+        "echo run >> {runs}; printf '{{\"access_token\":\"%s\",\"expires_in\":3600}}' \"$(cat {file})\"",
+        runs = runs.display(),
+        file = file.display()
+    );
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("TOKEN_COMMAND", &script),
+        ("TOKEN_COMMAND_SHELL", "true"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    for id in 0..5 {
+        assert_eq!(echo(&sidecar, id).await.status(), 200);
+    }
+    let count = |p: &Path| std::fs::read_to_string(p).unwrap().lines().count();
+    assert_eq!(count(&runs), 1, "cached, not run per request");
+    std::fs::write(&file, "cmd-token-2").unwrap();
+    upstream.state.set_token("cmd-token-2");
+    assert_eq!(echo(&sidecar, 9).await.status(), 200);
+    assert_eq!(count(&runs), 2, "run again after the 401");
+
+    let failing = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        (
+            "TOKEN_COMMAND",
+            "sh -c 'echo canary-stderr-is-scrubbed-not >&2; exit 3'",
+        ),
+    ])
+    .await;
+    let ready = failing.wait_reason("auth_required").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("exit status: 3"),
+        "{ready}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn insufficient_scope_is_answered_with_a_bounded_step_up() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("SCOPES", "mcp:tools"),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    *upstream.state.required_scope.lock().unwrap() = Some("admin".into());
+    assert_eq!(echo(&sidecar, 1).await.status(), 200);
+    let last = idp.state.requests().last().cloned().unwrap();
+    assert_eq!(last.form["scope"], "mcp:tools admin");
+
+    // A scope the server will not grant is asked for once, not forever.
+    *upstream.state.required_scope.lock().unwrap() = Some("root".into());
+    let before = idp.state.token_requests.load(Ordering::SeqCst);
+    for id in 2..5 {
+        echo(&sidecar, id).await;
+    }
+    let after = idp.state.token_requests.load(Ordering::SeqCst);
+    assert!(after - before <= 1, "{before} -> {after}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_thousand_requests_at_expiry_cause_one_token_request() {
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(2);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("READY_INTERVAL", "1h"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    // Hold every token request: the refresh ahead of expiry hangs and the token expires.
+    idp.state.hold.store(true, Ordering::SeqCst);
+    let expired = Instant::now() + Duration::from_millis(2100);
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the background refresh reached the IdP");
+    tokio::time::sleep_until(expired.into()).await;
+    let before = idp.state.token_requests.load(Ordering::SeqCst);
+
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1000)
+        .build()
+        .unwrap();
+    let url = sidecar.url("/mcp");
+    let tasks: Vec<_> = (0..1000)
+        .map(|id| {
+            let client = client.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                mcp_post(&client, &url, call(id, "echo", json!({})))
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The new token lives long enough that no refresh ahead of expiry falls inside the test.
+    *idp.state.expires_in.lock().unwrap() = Some(3600);
+    idp.state.hold.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    let mut ok = 0;
+    for task in tasks {
+        if task.await.unwrap().is_ok_and(|s| s == 200) {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 1000);
+    let after = idp.state.token_requests.load(Ordering::SeqCst);
+    assert_eq!(after, before, "the held refresh served all 1000 requests");
+}
+
+fn spawn_binary(env: &[(&str, &str)], port: u16) -> std::process::Child {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MCP_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    for (k, v) in env {
+        cmd.env(format!("MCP_SIDECAR_{k}"), v);
+    }
+    cmd.spawn().expect("start the binary")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_ready(port: u16) {
+    let ready = poll(
+        || async {
+            let r = reqwest::get(format!("http://127.0.0.1:{port}/ready"))
+                .await
+                .ok()?;
+            Some(r.status().as_u16())
+        },
+        |s| *s == 200,
+    )
+    .await;
+    assert!(ready.is_some(), "sidecar on {port} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_processes_sharing_a_state_dir_never_spend_a_refresh_token_twice() {
+    let (upstream, idp) = linked();
+    // As on real servers, an access token stays valid after a newer one was issued; only the
+    // refresh token is single-use.
+    idp.state.keep_old_tokens.store(true, Ordering::SeqCst);
+    let seed = idp.state.mint_refresh_token("mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let url = upstream.url();
+    let token_url = idp.url("/token");
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", seed.as_str()),
+        ("TOKEN_URL", token_url.as_str()),
+        ("STATE_DIR", dir.path().to_str().unwrap()),
+        ("READY_INTERVAL", "1h"),
+    ];
+    let ports = [free_port(), free_port()];
+    let mut children: Vec<_> = ports.iter().map(|p| spawn_binary(&env, *p)).collect();
+    for port in ports {
+        wait_ready(port).await;
+    }
+    // 200 requests, each forcing one refresh (a 401 on its first attempt), from both processes
+    // at once.
+    let client = reqwest::Client::new();
+    let tasks: Vec<_> = ports
+        .iter()
+        .map(|port| {
+            let client = client.clone();
+            let url = format!("http://127.0.0.1:{port}/mcp");
+            tokio::spawn(async move {
+                let mut ok = 0;
+                for i in 0..100 {
+                    let response = mcp_post(&client, &url, call(i, "echo", json!({})))
+                        .header("x-force-401", format!("{url}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    if response.status() == 200 {
+                        ok += 1;
+                    }
+                }
+                ok
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        ok += task.await.unwrap();
+    }
+    let mut logs = String::new();
+    for mut child in children.drain(..) {
+        let _ = child.kill();
+        let output = child.wait_with_output().unwrap();
+        logs.push_str(&String::from_utf8_lossy(&output.stderr));
+    }
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0, "{logs}");
+    assert_eq!(ok, 200, "{logs}");
+    assert!(idp.state.grant_count("refresh_token") >= 100);
+    assert_no_canary(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_during_persistence_always_leaves_a_readable_state_file() {
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let url = upstream.url();
+    let token_url = idp.url("/token");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + DEADLINE * 4;
+    for round in 0..50 {
+        assert!(Instant::now() < deadline, "round {round} took too long");
+        // A kill after the server rotated but before the file was replaced leaves the previous
+        // (now spent) token: readable, but dead. Each round seeds anew so it can start; a new
+        // seed wins over the persisted state.
+        let seed = idp.state.mint_refresh_token("mcp:tools");
+        let env = [
+            ("UPSTREAM_URL", url.as_str()),
+            ("CLIENT_ID", CLIENT_ID),
+            ("REFRESH_TOKEN", seed.as_str()),
+            ("TOKEN_URL", token_url.as_str()),
+            ("STATE_DIR", dir.path().to_str().unwrap()),
+            ("READY_INTERVAL", "1h"),
+        ];
+        let port = free_port();
+        let mut child = spawn_binary(&env, port);
+        wait_ready(port).await;
+        // Keep it persisting (each forced refresh rotates and writes), then kill it mid-way.
+        let url = format!("http://127.0.0.1:{port}/mcp");
+        let hammer = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let _ = mcp_post(&client, &url, call(i, "echo", json!({})))
+                        .header("x-force-401", format!("{round}-{i}"))
+                        .send()
+                        .await;
+                }
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(20 + (round * 7 % 60))).await;
+        // std's kill is SIGKILL, as the OOM killer or `kill -9` sends it.
+        let _ = child.kill();
+        let _ = child.wait();
+        hammer.abort();
+        let files: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .collect();
+        assert_eq!(files.len(), 1, "round {round}");
+        let saved: Value = serde_json::from_slice(&std::fs::read(files[0].path()).unwrap())
+            .unwrap_or_else(|e| panic!("round {round}: unreadable state: {e}"));
+        assert!(saved["refresh_token"].is_string(), "round {round}: {saved}");
+        let leftovers = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+            .count();
+        assert!(leftovers <= 1, "round {round}: {leftovers} temp files");
+    }
+}
