@@ -294,11 +294,8 @@ impl Reader {
             unused.extend(OAUTH_KEYS.iter().filter(|k| self.raw.contains_key(**k)));
         }
         for key in unused {
-            let auth = self.label_like(key, format!("auth={mode}"));
-            self.problem(
-                key,
-                format!("is not used with {auth}; remove it or change AUTH"),
-            );
+            let auth = self.label_like(key, "auth".into());
+            self.problem(key, format!("is not used with {auth}={mode}; remove it"));
         }
     }
 
@@ -450,12 +447,6 @@ impl Reader {
             }
             _ => {}
         }
-        if client_id.is_none() && client_auth != ClientAuth::None {
-            self.problem(
-                "client_id",
-                format!("is required with {}", client_auth.name()),
-            );
-        }
         if client_id.is_none()
             && matches!(
                 grant,
@@ -468,6 +459,11 @@ impl Reader {
                     "is required with AUTH={} (a confidential client registered with the authorization server)",
                     grant.name()
                 ),
+            );
+        } else if client_id.is_none() && client_auth != ClientAuth::None {
+            self.problem(
+                "client_id",
+                format!("is required with {}", client_auth.name()),
             );
         }
         if grant == GrantKind::ClientCredentials && client_auth == ClientAuth::None {
@@ -519,15 +515,29 @@ impl Reader {
                 Url::parse(&format!("http://localhost:{port}/oauth/callback")).ok()
             }
         };
-        let refresh_token =
-            self.secret("refresh_token", "refresh_token_file", "REFRESH_TOKEN_FILE");
+        // Keys of other grants are reported by `unused_keys`; their files need not be read.
+        let reads = |key: &str| {
+            GRANT_KEYS
+                .iter()
+                .any(|(k, modes)| *k == key && modes.contains(&grant.name()))
+        };
+        let refresh_token = if reads("refresh_token") {
+            self.secret("refresh_token", "refresh_token_file", "REFRESH_TOKEN_FILE")
+        } else {
+            None
+        };
         if grant == GrantKind::RefreshToken && refresh_token.is_none() {
             self.problem(
                 "auth",
                 "is refresh_token, but neither REFRESH_TOKEN nor REFRESH_TOKEN_FILE is set (a token persisted in STATE_DIR by `mcp-sidecar login` also works with AUTH=device_code or authorization_code)",
             );
         }
-        let subject_token = self.text("subject_token_file").map(|path| {
+        let subject_path = if reads("subject_token_file") {
+            self.text("subject_token_file")
+        } else {
+            None
+        };
+        let subject_token = subject_path.map(|path| {
             let file = SecretFile::new("SUBJECT_TOKEN_FILE", PathBuf::from(path));
             if let Err(e) = file.read() {
                 self.problem(

@@ -993,6 +993,7 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::auth::{ClientAuth, GrantKind};
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
         Sources {
@@ -1245,6 +1246,94 @@ mod tests {
             ("AUTH", "magic"),
         ]));
         assert!(found[0].message.contains("supported: none, bearer"));
+    }
+
+    #[test]
+    fn oauth_modes_are_inferred_and_ambiguity_is_an_error() {
+        let base = [("UPSTREAM_URL", "https://mcp.example.com/mcp")];
+        let load_with = |extra: &[(&str, &str)]| {
+            let mut pairs = base.to_vec();
+            pairs.extend_from_slice(extra);
+            load(&env(&pairs))
+        };
+        let config = load_with(&[
+            ("CLIENT_ID", "c"),
+            ("CLIENT_SECRET", "canary-s"),
+            ("TOKEN_URL", "https://idp.example/token"),
+        ])
+        .expect("client credentials inferred");
+        let AuthConfig::OAuth(oauth) = &config.auth else {
+            panic!("expected OAuth");
+        };
+        assert_eq!(oauth.grant, GrantKind::ClientCredentials);
+        assert_eq!(oauth.client_auth, ClientAuth::ClientSecretBasic);
+        // RFC 8707: the upstream URL is the resource unless turned off.
+        assert_eq!(
+            oauth.resource.as_deref(),
+            Some("https://mcp.example.com/mcp")
+        );
+        assert_eq!(
+            oauth.redirect_uri.as_str(),
+            "http://localhost:4510/oauth/callback"
+        );
+
+        let config = load_with(&[("TOKEN_COMMAND", "gcloud auth print-access-token")])
+            .expect("command inferred");
+        let AuthConfig::Command(command) = &config.auth else {
+            panic!("expected command");
+        };
+        assert_eq!(command.argv, ["gcloud", "auth", "print-access-token"]);
+
+        let err = load_with(&[("TOKEN", "canary-t"), ("TOKEN_COMMAND", "x")]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("fit several modes (bearer, command)"),
+            "{err}"
+        );
+        let err = load_with(&[("CLIENT_ID", "c")]).unwrap_err();
+        assert!(err.to_string().contains("AUTH is not set"), "{err}");
+    }
+
+    #[test]
+    fn oauth_keys_are_checked_against_the_chosen_mode() {
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://mcp.example.com/mcp"),
+            ("AUTH", "client_credentials"),
+            ("CLIENT_SECRET", "canary-secret-77"),
+            ("CLIENT_AUTH", "private_key_jwt"),
+            ("SUBJECT_TOKEN_FILE", "/nonexistent"),
+            ("TOKEN_URL", "http://idp.example/token"),
+            ("RESOURCE", "not a uri#frag"),
+            ("REFRESH_SKEW", "2h"),
+        ]));
+        let text = format!("{found:?}");
+        for expected in [
+            "MCP_SIDECAR_CLIENT_ID",
+            "private_key_jwt needs MCP_SIDECAR_CLIENT_ASSERTION_KEY_FILE",
+            "MCP_SIDECAR_SUBJECT_TOKEN_FILE\", message: \"is not used with MCP_SIDECAR_AUTH=client_credentials",
+            "MCP_SIDECAR_TOKEN_URL\", message: \"plain http",
+            "MCP_SIDECAR_RESOURCE",
+            "MCP_SIDECAR_REFRESH_SKEW",
+        ] {
+            assert!(text.contains(expected), "missing {expected}: {text}");
+        }
+        assert!(!text.contains("canary-secret-77"), "{text}");
+        assert_eq!(text.matches("\"MCP_SIDECAR_CLIENT_ID\"").count(), 1, "{text}");
+        assert!(!text.contains("cannot read /nonexistent"), "{text}");
+
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://mcp.example.com/mcp"),
+            ("AUTH", "device_code"),
+            ("CLIENT_ID", "c"),
+            ("RESOURCE", "off"),
+        ]))
+        .expect("device code needs only a client id");
+        let AuthConfig::OAuth(oauth) = &config.auth else {
+            panic!("expected OAuth");
+        };
+        assert!(oauth.resource.is_none());
+        let summary = format!("{:?}", config.summary());
+        assert!(summary.contains("(discovered)"), "{summary}");
     }
 
     #[test]
