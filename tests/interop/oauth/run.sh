@@ -79,11 +79,18 @@ on_exit() {
   if ((rc != 0 || FAILED > 0)); then
     echo
     echo "interop-oauth: logs in $WORK"
-    local f
-    for f in "$WORK"/*.log "$WORK"/*.out; do
+    # the files of the failed scenarios (named after their ids, lower case), else all of them
+    local f id files=()
+    for id in "${FAILED_NAMES[@]}"; do
+      for f in "$WORK"/*-"${id,,}".* "$WORK"/*-"${id,,}"-*; do
+        [[ -f $f && ($f == *.log || $f == *.out) ]] && files+=("$f")
+      done
+    done
+    ((${#files[@]} > 0)) || files=("$WORK"/*.log "$WORK"/*.out)
+    for f in "${files[@]}"; do
       [[ -f $f ]] || continue
       echo "----- tail $f"
-      tail -n 30 "$f" | cut -c1-600
+      tail -n 25 "$f" | cut -c1-600
       echo
     done
   elif [[ ${KEEP_LOGS:-} == 1 ]]; then
