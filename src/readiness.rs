@@ -159,6 +159,7 @@ impl Readiness {
         shutdown: impl std::future::Future<Output = ()>,
     ) {
         tokio::pin!(shutdown);
+        let mut token_changes = upstream.tokens().changes();
         let mut mode = Mode::Unknown;
         let mut backoff = UNREADY_BACKOFF_START;
         let mut last_progress = Instant::now();
@@ -186,6 +187,17 @@ impl Readiness {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = tokio::time::sleep(wait) => {}
+                _ = token_changed(&mut token_changes) => {
+                    // A new token (a login completed) or a failed refresh: look now, but no
+                    // more than once a second.
+                    let since = started.elapsed();
+                    if since < MIN_TRIGGERED_SPACING {
+                        tokio::select! {
+                            _ = &mut shutdown => return,
+                            _ = tokio::time::sleep(MIN_TRIGGERED_SPACING - since) => {}
+                        }
+                    }
+                }
                 _ = self.wake.notified() => {
                     let since = started.elapsed();
                     if since < MIN_TRIGGERED_SPACING {
@@ -250,6 +262,20 @@ impl Readiness {
                 state.server = Some(server);
             }
         });
+    }
+}
+
+/// Resolves when the token source reports a change; never, for sources without changes.
+async fn token_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                // The source is gone (shutdown); stop listening.
+                *changes = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
     }
 }
 

@@ -1318,7 +1318,11 @@ mod tests {
             assert!(text.contains(expected), "missing {expected}: {text}");
         }
         assert!(!text.contains("canary-secret-77"), "{text}");
-        assert_eq!(text.matches("\"MCP_SIDECAR_CLIENT_ID\"").count(), 1, "{text}");
+        assert_eq!(
+            text.matches("\"MCP_SIDECAR_CLIENT_ID\"").count(),
+            1,
+            "{text}"
+        );
         assert!(!text.contains("cannot read /nonexistent"), "{text}");
 
         let config = load(&env(&[

@@ -90,6 +90,8 @@ pub struct Manager {
     login: Mutex<Option<Login>>,
     login_running: AtomicBool,
     changed: tokio::sync::Notify,
+    /// Bumped on every new token and every failed attempt (see [`TokenSource::changes`]).
+    generation: tokio::sync::watch::Sender<u64>,
     me: Weak<Manager>,
 }
 
@@ -125,6 +127,7 @@ impl Manager {
             login: Mutex::new(None),
             login_running: AtomicBool::new(false),
             changed: tokio::sync::Notify::new(),
+            generation: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
         if let Err(e) = manager.adopt_persisted() {
@@ -275,6 +278,7 @@ impl Manager {
         stats.last_outcome = Some("ok".into());
         drop(stats);
         self.changed.notify_waiters();
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
     /// Gets a token other than `rejected`: the single-flight path behind every refresh.
@@ -388,6 +392,8 @@ impl Manager {
                 "cannot obtain a token"
             );
         }
+        drop(stats);
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
         error
     }
 
@@ -564,6 +570,10 @@ impl TokenSource for Manager {
 
     fn start(self: Arc<Self>) {
         tokio::spawn(self.refresher());
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.generation.subscribe())
     }
 
     fn status(&self) -> TokenStatus {

@@ -177,6 +177,12 @@ pub trait TokenSource: Send + Sync {
     /// Starts background work (refresh ahead of expiry); called once the runtime runs.
     fn start(self: Arc<Self>) {}
 
+    /// Changes whenever a token is obtained or an attempt fails, so readiness can look again at
+    /// once instead of at its next interval. `None` for sources that never change on their own.
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     fn status(&self) -> TokenStatus;
 }
 

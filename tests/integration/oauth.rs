@@ -412,6 +412,63 @@ async fn device_code_login_shows_the_code_then_persists_the_refresh_token() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_a_client_id_the_sidecar_registers_once_and_remembers_it() {
+    let (upstream, idp) = linked();
+    *upstream.state.authorization_server.lock().unwrap() = Some(idp.url(""));
+    let state_dir = tempfile::tempdir().unwrap();
+    let url = upstream.url();
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("AUTH", "device_code"),
+        ("STATE_DIR", state_dir.path().to_str().unwrap()),
+    ];
+    let sidecar = Sidecar::start(&env).await;
+    let ready = poll(
+        || async {
+            let body: Value = reqwest::get(sidecar.url("/ready"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(body)
+        },
+        |body| body["login"]["user_code"].is_string(),
+    )
+    .await
+    .expect("a login starts with a registered client");
+    let registrations = idp.state.registrations.lock().unwrap().clone();
+    assert_eq!(registrations.len(), 1);
+    assert_eq!(registrations[0]["token_endpoint_auth_method"], "none");
+    assert!(
+        registrations[0]["grant_types"]
+            .to_string()
+            .contains("device_code"),
+        "{registrations:?}"
+    );
+    idp.state
+        .approve(ready["login"]["user_code"].as_str().unwrap());
+    sidecar.wait_reason("ready").await;
+    sidecar.shutdown().await;
+
+    // The registration was persisted with the tokens: a restart registers nothing new.
+    let sidecar = Sidecar::start(&env).await;
+    sidecar.wait_reason("ready").await;
+    let response = mcp_post(
+        &reqwest::Client::new(),
+        &sidecar.url("/mcp"),
+        call(1, "echo", json!({})),
+    )
+    .header("x-force-401", "after-restart")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(idp.state.registrations.lock().unwrap().len(), 1);
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn device_code_polling_slows_down_and_expired_codes_restart() {
     let (upstream, idp) = linked();
     *idp.state.device_expires_in.lock().unwrap() = 2;

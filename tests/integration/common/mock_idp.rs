@@ -77,6 +77,9 @@ pub struct IdpState {
     pub subject_token: Mutex<Option<String>>,
     /// Earlier access tokens stay valid at the upstream (the default: only the newest does).
     pub keep_old_tokens: AtomicBool,
+    /// Clients registered through `/register` (RFC 7591), with the request bodies.
+    pub registrations: Mutex<Vec<Value>>,
+    registered: Mutex<HashSet<String>>,
 }
 
 impl IdpState {
@@ -147,6 +150,8 @@ impl MockIdp {
             assertion_keys: Mutex::new(Vec::new()),
             subject_token: Mutex::new(None),
             keep_old_tokens: AtomicBool::new(false),
+            registrations: Mutex::new(Vec::new()),
+            registered: Mutex::new(HashSet::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock idp");
         listener.set_nonblocking(true).unwrap();
@@ -167,6 +172,7 @@ impl MockIdp {
                     .route("/token", post(token))
                     .route("/device", post(device))
                     .route("/authorize", get(authorize))
+                    .route("/register", post(register))
                     .with_state(app_state);
                 tokio::select! {
                     _ = axum::serve(listener, app) => {}
@@ -210,6 +216,7 @@ async fn metadata(State(state): State<Arc<IdpState>>) -> Response {
         "token_endpoint": format!("{base}/token"),
         "device_authorization_endpoint": format!("{base}/device"),
         "authorization_endpoint": format!("{base}/authorize"),
+        "registration_endpoint": format!("{base}/register"),
         "code_challenge_methods_supported": ["S256"],
         "grant_types_supported": ["client_credentials", "refresh_token", "authorization_code",
             "urn:ietf:params:oauth:grant-type:device_code"],
@@ -263,8 +270,9 @@ fn authenticate(
         }
         return Err("bad assertion");
     }
-    // A public client (device code, authorization code).
-    (form.get("client_id").map(String::as_str) == Some(CLIENT_ID))
+    // A public client (device code, authorization code), configured or registered.
+    let id = form.get("client_id").map(String::as_str).unwrap_or("");
+    (id == CLIENT_ID || state.registered.lock().unwrap().contains(id))
         .then_some(())
         .ok_or("unknown client")
 }
@@ -469,7 +477,8 @@ async fn device(State(state): State<Arc<IdpState>>, body: String) -> Response {
     let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
         .into_owned()
         .collect();
-    if form.get("client_id").map(String::as_str) != Some(CLIENT_ID) {
+    let id = form.get("client_id").map(String::as_str).unwrap_or("");
+    if id != CLIENT_ID && !state.registered.lock().unwrap().contains(id) {
         return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client");
     }
     let n = state.device_requests.fetch_add(1, Ordering::SeqCst);
@@ -531,4 +540,24 @@ async fn authorize(
         [(header::LOCATION, location.to_string())],
     )
         .into_response()
+}
+
+/// Dynamic Client Registration (RFC 7591): every request gets a new public client.
+async fn register(State(state): State<Arc<IdpState>>, body: String) -> Response {
+    let Ok(request) = serde_json::from_str::<Value>(&body) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_client_metadata",
+            "not JSON",
+        );
+    };
+    let id = format!(
+        "dcr-client-{}",
+        state.counter.fetch_add(1, Ordering::SeqCst)
+    );
+    state.registered.lock().unwrap().insert(id.clone());
+    state.registrations.lock().unwrap().push(request.clone());
+    let mut reply = request;
+    reply["client_id"] = json!(id);
+    (StatusCode::CREATED, axum::Json(reply)).into_response()
 }
