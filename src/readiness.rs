@@ -86,7 +86,7 @@ pub struct Readiness {
 const MIN_TRIGGERED_SPACING: Duration = Duration::from_secs(1);
 /// Retry schedule while not ready: fast at first, never slower than this.
 const UNREADY_BACKOFF_START: Duration = Duration::from_millis(250);
-const UNREADY_BACKOFF_MAX: Duration = Duration::from_secs(5);
+const UNREADY_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// While not ready, repeat the reason in the log this often so a long wait shows progress.
 const PROGRESS_EVERY: Duration = Duration::from_secs(30);
 

@@ -550,7 +550,14 @@ impl Reader {
     /// Spells `known` the way `key` was spelled (env variable or TOML key).
     fn label_like(&self, key: &str, known: String) -> String {
         if self.label(key).starts_with(ENV_PREFIX) {
-            format!("{ENV_PREFIX}{}", known.to_ascii_uppercase())
+            // Only the name is upper-cased: `allow_remote_clients=true` becomes
+            // `MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true`, the value stays as it must be written.
+            match known.split_once('=') {
+                Some((name, value)) => {
+                    format!("{ENV_PREFIX}{}={value}", name.to_ascii_uppercase())
+                }
+                None => format!("{ENV_PREFIX}{}", known.to_ascii_uppercase()),
+            }
         } else {
             known
         }
@@ -1186,7 +1193,12 @@ mod tests {
             ("UPSTREAM_URL", "https://x.example/mcp"),
             ("LISTEN", "0.0.0.0:4510"),
         ];
-        assert!(load(&env(&base)).is_err());
+        let err = load(&env(&base)).unwrap_err().to_string();
+        // The value is spelled as it must be written.
+        assert!(
+            err.contains("MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true or MCP_SIDECAR_CLIENT_TOKEN"),
+            "{err}"
+        );
         let mut allowed = base.to_vec();
         allowed.push(("ALLOW_REMOTE_CLIENTS", "true"));
         assert!(load(&env(&allowed)).is_ok());

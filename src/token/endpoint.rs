@@ -466,7 +466,11 @@ pub fn sign_assertion(
         .map_err(|e| GrantError::Rejected(e.to_string()))?;
     let pem = pem.expose().as_bytes();
     let rsa = || EncodingKey::from_rsa_pem(pem).ok();
-    let ec = || EncodingKey::from_ec_pem(pem).ok();
+    let ec = || {
+        EncodingKey::from_ec_pem(pem)
+            .ok()
+            .or_else(|| sec1_to_pkcs8(pem).map(|der| EncodingKey::from_ec_der(&der)))
+    };
     let (algorithm, key) = match alg {
         Some(SigningAlg::Rs256) => (Algorithm::RS256, rsa()),
         Some(SigningAlg::Es256) => (Algorithm::ES256, ec()),
@@ -477,7 +481,7 @@ pub fn sign_assertion(
     };
     let key = key.ok_or_else(|| {
         GrantError::Rejected(format!(
-            "CLIENT_ASSERTION_KEY_FILE {} is not a PEM {} private key (PKCS#8, or PKCS#1 for RSA)",
+            "CLIENT_ASSERTION_KEY_FILE {} is not a PEM {} private key (PKCS#8; PKCS#1 for RSA, SEC1 for EC)",
             file.path().display(),
             match algorithm {
                 Algorithm::ES256 => "P-256 EC",
@@ -505,6 +509,36 @@ pub fn sign_assertion(
             file.path().display()
         ))
     })
+}
+
+/// A SEC1 `EC PRIVATE KEY` (what `openssl ecparam -genkey` writes) wrapped as PKCS#8 for P-256,
+/// the only form the signing library reads. `None` for anything else.
+fn sec1_to_pkcs8(pem: &[u8]) -> Option<Vec<u8>> {
+    const BEGIN: &str = "-----BEGIN EC PRIVATE KEY-----";
+    const END: &str = "-----END EC PRIVATE KEY-----";
+    let text = std::str::from_utf8(pem).ok()?;
+    let body = text.split(BEGIN).nth(1)?.split(END).next()?;
+    let body: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+    let sec1 = STANDARD.decode(body).ok()?;
+    // id-ecPublicKey with the prime256v1 curve (RFC 5480).
+    const ALGORITHM: [u8; 21] = [
+        0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a, 0x86,
+        0x48, 0xce, 0x3d, 0x03, 0x01, 0x07,
+    ];
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+    let mut info = vec![0x02, 0x01, 0x00];
+    info.extend_from_slice(&ALGORITHM);
+    info.extend(tlv(0x04, &sec1));
+    Some(tlv(0x30, &info))
 }
 
 #[cfg(test)]

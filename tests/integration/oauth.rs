@@ -111,6 +111,11 @@ async fn private_key_jwt_signs_with_rsa_and_ec_keys() {
             jsonwebtoken::Algorithm::RS256,
         ),
         ("ec-key.pem", "ec-pub.pem", jsonwebtoken::Algorithm::ES256),
+        (
+            "ec-key-sec1.pem",
+            "ec-pub.pem",
+            jsonwebtoken::Algorithm::ES256,
+        ),
     ] {
         let (upstream, idp) = linked();
         let pem = std::fs::read(fixture(public)).unwrap();
