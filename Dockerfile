@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # mcp-sidecar container image: one static binary on `scratch`, running as uid/gid 65532.
 #
 #   docker build -t mcp-sidecar .
@@ -10,7 +8,8 @@
 #
 #   docker build --build-arg BINARY_SOURCE=prebuilt -t mcp-sidecar .
 #
-# (PREBUILT_BINARY overrides the path of that binary inside the build context.)
+# (PREBUILT_BINARY overrides the path of that binary inside the build context.) There is no
+# `# syntax=` line on purpose: it would make BuildKit pull a frontend image even for that build.
 #
 # Run it with the upstream's URL and credential, e.g.
 #
@@ -72,6 +71,7 @@ COPY --from=binary --chmod=0555 /out/mcp-sidecar /mcp-sidecar
 # The state directory (tokens obtained by login are kept here). Mount a volume on it to keep them
 # across restarts; without a writable state dir the sidecar keeps tokens in memory only. It is
 # owned by the runtime user (first /var/lib as root, so that only the state dir is the user's).
+# (podman 4.3's buildah ignores --chmod on directories and leaves this one 0755.)
 COPY --from=empty / /var/lib/
 COPY --from=empty --chown=65532:65532 --chmod=0700 / /var/lib/mcp-sidecar/
 # Not root; the conventional "nonroot" ids of distroless images, so volumes work alike.
