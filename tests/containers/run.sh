@@ -14,7 +14,8 @@
 #   G  the entrypoint gate against a real sidecar whose upstream starts 5 s late: the wrapped
 #      command starts after /ready turned 200 (timestamps recorded and compared), through
 #      `mcp-sidecar wait`, curl and wget; it times out with the last reason and exit 1 when the
-#      upstream never comes; it fails clearly with none of the three clients
+#      upstream never comes; it fails clearly with none of the three clients; it shows the
+#      device-code prompt of a pending login once (a stand-in /ready, fake_ready.py)
 #   K  the gate with the real Claude Code CLI: `claude mcp list` says ✔ Connected on the first try;
 #      running the gate again leaves one entry; other servers (user scope, .mcp.json) are untouched
 #   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, and an
@@ -81,6 +82,8 @@ cleanup_containers() {
     (cd "$WORK/compose" && podman compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo down -v -t 2 >/dev/null 2>&1) || true
   fi
   podman network rm -f "$RUN_ID" >/dev/null 2>&1 || true
+  # the images are rebuilt in seconds; the agent image alone is 250 MB
+  podman rmi -f "$IMAGE" mcp-sidecar:local "$AGENT_IMAGE" >/dev/null 2>&1 || true
 }
 
 on_exit() {
@@ -175,7 +178,12 @@ setup() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
   fi
-  [[ -x $VENV/bin/pip ]] || python3 -m venv "$VENV"
+  if [[ ! -x $VENV/bin/pip ]] && ! python3 -m venv "$VENV" >"$WORK/venv.log" 2>&1; then
+    # Debian's own python3 keeps venv in a separate package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}" >"$WORK/pip.log" 2>&1 || {
     cat "$WORK/pip.log"
     exit 1
@@ -492,6 +500,26 @@ scenario_gate_timeout() {
   ((rc == 64)) || fail "MCP_GATE_TIMEOUT=soon: expected exit 64, got $rc"
 }
 
+# The device-code prompt: a stand-in /ready with a pending login (no OAuth source exists yet).
+scenario_gate_login() {
+  local port client out
+  for client in wait curl wget; do
+    port=$(free_port)
+    start "fake-ready-$client" python3 "$HERE/fake_ready.py" "$port" 2
+    wait_http "http://127.0.0.1:$port/ready" 10
+    out=$WORK/gate-login-$client.out
+    env PATH="$BIN_DIR:$PATH" MCP_GATE_CLIENT=$client MCP_GATE_SIDECAR_URL="http://127.0.0.1:$port" \
+      MCP_GATE_REGISTER=none MCP_GATE_TIMEOUT=30s timeout 60 "$GATE" true >"$out" 2>&1 ||
+      fail "$client: $(cat "$out")"
+    grep -q 'sign in: open https://idp.example/device and enter the code WDJB-MJHT (expires 2026-11-22T06:00:00Z)' "$out" ||
+      fail "$client: no sign-in prompt: $(cat "$out")"
+    grep -q 'not ready: auth_required: waiting for the user to sign in ("device code")' "$out" ||
+      fail "$client: the reason and its detail were not printed: $(cat "$out")"
+    [[ $(grep -c 'sign in: open' "$out") == 1 ]] || fail "$client: the prompt was repeated"
+    note "$client: $(grep 'sign in: open' "$out")"
+  done
+}
+
 # ---------------------------------------------------------------------------------------------
 claude_env() { # claude_env CMD...: run with the throwaway HOME of scenario K, from its project dir
   # (HOME only, as in a container: Claude Code keeps its config in $HOME/.claude.json)
@@ -598,7 +626,8 @@ ENV HOME=/home/node PATH=/usr/local/bin:/bin DISABLE_AUTOUPDATER=1 \
 ENTRYPOINT ["mcp-sidecar-gate"]
 CMD ["claude"]
 EOF
-  quiet_podman build --quiet -t "$AGENT_IMAGE" "$ctx" >"$WORK/agent-build.log" 2>&1 ||
+  # --layers=false: no 250 MB intermediate images left behind
+  quiet_podman build --quiet --layers=false -t "$AGENT_IMAGE" "$ctx" >"$WORK/agent-build.log" 2>&1 ||
     fail "building the test agent image: $(tail -n 5 "$WORK/agent-build.log")"
 }
 
@@ -721,6 +750,7 @@ run_scenario G1 "gate via mcp-sidecar wait: command starts after /ready turned 2
 run_scenario G2 "gate via curl: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_curl
 run_scenario G3 "gate via wget: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_wget
 run_scenario G4 "gate: timeout with the last reason and exit 1; clear errors without a client" scenario_gate_timeout
+run_scenario G5 "gate: the device-code sign-in prompt from /ready's login object (wait, curl, wget)" scenario_gate_login
 run_scenario K "gate + real Claude Code: ✔ Connected first try, one entry after re-runs, others kept" scenario_claude
 run_scenario C "compose.yaml --profile demo: sidecar healthy, agent's Claude Code connected" scenario_compose
 run_scenario D "devcontainer feature: install.sh in a scratch root, entrypoint starts the sidecar" scenario_devcontainer
