@@ -393,7 +393,11 @@ impl Manager {
             );
         }
         drop(stats);
-        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        // A pending login fails every attempt until someone logs in; its prompt changing is
+        // what readiness needs to see (see `set_login`), not each attempt.
+        if !matches!(e, GrantError::LoginRequired(_)) {
+            self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        }
         error
     }
 
@@ -455,7 +459,12 @@ impl Manager {
     }
 
     fn set_login(&self, login: Option<Login>) {
-        *self.login.lock().unwrap_or_else(|p| p.into_inner()) = login;
+        let mut current = self.login.lock().unwrap_or_else(|p| p.into_inner());
+        if *current != login {
+            *current = login;
+            drop(current);
+            self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        }
     }
 
     /// Takes tokens obtained outside the manager (an authorization-code callback) into use.
