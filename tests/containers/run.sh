@@ -82,6 +82,7 @@ cleanup_containers() {
     (cd "$WORK/compose" && podman compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo down -v -t 2 >/dev/null 2>&1) || true
   fi
   podman network rm -f "$RUN_ID" >/dev/null 2>&1 || true
+  podman volume rm -f "$RUN_ID-state" >/dev/null 2>&1 || true
   # the images are rebuilt in seconds; the agent image alone is 250 MB
   podman rmi -f "$IMAGE" mcp-sidecar:local "$AGENT_IMAGE" >/dev/null 2>&1 || true
 }
@@ -396,6 +397,33 @@ scenario_image() {
   ((rc == 64)) && grep -q ALLOW_REMOTE_CLIENTS "$WORK/image-noallow.out" ||
     fail "without ALLOW_REMOTE_CLIENTS: expected exit 64 naming it, got $rc: $(cat "$WORK/image-noallow.out")"
   note "without MCP_SIDECAR_ALLOW_REMOTE_CLIENTS or a client token the image exits 64 and says which to set"
+
+  # OAuth state: on a read-only root without a volume the state dir is not writable, and the
+  # sidecar says once that tokens stay in memory; with a volume it persists there and says
+  # nothing.
+  local oauth=(-e MCP_SIDECAR_UPSTREAM_URL=https://mcp.example.invalid/mcp -e MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true
+    -e MCP_SIDECAR_AUTH=client_credentials -e MCP_SIDECAR_CLIENT_ID=ci -e "MCP_SIDECAR_CLIENT_SECRET=$token"
+    -e MCP_SIDECAR_TOKEN_URL=https://idp.example.invalid/token)
+  local name mount
+  for name in nostate withstate; do
+    mount=()
+    # A named volume takes the image directory's owner (65532) on first use, as in compose.
+    [[ $name == withstate ]] && mount=(-v "$RUN_ID-state:/var/lib/mcp-sidecar")
+    quiet_podman run -d --name "$RUN_ID-$name" --no-healthcheck --label "mcp-sidecar-ci=$RUN_ID" --read-only \
+      "${mount[@]}" "${oauth[@]}" "$IMAGE" >/dev/null
+    deadline=$((SECONDS + 30))
+    until podman logs "$RUN_ID-$name" 2>&1 | grep -q "mcp-sidecar listening"; do
+      ((SECONDS < deadline)) || fail "$name: the sidecar did not start: $(podman logs "$RUN_ID-$name" 2>&1 | tail -5)"
+      sleep 0.2
+    done
+    podman logs "$RUN_ID-$name" >"$WORK/image-$name.log" 2>&1
+    ! grep -qF "$token" "$WORK/image-$name.log" || fail "$name: the client secret appears in the log"
+  done
+  [[ $(grep -c "tokens are kept in memory only" "$WORK/image-nostate.log") == 1 ]] ||
+    fail "read-only without a state volume: expected one 'kept in memory' line: $(cat "$WORK/image-nostate.log")"
+  ! grep -q "kept in memory" "$WORK/image-withstate.log" ||
+    fail "with a state volume the sidecar still says it keeps tokens in memory"
+  note "read-only without a state volume: one line says tokens stay in memory; with one mounted at /var/lib/mcp-sidecar: none"
 }
 
 # ---------------------------------------------------------------------------------------------
