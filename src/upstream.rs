@@ -187,13 +187,7 @@ impl Upstream {
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
             .await?;
-        let response = self.refuse_redirect(response)?;
-        match auth_failure(&response) {
-            None => Ok(response),
-            Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
-                Err(rejected(response.status(), c))
-            }
-        }
+        self.retried(response)
     }
 
     /// 403 `insufficient_scope` naming the scopes it wants: ask the source for a token with
@@ -227,6 +221,11 @@ impl Upstream {
         let response = self
             .send_once(method, url, headers, body, Some(&fresh))
             .await?;
+        self.retried(response)
+    }
+
+    /// The answer to a retry with a new token: a second refusal is final.
+    fn retried(&self, response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
         let response = self.refuse_redirect(response)?;
         match auth_failure(&response) {
             None => Ok(response),

@@ -351,6 +351,16 @@ impl Reader {
         })
     }
 
+    /// A file holding a secret (a key, a subject token), checked for readability now.
+    fn secret_file(&mut self, key: &str, env_name: &'static str) -> Option<SecretFile> {
+        let path = self.text(key)?;
+        let file = SecretFile::new(env_name, PathBuf::from(path));
+        if let Err(e) = file.read() {
+            self.problem(key, super::strip_key_prefix(&e.to_string(), env_name));
+        }
+        Some(file)
+    }
+
     fn skew(&mut self) -> Duration {
         let skew = self.duration("refresh_skew", Duration::from_secs(60));
         if skew > Duration::from_secs(3600) {
@@ -391,16 +401,8 @@ impl Reader {
         let client_id = self.text("client_id");
         let client_secret =
             self.secret("client_secret", "client_secret_file", "CLIENT_SECRET_FILE");
-        let assertion_key = self.text("client_assertion_key_file").map(|path| {
-            let file = SecretFile::new("CLIENT_ASSERTION_KEY_FILE", PathBuf::from(path));
-            if let Err(e) = file.read() {
-                self.problem(
-                    "client_assertion_key_file",
-                    super::strip_key_prefix(&e.to_string(), "CLIENT_ASSERTION_KEY_FILE"),
-                );
-            }
-            file
-        });
+        let assertion_key =
+            self.secret_file("client_assertion_key_file", "CLIENT_ASSERTION_KEY_FILE");
         let assertion_alg = match self
             .text("client_assertion_alg")
             .map(|s| s.to_ascii_uppercase())
@@ -532,21 +534,11 @@ impl Reader {
                 "is refresh_token, but neither REFRESH_TOKEN nor REFRESH_TOKEN_FILE is set (a token persisted in STATE_DIR by `mcp-sidecar login` also works with AUTH=device_code or authorization_code)",
             );
         }
-        let subject_path = if reads("subject_token_file") {
-            self.text("subject_token_file")
+        let subject_token = if reads("subject_token_file") {
+            self.secret_file("subject_token_file", "SUBJECT_TOKEN_FILE")
         } else {
             None
         };
-        let subject_token = subject_path.map(|path| {
-            let file = SecretFile::new("SUBJECT_TOKEN_FILE", PathBuf::from(path));
-            if let Err(e) = file.read() {
-                self.problem(
-                    "subject_token_file",
-                    super::strip_key_prefix(&e.to_string(), "SUBJECT_TOKEN_FILE"),
-                );
-            }
-            file
-        });
         if grant == GrantKind::TokenExchange && subject_token.is_none() {
             self.problem(
                 "auth",

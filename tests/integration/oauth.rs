@@ -44,6 +44,24 @@ async fn status(sidecar: &Sidecar) -> Value {
         .unwrap()
 }
 
+/// Polls `/ready` until it shows a device-code login; returns the body.
+async fn wait_for_login(sidecar: &Sidecar) -> Value {
+    poll(
+        || async {
+            let body: Value = reqwest::get(sidecar.url("/ready"))
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            Some(body)
+        },
+        |body| body["login"]["user_code"].is_string(),
+    )
+    .await
+    .expect("/ready shows a device-code login")
+}
+
 /// Fails if any canary (a client secret, refresh token, device code, code) appears in `text`.
 fn assert_no_canary(text: &str) {
     assert!(!text.contains("canary"), "a secret leaked: {text}");
@@ -369,20 +387,7 @@ async fn device_code_login_shows_the_code_then_persists_the_refresh_token() {
     ];
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let sidecar = Sidecar::start(&env).await;
-    let ready = poll(
-        || async {
-            let body: Value = reqwest::get(sidecar.url("/ready"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some(body)
-        },
-        |body| body["login"]["user_code"].is_string(),
-    )
-    .await
-    .expect("/ready shows the login");
+    let ready = wait_for_login(&sidecar).await;
     assert_eq!(ready["reason"], "auth_required");
     assert_eq!(ready["login"]["verification_uri"], idp.url("/activate"));
     assert!(
@@ -428,20 +433,7 @@ async fn without_a_client_id_the_sidecar_registers_once_and_remembers_it() {
         ("STATE_DIR", state_dir.path().to_str().unwrap()),
     ];
     let sidecar = Sidecar::start(&env).await;
-    let ready = poll(
-        || async {
-            let body: Value = reqwest::get(sidecar.url("/ready"))
-                .await
-                .ok()?
-                .json()
-                .await
-                .ok()?;
-            Some(body)
-        },
-        |body| body["login"]["user_code"].is_string(),
-    )
-    .await
-    .expect("a login starts with a registered client");
+    let ready = wait_for_login(&sidecar).await;
     let registrations = idp.state.registrations.lock().unwrap().clone();
     assert_eq!(registrations.len(), 1);
     assert_eq!(registrations[0]["token_endpoint_auth_method"], "none");
