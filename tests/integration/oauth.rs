@@ -654,6 +654,21 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
         ready["detail"].as_str().unwrap().contains("exit status: 3"),
         "{ready}"
     );
+
+    let hanging = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("TOKEN_COMMAND", "sleep 30"),
+        ("TOKEN_COMMAND_TIMEOUT", "1s"),
+    ])
+    .await;
+    let ready = hanging.wait_reason("upstream_unreachable").await;
+    assert!(
+        ready["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not finish within 1s (TOKEN_COMMAND_TIMEOUT); it was killed"),
+        "{ready}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -900,4 +915,76 @@ async fn sigkill_during_persistence_always_leaves_a_readable_state_file() {
             .count();
         assert!(leftovers <= 1, "round {round}: {leftovers} temp files");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_command_runs_the_device_flow_in_the_foreground_and_persists() {
+    use std::io::BufRead;
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("login")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
+        .env("MCP_SIDECAR_AUTH", "device_code")
+        .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
+        .env("MCP_SIDECAR_ISSUER", idp.url(""))
+        .env("MCP_SIDECAR_STATE_DIR", dir.path())
+        .env("MCP_SIDECAR_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let code = loop {
+        let line = lines_rx
+            .recv_timeout(DEADLINE)
+            .unwrap_or_else(|_| panic!("no prompt; saw {seen:?}"));
+        seen.push(line.clone());
+        if let Some(rest) = line
+            .strip_prefix("mcp-sidecar login: open ")
+            .and_then(|l| l.split("enter the code ").nth(1))
+        {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    idp.state.approve(&code);
+    let deadline = Instant::now() + DEADLINE;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            seen.extend(lines_rx.try_iter());
+            panic!("login did not finish after the approval: {seen:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The reader thread ends with the process's stderr.
+    while let Ok(line) = lines_rx.recv_timeout(Duration::from_secs(5)) {
+        seen.push(line);
+    }
+    assert!(status.success(), "{seen:?}");
+    let output = seen.join("\n");
+    assert!(output.contains("mcp-sidecar login: done"), "{output}");
+    assert_no_canary(&output);
+    let persisted = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .expect("tokens persisted");
+    let saved: Value = serde_json::from_slice(&std::fs::read(persisted.path()).unwrap()).unwrap();
+    assert!(saved["refresh_token"].is_string());
 }
