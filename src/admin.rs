@@ -93,9 +93,17 @@ pub async fn oauth_login(State(app): State<Arc<App>>, request: axum::extract::Re
     if let Some(refusal) = refused(&app, &request) {
         return refusal;
     }
-    let Some((_, grant)) = &app.login else {
+    let Some((manager, grant)) = &app.login else {
         return not_found().await;
     };
+    if !manager.login_pending() {
+        // Only while a login is needed: otherwise anyone reaching the port could replace the
+        // sidecar's credential with their own account's.
+        return plain(
+            StatusCode::CONFLICT,
+            "mcp-sidecar already holds a credential; no login is needed.\n".into(),
+        );
+    }
     match grant.begin().await {
         Ok(url) => (
             StatusCode::FOUND,

@@ -187,7 +187,11 @@ impl Upstream {
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
             .await?;
-        self.retried(response)
+        let response = self.retried(response)?;
+        if let Some(fresh) = &fresh {
+            self.tokens.accepted(fresh);
+        }
+        Ok(response)
     }
 
     /// 403 `insufficient_scope` naming the scopes it wants: ask the source for a token with

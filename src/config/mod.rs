@@ -24,7 +24,9 @@ use crate::secret::{Secret, SecretFile, SecretSource};
 
 mod auth;
 
-pub use auth::{AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg};
+pub use auth::{
+    AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg, canonical_resource,
+};
 
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 use super::endpoint::{GrantError, Issued, OAuthClient, clean, pkce_challenge, random_token};
-use super::manager::Interactive;
+use super::manager::{Interactive, Prompt, Satisfied};
 use super::{BoxFuture, Login};
 
 const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
@@ -50,13 +50,13 @@ impl AuthorizationCode {
     pub async fn begin(&self) -> Result<Url, GrantError> {
         let endpoints = self.oauth.endpoints().await?;
         if !endpoints.pkce_s256 {
-            return Err(GrantError::Rejected(format!(
+            return Err(GrantError::Config(format!(
                 "{} does not announce PKCE S256 (code_challenge_methods_supported); refusing an authorization-code login without it",
                 endpoints.issuer
             )));
         }
         let mut url = endpoints.authorization_url.clone().ok_or_else(|| {
-            GrantError::Rejected(format!(
+            GrantError::Config(format!(
                 "{} announces no authorization_endpoint; set MCP_SIDECAR_AUTHORIZATION_URL",
                 endpoints.issuer
             ))
@@ -83,7 +83,7 @@ impl AuthorizationCode {
                 .append_pair("state", &state)
                 .append_pair("code_challenge", &pkce_challenge(&verifier))
                 .append_pair("code_challenge_method", "S256");
-            if let Some(scope) = self.oauth.scope(&endpoints, None) {
+            if let Some(scope) = self.oauth.scope(&endpoints) {
                 query.append_pair("scope", &scope);
             }
             if let Some(resource) = &self.oauth.config.resource {
@@ -126,15 +126,26 @@ impl AuthorizationCode {
             }
         };
         let endpoints = self.oauth.endpoints().await?;
-        if let Some(iss) = params.get("iss")
-            && iss.trim_end_matches('/') != endpoints.issuer.trim_end_matches('/')
-        {
-            // RFC 9207: a response from another server is a mix-up attack or a misconfiguration.
-            return Err(GrantError::Rejected(format!(
-                "the callback names issuer {}, not {}; refusing it (RFC 9207)",
-                clean(iss, 200),
-                endpoints.issuer
-            )));
+        match params.get("iss") {
+            // RFC 9207: a response from another server is a mix-up attack or a
+            // misconfiguration. Checked only against an issuer that is known, not guessed.
+            Some(iss)
+                if endpoints.issuer_known
+                    && iss.trim_end_matches('/') != endpoints.issuer.trim_end_matches('/') =>
+            {
+                return Err(GrantError::Rejected(format!(
+                    "the callback names issuer {}, not {}; refusing it (RFC 9207)",
+                    clean(iss, 200),
+                    endpoints.issuer
+                )));
+            }
+            None if endpoints.iss_required => {
+                return Err(GrantError::Rejected(
+                    "the callback lacks the iss parameter its server promises (RFC 9207); refusing it"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         crate::secret::register(code);
         let params = vec![
@@ -152,7 +163,8 @@ impl AuthorizationCode {
 impl Interactive for AuthorizationCode {
     fn login<'a>(
         &'a self,
-        prompt: &'a (dyn Fn(Option<Login>) + Send + Sync),
+        prompt: &'a Prompt,
+        _satisfied: &'a Satisfied,
     ) -> BoxFuture<'a, Result<Option<Issued>, GrantError>> {
         Box::pin(async move {
             prompt(self.waiting());

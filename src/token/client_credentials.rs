@@ -13,14 +13,11 @@ pub struct ClientCredentials {
 }
 
 impl Grant for ClientCredentials {
-    fn obtain<'a>(
-        &'a self,
-        extra_scope: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Issued, GrantError>> {
+    fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
         Box::pin(async move {
             let endpoints = self.oauth.endpoints().await?;
             let mut params = vec![("grant_type", "client_credentials".to_string())];
-            if let Some(scope) = self.oauth.scope(&endpoints, extra_scope) {
+            if let Some(scope) = self.oauth.scope(&endpoints) {
                 params.push(("scope", scope));
             }
             self.oauth.token_request(&endpoints, params).await

@@ -24,10 +24,7 @@ pub struct Command {
 }
 
 impl Grant for Command {
-    fn obtain<'a>(
-        &'a self,
-        _extra_scope: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Issued, GrantError>> {
+    fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
         Box::pin(self.run())
     }
 
@@ -141,7 +138,9 @@ pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
     let expires_at = if let Some(secs) = object.get("expires_in").and_then(number) {
         Some(SystemTime::now() + Duration::from_secs_f64(secs.clamp(0.0, 366.0 * 86400.0)))
     } else {
-        ["expires_at", "expires_on", "expiresOn", "expiry"]
+        // Not az's `expiresOn`: it is local time without a zone, so reading it as UTC would be
+        // off by the machine's offset; az also prints `expires_on` in Unix seconds.
+        ["expires_at", "expires_on", "expiry"]
             .iter()
             .filter_map(|k| object.get(*k))
             .find_map(|v| {
@@ -150,7 +149,9 @@ pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
                     .map(|n| UNIX_EPOCH + Duration::from_secs_f64(n))
                     .or_else(|| {
                         v.as_str()
-                            .and_then(|s| humantime::parse_rfc3339_weak(s.trim()).ok())
+                            .map(str::trim)
+                            .filter(|s| s.ends_with('Z'))
+                            .and_then(|s| humantime::parse_rfc3339_weak(s).ok())
                     })
             })
     };

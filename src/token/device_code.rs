@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde_json::Value;
 
 use super::endpoint::{GrantError, Issued, OAuthClient, Reply, clean, parse_token};
-use super::manager::Interactive;
+use super::manager::{Interactive, Prompt, Satisfied};
 use super::{BoxFuture, Login};
 
 pub struct DeviceCode {
@@ -25,13 +25,26 @@ const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 impl Interactive for DeviceCode {
     fn login<'a>(
         &'a self,
-        prompt: &'a (dyn Fn(Option<Login>) + Send + Sync),
+        prompt: &'a Prompt,
+        satisfied: &'a Satisfied,
     ) -> BoxFuture<'a, Result<Option<Issued>, GrantError>> {
         Box::pin(async move {
             loop {
-                if let Some(issued) = self.attempt(prompt).await? {
+                if satisfied() {
                     prompt(None);
-                    return Ok(Some(issued));
+                    return Ok(None);
+                }
+                match self.attempt(prompt, satisfied).await? {
+                    Attempt::Issued(issued) => {
+                        prompt(None);
+                        return Ok(Some(issued));
+                    }
+                    Attempt::Satisfied => {
+                        tracing::info!("tokens arrived another way; the device login stops");
+                        prompt(None);
+                        return Ok(None);
+                    }
+                    Attempt::Expired => {}
                 }
                 tracing::info!(
                     "the device code expired before anyone logged in; starting a new login"
@@ -41,21 +54,26 @@ impl Interactive for DeviceCode {
     }
 }
 
+/// How one device code ended.
+enum Attempt {
+    Issued(Issued),
+    /// It expired before anyone approved it.
+    Expired,
+    /// Tokens arrived another way (another sidecar on the volume, `mcp-sidecar login`).
+    Satisfied,
+}
+
 impl DeviceCode {
-    /// One device code: `Ok(None)` when it expired unused.
-    async fn attempt(
-        &self,
-        prompt: &(dyn Fn(Option<Login>) + Send + Sync),
-    ) -> Result<Option<Issued>, GrantError> {
+    async fn attempt(&self, prompt: &Prompt, satisfied: &Satisfied) -> Result<Attempt, GrantError> {
         let endpoints = self.oauth.endpoints().await?;
         let url = endpoints.device_authorization_url.clone().ok_or_else(|| {
-            GrantError::Rejected(format!(
+            GrantError::Config(format!(
                 "{} announces no device_authorization_endpoint; set MCP_SIDECAR_DEVICE_AUTHORIZATION_URL",
                 endpoints.issuer
             ))
         })?;
         let mut params = Vec::new();
-        if let Some(scope) = self.oauth.scope(&endpoints, None) {
+        if let Some(scope) = self.oauth.scope(&endpoints) {
             params.push(("scope", scope));
         }
         if let Some(resource) = &self.oauth.config.resource {
@@ -72,7 +90,7 @@ impl DeviceCode {
                 return Err(if e.status >= 500 {
                     GrantError::Temporary(message)
                 } else {
-                    GrantError::Rejected(message)
+                    GrantError::Config(message)
                 });
             }
         };
@@ -120,7 +138,10 @@ impl DeviceCode {
         loop {
             tokio::time::sleep(interval).await;
             if Instant::now() >= deadline {
-                return Ok(None);
+                return Ok(Attempt::Expired);
+            }
+            if satisfied() {
+                return Ok(Attempt::Satisfied);
             }
             let params = vec![
                 ("grant_type", GRANT_TYPE.to_string()),
@@ -132,11 +153,11 @@ impl DeviceCode {
                 params.push(("resource", resource.clone()));
             }
             match self.oauth.post(&endpoints, &token_url, params).await {
-                Ok(Reply::Json(body)) => return parse_token(&body).map(Some),
+                Ok(Reply::Json(body)) => return parse_token(&body).map(Attempt::Issued),
                 Ok(Reply::Error(e)) => match e.code.as_str() {
                     "authorization_pending" => {}
                     "slow_down" => interval += SLOW_DOWN_STEP,
-                    "expired_token" => return Ok(None),
+                    "expired_token" => return Ok(Attempt::Expired),
                     "access_denied" => {
                         return Err(GrantError::Rejected(
                             "the login was denied at the authorization server; a new one starts shortly".into(),
@@ -152,7 +173,9 @@ impl DeviceCode {
                     _ => interval = (interval + SLOW_DOWN_STEP).min(Duration::from_secs(60)),
                 },
                 Err(GrantError::Temporary(reason)) => {
-                    tracing::debug!(%reason, "device code poll failed; polling on");
+                    // RFC 8628 3.5: back off on connection trouble too.
+                    interval = (interval * 2).min(Duration::from_secs(60));
+                    tracing::debug!(%reason, "device code poll failed; polling on, slower");
                 }
                 Err(other) => return Err(other),
             }

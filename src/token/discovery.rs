@@ -27,6 +27,11 @@ pub struct Endpoints {
     /// `code_challenge_methods_supported` lists S256 (required before an authorization-code login).
     pub pkce_s256: bool,
     pub client_id_metadata_supported: bool,
+    /// The issuer was configured or read from metadata (not guessed from the token URL), so a
+    /// callback's `iss` can be checked against it (RFC 9207).
+    pub issuer_known: bool,
+    /// The server says it always sends `iss` with authorization responses.
+    pub iss_required: bool,
 }
 
 fn needs_metadata(config: &OAuthConfig) -> bool {
@@ -58,6 +63,8 @@ pub async fn resolve(
             // Configured by hand: the operator vouches for the server; PKCE S256 is still sent.
             pkce_s256: true,
             client_id_metadata_supported: false,
+            issuer_known: config.issuer.is_some(),
+            iss_required: false,
         });
     }
 
@@ -69,17 +76,22 @@ pub async fn resolve(
     let url = |key: &str| -> Result<Option<Url>, GrantError> {
         match metadata.get(key).and_then(Value::as_str) {
             None => Ok(None),
-            Some(text) => Url::parse(text).map(Some).map_err(|_| {
-                GrantError::Rejected(format!(
+            Some(text) => match Url::parse(text) {
+                // Credentials go to these endpoints: https only, as for configured ones.
+                Ok(url) if url.scheme() == "https" || loopback(&url) => Ok(Some(url)),
+                Ok(_) => Err(GrantError::Config(format!(
+                    "the authorization server metadata of {issuer} names a plain-http {key}; refusing to send credentials there"
+                ))),
+                Err(_) => Err(GrantError::Config(format!(
                     "the authorization server metadata of {issuer} has an invalid {key}"
-                ))
-            }),
+                ))),
+            },
         }
     };
     let token_url = match config.token_url.clone().or(url("token_endpoint")?) {
         Some(u) => u,
         None => {
-            return Err(GrantError::Rejected(format!(
+            return Err(GrantError::Config(format!(
                 "the authorization server metadata of {issuer} names no token_endpoint; set MCP_SIDECAR_TOKEN_URL"
             )));
         }
@@ -107,7 +119,22 @@ pub async fn resolve(
             .get("client_id_metadata_document_supported")
             .and_then(Value::as_bool)
             .unwrap_or(false),
+        issuer_known: true,
+        iss_required: metadata
+            .get("authorization_response_iss_parameter_supported")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
     })
+}
+
+fn loopback(url: &Url) -> bool {
+    url.scheme() == "http"
+        && match url.host() {
+            Some(url::Host::Domain(d)) => crate::config::is_loopback_name(d),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            None => false,
+        }
 }
 
 fn metadata_issuer(metadata: &serde_json::Map<String, Value>) -> Option<String> {
@@ -156,18 +183,28 @@ async fn protected_resource(
     for url in candidates {
         match get_json(http, &url, config).await {
             Ok(metadata) => {
+                // RFC 9728 3.3: metadata for another resource must not be used.
+                if let Some(resource) = metadata.get("resource").and_then(Value::as_str) {
+                    let expected = crate::config::canonical_resource(upstream);
+                    if resource.trim_end_matches('/') != expected.trim_end_matches('/') {
+                        return Err(GrantError::Config(format!(
+                            "the protected resource metadata at {url} is for {}, not {expected}; refusing it (RFC 9728 section 3.3)",
+                            super::endpoint::clean(resource, 200)
+                        )));
+                    }
+                }
                 let servers: Vec<&str> = metadata
                     .get("authorization_servers")
                     .and_then(Value::as_array)
                     .map(|a| a.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
                 let Some(first) = servers.first() else {
-                    return Err(GrantError::Rejected(format!(
+                    return Err(GrantError::Config(format!(
                         "the protected resource metadata at {url} names no authorization_servers; set MCP_SIDECAR_ISSUER or MCP_SIDECAR_TOKEN_URL"
                     )));
                 };
                 let issuer = Url::parse(first).map_err(|_| {
-                    GrantError::Rejected(format!(
+                    GrantError::Config(format!(
                         "the protected resource metadata at {url} has an invalid authorization server URL"
                     ))
                 })?;
@@ -230,7 +267,7 @@ async fn authorization_server(
             Ok(metadata) => {
                 let got = metadata_issuer(&metadata).unwrap_or_default();
                 if got.trim_end_matches('/') != wanted {
-                    return Err(GrantError::Rejected(format!(
+                    return Err(GrantError::Config(format!(
                         "the authorization server metadata at {url} is for issuer {:?}, not {wanted:?}; refusing it (RFC 8414 section 3.3)",
                         super::endpoint::clean(&got, 200)
                     )));
@@ -298,7 +335,7 @@ pub async fn register(
         );
     }
     let Some(registration) = &endpoints.registration_url else {
-        return Err(GrantError::Rejected(format!(
+        return Err(GrantError::Config(format!(
             "no MCP_SIDECAR_CLIENT_ID is configured and {} offers no client registration; register a client and set MCP_SIDECAR_CLIENT_ID",
             endpoints.issuer
         )));
@@ -353,7 +390,7 @@ pub async fn register(
                 issuer: endpoints.issuer.clone(),
             })
         }
-        Reply::Error(e) => Err(GrantError::Rejected(format!(
+        Reply::Error(e) => Err(GrantError::Config(format!(
             "the registration endpoint refused to register a client (HTTP {}, {}{})",
             e.status,
             e.code,

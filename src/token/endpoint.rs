@@ -43,6 +43,11 @@ pub enum GrantError {
     /// A person has to log in (device code shown, or `/oauth/login` waiting).
     #[error("{0}")]
     LoginRequired(String),
+    /// Something a person must fix that is not the credential itself: the client's
+    /// registration or secret, the scopes or resource asked for, discovery, a key file. Reported
+    /// as `auth_required`, retried with backoff, and nothing held is dropped.
+    #[error("{0}")]
+    Config(String),
 }
 
 /// An OAuth error reply (RFC 6749 5.2), for flows that react to specific codes (device polling).
@@ -64,6 +69,22 @@ impl OAuthError {
             "the {endpoint} refused the request (HTTP {}, {}{description})",
             self.status, self.code
         )
+    }
+
+    /// What a token-endpoint error means for the credential. Only `invalid_grant` says the grant
+    /// itself (refresh token, device code, authorization code) is dead; client and request errors
+    /// need a fix elsewhere and must not cost the user a login.
+    pub fn classify(&self, endpoint: &str) -> GrantError {
+        let message = self.explain(endpoint);
+        match self.code.as_str() {
+            _ if !self.is_fatal() => GrantError::Temporary(message),
+            "invalid_grant" | "expired_token" | "access_denied" => GrantError::Rejected(message),
+            "invalid_target" => GrantError::Config(format!(
+                "{message}; if the server does not support resource indicators, set MCP_SIDECAR_RESOURCE=off"
+            )),
+            "invalid_scope" => GrantError::Config(format!("{message}; check MCP_SIDECAR_SCOPES")),
+            _ => GrantError::Config(message),
+        }
     }
 
     /// Whether this error means the credential (grant, client) is dead, not the server.
@@ -91,6 +112,9 @@ pub struct OAuthClient {
     endpoints: tokio::sync::Mutex<Option<Arc<Endpoints>>>,
     /// A client registered at run time (DCR), persisted with the tokens.
     registered: Mutex<Option<Registered>>,
+    /// Scopes the upstream asked for with 403 `insufficient_scope`, added to every later
+    /// request (a step-up must survive the next renewal).
+    extra_scopes: Mutex<Vec<String>>,
 }
 
 /// A client identity obtained by Dynamic Client Registration or a metadata document URL.
@@ -111,6 +135,7 @@ impl OAuthClient {
             upstream,
             endpoints: tokio::sync::Mutex::new(None),
             registered: Mutex::new(None),
+            extra_scopes: Mutex::new(Vec::new()),
         }
     }
 
@@ -155,19 +180,44 @@ impl OAuthClient {
         Ok(registered.client_id)
     }
 
-    /// Scopes to ask for: configured, else what the upstream's challenge or metadata named.
-    pub fn scope(&self, endpoints: &Endpoints, extra: Option<&str>) -> Option<String> {
+    /// Scopes to ask for: configured, else what the upstream's challenge or metadata named, plus
+    /// any the upstream asked for since.
+    pub fn scope(&self, endpoints: &Endpoints) -> Option<String> {
         let mut scopes: Vec<String> = if self.config.scopes.is_empty() {
             endpoints.scopes.clone()
         } else {
             self.config.scopes.clone()
         };
-        for s in extra.unwrap_or_default().split_whitespace() {
-            if !scopes.iter().any(|have| have == s) {
-                scopes.push(s.to_string());
+        for s in self
+            .extra_scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if !scopes.contains(s) {
+                scopes.push(s.clone());
             }
         }
         (!scopes.is_empty()).then(|| scopes.join(" "))
+    }
+
+    /// Adds scopes named by an `insufficient_scope` challenge. Returns false when there is
+    /// nothing new, or when the total would pass `max` (a server that keeps asking for more is
+    /// not answered forever).
+    pub fn add_scopes(&self, challenged: &str, granted: Option<&str>, max: usize) -> bool {
+        let mut extra = self.extra_scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let granted: Vec<&str> = granted.unwrap_or_default().split_whitespace().collect();
+        let new: Vec<String> = challenged
+            .split_whitespace()
+            .filter(|s| !granted.contains(s) && !extra.iter().any(|e| e == s))
+            .filter(|s| !self.config.scopes.iter().any(|c| c == s))
+            .map(str::to_string)
+            .collect();
+        if new.is_empty() || extra.len() + new.len() > max {
+            return false;
+        }
+        extra.extend(new);
+        true
     }
 
     /// One token request: `params` plus client authentication and `resource`.
@@ -185,10 +235,20 @@ impl OAuthClient {
         }
         match self.post(endpoints, &token_url, params).await? {
             Reply::Json(body) => parse_token(&body),
-            Reply::Error(e) if e.is_fatal() => {
-                Err(GrantError::Rejected(e.explain("token endpoint")))
+            Reply::Error(e) => {
+                if e.code == "invalid_client"
+                    && self.config.client_id.is_none()
+                    && self.registered().is_some()
+                {
+                    // A dynamically registered client the server no longer knows: register
+                    // anew on the next attempt instead of failing forever.
+                    tracing::warn!(
+                        "the authorization server no longer knows the registered client; registering again"
+                    );
+                    self.set_registered(None);
+                }
+                Err(e.classify("token endpoint"))
             }
-            Reply::Error(e) => Err(GrantError::Temporary(e.explain("token endpoint"))),
         }
     }
 
@@ -226,7 +286,7 @@ impl OAuthClient {
                 let mut value =
                     http::HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
                         .map_err(|_| {
-                            GrantError::Rejected(
+                            GrantError::Config(
                                 "CLIENT_SECRET cannot be sent in an HTTP header".into(),
                             )
                         })?;
@@ -264,15 +324,13 @@ impl OAuthClient {
             .config
             .client_secret
             .as_ref()
-            .ok_or_else(|| GrantError::Rejected("no CLIENT_SECRET is configured".into()))?;
-        source
-            .read()
-            .map_err(|e| GrantError::Rejected(e.to_string()))
+            .ok_or_else(|| GrantError::Config("no CLIENT_SECRET is configured".into()))?;
+        source.read().map_err(|e| GrantError::Config(e.to_string()))
     }
 
     fn assertion(&self, client_id: &str, endpoints: &Endpoints) -> Result<String, GrantError> {
         let file = self.config.assertion_key.as_ref().ok_or_else(|| {
-            GrantError::Rejected("private_key_jwt needs CLIENT_ASSERTION_KEY_FILE".into())
+            GrantError::Config("private_key_jwt needs CLIENT_ASSERTION_KEY_FILE".into())
         })?;
         sign_assertion(
             file,
@@ -461,9 +519,7 @@ pub fn sign_assertion(
     audience: &str,
 ) -> Result<String, GrantError> {
     use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let pem = file
-        .read()
-        .map_err(|e| GrantError::Rejected(e.to_string()))?;
+    let pem = file.read().map_err(|e| GrantError::Config(e.to_string()))?;
     let pem = pem.expose().as_bytes();
     let rsa = || EncodingKey::from_rsa_pem(pem).ok();
     let ec = || {
@@ -480,7 +536,7 @@ pub fn sign_assertion(
         },
     };
     let key = key.ok_or_else(|| {
-        GrantError::Rejected(format!(
+        GrantError::Config(format!(
             "CLIENT_ASSERTION_KEY_FILE {} is not a PEM {} private key (PKCS#8; PKCS#1 for RSA, SEC1 for EC)",
             file.path().display(),
             match algorithm {
@@ -504,7 +560,7 @@ pub fn sign_assertion(
     let mut header = Header::new(algorithm);
     header.kid = kid.map(str::to_string);
     jsonwebtoken::encode(&header, &claims, &key).map_err(|e| {
-        GrantError::Rejected(format!(
+        GrantError::Config(format!(
             "cannot sign a client assertion with CLIENT_ASSERTION_KEY_FILE {}: {e}",
             file.path().display()
         ))

@@ -25,25 +25,30 @@ use crate::secret::{Secret, SecretSource};
 
 /// The source-specific part: how to get a token when no refresh token is held.
 pub trait Grant: Send + Sync {
-    /// Obtains a token. `extra_scope` asks for more than the configured scopes (step-up).
-    fn obtain<'a>(
-        &'a self,
-        extra_scope: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Issued, GrantError>>;
+    /// Obtains a token with the configured scopes (and any the upstream asked for since).
+    fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>>;
 
-    /// Where the credential comes from, for `/status` (`client cc-client at https://...`).
+    /// Where the credential comes from, for `/status` (`client cc-client (client_secret_basic)`).
     fn origin(&self) -> Option<String> {
         None
     }
 }
 
+/// What a login shows a person; `None` clears the prompt.
+pub type Prompt = dyn Fn(Option<Login>) + Send + Sync;
+/// Whether tokens arrived some other way meanwhile (another process, `mcp-sidecar login`), so a
+/// running login can stop.
+pub type Satisfied = dyn Fn() -> bool + Send + Sync;
+
 /// A login that needs a person; runs in the background until it yields tokens.
 pub trait Interactive: Send + Sync {
     /// Runs one login to completion, publishing what the person must do through `prompt`.
-    /// `Ok(None)`: the tokens were delivered through [`Manager::accept`] (a callback).
+    /// `Ok(None)`: no tokens to install (they came through [`Manager::accept`], or `satisfied`
+    /// turned true).
     fn login<'a>(
         &'a self,
-        prompt: &'a (dyn Fn(Option<Login>) + Send + Sync),
+        prompt: &'a Prompt,
+        satisfied: &'a Satisfied,
     ) -> BoxFuture<'a, Result<Option<Issued>, GrantError>>;
 
     /// What `/ready` shows before the login has produced a prompt of its own.
@@ -61,6 +66,8 @@ struct Held {
     /// Fingerprint of the configured refresh-token seed this state descends from.
     seed: Option<String>,
     obtained_at: Option<SystemTime>,
+    /// Newer than the state file (a write failed): the file must not be adopted over it.
+    unpersisted: bool,
 }
 
 #[derive(Default)]
@@ -72,8 +79,9 @@ struct Stats {
     last_error: Option<(bool, String)>,
     failures: u32,
     retry_at: Option<Instant>,
-    /// Scopes added by step-up requests, so each challenge is answered at most once.
-    extra_scopes: Vec<String>,
+    /// A token obtained because the upstream rejected the one before, not yet seen to work;
+    /// when it was obtained, and whether its rejection was already logged.
+    unconfirmed: Option<(AccessToken, Instant, bool)>,
 }
 
 pub struct Manager {
@@ -100,6 +108,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// How many scopes step-up requests may add in total: a server that keeps asking for more is
 /// not answered forever.
 const MAX_EXTRA_SCOPES: usize = 8;
+/// A token is used at least this long before it counts as due, so a token that arrives expired
+/// (clock skew, a command printing `expires_in: 0`) costs one request a second, not a loop.
+const MIN_REFRESH_GAP: Duration = Duration::from_secs(1);
+/// Tokens living less than this are worth a warning: each costs a request.
+const SHORT_LIFETIME: Duration = Duration::from_secs(10);
+/// When a token obtained because the upstream rejected the previous one is rejected too,
+/// without ever having worked, no further token is forced for this long: the upstream refuses
+/// every token (a wrong audience or resource), and asking again would only churn the server.
+const UNCONFIRMED_WINDOW: Duration = Duration::from_secs(30);
 
 pub struct Parts {
     pub name: &'static str,
@@ -148,7 +165,7 @@ impl Manager {
         self.stats.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The held token if it is good for at least the skew and is not the one that was rejected.
+    /// The held token if it is not yet due for renewal and is not the one that was rejected.
     fn fresh(&self, rejected: Option<&AccessToken>) -> Option<AccessToken> {
         let held = self.held();
         let token = held.access.as_ref()?;
@@ -162,15 +179,16 @@ impl Manager {
     }
 
     /// When the held token should be replaced: `REFRESH_SKEW` before expiry, but never earlier
-    /// than halfway through its life, so a server issuing 60 s tokens with a 60 s skew does not
-    /// get a refresh storm.
+    /// than halfway through its life (60 s tokens with a 60 s skew must not cause a refresh
+    /// storm), and never sooner than [`MIN_REFRESH_GAP`] after it was obtained.
     fn refresh_due(&self, held: &Held) -> Option<SystemTime> {
         let expires = held.expires_at?;
-        let lifetime = held
-            .obtained_at
-            .and_then(|at| expires.duration_since(at).ok())
-            .unwrap_or(self.skew * 2);
-        Some(expires - self.skew.min(lifetime / 2))
+        let obtained = held.obtained_at.unwrap_or(expires);
+        let lifetime = expires.duration_since(obtained).unwrap_or_default();
+        let due = expires
+            .checked_sub(self.skew.min(lifetime / 2))
+            .unwrap_or(expires);
+        Some(due.max(obtained + MIN_REFRESH_GAP))
     }
 
     /// The held token if it has not expired (possibly inside the skew window).
@@ -184,13 +202,24 @@ impl Manager {
     }
 
     /// Reads the state file and adopts it when it is another process's newer result, or ours
-    /// from before a restart. A configured refresh-token seed that changed wins over the file.
+    /// from before a restart. A configured refresh-token seed that changed wins over the file;
+    /// state this process could not write wins over the (older) file.
     fn adopt_persisted(&self) -> Result<(), String> {
         let seed = match &self.seed {
-            Some(source) => Some(source.read().map_err(|e| e.to_string())?),
+            Some(source) => match source.read() {
+                Ok(seed) => Some(seed),
+                Err(e) => {
+                    // Mid-rotation or gone: not a reason to ignore what the file says.
+                    tracing::warn!(error = %e, "cannot read the refresh-token seed; using the persisted state");
+                    None
+                }
+            },
             None => None,
         };
-        let seed_print = seed.as_ref().map(|s| store::fingerprint(s.expose()));
+        let seed_print = seed
+            .as_ref()
+            .map(|s| store::fingerprint(s.expose()))
+            .or_else(|| self.held().seed.clone());
         let persisted = match &self.store {
             Some(store) => store.load()?,
             None => None,
@@ -203,6 +232,9 @@ impl Manager {
             oauth.set_registered(Some(client));
         }
         let mut held = self.held();
+        if held.unpersisted {
+            return Ok(());
+        }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
                 let access = p.access_token.map(|t| AccessToken::new(Secret::new(t)));
@@ -210,11 +242,11 @@ impl Manager {
                     || held.refresh.as_ref().map(|s| s.expose()) != p.refresh_token.as_deref()
                 {
                     held.access = access;
-                    held.expires_at = p.expires_at.map(store::from_unix);
+                    held.expires_at = p.expires_at.and_then(store::from_unix);
                     held.refresh = p.refresh_token.map(Secret::new);
                     held.scope = p.scope;
                     held.seed = p.seed;
-                    held.obtained_at = Some(store::from_unix(p.updated_at));
+                    held.obtained_at = store::from_unix(p.updated_at);
                 }
             }
             _ => {
@@ -233,12 +265,15 @@ impl Manager {
         Ok(())
     }
 
-    fn persist(&self) -> Result<(), String> {
+    /// Writes the held state. On failure the state is marked newer than the file, so the file
+    /// is not adopted over it (that would bring back a spent refresh token), and the write is
+    /// tried again at the next token request.
+    fn persist(&self) {
         let Some(store) = &self.store else {
-            return Ok(());
+            return;
         };
         let held = self.held().clone();
-        store.save(&Persisted {
+        let result = store.save(&Persisted {
             access_token: held.access.map(|a| a.secret().expose().to_string()),
             expires_at: held.expires_at.map(store::to_unix),
             refresh_token: held.refresh.map(|r| r.expose().to_string()),
@@ -246,12 +281,28 @@ impl Manager {
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
             ..Persisted::default()
-        })
+        });
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
+        }
+        self.held().unpersisted = result.is_err();
     }
 
     /// Takes a new token into use and persists it. Called with the flight lock (and the file
     /// lock, when there is a store) held.
     fn install(&self, issued: Issued) {
+        let now = SystemTime::now();
+        if let Some(lifetime) = issued
+            .expires_at
+            .map(|at| at.duration_since(now).unwrap_or_default())
+            && lifetime < SHORT_LIFETIME
+        {
+            tracing::warn!(
+                source = self.name,
+                lifetime_secs = lifetime.as_secs_f32(),
+                "the new token expires almost at once; each one costs a token request (check the server's clock and token lifetime)"
+            );
+        }
         {
             let mut held = self.held();
             held.access = Some(AccessToken::new(issued.access_token));
@@ -264,34 +315,58 @@ impl Manager {
             if issued.scope.is_some() {
                 held.scope = issued.scope;
             }
-            held.obtained_at = Some(SystemTime::now());
+            held.obtained_at = Some(now);
         }
-        if let Err(e) = self.persist() {
-            tracing::error!(error = %e, "cannot persist the new token; it is kept in memory");
-        }
+        self.persist();
         *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut stats = self.stats();
         stats.failures = 0;
         stats.retry_at = None;
         stats.last_error = None;
-        stats.last_attempt = Some(SystemTime::now());
+        stats.last_attempt = Some(now);
         stats.last_outcome = Some("ok".into());
         drop(stats);
         self.changed.notify_waiters();
         self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 
-    /// Gets a token other than `rejected`: the single-flight path behind every refresh.
+    /// Gets a token other than `rejected` (a new one even if the held one is fresh, when
+    /// `force`). The work runs in a task of its own: a caller that gives up (a client that
+    /// disconnects, a readiness check that times out) must not cancel a token request whose
+    /// answer may already have rotated the refresh token at the server.
     async fn acquire(
         &self,
         rejected: Option<&AccessToken>,
-        extra_scope: Option<&str>,
+        force: bool,
+    ) -> Result<AccessToken, TokenError> {
+        let Some(me) = self.me.upgrade() else {
+            return Err(TokenError::Temporary(
+                "the token source is shutting down".into(),
+            ));
+        };
+        let rejected = rejected.cloned();
+        match tokio::spawn(async move { me.acquire_now(rejected.as_ref(), force).await }).await {
+            Ok(result) => result,
+            Err(e) => Err(TokenError::Temporary(format!(
+                "the token request failed: {e}"
+            ))),
+        }
+    }
+
+    /// The single-flight path behind every refresh; see [`Manager::acquire`].
+    async fn acquire_now(
+        &self,
+        rejected: Option<&AccessToken>,
+        force: bool,
     ) -> Result<AccessToken, TokenError> {
         let _flight = self.flight.lock().await;
-        if extra_scope.is_none()
-            && let Some(token) = self.fresh(rejected)
-        {
+        if !force && let Some(token) = self.fresh(rejected) {
             return Ok(token);
+        }
+        if let Some(rejected) = rejected
+            && self.rejected_again(rejected)
+        {
+            return Ok(rejected.clone());
         }
         if let Some(error) = self.backing_off() {
             return self.valid().filter(|t| Some(t) != rejected).ok_or(error);
@@ -300,19 +375,23 @@ impl Manager {
             Some(store) => Some(store.lock().await.map_err(TokenError::Temporary)?),
             None => None,
         };
+        if self.held().unpersisted {
+            self.persist();
+        }
         if let Err(e) = self.adopt_persisted() {
             tracing::warn!(error = %e, "cannot read the persisted token state");
         }
-        if extra_scope.is_none()
-            && let Some(token) = self.fresh(rejected)
-        {
+        if !force && let Some(token) = self.fresh(rejected) {
             return Ok(token);
         }
-        match self.obtain(extra_scope).await {
+        match self.obtain().await {
             Ok(issued) => {
                 let token = AccessToken::new(issued.access_token.clone());
                 let expires = issued.expires_at.map(crate::time::rfc3339);
                 self.install(issued);
+                if rejected.is_some() {
+                    self.stats().unconfirmed = Some((token.clone(), Instant::now(), false));
+                }
                 tracing::info!(
                     source = self.name,
                     expires_at = expires.as_deref().unwrap_or("unknown"),
@@ -333,12 +412,34 @@ impl Manager {
         }
     }
 
+    /// Whether `rejected` is a token obtained because the upstream rejected the previous one,
+    /// and rejected in turn without ever having worked (see [`UNCONFIRMED_WINDOW`]).
+    fn rejected_again(&self, rejected: &AccessToken) -> bool {
+        let mut stats = self.stats();
+        match &mut stats.unconfirmed {
+            Some((token, at, warned)) if token == rejected && at.elapsed() < UNCONFIRMED_WINDOW => {
+                if !*warned {
+                    *warned = true;
+                    tracing::warn!(
+                        source = self.name,
+                        retry_in_secs = (UNCONFIRMED_WINDOW - at.elapsed()).as_secs(),
+                        "the upstream rejected a token obtained just after it rejected the one before; not asking for another yet (check the token's audience or resource)"
+                    );
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Refresh token first, then the source's own grant, then a login.
-    async fn obtain(&self, extra_scope: Option<&str>) -> Result<Issued, GrantError> {
+    async fn obtain(&self) -> Result<Issued, GrantError> {
         let refresh = self.held().refresh.clone();
         if let (Some(oauth), Some(refresh)) = (&self.oauth, refresh) {
-            match super::refresh::refresh(oauth, &refresh, extra_scope).await {
+            match super::refresh::refresh(oauth, &refresh).await {
                 Ok(issued) => return Ok(issued),
+                // Only the token endpoint saying the grant is dead drops it; configuration,
+                // discovery and server trouble keep it for the next attempt.
                 Err(GrantError::Rejected(reason)) => {
                     tracing::warn!(source = self.name, %reason, "the refresh token was rejected; dropping it");
                     {
@@ -347,9 +448,7 @@ impl Manager {
                         held.access = None;
                         held.expires_at = None;
                     }
-                    if let Err(e) = self.persist() {
-                        tracing::error!(error = %e, "cannot persist the dropped refresh token");
-                    }
+                    self.persist();
                     if self.interactive.is_none() && self.name == "refresh_token" {
                         return Err(GrantError::Rejected(format!(
                             "{reason}; seed a new refresh token (REFRESH_TOKEN_FILE) or log in with `mcp-sidecar login`"
@@ -366,14 +465,14 @@ impl Manager {
                 "waiting for a login (see `mcp-sidecar login`)".into()
             })));
         }
-        self.grant.obtain(extra_scope).await
+        self.grant.obtain().await
     }
 
     fn failed(&self, e: &GrantError) -> TokenError {
         let message = e.to_string();
         let error = match e {
             GrantError::Temporary(_) => TokenError::Temporary(message.clone()),
-            GrantError::Rejected(_) | GrantError::LoginRequired(_) => {
+            GrantError::Rejected(_) | GrantError::LoginRequired(_) | GrantError::Config(_) => {
                 TokenError::AuthRequired(message.clone())
             }
         };
@@ -428,14 +527,19 @@ impl Manager {
         tokio::spawn(async move {
             let mut failures = 0;
             loop {
-                let prompt_to = Arc::downgrade(&me);
+                let weak = Arc::downgrade(&me);
                 let prompt = move |login: Option<Login>| {
-                    if let Some(m) = prompt_to.upgrade() {
+                    if let Some(m) = weak.upgrade() {
                         m.set_login(login);
                     }
                 };
-                match interactive.login(&prompt).await {
-                    Ok(None) => break,
+                let weak = Arc::downgrade(&me);
+                let satisfied = move || weak.upgrade().is_some_and(|m| m.has_credential());
+                match interactive.login(&prompt, &satisfied).await {
+                    Ok(None) => {
+                        me.set_login(None);
+                        break;
+                    }
                     Ok(Some(issued)) => {
                         let _flight = me.flight.lock().await;
                         let _file = match &me.store {
@@ -458,6 +562,14 @@ impl Manager {
         });
     }
 
+    /// Whether a usable credential is held, including one another process wrote meanwhile.
+    fn has_credential(&self) -> bool {
+        if let Err(e) = self.adopt_persisted() {
+            tracing::debug!(error = %e, "cannot read the persisted token state");
+        }
+        self.valid().is_some() || self.held().refresh.is_some()
+    }
+
     fn set_login(&self, login: Option<Login>) {
         let mut current = self.login.lock().unwrap_or_else(|p| p.into_inner());
         if *current != login {
@@ -477,6 +589,14 @@ impl Manager {
         self.install(issued);
     }
 
+    /// Whether a login is waiting for a person (`/oauth/login` serves only then).
+    pub fn login_pending(&self) -> bool {
+        self.login
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
     /// Runs until the process ends: refreshes ahead of expiry even when no request comes.
     async fn refresher(self: Arc<Self>) {
         loop {
@@ -487,7 +607,7 @@ impl Manager {
                     .unwrap_or(Duration::ZERO),
                 None => Duration::from_secs(3600),
             };
-            let wait = wait.max(Duration::from_secs(1));
+            let wait = wait.max(MIN_REFRESH_GAP);
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.changed.notified() => continue,
@@ -496,8 +616,7 @@ impl Manager {
                 .refresh_due(&self.held())
                 .is_some_and(|due| SystemTime::now() >= due);
             if due {
-                let current = self.held().access.clone();
-                let _ = self.acquire(current.as_ref(), None).await;
+                let _ = self.acquire(None, false).await;
             }
         }
     }
@@ -520,19 +639,19 @@ impl TokenSource for Manager {
                 return Ok(Some(token));
             }
             // Inside the skew window: serve the current token and refresh in the background.
-            if let Some(token) = self.valid()
-                && let Some(me) = self.me.upgrade()
-            {
-                if me.flight.try_lock().is_ok() {
-                    let rejected = Some(token.clone());
+            if let Some(token) = self.valid() {
+                if self.flight.try_lock().is_ok() {
+                    // Not awaited: `acquire` runs the request in a task of its own.
+                    let me = self.me.clone();
                     tokio::spawn(async move {
-                        let _ = me.acquire(None, None).await;
-                        drop(rejected);
+                        if let Some(me) = me.upgrade() {
+                            let _ = me.acquire(None, false).await;
+                        }
                     });
                 }
                 return Ok(Some(token));
             }
-            self.acquire(None, None).await.map(Some)
+            self.acquire(None, false).await.map(Some)
         })
     }
 
@@ -542,34 +661,50 @@ impl TokenSource for Manager {
     ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>> {
         Box::pin(async move {
             self.stats().refreshes += 1;
-            self.acquire(rejected, None).await.map(Some)
+            self.acquire(rejected, false).await.map(Some)
         })
+    }
+
+    fn accepted(&self, token: &AccessToken) {
+        let mut stats = self.stats();
+        if stats
+            .unconfirmed
+            .as_ref()
+            .is_some_and(|(t, _, _)| t == token)
+        {
+            stats.unconfirmed = None;
+        }
     }
 
     fn step_up<'a>(
         &'a self,
-        _rejected: Option<&'a AccessToken>,
+        rejected: Option<&'a AccessToken>,
         scope: &'a str,
     ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>> {
         Box::pin(async move {
-            let granted = self.held().scope.clone().unwrap_or_default();
-            let wanted: Vec<String> = {
-                let mut stats = self.stats();
-                let new: Vec<String> = scope
-                    .split_whitespace()
-                    .filter(|s| !granted.split_whitespace().any(|g| g == *s))
-                    .filter(|s| !stats.extra_scopes.iter().any(|e| e == s))
-                    .map(str::to_string)
-                    .collect();
-                if new.is_empty() || stats.extra_scopes.len() + new.len() > MAX_EXTRA_SCOPES {
-                    return Ok(None);
-                }
-                stats.extra_scopes.extend(new);
-                stats.extra_scopes.clone()
+            let Some(oauth) = &self.oauth else {
+                return Ok(None);
             };
-            let extra = wanted.join(" ");
-            tracing::info!(source = self.name, scope = %extra, "the upstream asked for more scopes; requesting them");
-            self.acquire(None, Some(&extra)).await.map(Some)
+            let granted = self.held().scope.clone();
+            if !oauth.add_scopes(scope, granted.as_deref(), MAX_EXTRA_SCOPES) {
+                return Ok(None);
+            }
+            if self.held().refresh.is_some() || self.interactive.is_some() {
+                // A refresh cannot widen the scopes (RFC 6749 section 6): the next login asks
+                // for them.
+                tracing::warn!(
+                    source = self.name,
+                    scope,
+                    "the upstream asks for scopes this login did not grant; they are requested at the next login (`mcp-sidecar login`, or add them to MCP_SIDECAR_SCOPES)"
+                );
+                return Ok(None);
+            }
+            tracing::info!(
+                source = self.name,
+                scope,
+                "the upstream asked for more scopes; requesting them"
+            );
+            self.acquire(rejected, true).await.map(Some)
         })
     }
 
@@ -612,17 +747,14 @@ impl TokenSource for Manager {
 }
 
 /// `mcp-sidecar login`: runs the interactive flow in the foreground and persists the result.
-pub async fn login_foreground(
-    manager: &Manager,
-    prompt: &(dyn Fn(Option<Login>) + Send + Sync),
-) -> Result<(), GrantError> {
+pub async fn login_foreground(manager: &Manager, prompt: &Prompt) -> Result<(), GrantError> {
     let interactive = manager.interactive.clone().ok_or_else(|| {
-        GrantError::Rejected(format!(
+        GrantError::Config(format!(
             "AUTH={} needs no interactive login; `mcp-sidecar login` is for device_code and authorization_code",
             manager.name
         ))
     })?;
-    if let Some(issued) = interactive.login(prompt).await? {
+    if let Some(issued) = interactive.login(prompt, &|| false).await? {
         manager.accept(issued).await;
     }
     Ok(())

@@ -159,6 +159,10 @@ pub trait TokenSource: Send + Sync {
         rejected: Option<&'a AccessToken>,
     ) -> BoxFuture<'a, Result<Option<AccessToken>, TokenError>>;
 
+    /// The upstream accepted `token`, which [`TokenSource::refresh`] returned after a
+    /// rejection: it works, so a later rejection of it may force a refresh again.
+    fn accepted(&self, _token: &AccessToken) {}
+
     /// The upstream answered 403 `insufficient_scope` naming `scope`: return a token with those
     /// scopes added, or `None` when the source cannot (or already tried).
     fn step_up<'a>(

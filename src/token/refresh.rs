@@ -9,23 +9,14 @@ use super::endpoint::{GrantError, Issued, OAuthClient};
 use super::manager::Grant;
 use crate::secret::Secret;
 
-/// Spends `refresh_token` for a new access token. `extra_scope` is sent only for a step-up: a
-/// refresh without `scope` keeps the scopes already granted.
-pub async fn refresh(
-    oauth: &OAuthClient,
-    refresh_token: &Secret,
-    extra_scope: Option<&str>,
-) -> Result<Issued, GrantError> {
+/// Spends `refresh_token` for a new access token. No `scope` is sent: the refresh keeps the
+/// scopes granted (RFC 6749 section 6 allows no widening, and servers refuse it).
+pub async fn refresh(oauth: &OAuthClient, refresh_token: &Secret) -> Result<Issued, GrantError> {
     let endpoints = oauth.endpoints().await?;
-    let mut params = vec![
+    let params = vec![
         ("grant_type", "refresh_token".to_string()),
         ("refresh_token", refresh_token.expose().to_string()),
     ];
-    if let Some(extra) = extra_scope
-        && let Some(scope) = oauth.scope(&endpoints, Some(extra))
-    {
-        params.push(("scope", scope));
-    }
     oauth.token_request(&endpoints, params).await
 }
 
@@ -36,10 +27,7 @@ pub struct RefreshOnly {
 }
 
 impl Grant for RefreshOnly {
-    fn obtain<'a>(
-        &'a self,
-        _extra_scope: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Issued, GrantError>> {
+    fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
         Box::pin(std::future::ready(Err(GrantError::Rejected(
             "no refresh token is held; seed one with REFRESH_TOKEN_FILE or `mcp-sidecar login`"
                 .into(),

@@ -47,8 +47,10 @@ pub fn to_unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
 }
 
-pub fn from_unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+/// `None` for values no clock reaches (a damaged or hand-edited file must not panic).
+pub fn from_unix(secs: u64) -> Option<SystemTime> {
+    const YEAR_9999: u64 = 253_402_300_799;
+    (secs <= YEAR_9999).then(|| UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// One state file (and its lock) in `STATE_DIR`.

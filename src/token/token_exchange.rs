@@ -13,18 +13,15 @@ pub struct TokenExchange {
 }
 
 impl Grant for TokenExchange {
-    fn obtain<'a>(
-        &'a self,
-        extra_scope: Option<&'a str>,
-    ) -> BoxFuture<'a, Result<Issued, GrantError>> {
+    fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
         Box::pin(async move {
             let config = &self.oauth.config;
             let file = config.subject_token.as_ref().ok_or_else(|| {
-                GrantError::Rejected("token_exchange needs SUBJECT_TOKEN_FILE".into())
+                GrantError::Config("token_exchange needs SUBJECT_TOKEN_FILE".into())
             })?;
             let subject = file
                 .reread()
-                .map_err(|e| GrantError::Rejected(e.to_string()))?;
+                .map_err(|e| GrantError::Config(e.to_string()))?;
             let endpoints = self.oauth.endpoints().await?;
             let mut params = vec![
                 (
@@ -38,7 +35,7 @@ impl Grant for TokenExchange {
                     "urn:ietf:params:oauth:token-type:access_token".to_string(),
                 ),
             ];
-            if let Some(scope) = self.oauth.scope(&endpoints, extra_scope) {
+            if let Some(scope) = self.oauth.scope(&endpoints) {
                 params.push(("scope", scope));
             }
             self.oauth.token_request(&endpoints, params).await

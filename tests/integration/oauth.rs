@@ -209,6 +209,21 @@ async fn discovery_follows_the_upstream_challenge_and_checks_the_issuer() {
         "{detail}"
     );
     assert_eq!(idp.state.token_requests.load(Ordering::SeqCst), 0);
+    drop(sidecar);
+
+    // Metadata describing another resource is refused too (RFC 9728 3.3).
+    let (upstream, idp) = linked();
+    *upstream.state.authorization_server.lock().unwrap() = Some(idp.url(""));
+    *upstream.state.prm_resource.lock().unwrap() = Some("https://other.example/mcp".into());
+    let url = upstream.url();
+    env[0] = ("UPSTREAM_URL", &url);
+    let sidecar = Sidecar::start(&env).await;
+    let ready = sidecar.wait_reason("auth_required").await;
+    let detail = ready["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("other.example") && detail.contains("9728"),
+        "{detail}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -561,6 +576,14 @@ async fn authorization_code_login_through_the_sidecars_own_pages() {
         .unwrap();
     assert_eq!(done.status(), 200);
     sidecar.wait_reason("ready").await;
+
+    // With a credential held, no new login can be started from outside.
+    let again = client
+        .get(sidecar.url("/oauth/login"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 409);
 
     // A replayed callback (same state) is refused.
     let replay = client
@@ -987,4 +1010,173 @@ async fn login_command_runs_the_device_flow_in_the_foreground_and_persists() {
         .expect("tokens persisted");
     let saved: Value = serde_json::from_slice(&std::fs::read(persisted.path()).unwrap()).unwrap();
     assert!(saved["refresh_token"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_caller_giving_up_does_not_lose_a_rotated_refresh_token() {
+    let (upstream, idp) = linked();
+    let seed = idp.state.mint_refresh_token("mcp:tools");
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", &seed),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("READY_INTERVAL", "1s"),
+        ("READY_TIMEOUT", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    // The next readiness check gets a 401 and refreshes; the server rotates the refresh token,
+    // then answers after the check has timed out and given up.
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    upstream.state.reject_next.store(1, Ordering::SeqCst);
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the refresh reached the server");
+    sidecar.wait_reason("upstream_unreachable").await;
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    // The answer nobody waited for was still taken into use: the next forced refresh spends
+    // the rotated token, not the spent one.
+    let mut attempt = 0;
+    let next = poll(
+        || {
+            attempt += 1;
+            let url = sidecar.url("/mcp");
+            async move {
+                let response = mcp_post(&reqwest::Client::new(), &url, call(2, "echo", json!({})))
+                    .header("x-force-401", format!("after-{attempt}"))
+                    .send()
+                    .await
+                    .ok()?;
+                Some(response.status())
+            }
+        },
+        |s| *s == 200,
+    )
+    .await;
+    assert!(next.is_some());
+    assert_eq!(
+        idp.state.invalid_grants.load(Ordering::SeqCst),
+        0,
+        "{:?}",
+        idp.state.requests()
+    );
+    assert_eq!(status(&sidecar).await["token"]["has_refresh_token"], true);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configuration_trouble_never_drops_the_refresh_token() {
+    let (upstream, idp) = linked();
+    idp.state.wrong_issuer.store(true, Ordering::SeqCst);
+    let seed = idp.state.mint_refresh_token("mcp:tools");
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "refresh_token"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", &seed),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    let ready = sidecar.wait_reason("auth_required").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("8414"),
+        "{ready}"
+    );
+    assert_eq!(status(&sidecar).await["token"]["has_refresh_token"], true);
+    // Fixed on the server's side: the same refresh token works, no new login needed.
+    idp.state.wrong_issuer.store(false, Ordering::SeqCst);
+    let ready = poll(
+        || async { Some(echo(&sidecar, 1).await.status()) },
+        |s| *s == 200,
+    )
+    .await;
+    assert!(ready.is_some(), "recovered once the metadata was right");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_up_survives_the_next_renewal() {
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(3);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("SCOPES", "mcp:tools"),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    *upstream.state.required_scope.lock().unwrap() = Some("admin".into());
+    assert_eq!(echo(&sidecar, 1).await.status(), 200);
+    let after_step_up = idp.state.token_requests.load(Ordering::SeqCst);
+    poll(
+        || async { Some(idp.state.token_requests.load(Ordering::SeqCst)) },
+        |n| *n > after_step_up,
+    )
+    .await
+    .expect("the token was renewed");
+    assert_eq!(echo(&sidecar, 2).await.status(), 200);
+    let renewal = idp.state.requests()[after_step_up].clone();
+    assert_eq!(renewal.form["scope"], "mcp:tools admin");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_refusing_every_token_does_not_churn_the_server() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let before = idp.state.token_requests.load(Ordering::SeqCst);
+    // Every token is refused from now on (a wrong audience, say).
+    upstream
+        .state
+        .reject_next
+        .store(usize::MAX, Ordering::SeqCst);
+    for id in 0..5 {
+        assert_eq!(echo(&sidecar, id).await.status(), 502);
+    }
+    sidecar.wait_reason("upstream_auth_rejected").await;
+    // Readiness keeps checking; give it a few rounds.
+    let until = Instant::now() + Duration::from_secs(4);
+    poll(|| async { Some(Instant::now()) }, |now| *now >= until).await;
+    let after = idp.state.token_requests.load(Ordering::SeqCst);
+    assert!(after - before <= 2, "{} token requests", after - before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_elsewhere_ends_a_running_device_login() {
+    let (upstream, idp) = linked();
+    let state_dir = tempfile::tempdir().unwrap();
+    let env = [
+        ("UPSTREAM_URL", upstream.url()),
+        ("AUTH", "device_code".into()),
+        ("CLIENT_ID", CLIENT_ID.into()),
+        ("ISSUER", idp.url("")),
+        ("STATE_DIR", state_dir.path().to_str().unwrap().into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let first = Sidecar::start(&env).await;
+    wait_for_login(&first).await;
+    let second = Sidecar::start(&env).await;
+    let login = wait_for_login(&second).await;
+    idp.state
+        .approve(login["login"]["user_code"].as_str().unwrap());
+    second.wait_reason("ready").await;
+    // The first sidecar finds the tokens on the shared volume and stops its own login.
+    let ready = first.wait_reason("ready").await;
+    assert!(ready.get("login").is_none(), "{ready}");
+    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), 2);
 }

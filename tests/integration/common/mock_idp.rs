@@ -70,6 +70,9 @@ pub struct IdpState {
     pub authorize_queries: Mutex<Vec<HashMap<String, String>>>,
     /// While set, token requests wait for `release` (to pile callers up at expiry).
     pub hold: AtomicBool,
+    /// While set, token requests are answered (refresh tokens rotated) but the reply waits for
+    /// `release`, as a slow server's would.
+    pub hold_reply: AtomicBool,
     pub release: Notify,
     pub held: AtomicUsize,
     /// Public keys trusted for `private_key_jwt`.
@@ -145,6 +148,7 @@ impl MockIdp {
             codes: Mutex::new(HashMap::new()),
             authorize_queries: Mutex::new(Vec::new()),
             hold: AtomicBool::new(false),
+            hold_reply: AtomicBool::new(false),
             release: Notify::new(),
             held: AtomicUsize::new(0),
             assertion_keys: Mutex::new(Vec::new()),
@@ -288,6 +292,11 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
         released.await;
     }
     let (response, outcome) = issue(&state, &headers, &form);
+    if state.hold_reply.load(Ordering::SeqCst) {
+        let released = state.release.notified();
+        state.held.fetch_add(1, Ordering::SeqCst);
+        released.await;
+    }
     state.requests.lock().unwrap().push(TokenRequest {
         form,
         authorization: headers
@@ -487,8 +496,6 @@ async fn device(State(state): State<Arc<IdpState>>, body: String) -> Response {
     let expires_in = *state.device_expires_in.lock().unwrap();
     {
         let mut devices = state.devices.lock().unwrap();
-        // An expired code is forgotten when a new one is issued.
-        devices.clear();
         devices.insert(user_code.clone(), (device_code.clone(), false));
     }
     axum::Json(json!({

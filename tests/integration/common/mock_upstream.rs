@@ -84,6 +84,8 @@ pub struct MockState {
     /// A scope the token must name (the mock IdP writes granted scopes into its tokens); a
     /// token without it gets 403 `insufficient_scope`.
     pub required_scope: Mutex<Option<String>>,
+    /// The `resource` the protected-resource metadata names instead of this server's URL.
+    pub prm_resource: Mutex<Option<String>>,
     /// Tokens accepted besides `token` (earlier tokens that have not expired, as real servers
     /// accept them).
     pub also_accepted: Mutex<HashSet<String>>,
@@ -183,6 +185,7 @@ impl MockUpstream {
             echo_token: AtomicBool::new(false),
             authorization_server: Mutex::new(None),
             required_scope: Mutex::new(None),
+            prm_resource: Mutex::new(None),
             forced: Mutex::new(HashSet::new()),
             also_accepted: Mutex::new(HashSet::new()),
         });
@@ -457,8 +460,14 @@ async fn protected_resource_metadata(
         .get(header::HOST)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("127.0.0.1");
+    let resource = state
+        .prm_resource
+        .lock()
+        .unwrap()
+        .clone()
+        .unwrap_or_else(|| format!("http://{host}/mcp"));
     json_reply(json!({
-        "resource": format!("http://{host}/mcp"),
+        "resource": resource,
         "authorization_servers": [server],
         "scopes_supported": ["mcp:tools"],
     }))
