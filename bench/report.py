@@ -65,7 +65,7 @@ def main() -> int:
         load_runs[conns] = {c: figure(f"load{conns}", c) for c in CONTENDERS}
     sse_post = {c: figure("load1sse", c) for c in CONTENDERS}
     sse = {c: figure("sse", c) for c in CONTENDERS}
-    idle = {c: figure("idle", c) for c in PROXIES}
+    idle = {c: figure("idle", c) for c in PROXIES + ["mcp-sidecar-musl"]}
     start = {c: figure("startup", c) for c in PROXIES}
 
     def lat(data, key):
@@ -92,6 +92,8 @@ def main() -> int:
     add("throughput, 64 conn (req/s)", rps, lambda v: "n/a" if v is None else f"{v:,.0f}")
     sse_p50 = {c: lat(d, "p50_us") for c, d in sse_post.items()}
     add("SSE-reply tools/call p50, 1 conn", sse_p50, fmt_us)
+    sse_p50 = {c: None if not d else d["delay"].get("p50_us") for c, d in sse.items()}
+    add("SSE pass-through delay p50", sse_p50, fmt_us)
     sse_p99 = {c: None if not d else d["delay"].get("p99_us") for c, d in sse.items()}
     add("SSE pass-through delay p99", sse_p99, fmt_us)
     rss_fresh = {c: meta["rss_fresh_kib"].get(c) for c in PROXIES}
@@ -103,11 +105,23 @@ def main() -> int:
     rss_after = {c: (d or {}).get("rss_before_kib") for c, d in idle.items()}
     add("RSS idle, after the load runs", rss_after, fmt_mib, direct_ok=False)
     streams = meta["idle_streams"]
-    rss_open = {c: (d or {}).get("rss_open_kib") for c, d in idle.items()}
-    add(f"RSS with {streams:,} idle SSE streams", rss_open, fmt_mib, direct_ok=False)
-    per_stream = {c: (d or {}).get("per_stream_bytes") for c, d in idle.items()}
-    add("RSS per idle SSE stream", per_stream,
-        lambda v: "n/a" if v is None else f"{v / 1024:.1f} KiB", direct_ok=False)
+    nginx_idle = idle.get("nginx") or {}
+    for c in ["mcp-sidecar", "mcp-sidecar-musl", "nginx", "python"]:
+        d = idle.get(c)
+        if not d or "rss_open_kib" not in d:
+            continue
+        label = c.replace("-musl", " (musl static)")
+        rows.append((f"RSS with N idle SSE streams open (N)", label,
+                     f"{fmt_mib(d['rss_open_kib'])} ({d['streams']:,})",
+                     ratio(d["rss_open_kib"], nginx_idle.get("rss_open_kib")), "n/a"))
+    for c in ["mcp-sidecar", "mcp-sidecar-musl", "nginx", "python"]:
+        d = idle.get(c)
+        if not d or "per_stream_bytes" not in d:
+            continue
+        label = c.replace("-musl", " (musl static)")
+        rows.append(("RSS per idle SSE stream (open minus before, ÷ N)", label,
+                     f"{d['per_stream_bytes'] / 1024:.1f} KiB",
+                     ratio(d["per_stream_bytes"], nginx_idle.get("per_stream_bytes")), "n/a"))
     sizes = meta["sizes_bytes"]
     for c, label in (("mcp-sidecar", "mcp-sidecar (glibc, stripped)"),
                      ("mcp-sidecar-musl", "mcp-sidecar (musl static)"),
@@ -144,12 +158,15 @@ def main() -> int:
     targets = []
     for conns in (1, 64):
         a50, a99 = added[(conns, "p50")], added[(conns, "p99")]
-        targets.append((f"added p50 ≤ 1.3× nginx ({conns} conn)",
-                        f"{fmt_us(a50[s])} vs {fmt_us(a50[n])} = {ratio(a50[s], a50[n])}",
-                        ok(safe(lambda: a50[s] <= 1.3 * max(a50[n], 0)))))
-        targets.append((f"added p99 ≤ 2× nginx ({conns} conn)",
-                        f"{fmt_us(a99[s])} vs {fmt_us(a99[n])} = {ratio(a99[s], a99[n])}",
-                        ok(safe(lambda: a99[s] <= 2 * max(a99[n], 0)))))
+        for a, pct, limit in ((a50, "p50", 1.3), (a99, "p99", 2)):
+            # nginx at or below direct: its added latency is within the run's noise and no
+            # ratio can be formed.
+            if a[n] is not None and a[n] <= 0:
+                verdict = "n/a (nginx's added latency ≤ 0: within noise)"
+            else:
+                verdict = ok(safe(lambda: a[s] <= limit * a[n]))
+            targets.append((f"added {pct} ≤ {limit}× nginx ({conns} conn)",
+                            f"{fmt_us(a[s])} vs {fmt_us(a[n])} = {ratio(a[s], a[n])}", verdict))
     targets.append(("throughput ≥ 0.8× nginx (64 conn)", f"{ratio(rps[s], rps[n])}",
                     ok(safe(lambda: rps[s] >= 0.8 * rps[n]))))
     targets.append(("throughput ≥ 20× python (64 conn)", f"{ratio(rps[s], rps[p])}",
@@ -159,14 +176,15 @@ def main() -> int:
     if musl_rss is not None:
         targets.append(("idle RSS ≤ 6 MiB (after start), musl static build (the image's)",
                         fmt_mib(musl_rss), ok(musl_rss <= 6 * 1024)))
-    rss10k = None
-    if idle.get(s):
-        d = idle[s]
+    for c, label in ((s, "glibc build"), ("mcp-sidecar-musl", "musl static build")):
+        d = idle.get(c)
+        if not d or "per_stream_bytes" not in d:
+            continue
         # Measured at `streams`; a sandbox's file limit may cap that below 10,000 (see notes).
         rss10k = d["rss_before_kib"] + d["per_stream_bytes"] * 10000 / 1024
-    label = "measured" if streams >= 10000 else f"extrapolated from {streams:,}"
-    targets.append(("10,000 idle SSE streams ≤ 64 MiB", f"{fmt_mib(rss10k)} ({label})",
-                    ok(safe(lambda: rss10k <= 64 * 1024))))
+        how = "measured" if d["streams"] >= 10000 else f"extrapolated from {d['streams']:,}"
+        targets.append((f"10,000 idle SSE streams ≤ 64 MiB, {label}", f"{fmt_mib(rss10k)} ({how})",
+                        ok(rss10k <= 64 * 1024)))
     targets.append(("start to listening ≤ 20 ms", fmt_us(listen[s]),
                     ok(safe(lambda: listen[s] <= 20000))))
     if musl_start and musl_start["listening"].get("p50_us") is not None:
