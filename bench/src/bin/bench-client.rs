@@ -102,7 +102,12 @@ impl Target {
         }
     }
 
-    fn request(&self, method: Method, path: &str, session: Option<&HeaderValue>) -> http::request::Builder {
+    fn request(
+        &self,
+        method: Method,
+        path: &str,
+        session: Option<&HeaderValue>,
+    ) -> http::request::Builder {
         let mut builder = Request::builder()
             .method(method)
             .uri(path)
@@ -147,7 +152,10 @@ async fn exchange(
     sender: &mut Sender,
     request: Request<Full<Bytes>>,
 ) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
-    sender.ready().await.map_err(|e| format!("connection: {e}"))?;
+    sender
+        .ready()
+        .await
+        .map_err(|e| format!("connection: {e}"))?;
     let response = sender
         .send_request(request)
         .await
@@ -188,9 +196,13 @@ async fn open_session(target: &Target) -> Result<HeaderValue, String> {
     let init = json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},
         "clientInfo":{"name":"mcp-sidecar-bench","version":"0.1.0"}}});
-    let (status, headers, body) = exchange(&mut sender, target.post(None, init.to_string())).await?;
+    let (status, headers, body) =
+        exchange(&mut sender, target.post(None, init.to_string())).await?;
     let message = message_of(&headers, &body)?;
-    if status != StatusCode::OK || message["id"] != "init" || message["result"]["protocolVersion"] != "2025-11-25" {
+    if status != StatusCode::OK
+        || message["id"] != "init"
+        || message["result"]["protocolVersion"] != "2025-11-25"
+    {
         return Err(format!("initialize: HTTP {status}, {message}"));
     }
     let session = headers
@@ -200,7 +212,9 @@ async fn open_session(target: &Target) -> Result<HeaderValue, String> {
     let note = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#.to_string();
     let (status, _, _) = exchange(&mut sender, target.post(Some(&session), note)).await?;
     if status != StatusCode::ACCEPTED {
-        return Err(format!("notifications/initialized: HTTP {status} (expected 202)"));
+        return Err(format!(
+            "notifications/initialized: HTTP {status} (expected 202)"
+        ));
     }
     task.abort();
     Ok(session)
@@ -360,7 +374,10 @@ async fn worker(
                 .get(header::CONTENT_TYPE)
                 .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
             if is_sse != expect_sse {
-                return Err(format!("reply content-type {:?}", headers.get(header::CONTENT_TYPE)));
+                return Err(format!(
+                    "reply content-type {:?}",
+                    headers.get(header::CONTENT_TYPE)
+                ));
             }
             let message = message_of(&headers, &body)?;
             let good = message["jsonrpc"] == "2.0"
@@ -464,7 +481,11 @@ async fn one_tick_stream(
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
     if response.status() != StatusCode::OK || !is_sse {
-        return Err(format!("GET stream: HTTP {}, {:?}", response.status(), response.headers()));
+        return Err(format!(
+            "GET stream: HTTP {}, {:?}",
+            response.status(),
+            response.headers()
+        ));
     }
     let mut body = response.into_body();
     let mut buffer = BytesMut::new();
@@ -475,7 +496,9 @@ async fn one_tick_stream(
         };
         let received = monotonic_ns();
         let frame = frame.map_err(|e| format!("stream broke: {e}"))?;
-        let Ok(data) = frame.into_data() else { continue };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
         buffer.extend_from_slice(&data);
         // Complete events end with a blank line; comment lines (keepalives) carry no data.
         while let Some(end) = find(&buffer, b"\n\n") {
@@ -649,7 +672,10 @@ async fn open_idle_stream(
         .await
         .map_err(|_| "no priming event within 30 s".to_string())??;
     if find(&seen, b"idle stream open").is_none() {
-        return Err(format!("unexpected first event {:?}", String::from_utf8_lossy(&seen)));
+        return Err(format!(
+            "unexpected first event {:?}",
+            String::from_utf8_lossy(&seen)
+        ));
     }
     Ok((body, task))
 }
@@ -695,7 +721,9 @@ fn startup(args: &Args) -> (Value, bool) {
                 }
                 std::thread::sleep(Duration::from_micros(100));
             }
-            let Some(path) = ready_path else { return Ok(()) };
+            let Some(path) = ready_path else {
+                return Ok(());
+            };
             loop {
                 if http_status(addr, path) == Some(200) {
                     ready.0.push(started.elapsed().as_nanos() as u64);
