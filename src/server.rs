@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use axum::Router;
 use axum::routing::{any, get};
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -121,6 +122,14 @@ pub async fn serve(
         "mcp-sidecar listening"
     );
 
+    // TCP_NODELAY on every client connection: without it, Nagle's algorithm holds a small write
+    // (an SSE event, a reply body sent after its head) until the previous one is acknowledged,
+    // which the client may delay by up to 40 ms. axum leaves the option off by default.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY on a client connection");
+        }
+    });
     let server = axum::serve(listener, router(app))
         .with_graceful_shutdown(stopped(stop_rx))
         .into_future();
