@@ -35,7 +35,14 @@ set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 cd "$ROOT"
-PODMAN_HERE=${PODMAN_HERE:-$ROOT/../shared/tools/podman-here}
+# The machine's own tools and schemas live in ../shared beside the checkout; a clean CI machine may
+# not have it, so copies are kept in tests/containers/vendor (see its README).
+if [[ -d $ROOT/../shared/tools && -d $ROOT/../shared/schemas ]]; then
+  SHARED_TOOLS=$ROOT/../shared/tools SCHEMAS=$ROOT/../shared/schemas
+else
+  SHARED_TOOLS=$ROOT/tests/containers/vendor SCHEMAS=$ROOT/tests/containers/vendor
+fi
+PODMAN_HERE=${PODMAN_HERE:-$SHARED_TOOLS/podman-here}
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 TRIPLE=x86_64-unknown-linux-musl
 BIN=$TARGET_DIR/$TRIPLE/release/mcp-sidecar
@@ -262,9 +269,9 @@ assert "/var/lib/mcp-sidecar" in mounts, mounts
 EOF
   note "kubernetes-validate --strict (1.37 and 1.29): deployment.yaml, secret.yaml; a typo is rejected; kustomization resources match"
 
-  "$v/check-jsonschema" --schemafile "$ROOT/../shared/schemas/compose-spec.json" compose.yaml >/dev/null ||
+  "$v/check-jsonschema" --schemafile "$SCHEMAS/compose-spec.json" compose.yaml >/dev/null ||
     fail "compose.yaml against the compose spec"
-  "$v/check-jsonschema" --schemafile "$ROOT/../shared/schemas/devContainerFeature.schema.json" \
+  "$v/check-jsonschema" --schemafile "$SCHEMAS/devContainerFeature.schema.json" \
     devcontainer/src/mcp-sidecar/devcontainer-feature.json >/dev/null || fail "devcontainer-feature.json"
   note "check-jsonschema: compose.yaml (compose spec), devcontainer-feature.json (feature schema)"
 
