@@ -24,6 +24,26 @@ fn linked() -> (MockUpstream, MockIdp) {
     (upstream, idp)
 }
 
+/// A client-credentials sidecar (client secret, configured token URL, state in memory) in front of
+/// `upstream`, with `extra` settings.
+async fn client_credentials(
+    upstream: &MockUpstream,
+    idp: &MockIdp,
+    extra: &[(&str, &str)],
+) -> Sidecar {
+    let upstream_url = upstream.url();
+    let token_url = idp.url("/token");
+    let mut env = vec![
+        ("UPSTREAM_URL", upstream_url.as_str()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", token_url.as_str()),
+        ("STATE_DIR", "/proc/not-writable"),
+    ];
+    env.extend_from_slice(extra);
+    Sidecar::start(&env).await
+}
+
 async fn echo(sidecar: &Sidecar, id: u64) -> reqwest::Response {
     mcp_post(
         &reqwest::Client::new(),
@@ -301,15 +321,7 @@ async fn a_rejected_refresh_token_is_dropped_and_reported() {
 async fn token_endpoint_outages_keep_the_valid_token_in_service() {
     let (upstream, idp) = linked();
     *idp.state.expires_in.lock().unwrap() = Some(4);
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("REFRESH_SKEW", "3s"),
-        ("STATE_DIR", "/proc/not-writable"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[("REFRESH_SKEW", "3s")]).await;
     sidecar.wait_reason("ready").await;
     *idp.state.failure.lock().unwrap() = Failure::Html503;
     // The refresh ahead of expiry fails; the current token still serves.
@@ -360,14 +372,7 @@ async fn bad_authorization_server_answers_are_readable() {
     ] {
         let (upstream, idp) = linked();
         *idp.state.failure.lock().unwrap() = failure;
-        let sidecar = Sidecar::start(&[
-            ("UPSTREAM_URL", &upstream.url()),
-            ("CLIENT_ID", CLIENT_ID),
-            ("CLIENT_SECRET", CLIENT_SECRET),
-            ("TOKEN_URL", &idp.url("/token")),
-            ("STATE_DIR", "/proc/not-writable"),
-        ])
-        .await;
+        let sidecar = client_credentials(&upstream, &idp, &[]).await;
         let ready = sidecar.wait_reason("upstream_unreachable").await;
         let detail = ready["detail"].as_str().unwrap();
         assert!(detail.contains(expected), "{failure:?}: {detail}");
@@ -377,14 +382,7 @@ async fn bad_authorization_server_answers_are_readable() {
     // No expires_in: the token is used until the upstream rejects it.
     let (upstream, idp) = linked();
     *idp.state.expires_in.lock().unwrap() = None;
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("STATE_DIR", "/proc/not-writable"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[]).await;
     sidecar.wait_reason("ready").await;
     assert!(status(&sidecar).await["token"]["expires_at"].is_null());
 }
@@ -697,15 +695,7 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
 #[tokio::test(flavor = "multi_thread")]
 async fn insufficient_scope_is_answered_with_a_bounded_step_up() {
     let (upstream, idp) = linked();
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("SCOPES", "mcp:tools"),
-        ("STATE_DIR", "/proc/not-writable"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[("SCOPES", "mcp:tools")]).await;
     sidecar.wait_reason("ready").await;
     *upstream.state.required_scope.lock().unwrap() = Some("admin".into());
     assert_eq!(echo(&sidecar, 1).await.status(), 200);
@@ -726,15 +716,7 @@ async fn insufficient_scope_is_answered_with_a_bounded_step_up() {
 async fn a_thousand_requests_at_expiry_cause_one_token_request() {
     let (upstream, idp) = linked();
     *idp.state.expires_in.lock().unwrap() = Some(2);
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("STATE_DIR", "/proc/not-writable"),
-        ("READY_INTERVAL", "1h"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[("READY_INTERVAL", "1h")]).await;
     sidecar.wait_reason("ready").await;
     // Hold every token request: the refresh ahead of expiry hangs and the token expires.
     idp.state.hold.store(true, Ordering::SeqCst);
@@ -1103,15 +1085,7 @@ async fn configuration_trouble_never_drops_the_refresh_token() {
 async fn a_step_up_survives_the_next_renewal() {
     let (upstream, idp) = linked();
     *idp.state.expires_in.lock().unwrap() = Some(3);
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("SCOPES", "mcp:tools"),
-        ("STATE_DIR", "/proc/not-writable"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[("SCOPES", "mcp:tools")]).await;
     sidecar.wait_reason("ready").await;
     *upstream.state.required_scope.lock().unwrap() = Some("admin".into());
     assert_eq!(echo(&sidecar, 1).await.status(), 200);
@@ -1130,14 +1104,7 @@ async fn a_step_up_survives_the_next_renewal() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_refusing_every_token_does_not_churn_the_server() {
     let (upstream, idp) = linked();
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("STATE_DIR", "/proc/not-writable"),
-    ])
-    .await;
+    let sidecar = client_credentials(&upstream, &idp, &[]).await;
     sidecar.wait_reason("ready").await;
     let before = idp.state.token_requests.load(Ordering::SeqCst);
     // Every token is refused from now on (a wrong audience, say).
