@@ -65,8 +65,11 @@ FAILED=0
 FAILED_NAMES=()
 
 podman() { "$PODMAN_HERE" "$@"; }
-# podman 4.3 without systemd logs noise about healthcheck timers and syslog on every run
-quiet_podman() { podman "$@" 2> >(grep -v -e systemd -e syslog >&2); }
+# podman 4.3 without systemd logs noise about healthcheck timers and syslog on every run. The
+# filter is a pipeline, not a process substitution: a caller that redirects to a file and reads it
+# right after must find every line there (a background filter raced such reads). With pipefail the
+# status is podman's; `|| true` keeps an all-filtered stderr from failing the pipeline.
+quiet_podman() { { podman "$@" 2>&1 1>&3 3>&- | { grep -v -e systemd -e syslog || true; } >&2; } 3>&1; }
 
 kill_groups() { # kill_groups PGID...: TERM, then KILL after ~5 s
   local pgid
