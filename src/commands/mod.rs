@@ -42,6 +42,70 @@ pub fn target_url(
     }
 }
 
+/// What a sidecar endpoint (`/ready`, `/healthz`) answered, in words a user can act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub ready: bool,
+    pub reason: String,
+    pub detail: String,
+    pub login: Option<serde_json::Value>,
+}
+
+/// Reads a response as a readiness report. Something that is not one (a 404 from another
+/// server, or from the sidecar itself at a wrong path) is named as such, with its status, rather
+/// than shown as an empty reason.
+pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
+    use serde_json::Value;
+    let status = response.status();
+    let body: Option<Value> = response.json().await.ok();
+    let report = body.filter(|b| {
+        b.get("ready").is_some_and(Value::is_boolean)
+            || b.get("reason").is_some_and(Value::is_string)
+    });
+    match report {
+        Some(body) => {
+            let text = |key: &str| {
+                body.get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let ok = status.is_success();
+            Answer {
+                ready: ok && body.get("ready").and_then(Value::as_bool).unwrap_or(ok),
+                reason: text("reason"),
+                detail: text("detail"),
+                login: body.get("login").filter(|l| !l.is_null()).cloned(),
+            }
+        }
+        // `/healthz` answers 200 with no report; success is all a liveness check asks.
+        None if status.is_success() => Answer {
+            ready: true,
+            reason: "ready".into(),
+            detail: format!("{url} answered HTTP {status}"),
+            login: None,
+        },
+        None => Answer {
+            ready: false,
+            reason: "not_a_sidecar".into(),
+            detail: format!(
+                "{url} answered HTTP {status}, which is not a sidecar readiness report (check the URL: the sidecar serves /ready and /healthz)"
+            ),
+            login: None,
+        },
+    }
+}
+
+/// Why a request to the sidecar failed; a refused connection says that nothing listens there.
+pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
+    let cause = crate::upstream::describe_reqwest_error(e);
+    if e.is_connect() && cause.to_ascii_lowercase().contains("connection refused") {
+        format!("no sidecar answers at {url} (connection refused)")
+    } else {
+        format!("{url}: {cause}")
+    }
+}
+
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.
 pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

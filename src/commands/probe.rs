@@ -32,19 +32,25 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
             }
         };
         match client.get(&url).send().await {
-            Ok(response) if response.status().is_success() => exit::OK,
             Ok(response) => {
-                let status = response.status();
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                let reason = body.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-                let detail = body.get("detail").and_then(|v| v.as_str()).unwrap_or("");
-                eprintln!("mcp-sidecar probe: {url} answered {status}: {reason}: {detail}");
+                let answer = super::read_answer(&url, response).await;
+                if answer.ready {
+                    return exit::OK;
+                }
+                if answer.reason == "not_a_sidecar" {
+                    eprintln!("mcp-sidecar probe: {}", answer.detail);
+                } else {
+                    eprintln!(
+                        "mcp-sidecar probe: {url}: not ready: {}: {}",
+                        answer.reason, answer.detail
+                    );
+                }
                 exit::FAILURE
             }
             Err(e) => {
                 eprintln!(
-                    "mcp-sidecar probe: {url}: {}",
-                    crate::upstream::describe_reqwest_error(&e)
+                    "mcp-sidecar probe: {}",
+                    super::describe_unreachable(&url, &e)
                 );
                 exit::FAILURE
             }

@@ -13,12 +13,7 @@ use crate::cli::exit;
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, PartialEq)]
-struct Observation {
-    reason: String,
-    detail: String,
-    login: Option<Value>,
-}
+type Observation = super::Answer;
 
 pub fn run(
     config_file: Option<PathBuf>,
@@ -114,41 +109,15 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
 async fn ask(client: &reqwest::Client, url: &str) -> (bool, Observation) {
     match client.get(url).send().await {
         Ok(response) => {
-            let ok = response.status().is_success();
-            let status = response.status();
-            match response.json::<Value>().await {
-                Ok(body) => {
-                    let text = |key: &str| {
-                        body.get(key)
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    let ready = ok && body.get("ready").and_then(Value::as_bool).unwrap_or(ok);
-                    (
-                        ready,
-                        Observation {
-                            reason: text("reason"),
-                            detail: text("detail"),
-                            login: body.get("login").filter(|l| !l.is_null()).cloned(),
-                        },
-                    )
-                }
-                Err(_) => (
-                    false,
-                    Observation {
-                        reason: "unexpected_answer".into(),
-                        detail: format!("{url} answered {status} without a readiness report"),
-                        login: None,
-                    },
-                ),
-            }
+            let answer = super::read_answer(url, response).await;
+            (answer.ready, answer)
         }
         Err(e) => (
             false,
             Observation {
+                ready: false,
                 reason: "sidecar_unreachable".into(),
-                detail: crate::upstream::describe_reqwest_error(&e),
+                detail: super::describe_unreachable(url, &e),
                 login: None,
             },
         ),

@@ -226,6 +226,13 @@ impl Provider for PrefixedEnv<'_> {
 /// Loads and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut reader = Reader::new(sources);
+    if reader.file_failed {
+        // Without the file's settings every other check would report keys it may well hold
+        // (`UPSTREAM_URL is required`): only the file's own problem is real.
+        return Err(ConfigError {
+            problems: reader.problems,
+        });
+    }
     let config = reader.validate();
     let mut problems = reader.problems;
     if problems.is_empty() {
@@ -262,7 +269,7 @@ pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
 
 fn read_toml(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Parse once here to report errors by position only: toml's own messages quote the offending
     // line, which may hold a secret.
     if let Err(e) = text.parse::<toml::Table>() {
@@ -275,7 +282,7 @@ fn read_toml(path: &Path) -> Result<String, String> {
             .unwrap_or_default();
         let first = e.message().lines().next().unwrap_or("syntax error");
         return Err(format!(
-            "config file {} is not valid TOML{position}: {first}",
+            "{} is not valid TOML{position}: {first}",
             path.display()
         ));
     }
@@ -288,7 +295,18 @@ struct Reader {
     /// Kept for where each value came from (file or environment), to name keys as written.
     figment: Figment,
     file_label: Option<String>,
+    /// The TOML file could not be used; its problem is the only one worth reporting.
+    file_failed: bool,
     problems: Vec<Problem>,
+}
+
+/// How the user named the TOML file: `--config` on the command line or `MCP_SIDECAR_CONFIG`.
+fn config_file_key(sources: &Sources) -> &'static str {
+    let from_env = sources
+        .env
+        .get(CONFIG_ENV)
+        .is_some_and(|named| sources.file.as_deref() == Some(Path::new(named)));
+    if from_env { CONFIG_ENV } else { "--config" }
 }
 
 impl Reader {
@@ -297,16 +315,21 @@ impl Reader {
         let mut problems = Vec::new();
         let mut figment = Figment::new();
         let mut file_label = None;
+        let mut file_failed = false;
+        let file_key = config_file_key(sources);
         if let Some(path) = &sources.file {
             match read_toml(path) {
                 Ok(text) => {
                     figment = figment.merge(figment::providers::Toml::string(&text));
                     file_label = Some(path.display().to_string());
                 }
-                Err(message) => problems.push(Problem {
-                    key: CONFIG_ENV.to_string(),
-                    message,
-                }),
+                Err(message) => {
+                    file_failed = true;
+                    problems.push(Problem {
+                        key: file_key.to_string(),
+                        message,
+                    });
+                }
             }
         }
         let figment = figment.merge(PrefixedEnv(&sources.env));
@@ -315,8 +338,9 @@ impl Reader {
             Err(_) => {
                 // Top-level extraction into a map only fails if the file is not a table, which
                 // `read_toml` already rejects; say so without echoing any value.
+                file_failed = true;
                 problems.push(Problem {
-                    key: CONFIG_ENV.to_string(),
+                    key: file_key.to_string(),
                     message: "configuration is not a table of keys".into(),
                 });
                 BTreeMap::new()
@@ -326,6 +350,7 @@ impl Reader {
             raw,
             figment,
             file_label,
+            file_failed,
             problems,
         }
     }
@@ -531,9 +556,19 @@ impl Reader {
             if from_env && is_kubernetes_service_link(&key, value) {
                 continue;
             }
+            let lower = key.to_ascii_lowercase();
+            if !from_env && KNOWN_KEYS.contains(&lower.as_str()) {
+                self.problem(
+                    &key,
+                    format!(
+                        "unknown key (keys in a TOML file are lower case: did you mean {lower}?)"
+                    ),
+                );
+                continue;
+            }
             let suggestion = KNOWN_KEYS
                 .iter()
-                .map(|known| (strsim::jaro_winkler(&key, known), known))
+                .map(|known| (strsim::jaro_winkler(&lower, known), known))
                 .filter(|(score, _)| *score > 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, known)| self.label_like(&key, known.to_string()));
@@ -722,13 +757,13 @@ impl Reader {
             ),
             Some(s) => match s.parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
-                Err(_) => {
-                    self.problem(
-                        "listen",
-                        "expected IP:PORT, e.g. 127.0.0.1:4510 or 0.0.0.0:4510",
-                    );
-                    None
-                }
+                Err(_) => match resolve_listen(&s) {
+                    Ok(addr) => Some(addr),
+                    Err(message) => {
+                        self.problem("listen", message);
+                        None
+                    }
+                },
             },
         }
     }
@@ -853,6 +888,37 @@ fn is_kubernetes_service_link(key: &str, value: &str) -> bool {
         Some(Some(_)) => false,
         // ..._port=tcp://...
         None => tokens.last() == Some(&"port") && is_url,
+    }
+}
+
+/// `HOST:PORT` with a host name: loopback names bind 127.0.0.1 without asking DNS (`localhost`
+/// may resolve to `::1` first, and binding only that would turn away IPv4 clients); other names
+/// bind the first address they resolve to, which the loopback rule then judges.
+fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str =
+        "expected HOST:PORT, e.g. 127.0.0.1:4510, localhost:4510 or 0.0.0.0:4510";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(EXPECTED.into());
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(EXPECTED.into());
+    };
+    let valid_name = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid_name {
+        return Err(EXPECTED.into());
+    }
+    if is_loopback_name(host) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    use std::net::ToSocketAddrs;
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host}: {e}")),
     }
 }
 
@@ -1352,6 +1418,81 @@ mod tests {
         assert!(oauth.resource.is_none());
         let summary = format!("{:?}", config.summary());
         assert!(summary.contains("(discovered)"), "{summary}");
+    }
+
+    #[test]
+    fn upper_case_toml_key_gets_the_lower_case_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "UPSTREAM_URL = \"https://x.example/mcp\"\nupstream_url = \"https://x.example/mcp\"\nReady_Intervl = \"1s\"\n",
+        )
+        .unwrap();
+        let found = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::new(),
+        });
+        let text = format!("{found:?}");
+        assert!(
+            text.contains("keys in a TOML file are lower case: did you mean upstream_url?"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean ready_interval?"), "{text}");
+    }
+
+    #[test]
+    fn a_broken_config_file_is_the_only_problem_and_is_labelled_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "upstream_url = \"https://x.example/mcp\nlisten = 3").unwrap();
+        let from_arg = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::new(),
+        });
+        assert_eq!(from_arg.len(), 1, "{from_arg:?}");
+        assert_eq!(from_arg[0].key, "--config");
+        assert!(
+            from_arg[0].message.contains("is not valid TOML at line 1"),
+            "{from_arg:?}"
+        );
+        let from_env = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::from([(CONFIG_ENV.to_string(), file.display().to_string())]),
+        });
+        assert_eq!(from_env.len(), 1, "{from_env:?}");
+        assert_eq!(from_env[0].key, CONFIG_ENV);
+        let missing = problems(&Sources {
+            file: Some(dir.path().join("absent.toml")),
+            env: HashMap::new(),
+        });
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(
+            missing[0].message.starts_with("cannot read "),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn listen_accepts_host_names() {
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("LISTEN", "localhost:4511"),
+        ]))
+        .expect("localhost is a loopback name");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:4511");
+        for bad in ["localhost", "localhost:port", ":4510", "a b:4510"] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("LISTEN", bad),
+            ]));
+            assert_eq!(found[0].key, "MCP_SIDECAR_LISTEN", "{bad}");
+            assert!(found[0].message.contains("HOST:PORT"), "{bad}: {found:?}");
+        }
+        assert_eq!(
+            resolve_listen("app.localhost:80").unwrap().to_string(),
+            "127.0.0.1:80"
+        );
     }
 
     #[test]

@@ -217,7 +217,9 @@ fn wait_times_out_with_the_last_reason() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("gave up after 1s: last reason: sidecar_unreachable"),
+        stderr.contains(&format!(
+            "gave up after 1s: last reason: sidecar_unreachable: no sidecar answers at http://127.0.0.1:{port}/ready (connection refused)"
+        )),
         "{stderr}"
     );
 }
@@ -469,4 +471,131 @@ async fn json_logs_are_one_object_per_line() {
         .find(|l| l["message"] == "mcp-sidecar listening")
         .unwrap();
     assert_eq!(listening["level"], "INFO");
+}
+
+#[test]
+fn config_file_errors_name_the_file_as_given_and_only_the_real_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &file,
+        "upstream_url = \"https://x.example/mcp\nlisten = 3\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let output = run(&["check-config", "--config", path], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("--config: {path} is not valid TOML at line 1")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(1 problem)"), "{stderr}");
+    assert!(!stderr.contains("UPSTREAM_URL"), "{stderr}");
+    assert!(!stderr.contains("MCP_SIDECAR_CONFIG"), "{stderr}");
+
+    let output = run(&["check-config"], &[("CONFIG", path)]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("MCP_SIDECAR_CONFIG: {path} is not valid TOML")),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "UPSTREAM_URL = \"https://x.example/mcp\"\n").unwrap();
+    let output = run(&["check-config", "--config", path], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "UPSTREAM_URL in {path}: unknown key (keys in a TOML file are lower case: did you mean upstream_url?)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_accepts_localhost() {
+    let port = free_port();
+    let listen = format!("localhost:{port}");
+    let env = [
+        ("UPSTREAM_URL", "http://127.0.0.1:9/mcp"),
+        ("LISTEN", listen.as_str()),
+    ];
+    let output = run(&["check-config"], &env);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let child = sidecar_cmd(&["serve"], &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let live = poll(
+        || {
+            let client = client.clone();
+            let url = url.clone();
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    // probe finds the same address from the same setting.
+    let probe = run(&["probe", "--live"], &env);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        live.is_some(),
+        "never served on {listen}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        probe.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_and_probe_say_what_answered_when_it_is_not_a_sidecar() {
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", "http://127.0.0.1:9/mcp")]).await;
+    let wrong = sidecar.url("/nope");
+    let expected =
+        format!("{wrong} answered HTTP 404 Not Found, which is not a sidecar readiness report");
+    let wrong_for_wait = wrong.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        run(&["wait", "--url", &wrong_for_wait, "--timeout", "1s"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("not ready: not_a_sidecar: {expected}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(": : "), "{stderr}");
+
+    let output = tokio::task::spawn_blocking(move || run(&["probe", "--url", &wrong], &[]))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains(": : "), "{stderr}");
 }
