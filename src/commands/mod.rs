@@ -9,6 +9,7 @@ pub mod wait;
 
 use std::path::PathBuf;
 
+use crate::cli::errln;
 use crate::config::{self, Sources};
 
 /// The local URL of one of the sidecar's endpoints, from the listen address the running sidecar
@@ -36,7 +37,7 @@ pub fn target_url(
     match url {
         Some(url) => Ok(url),
         None => local_url(config_file, path).map_err(|e| {
-            eprintln!("mcp-sidecar {command}: {e}");
+            errln!("mcp-sidecar {command}: {e}");
             crate::cli::exit::CONFIG
         }),
     }

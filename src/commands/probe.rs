@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
     let url = match super::target_url(
@@ -19,7 +19,7 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar probe: cannot start: {e}");
+            errln!("mcp-sidecar probe: cannot start: {e}");
             return exit::FAILURE;
         }
     };
@@ -27,7 +27,7 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
         let client = match reqwest::Client::builder().timeout(timeout).build() {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("mcp-sidecar probe: {e}");
+                errln!("mcp-sidecar probe: {e}");
                 return exit::FAILURE;
             }
         };
@@ -38,17 +38,18 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
                     return exit::OK;
                 }
                 if answer.reason == "not_a_sidecar" {
-                    eprintln!("mcp-sidecar probe: {}", answer.detail);
+                    errln!("mcp-sidecar probe: {}", answer.detail);
                 } else {
-                    eprintln!(
+                    errln!(
                         "mcp-sidecar probe: {url}: not ready: {}: {}",
-                        answer.reason, answer.detail
+                        answer.reason,
+                        answer.detail
                     );
                 }
                 exit::FAILURE
             }
             Err(e) => {
-                eprintln!(
+                errln!(
                     "mcp-sidecar probe: {}",
                     super::describe_unreachable(&url, &e)
                 );

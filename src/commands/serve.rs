@@ -2,14 +2,14 @@
 
 use std::path::PathBuf;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 use crate::config::{self, Sources};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
     let config = match config::load(&Sources::from_process(config_file)) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
+            errln!("mcp-sidecar: {e}");
             return exit::CONFIG;
         }
     };

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
@@ -29,7 +29,7 @@ pub fn run(
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar wait: cannot start: {e}");
+            errln!("mcp-sidecar wait: cannot start: {e}");
             return exit::FAILURE;
         }
     };
@@ -51,7 +51,7 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mcp-sidecar wait: {e}");
+            errln!("mcp-sidecar wait: {e}");
             return false;
         }
     };
@@ -59,14 +59,14 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
     let deadline = started + timeout;
     let mut last: Option<Observation> = None;
     let mut last_print = Instant::now();
-    eprintln!(
+    errln!(
         "mcp-sidecar wait: waiting up to {} for {url}",
         humantime::format_duration(timeout)
     );
     loop {
         let (ready, observation) = ask(&client, url).await;
         if ready {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: ready after {:.1}s: {}",
                 started.elapsed().as_secs_f32(),
                 observation.detail
@@ -74,9 +74,10 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
             return true;
         }
         if last.as_ref() != Some(&observation) {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: not ready: {}: {}",
-                observation.reason, observation.detail
+                observation.reason,
+                observation.detail
             );
             if let Some(login) = &observation.login {
                 print_login(login);
@@ -84,7 +85,7 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
             last_print = Instant::now();
             last = Some(observation.clone());
         } else if last_print.elapsed() >= PROGRESS_EVERY {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: still waiting after {}s: {}",
                 started.elapsed().as_secs(),
                 observation.reason
@@ -94,7 +95,7 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
         let now = Instant::now();
         if now >= deadline {
             let last = last.unwrap_or(observation);
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: gave up after {}: last reason: {}: {}",
                 humantime::format_duration(timeout),
                 last.reason,
@@ -132,12 +133,12 @@ fn print_login(login: &Value) {
         .unwrap_or_default();
     match field("user_code") {
         Some(code) => {
-            eprintln!("mcp-sidecar wait: sign in: open {uri} and enter the code {code}{expires}")
+            errln!("mcp-sidecar wait: sign in: open {uri} and enter the code {code}{expires}")
         }
-        None => eprintln!("mcp-sidecar wait: sign in: open {uri} in a browser{expires}"),
+        None => errln!("mcp-sidecar wait: sign in: open {uri} in a browser{expires}"),
     }
     if let Some(complete) = field("verification_uri_complete") {
-        eprintln!("mcp-sidecar wait: or open {complete} (the code is filled in)");
+        errln!("mcp-sidecar wait: or open {complete} (the code is filled in)");
     }
 }
 
@@ -146,7 +147,7 @@ fn exec(command: &[String]) -> u8 {
     let error = std::process::Command::new(&command[0])
         .args(&command[1..])
         .exec();
-    eprintln!("mcp-sidecar wait: cannot run {}: {error}", command[0]);
+    errln!("mcp-sidecar wait: cannot run {}: {error}", command[0]);
     if error.kind() == std::io::ErrorKind::NotFound {
         exit::NOT_FOUND
     } else {

@@ -843,11 +843,8 @@ impl Reader {
             }
         };
         let filter = self.text("log").unwrap_or_else(|| "info".to_string());
-        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
-            self.problem(
-                "log",
-                "expected a level (error, warn, info, debug, trace) or a filter like mcp_sidecar=debug",
-            );
+        if let Err(message) = check_log_filter(&filter) {
+            self.problem("log", message);
         }
         LogConfig { format, filter }
     }
@@ -889,6 +886,47 @@ fn is_kubernetes_service_link(key: &str, value: &str) -> bool {
         // ..._port=tcp://...
         None => tokens.last() == Some(&"port") && is_url,
     }
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+const LOG_EXPECTED: &str = "expected a level (error, warn, info, debug, trace, off) or a filter like info,mcp_sidecar=debug";
+
+/// Checks a `LOG` filter beyond what tracing checks: tracing reads a bare word that is not a level
+/// (`inof`) as a target name enabled at every level, which leaves every line of this program
+/// off. A bare word must therefore be a level; a target is written `TARGET=LEVEL`.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (level, bare) = match directive.rsplit_once('=') {
+            Some((_, level)) => (level.trim(), false),
+            // `target[span{field=value}]` forms are left to tracing's own parser.
+            None if directive.contains('[') => continue,
+            None => (directive, true),
+        };
+        if level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+        {
+            continue;
+        }
+        let lower = level.to_ascii_lowercase();
+        let hint = LOG_LEVELS
+            .iter()
+            .map(|known| (strsim::damerau_levenshtein(&lower, known), known))
+            .filter(|(distance, _)| *distance <= 2)
+            .min_by_key(|(distance, _)| *distance)
+            .map(|(_, known)| format!(" (did you mean {known}?)"))
+            .unwrap_or_default();
+        let also = if bare {
+            "; to set one target's level write TARGET=LEVEL, e.g. mcp_sidecar=debug"
+        } else {
+            ""
+        };
+        return Err(format!("{level:?} is not a log level{hint}{also}"));
+    }
+    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+        return Err(LOG_EXPECTED.into());
+    }
+    Ok(())
 }
 
 /// `HOST:PORT` with a host name: loopback names bind 127.0.0.1 without asking DNS (`localhost`
@@ -1493,6 +1531,36 @@ mod tests {
             resolve_listen("app.localhost:80").unwrap().to_string(),
             "127.0.0.1:80"
         );
+    }
+
+    #[test]
+    fn log_filter_typos_are_refused_with_a_suggestion() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,mcp_sidecar=trace",
+            "mcp_sidecar::proxy=debug",
+            "off",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("LOG", "inof"),
+        ]));
+        assert_eq!(found[0].key, "MCP_SIDECAR_LOG");
+        assert!(
+            found[0]
+                .message
+                .contains("\"inof\" is not a log level (did you mean info?)"),
+            "{found:?}"
+        );
+        let message = check_log_filter("info,mcp_sidecar=debgu").unwrap_err();
+        assert!(message.contains("did you mean debug?"), "{message}");
+        assert!(!message.contains("TARGET=LEVEL"), "{message}");
+        let message = check_log_filter("verbose").unwrap_err();
+        assert!(message.contains("TARGET=LEVEL"), "{message}");
+        assert!(!message.contains("did you mean"), "{message}");
     }
 
     #[test]

@@ -599,3 +599,71 @@ async fn wait_and_probe_say_what_answered_when_it_is_not_a_sidecar() {
     assert!(stderr.contains(&expected), "{stderr}");
     assert!(!stderr.contains(": : "), "{stderr}");
 }
+
+#[test]
+fn a_misspelt_log_level_is_a_configuration_error() {
+    let output = run(
+        &["check-config"],
+        &[("UPSTREAM_URL", "https://x.example/mcp"), ("LOG", "inof")],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("MCP_SIDECAR_LOG: \"inof\" is not a log level (did you mean info?)"),
+        "{stderr}"
+    );
+}
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE at once, as
+/// `mcp-sidecar check-config | head -3` does once head has its lines.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_not_a_panic() {
+    let port = free_port();
+    let nobody = format!("http://127.0.0.1:{port}/ready");
+    let valid = [("UPSTREAM_URL", "https://x.example/mcp")];
+    // (arguments, environment, expected exit code, which stream is closed)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: [Case; 8] = [
+        (&["check-config"], &valid, 0, "stdout"),
+        (&["check-config"], &[], 64, "stderr"),
+        (&["--version"], &[], 0, "stdout"),
+        (&["--help"], &[], 0, "stdout"),
+        (
+            &["wait", "--url", &nobody, "--timeout", "1s"],
+            &[],
+            1,
+            "stderr",
+        ),
+        (&["probe", "--url", &nobody], &[], 1, "stderr"),
+        (&["login"], &valid, 64, "stderr"),
+        (&["demo", "--listen", "nonsense"], &[], 64, "stderr"),
+    ];
+    for (args, env, code, closed) in cases {
+        let mut cmd = sidecar_cmd(args, env);
+        if closed == "stdout" {
+            cmd.stdout(closed_pipe()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(closed_pipe());
+        }
+        let output = cmd.output().expect("run the binary");
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?} with {closed} closed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("panicked"), "{args:?}: {all}");
+    }
+}
