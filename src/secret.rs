@@ -10,7 +10,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, Serializer};
@@ -142,11 +142,48 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// Not there yet: in Kubernetes and with secret agents the file often arrives after start.
+    #[error("{key}: {path} does not exist (yet)")]
+    Missing { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is empty")]
     Empty { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is not valid UTF-8")]
     NotUtf8 { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is a directory, not a file")]
+    NotAFile { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is larger than {limit} bytes; a secret file holds one value")]
+    TooLarge {
+        key: &'static str,
+        path: PathBuf,
+        limit: u64,
+    },
 }
+
+impl SecretError {
+    /// A file that is not there yet or still empty: something outside the sidecar (a mounted
+    /// secret, vault-agent, `cmd > file`) has yet to write it. Not a configuration mistake; the
+    /// sidecar serves and reports `auth_required` until it arrives.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Missing { .. } | Self::Empty { .. })
+    }
+}
+
+/// The largest secret file read. A token, a key or a header list is a few KiB at most; a bigger
+/// file is a mistake (a log file named by accident), and must never become a request header.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// How long the last good value stands in while a file is rewritten in place. `cmd > file`
+/// truncates first and writes after; readers in between see an empty or partial file, although
+/// the previous value is still valid. Two seconds covers a slow command many times over (the
+/// window is usually microseconds), while a file that really was emptied is reported soon after.
+pub const REWRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// A file modified this recently and shorter than the last good value is taken to be mid-write.
+/// A partial file cannot be told from a shorter token by its content; its age can: a writer
+/// finishes within microseconds (more on a loaded machine), so a short file this young is most
+/// likely still being written. A genuinely shorter token is used once it is older than this, or
+/// at once when the upstream has rejected the previous one ([`SecretFile::reread`]).
+const PARTIAL_WINDOW: Duration = Duration::from_millis(500);
 
 /// What identifies one version of a file: a symlink swap changes the inode, an in-place write the
 /// length or modification time.
@@ -168,6 +205,22 @@ impl FileStamp {
             modified: meta.modified().ok(),
         }
     }
+
+    /// Modified within `window` of now (a clock that went backwards counts as recent).
+    fn is_younger_than(&self, window: Duration) -> bool {
+        self.modified
+            .is_some_and(|m| m.elapsed().map_or(true, |age| age < window))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The value of the file version `FileStamp`, served while the file is unchanged.
+    current: Option<(FileStamp, Secret)>,
+    /// The last value read whole, which stands in during a rewrite.
+    last_good: Option<Secret>,
+    /// When a rewrite (an empty or partial file) was first seen; `None` while the file is whole.
+    rewriting_since: Option<Instant>,
 }
 
 /// A secret kept in a file and re-read whenever the file changes.
@@ -178,7 +231,8 @@ impl FileStamp {
 pub struct SecretFile {
     key: &'static str,
     path: PathBuf,
-    cache: Mutex<Option<(FileStamp, Secret)>>,
+    grace: Duration,
+    cache: Mutex<Cache>,
 }
 
 impl SecretFile {
@@ -186,8 +240,15 @@ impl SecretFile {
         Self {
             key,
             path: path.into(),
-            cache: Mutex::new(None),
+            grace: REWRITE_GRACE,
+            cache: Mutex::new(Cache::default()),
         }
+    }
+
+    /// The same file with another [`REWRITE_GRACE`] (zero: report an empty file at once).
+    pub fn with_rewrite_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -199,57 +260,122 @@ impl SecretFile {
     }
 
     /// The current content: from the cache while the file is unchanged, read anew otherwise.
-    /// A missing or empty file is an error every time, never served from the cache.
+    /// A missing file is an error every time, never served from the cache; an empty or partial
+    /// one is bridged with the last good value for [`REWRITE_GRACE`], then reported.
     pub fn read(&self) -> Result<Secret, SecretError> {
-        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        let meta = self.metadata()?;
         let stamp = FileStamp::of(&meta);
         {
             let cache = self.lock();
-            if let Some((cached, secret)) = cache.as_ref()
+            if let Some((cached, secret)) = cache.current.as_ref()
                 && *cached == stamp
             {
                 return Ok(secret.clone());
             }
         }
-        self.load(stamp)
+        self.load(stamp, true)
     }
 
     /// Reads the file regardless of the cache (used after the upstream rejected the cached value).
+    /// Nothing is bridged: the last good value is the one just rejected, so an empty file is
+    /// reported and a short one taken as it is.
     pub fn reread(&self) -> Result<Secret, SecretError> {
-        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
-        self.load(FileStamp::of(&meta))
+        let meta = self.metadata()?;
+        self.load(FileStamp::of(&meta), false)
     }
 
-    fn load(&self, stamp: FileStamp) -> Result<Secret, SecretError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| self.unreadable(source))?;
-        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 {
-            key: self.key,
-            path: self.path.clone(),
+    fn metadata(&self) -> Result<std::fs::Metadata, SecretError> {
+        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        if meta.is_dir() {
+            return Err(self.forget(SecretError::NotAFile {
+                key: self.key,
+                path: self.path.clone(),
+            }));
+        }
+        if meta.len() > MAX_SECRET_FILE_BYTES {
+            return Err(self.too_large());
+        }
+        Ok(meta)
+    }
+
+    fn load(&self, stamp: FileStamp, bridge: bool) -> Result<Secret, SecretError> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(&self.path)
+            .and_then(|file| {
+                // Bounded even if the file grew after the `stat`.
+                file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes)
+            })
+            .map_err(|source| self.unreadable(source))?;
+        if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+            return Err(self.too_large());
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            self.forget(SecretError::NotUtf8 {
+                key: self.key,
+                path: self.path.clone(),
+            })
         })?;
         // Files written by `echo` or editors end with a newline that is not part of the secret.
         let trimmed = text.trim();
-        if trimmed.is_empty() {
-            *self.lock() = None;
-            return Err(SecretError::Empty {
+        let mut cache = self.lock();
+        let partial = cache.last_good.as_ref().is_some_and(|good| {
+            trimmed.len() < good.expose().len() && stamp.is_younger_than(PARTIAL_WINDOW)
+        });
+        if trimmed.is_empty() || partial {
+            let since = *cache.rewriting_since.get_or_insert_with(Instant::now);
+            if let Some(good) = cache.last_good.as_ref()
+                && bridge
+                && since.elapsed() < self.grace
+            {
+                // Not cached under this stamp: the next read looks at the file again.
+                return Ok(good.clone());
+            }
+            if trimmed.is_empty() {
+                cache.current = None;
+                return Err(SecretError::Empty {
+                    key: self.key,
+                    path: self.path.clone(),
+                });
+            }
+        }
+        let secret = Secret::new(trimmed);
+        cache.current = Some((stamp, secret.clone()));
+        cache.last_good = Some(secret.clone());
+        cache.rewriting_since = None;
+        Ok(secret)
+    }
+
+    fn too_large(&self) -> SecretError {
+        self.forget(SecretError::TooLarge {
+            key: self.key,
+            path: self.path.clone(),
+            limit: MAX_SECRET_FILE_BYTES,
+        })
+    }
+
+    fn unreadable(&self, source: std::io::Error) -> SecretError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return self.forget(SecretError::Missing {
                 key: self.key,
                 path: self.path.clone(),
             });
         }
-        let secret = Secret::new(trimmed);
-        *self.lock() = Some((stamp, secret.clone()));
-        Ok(secret)
-    }
-
-    fn unreadable(&self, source: std::io::Error) -> SecretError {
-        *self.lock() = None;
-        SecretError::Unreadable {
+        self.forget(SecretError::Unreadable {
             key: self.key,
             path: self.path.clone(),
             source,
-        }
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileStamp, Secret)>> {
+    /// A file that is gone or unusable is reported every time: nothing of it is kept, not even
+    /// the value that would bridge a rewrite (a deleted token file means "stop").
+    fn forget(&self, error: SecretError) -> SecretError {
+        *self.lock() = Cache::default();
+        error
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A poisoned lock only means another thread panicked mid-update; the cache is a hint and
         // is still safe to use or overwrite.
         self.cache
@@ -261,7 +387,7 @@ impl SecretFile {
 impl Clone for SecretFile {
     /// The same file, with a cache of its own (filled on first read).
     fn clone(&self) -> Self {
-        Self::new(self.key, self.path.clone())
+        Self::new(self.key, self.path.clone()).with_rewrite_grace(self.grace)
     }
 }
 
@@ -359,17 +485,125 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "value").unwrap();
-        let file = SecretFile::new("TOKEN_FILE", &path);
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::ZERO);
         assert!(file.read().is_ok());
         std::fs::write(&path, "  \n").unwrap();
         let err = file.read().unwrap_err();
         assert!(matches!(err, SecretError::Empty { .. }), "{err}");
+        assert!(err.is_pending());
         assert!(err.to_string().starts_with("TOKEN_FILE: "));
         std::fs::remove_file(&path).unwrap();
+        let err = file.read().unwrap_err();
+        assert!(matches!(err, SecretError::Missing { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("TOKEN_FILE: {} does not exist (yet)", path.display())
+        );
+        assert!(err.is_pending());
+    }
+
+    #[test]
+    fn a_rewrite_in_place_is_bridged_with_the_last_good_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let canary = format!("canary+/=&{}", "x".repeat(200));
+        std::fs::write(&path, format!("{canary}\n")).unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert_eq!(file.read().unwrap().expose(), canary);
+        // `cmd > token`: truncated first ...
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary, "empty mid-rewrite");
+        // ... then written, maybe in pieces: a fresh file shorter than the last value.
+        std::fs::write(&path, &canary[..50]).unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary, "partial mid-rewrite");
+        std::fs::write(&path, "the-new-and-longer-token+/=&".repeat(10)).unwrap();
+        assert_eq!(
+            file.read().unwrap().expose(),
+            "the-new-and-longer-token+/=&".repeat(10)
+        );
+        // A deleted file is not a rewrite: reported at once, nothing bridged afterwards.
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.read().is_err());
+        std::fs::write(&path, "").unwrap();
         assert!(matches!(
             file.read().unwrap_err(),
-            SecretError::Unreadable { .. }
+            SecretError::Empty { .. }
         ));
+    }
+
+    #[test]
+    fn after_a_rejection_nothing_is_bridged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a-long-first-token").unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert!(file.read().is_ok());
+        std::fs::write(&path, "short").unwrap();
+        assert_eq!(file.reread().unwrap().expose(), "short");
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            file.reread().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
+    }
+
+    #[test]
+    fn a_shorter_token_is_accepted_once_the_write_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a-long-first-token").unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert_eq!(file.read().unwrap().expose(), "a-long-first-token");
+        std::fs::write(&path, "short").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(file.read().unwrap().expose(), "short");
+    }
+
+    #[test]
+    fn a_file_that_is_empty_too_long_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "value").unwrap();
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::ZERO);
+        assert!(file.read().is_ok());
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            file.read().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
+    }
+
+    #[test]
+    fn huge_files_and_directories_are_refused_naming_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a".repeat(MAX_SECRET_FILE_BYTES as usize + 1)).unwrap();
+        let err = SecretFile::new("TOKEN_FILE", &path).read().unwrap_err();
+        assert!(matches!(err, SecretError::TooLarge { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "TOKEN_FILE: {} is larger than 65536 bytes",
+                path.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.is_pending());
+        std::fs::write(&path, "a".repeat(MAX_SECRET_FILE_BYTES as usize)).unwrap();
+        assert!(SecretFile::new("TOKEN_FILE", &path).read().is_ok());
+        let err = SecretFile::new("TOKEN_FILE", dir.path())
+            .read()
+            .unwrap_err();
+        assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(!err.is_pending());
     }
 
     #[test]

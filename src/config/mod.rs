@@ -529,9 +529,13 @@ impl Reader {
             (false, true) => {
                 let path = self.text(file_key)?;
                 let file = SecretFile::new(env_name, PathBuf::from(&path));
-                // Fail early on a file that cannot be used at all; a file that is readable now
-                // may still be rotated later, which the proxy handles at run time.
-                if let Err(e) = file.read() {
+                // Fail early on a file that can never be used (a directory, unreadable, not
+                // UTF-8, too large). A file that is not there yet or still empty is not a
+                // mistake: mounted secrets and secret agents often write it after the container
+                // starts, so the sidecar serves and reports `auth_required` until it arrives.
+                if let Err(e) = file.read()
+                    && !e.is_pending()
+                {
                     self.problem(file_key, strip_key_prefix(&e.to_string(), env_name));
                 }
                 Some(SecretSource::File(file))
@@ -1151,12 +1155,10 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "").unwrap();
         let found = problems(&env(&[
             ("UPSTREAM_URL", "http://mcp.example.com/mcp"),
             ("LISTEN", "0.0.0.0:4510"),
-            ("TOKEN_FILE", token_file.to_str().unwrap()),
+            ("TOKEN_FILE", dir.path().to_str().unwrap()),
             ("READY_INTERVAL", "often"),
             ("UPSTREM_URL", "typo"),
         ]));
@@ -1177,10 +1179,43 @@ mod tests {
                 .contains("did you mean MCP_SIDECAR_UPSTREAM_URL")
         );
         assert!(
-            found[2].message.contains("is empty"),
+            found[2].message.contains("is a directory"),
             "{}",
             found[2].message
         );
+    }
+
+    #[test]
+    fn a_token_file_not_there_yet_is_not_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing");
+        for path in [&empty, &missing] {
+            let config = load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("TOKEN_FILE", path.to_str().unwrap()),
+            ]))
+            .expect("the file may arrive after start");
+            assert!(matches!(
+                config.auth,
+                AuthConfig::Bearer(SecretSource::File(_))
+            ));
+        }
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'a'; 200 * 1024]).unwrap();
+        for (value, expected) in [
+            ("", "is set but empty"),
+            (dir.path().to_str().unwrap(), "is a directory"),
+            (huge.to_str().unwrap(), "is larger than 65536 bytes"),
+        ] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("TOKEN_FILE", value),
+            ]));
+            assert_eq!(found[0].key, "MCP_SIDECAR_TOKEN_FILE", "{found:?}");
+            assert!(found[0].message.contains(expected), "{found:?}");
+        }
     }
 
     #[test]

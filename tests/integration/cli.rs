@@ -667,3 +667,107 @@ fn a_closed_stdout_or_stderr_is_not_a_panic() {
         assert!(!all.contains("panicked"), "{args:?}: {all}");
     }
 }
+
+/// In Kubernetes and with secret agents the token file often arrives after the container starts:
+/// the sidecar serves, says what it waits for, and becomes ready once the file is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_waits_for_a_token_file_that_is_not_there_yet() {
+    let canary = format!("canary+/=&{}", "Qw7+/=&".repeat(40));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let mock = MockUpstream::start(&canary, Mode::Legacy);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("UPSTREAM_URL", mock.url()),
+        ("LISTEN", listen.clone()),
+        ("TOKEN_FILE", token_file.to_str().unwrap().to_string()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let check = run(&["check-config"], &env_refs);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    let child = sidecar_cmd(&["serve"], &env_refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let ready_url = format!("http://{listen}/ready");
+    let pending = poll(
+        || {
+            let (client, url) = (client.clone(), ready_url.clone());
+            async move {
+                let response = client.get(url).send().await.ok()?;
+                response.json::<serde_json::Value>().await.ok()
+            }
+        },
+        |body| body["reason"] == "auth_required",
+    )
+    .await;
+    let waited = {
+        let url = ready_url.clone();
+        tokio::task::spawn_blocking(move || run(&["wait", "--url", &url, "--timeout", "1s"], &[]))
+            .await
+            .unwrap()
+    };
+    std::fs::write(&token_file, format!("{canary}\n")).unwrap();
+    let ready = poll(
+        || {
+            let (client, url) = (client.clone(), ready_url.clone());
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let pending = pending.unwrap_or_else(|| panic!("never reported auth_required:\n{logs}"));
+    let detail = pending["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "TOKEN_FILE: {} does not exist (yet)",
+            token_file.display()
+        )),
+        "{pending}"
+    );
+    let waited_stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        waited_stderr.contains("not ready: auth_required: ")
+            && waited_stderr.contains("TOKEN_FILE"),
+        "{waited_stderr}"
+    );
+    assert!(
+        ready.is_some(),
+        "never ready once the file arrived:\n{logs}"
+    );
+    assert_eq!(output.status.code(), Some(0), "{logs}");
+    assert!(!logs.contains(&canary));
+
+    // A path that can never hold a token is a configuration error, as before.
+    for (value, expected) in [
+        ("", "MCP_SIDECAR_TOKEN_FILE: is set but empty"),
+        (dir.path().to_str().unwrap(), "is a directory, not a file"),
+    ] {
+        for command in ["check-config", "serve"] {
+            let output = run(
+                &[command],
+                &[
+                    ("UPSTREAM_URL", "https://x.example/mcp"),
+                    ("TOKEN_FILE", value),
+                ],
+            );
+            assert_eq!(output.status.code(), Some(64), "{command} {value:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains(expected), "{command}: {stderr}");
+        }
+    }
+}

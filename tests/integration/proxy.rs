@@ -271,7 +271,7 @@ async fn missing_token_file_is_auth_required_not_a_crash() {
     ])
     .await;
     sidecar.wait_reason("ready").await;
-    std::fs::write(&token_file, "").unwrap();
+    std::fs::remove_file(&token_file).unwrap();
     let client = reqwest::Client::new();
     let response = mcp_post(
         &client,
@@ -288,13 +288,132 @@ async fn missing_token_file_is_auth_required_not_a_crash() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("is empty")
+            .contains("does not exist"),
+        "{body}"
     );
     let ready = sidecar.wait_reason("auth_required").await;
     assert!(
         ready["detail"].as_str().unwrap().contains("TOKEN_FILE"),
         "{ready}"
     );
+    // An empty file is bridged for a short grace (a rewrite in place), then reported.
+    std::fs::write(&token_file, TOKEN).unwrap();
+    sidecar.wait_reason("ready").await;
+    std::fs::write(&token_file, "").unwrap();
+    let refused = crate::common::poll(
+        || {
+            let request = mcp_post(
+                &client,
+                &sidecar.url("/mcp"),
+                call(9, "echo", json!({"text": "x"})),
+            );
+            async move {
+                let response = request.send().await.ok()?;
+                Some((response.status(), response.text().await.ok()?))
+            }
+        },
+        |(status, _)| *status != 200,
+    )
+    .await
+    .expect("an empty file is reported once the grace has passed");
+    assert_eq!(refused.0, 503);
+    assert!(refused.1.contains("is empty"), "{}", refused.1);
+    let ready = sidecar.wait_reason("auth_required").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("is empty"),
+        "{ready}"
+    );
+}
+
+/// `cmd > token` truncates the file, then writes it (here a byte at a time, the slowest a writer
+/// gets): calls made in between must still go out with the previous, still valid, token.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_file_rewritten_in_place_fails_no_call() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    const CALLS: usize = 300;
+    let canary: String = format!("canary+/=&{}", "Zx9+/=&".repeat(40));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{canary}\n")).unwrap();
+    let mock = MockUpstream::start(&canary, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN_FILE", token_file.to_str().unwrap()),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+
+    let made = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewriter = {
+        let (made, stop, path, canary) = (
+            made.clone(),
+            stop.clone(),
+            token_file.clone(),
+            canary.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut rewrites = 0u32;
+            // Bounded: until the calls are done, and never more than this many rewrites.
+            while !stop.load(Ordering::SeqCst)
+                && made.load(Ordering::SeqCst) < CALLS
+                && rewrites < 200_000
+            {
+                let mut file = std::fs::File::create(&path).unwrap();
+                for byte in canary.as_bytes().iter().chain(b"\n") {
+                    file.write_all(std::slice::from_ref(byte)).unwrap();
+                }
+                rewrites += 1;
+            }
+            rewrites
+        })
+    };
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let mut failures = Vec::new();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, url, made) = (client.clone(), url.clone(), made.clone());
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                loop {
+                    let n = made.fetch_add(1, Ordering::SeqCst);
+                    if n >= CALLS {
+                        return failed;
+                    }
+                    let response =
+                        mcp_post(&client, &url, call(n as u64, "echo", json!({"text": w})))
+                            .send()
+                            .await
+                            .unwrap();
+                    let status = response.status();
+                    if status != 200 {
+                        failed.push(format!(
+                            "{status} {}",
+                            response.text().await.unwrap_or_default()
+                        ));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        failures.extend(worker.await.unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let rewrites = rewriter.join().unwrap();
+    assert!(rewrites > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {CALLS} calls failed during {rewrites} rewrites: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    for failure in &failures {
+        assert!(!failure.contains(&canary));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
