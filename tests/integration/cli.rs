@@ -771,3 +771,63 @@ async fn serve_waits_for_a_token_file_that_is_not_there_yet() {
         }
     }
 }
+
+/// `mcp-sidecar serve 2>&1 | head` or a log collector that went away: the sidecar keeps serving
+/// (a log line nobody reads is lost, not a panic in the request's task).
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_keeps_serving_when_its_log_reader_is_gone() {
+    let mock = MockUpstream::start("t", Mode::Legacy);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = sidecar_cmd(
+        &["serve"],
+        &[
+            ("UPSTREAM_URL", &mock.url()),
+            ("TOKEN", "t"),
+            ("LISTEN", &listen),
+            ("LOG", "debug"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(closed_pipe())
+    .spawn()
+    .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let ready = poll(
+        || {
+            let client = client.clone();
+            let url = format!("http://{listen}/ready");
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for id in 0..3 {
+        let response = mcp_post(
+            &client,
+            &format!("http://{listen}/mcp"),
+            call(id, "echo", json!({"text": "x"})),
+        )
+        .send()
+        .await;
+        statuses.push(
+            response
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(ready.is_some(), "never ready");
+    assert!(statuses.iter().all(|s| s == &Ok(200)), "{statuses:?}");
+    assert_eq!(output.status.code(), Some(0));
+}
