@@ -18,6 +18,11 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
                     break;
                 }
             }
+            for pending in config.pending_files() {
+                errln!(
+                    "mcp-sidecar: note: {pending}; the sidecar serves and reports auth_required until it is written"
+                );
+            }
 
             exit::OK
         }

@@ -1009,6 +1009,30 @@ pub fn is_loopback_name(host: &str) -> bool {
 }
 
 impl Config {
+    /// Secret files that are not there yet (or still empty), each as its error message: not a
+    /// configuration error, but worth saying at start (`check-config`, `serve`).
+    pub fn pending_files(&self) -> Vec<String> {
+        let mut sources: Vec<&SecretSource> = Vec::new();
+        sources.extend(&self.client_token);
+        sources.extend(&self.upstream.headers);
+        match &self.auth {
+            AuthConfig::Bearer(token) => sources.push(token),
+            AuthConfig::OAuth(oauth) => {
+                sources.extend(&oauth.client_secret);
+                sources.extend(&oauth.refresh_token);
+            }
+            AuthConfig::Command(_) | AuthConfig::None => {}
+        }
+        sources
+            .into_iter()
+            .filter_map(|source| match source {
+                SecretSource::File(file) => file.read().err().filter(|e| e.is_pending()),
+                SecretSource::Inline(_) => None,
+            })
+            .map(|e| e.to_string())
+            .collect()
+    }
+
     /// The resolved settings for `check-config`: every key, secrets redacted, files by path.
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         let secret = |s: &Option<SecretSource>| {
@@ -1201,6 +1225,9 @@ mod tests {
                 config.auth,
                 AuthConfig::Bearer(SecretSource::File(_))
             ));
+            let pending = config.pending_files();
+            assert_eq!(pending.len(), 1, "{pending:?}");
+            assert!(pending[0].starts_with("TOKEN_FILE: "), "{pending:?}");
         }
         let huge = dir.path().join("huge");
         std::fs::write(&huge, vec![b'a'; 200 * 1024]).unwrap();

@@ -685,6 +685,13 @@ async fn serve_waits_for_a_token_file_that_is_not_there_yet() {
     let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let check = run(&["check-config"], &env_refs);
     assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(&format!(
+            "note: TOKEN_FILE: {} does not exist (yet); the sidecar serves and reports auth_required",
+            token_file.display()
+        )),
+        "{check:?}"
+    );
     let child = sidecar_cmd(&["serve"], &env_refs)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -748,6 +755,10 @@ async fn serve_waits_for_a_token_file_that_is_not_there_yet() {
     assert!(
         ready.is_some(),
         "never ready once the file arrived:\n{logs}"
+    );
+    assert!(
+        logs.contains("a secret file is not there yet"),
+        "said at start:\n{logs}"
     );
     assert_eq!(output.status.code(), Some(0), "{logs}");
     assert!(!logs.contains(&canary));
