@@ -59,6 +59,7 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
     use serde_json::Value;
     let status = response.status();
     let body: Option<Value> = response.json().await.ok();
+    let json = body.is_some();
     let report = body.filter(|b| {
         b.get("ready").is_some_and(Value::is_boolean)
             || b.get("reason").is_some_and(Value::is_string)
@@ -79,8 +80,8 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
                 login: body.get("login").filter(|l| !l.is_null()).cloned(),
             }
         }
-        // `/healthz` answers 200 with no report; success is all a liveness check asks.
-        None if status.is_success() => Answer {
+        // `/healthz` answers 200 with JSON but no report; success is all a liveness check asks.
+        None if status.is_success() && json => Answer {
             ready: true,
             reason: "ready".into(),
             detail: format!("{url} answered HTTP {status}"),

@@ -32,11 +32,10 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
             }
         };
         match client.get(&url).send().await {
+            // Any success is healthy, whatever the body: orchestrators ask no more.
+            Ok(response) if response.status().is_success() => exit::OK,
             Ok(response) => {
                 let answer = super::read_answer(&url, response).await;
-                if answer.ready {
-                    return exit::OK;
-                }
                 if answer.reason == "not_a_sidecar" {
                     errln!("mcp-sidecar probe: {}", answer.detail);
                 } else {
