@@ -100,12 +100,17 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
 
 /// Why a request to the sidecar failed; a refused connection says that nothing listens there.
 pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
-    let cause = crate::upstream::describe_reqwest_error(e);
-    if e.is_connect() && cause.to_ascii_lowercase().contains("connection refused") {
-        format!("no sidecar answers at {url} (connection refused)")
-    } else {
-        format!("{url}: {cause}")
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return format!("no sidecar answers at {url} (connection refused)");
+        }
+        source = cause.source();
     }
+    format!("{url}: {}", crate::upstream::describe_reqwest_error(e))
 }
 
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.
