@@ -21,7 +21,8 @@
 #   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, and an
 #      agent container (a test image with the real Claude Code binary and the gate) connects
 #   D  the devcontainer feature's install.sh in a scratch root (chroot): the installed binary
-#      answers --version and the feature's entrypoint starts it in the background
+#      answers --version and the feature's entrypoint starts it in the background, saying so only
+#      once it answers /healthz; a sidecar that exits at start is reported with its log's end
 #   R  README snippets are the tested files
 #
 # CI calls this after the interop tests and reuses their npm install of Claude Code (tests/interop,
@@ -749,6 +750,22 @@ scenario_devcontainer() {
   note "in the scratch root: /usr/local/bin/mcp-sidecar --version: $version"
   [[ $(stat -c %a "$root/var/lib/mcp-sidecar") == 700 ]] || fail "state dir mode"
 
+  # a sidecar that dies at once (here: a misspelt setting, exit 64) is reported as such, with the
+  # end of its log, and the container's command still runs; never "started"
+  local bad=$WORK/devcontainer-entrypoint-bad.out
+  env -i PATH=/usr/local/bin:/bin MCP_SIDECAR_CONFIG=/usr/local/etc/mcp-sidecar/config.toml \
+    MCP_SIDECAR_TOKEN=unused MCP_SIDECAR_UPSTREM_URL="http://127.0.0.1:$up_port/mcp" \
+    timeout 60 "$chroot" "$root" /usr/local/share/mcp-sidecar/entrypoint.sh echo command-ran >"$bad" 2>&1 ||
+    fail "the entrypoint with a dying sidecar failed: $(cat "$bad")"
+  sed 's/^/  entrypoint: /' "$bad"
+  ! grep -q 'started in the background' "$bad" || fail "the entrypoint said 'started' for a sidecar that exited"
+  grep -q '^mcp-sidecar: not started: it exited with status 64; the end of /tmp/mcp-sidecar.log:$' "$bad" ||
+    fail "the entrypoint did not say that the sidecar exited, with its status"
+  grep -q '^  | .*MCP_SIDECAR_UPSTREM_URL: unknown key (did you mean MCP_SIDECAR_UPSTREAM_URL?)' "$bad" ||
+    fail "the entrypoint did not show the sidecar's own message from its log"
+  grep -qx command-ran "$bad" || fail "the container's command did not run after the sidecar failed"
+  note "a sidecar that exits at start: 'not started: it exited with status 64' and its log's last lines; the command ran"
+
   # the feature's entrypoint starts the sidecar in the background and then runs the command
   token=$(canary devcontainer)
   start upstream-devcontainer "$BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
@@ -762,6 +779,8 @@ scenario_devcontainer() {
     sleep 0.2
   done
   sed 's/^/  entrypoint: /' "$log"
+  grep -q '^mcp-sidecar: started in the background (log: /tmp/mcp-sidecar.log)$' "$log" ||
+    fail "the entrypoint did not say it started the sidecar"
   [[ $(ready_code "http://127.0.0.1:$sc_port/ready") == 200 ]] || fail "/ready on the feature's port is not 200"
   note "entrypoint.sh started the sidecar on 127.0.0.1:$sc_port (from the feature's options) and ran the command"
 
