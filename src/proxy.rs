@@ -91,7 +91,7 @@ pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Res
             response
         }
         // Not announced on an open stream (or already closed): the session is gone.
-        None => crate::admin::not_found().await,
+        None => crate::admin::not_found_for(request.method(), request.uri()),
     }
 }
 
@@ -283,14 +283,18 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
 /// The 403 for a request the guard refuses (Host, Origin, client token).
 fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Option<Response> {
     let refusal = app.guard.check(uri, headers).err()?;
-    tracing::warn!(%method, reason = %refusal.0, "refused a client request");
+    tracing::warn!(%method, reason = %refusal, "refused a client request");
     app.metrics.record_request(method, Outcome::refused);
+    let reason = match refusal {
+        crate::guard::Refusal::Malformed(_) => "bad_request",
+        crate::guard::Refusal::NotAllowed(_) => "forbidden",
+    };
     Some(error_response(
-        StatusCode::FORBIDDEN,
+        refusal.status(),
         Value::Null,
         Code::Refused,
-        &refusal.0,
-        "forbidden",
+        refusal.message(),
+        reason,
     ))
 }
 

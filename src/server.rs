@@ -59,6 +59,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/oauth/login", get(crate::admin::oauth_login))
         .route("/oauth/callback", get(crate::admin::oauth_callback))
         .fallback(crate::admin::not_found)
+        // Outermost, so it also covers the fallback and the router's own 405s.
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            crate::admin::host_rule,
+        ))
         .with_state(app)
 }
 

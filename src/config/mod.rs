@@ -260,6 +260,14 @@ pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
     }
 }
 
+/// Only the client token, for `probe` and `wait`: with one set, `/ready` shows its detail and a
+/// pending login only to clients that send it. `None` when unset or unusable (the sidecar itself
+/// reports that problem).
+pub fn client_token(sources: &Sources) -> Option<SecretSource> {
+    let mut reader = Reader::new(sources);
+    reader.secret("client_token", "client_token_file", "CLIENT_TOKEN_FILE")
+}
+
 fn read_toml(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;

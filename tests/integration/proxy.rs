@@ -330,12 +330,13 @@ async fn wrong_host_or_origin_is_403_json() {
         "refused requests never reach the upstream"
     );
 
-    // The descriptive endpoints are guarded too; the orchestrator's probes are not.
-    for (path, expected) in [
-        ("/status", 403),
-        ("/metrics", 403),
-        ("/ready", 200),
-        ("/healthz", 200),
+    // Every endpoint applies the rule: a rebinding page must not read /ready's login prompt.
+    for path in [
+        "/status",
+        "/metrics",
+        "/ready",
+        "/healthz",
+        "/.well-known/oauth-authorization-server",
     ] {
         let response = client
             .get(sidecar.url(path))
@@ -343,8 +344,169 @@ async fn wrong_host_or_origin_is_403_json() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("evil.example"));
+        let response = client
+            .get(sidecar.url(path))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path} with a foreign Origin");
     }
+    // The kubelet probes by IP address (reqwest sends Host: 127.0.0.1:port here).
+    for path in ["/ready", "/healthz"] {
+        let response = client.get(sidecar.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection, as raw text: for requests reqwest refuses to
+/// send (two Host headers, an absolute-form target).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::common::DEADLINE, stream.read_to_end(&mut answer));
+    read.await.expect("the sidecar answers and closes").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_or_contradictory_hosts_are_400() {
+    let (mock, sidecar) = ready_pair().await;
+    let body = call(1, "echo", json!({"text": "x"}));
+    let post = |host_lines: &str, target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\n{host_lines}content-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\nx-test: 1\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (what, request) in [
+        (
+            "two Host headers",
+            post("host: localhost\r\nhost: localhost\r\n", "/mcp"),
+        ),
+        (
+            "two Host headers, one foreign",
+            post("host: localhost\r\nhost: evil.example\r\n", "/mcp"),
+        ),
+        ("text after an IPv6 literal", post("host: [::1]evil.com\r\n", "/mcp")),
+        (
+            "an absolute target naming another host",
+            post("host: localhost\r\n", "http://evil.example/mcp"),
+        ),
+        (
+            "two Host headers on /ready",
+            "GET /ready HTTP/1.1\r\nhost: localhost\r\nhost: evil.example\r\nconnection: close\r\n\r\n"
+                .to_string(),
+        ),
+    ] {
+        let answer = raw_exchange(sidecar.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains("application/json"), "{what}: {answer}");
+    }
+    assert_eq!(
+        mock.state.client_requests().len(),
+        0,
+        "refused requests never reach the upstream"
+    );
+    let agreeing = post(
+        &format!("host: {}\r\n", sidecar.addr),
+        &format!("http://{}/mcp", sidecar.addr),
+    );
+    let answer = raw_exchange(sidecar.addr, &agreeing).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A canary as the brief demands of secrets in tests: over 200 characters, with `+ / = &`.
+fn canary(tag: &str) -> String {
+    format!("{tag}-+/=&-{}", "k9+Z/q=&".repeat(30))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_token_guards_status_metrics_and_readys_detail() {
+    let client_token = canary("client");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("CLIENT_TOKEN", &client_token),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {client_token}");
+    for path in ["/status", "/metrics"] {
+        let response = client.get(sidecar.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{path} without the client token");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("client token"), "{path}: {text}");
+        let response = client
+            .get(sidecar.url(path))
+            .header("authorization", "Bearer wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path} with a wrong token");
+        let response = client
+            .get(sidecar.url(path))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} with the client token");
+        assert!(!response.text().await.unwrap().contains(&client_token));
+    }
+
+    // /ready's status code is open to probes; its detail is not.
+    sidecar.wait_reason("ready").await;
+    let shallow: Value = client
+        .get(sidecar.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = shallow
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys, ["ready", "reason", "since"], "{shallow}");
+    let full: Value = client
+        .get(sidecar.url("/ready"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        full["detail"].as_str().unwrap().contains("mock-legacy"),
+        "{full}"
+    );
+    let healthz = client.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+
+    // `mcp-sidecar wait`, reading the same configuration, sends the token: it shows the detail.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+        .args(["wait", "--timeout", "10s", "--url", &sidecar.url("/ready")])
+        .env_clear()
+        .env("MCP_SIDECAR_CLIENT_TOKEN", &client_token)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("mock-legacy"), "{stderr}");
+    assert!(!stderr.contains(&client_token), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -883,4 +1045,76 @@ async fn an_upstream_that_quotes_the_token_back_has_it_scrubbed() {
     let detail = report["detail"].as_str().unwrap();
     assert!(!detail.contains(BASIC), "{detail}");
     assert!(detail.contains("<redacted>"), "{detail}");
+}
+
+/// Log lines written while the returned guard lives, on this thread only: a current-thread test
+/// runtime keeps the in-process sidecar's tasks on it.
+pub fn capture_logs(
+    filter: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(lines.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
+pub fn logged(lines: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&lines.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn sidecar_404s_are_logged_at_debug_without_the_query() {
+    let (lines, _guard) = capture_logs("mcp_sidecar=debug");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    let secret = canary("query");
+    let client = reqwest::Client::new();
+    let response = client
+        .get(sidecar.url("/.well-known/oauth-authorization-server/mcp"))
+        .query(&[("key", secret.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client
+        .post(sidecar.url("/no-such-path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    sidecar.shutdown().await;
+    let log = logged(&lines);
+    let line = log
+        .lines()
+        .find(|l| l.contains("/.well-known/oauth-authorization-server/mcp"))
+        .unwrap_or_else(|| panic!("the 404 is logged:\n{log}"));
+    assert!(
+        line.contains("DEBUG") && line.contains("GET") && line.contains("404"),
+        "{line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("POST") && l.contains("/no-such-path") && l.contains("404")),
+        "{log}"
+    );
+    assert!(!log.contains("key="), "no query string in the log:\n{log}");
+    assert!(!log.contains("k9+Z"), "no query string in the log:\n{log}");
 }
