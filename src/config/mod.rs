@@ -64,6 +64,10 @@ const KNOWN_KEYS: &[&str] = &[
     "max_body_bytes",
     "sse_keepalive",
     "shutdown_grace",
+    "header_timeout",
+    "client_idle_timeout",
+    "max_connections",
+    "read_timeout",
     "log",
     "log_format",
     "state_dir",
@@ -114,6 +118,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How many client connections, at what pace: slow and idle clients must not lock others out.
+    pub clients: ClientLimits,
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
@@ -129,6 +135,19 @@ pub struct UpstreamConfig {
     pub headers: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// No byte from the upstream for this long ends a proxied request (`READ_TIMEOUT`);
+    /// `None`, the default: a long tool call may legitimately stay silent.
+    pub read_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// How long a client may take to send a request's head (`HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many client connections at once; `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -690,6 +709,21 @@ impl Reader {
         }
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let clients = ClientLimits {
+            header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
+            idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
+            max_connections: match self.raw.get("max_connections") {
+                Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Some(_) => Some(self.positive_int("max_connections", 1)),
+                None => None,
+            },
+        };
+        let read_timeout = match self.raw.get("read_timeout") {
+            Some(Value::String(_, s)) if matches!(s.trim(), "off" | "0") => None,
+            Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
+            Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
+            None => None,
+        };
         let log = self.log();
         let state_dir = self
             .text("state_dir")
@@ -705,6 +739,7 @@ impl Reader {
                 headers,
                 ca_file,
                 connect_timeout,
+                read_timeout,
             },
             listen: listen?,
             path,
@@ -716,6 +751,7 @@ impl Reader {
             max_body_bytes,
             sse_keepalive,
             shutdown_grace,
+            clients,
             log,
             state_dir,
         })
@@ -974,6 +1010,28 @@ impl Config {
             (
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
+            ),
+            (
+                "HEADER_TIMEOUT",
+                humantime::format_duration(self.clients.header_timeout).to_string(),
+            ),
+            (
+                "CLIENT_IDLE_TIMEOUT",
+                humantime::format_duration(self.clients.idle_timeout).to_string(),
+            ),
+            (
+                "MAX_CONNECTIONS",
+                self.clients
+                    .max_connections
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "auto (from the open-files limit)".into()),
+            ),
+            (
+                "READ_TIMEOUT",
+                self.upstream
+                    .read_timeout
+                    .map(|d| humantime::format_duration(d).to_string())
+                    .unwrap_or_else(|| "off".into()),
             ),
             ("STATE_DIR", self.state_dir.display().to_string()),
             ("LOG", self.log.filter.clone()),

@@ -1118,3 +1118,149 @@ async fn sidecar_404s_are_logged_at_debug_without_the_query() {
     assert!(!log.contains("key="), "no query string in the log:\n{log}");
     assert!(!log.contains("k9+Z"), "no query string in the log:\n{log}");
 }
+
+/// Reads until the peer closes the connection (EOF or reset), with the suite's deadline; returns
+/// what arrived, or None when the connection was still open at the deadline.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::common::DEADLINE, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "300ms"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    // Half a request head, then nothing: a slowloris client.
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut slow)
+        .await
+        .expect("the slow connection is closed");
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // Others are served meanwhile and after.
+    let healthz = reqwest::get(sidecar.url("/healthz")).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_client_connections_are_closed_but_busy_ones_are_not() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A long tool call stays in flight, silent after its first event.
+    let client = reqwest::Client::new();
+    let mut busy = mcp_post(&client, &sidecar.url("/mcp"), call(5, "gated", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut busy, &mut seen, "notifications/progress").await);
+
+    // A connection that never sends a byte is closed...
+    let mut silent = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent).await.is_some(),
+        "silent connection closed"
+    );
+
+    // ...and so is a kept-alive one after its response.
+    let mut kept = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let rest = read_until_closed(&mut kept)
+        .await
+        .expect("the kept-alive connection is closed once idle");
+    assert!(rest.contains(r#"{"status":"ok"}"#), "{rest}");
+
+    // The busy connection outlived both idle ones: its reply still arrives.
+    mock.state.gate.notify_one();
+    assert!(
+        read_until(&mut busy, &mut seen, r#""id":5"#).await,
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_and_the_limit_is_logged_once() {
+    let (lines, _guard) = capture_logs("mcp_sidecar=info");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("MAX_CONNECTIONS", "3"),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let reached = |log: &str| log.matches("client connection limit reached").count();
+
+    // One served client with a kept-alive connection, and two that hold theirs idle.
+    let served = reqwest::Client::new();
+    let healthz = served.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let idle_a = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let idle_b = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let found =
+        crate::common::poll(|| async { Some(logged(&lines)) }, |log| reached(log) == 1).await;
+    assert!(found.is_some(), "the limit is logged:\n{}", logged(&lines));
+
+    // Two more clients queue in the backlog.
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut waiting_c = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    waiting_c.write_all(request).await.unwrap();
+    let mut waiting_d = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    waiting_d.write_all(request).await.unwrap();
+    // The connected client is served all along.
+    for _ in 0..5 {
+        let response = served.get(sidecar.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(waiting_c.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a client over the limit waits"
+    );
+
+    // Each closed connection lets one waiting client in.
+    drop(idle_a);
+    let answer = read_until_closed(&mut waiting_c).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle_b);
+    let answer = read_until_closed(&mut waiting_d).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    sidecar.shutdown().await;
+    assert_eq!(reached(&logged(&lines)), 1, "{}", logged(&lines));
+}
