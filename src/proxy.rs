@@ -258,6 +258,12 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     Outcome::upstream_unreachable,
                     "upstream_unreachable",
                 ),
+                UpstreamError::TimedOut(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "upstream_timeout",
+                ),
                 UpstreamError::Redirected { .. } => (
                     StatusCode::BAD_GATEWAY,
                     Code::UpstreamUnreachable,
@@ -489,12 +495,18 @@ fn forward_response(
     let chunks = upstream.bytes_stream().map(move |chunk| {
         // The guard lives as long as the stream, counting open SSE streams.
         let _ = &guard;
-        if let Err(e) = &chunk {
-            tracing::warn!(
-                error = %crate::upstream::describe_reqwest_error(e),
-                "upstream response broke off mid-stream"
-            );
-            readiness.trigger();
+        match &chunk {
+            Err(e) if e.is_timeout() => tracing::warn!(
+                "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::upstream::describe_reqwest_error(e),
+                    "upstream response broke off mid-stream"
+                );
+                readiness.trigger();
+            }
+            Ok(_) => {}
         }
         chunk
     });
@@ -566,6 +578,9 @@ where
                         state.boundary.observe(&chunk);
                         return Some((Ok(chunk), state));
                     }
+                    // A silent upstream (READ_TIMEOUT): end the stream cleanly. At a boundary
+                    // that is a clean end; mid-event, SSE clients drop the incomplete event.
+                    Ok(Some(Err(e))) if e.is_timeout() => return None,
                     Ok(Some(Err(e))) => return Some((Err(e), state)),
                     Ok(None) => return None,
                     Err(_) if state.boundary.can_insert() => {

@@ -317,7 +317,9 @@ fn classify(
                 HandshakeError::Upstream(UpstreamError::Redirected { .. }) => {
                     Reason::HandshakeFailed
                 }
-                HandshakeError::Upstream(UpstreamError::Unreachable(_))
+                HandshakeError::Upstream(
+                    UpstreamError::Unreachable(_) | UpstreamError::TimedOut(_),
+                )
                 | HandshakeError::GatewayUnavailable(_) => Reason::UpstreamUnreachable,
                 HandshakeError::Upstream(UpstreamError::AuthRejected { .. }) => {
                     Reason::UpstreamAuthRejected

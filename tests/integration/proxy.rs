@@ -1264,3 +1264,66 @@ async fn at_the_connection_limit_new_clients_wait_and_the_limit_is_logged_once()
     sidecar.shutdown().await;
     assert_eq!(reached(&logged(&lines)), 1, "{}", logged(&lines));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_timeout_ends_calls_to_a_silent_upstream() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("READ_TIMEOUT", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+
+    // Nothing at all: a JSON-RPC error with the request's id.
+    let response = mcp_post(&client, &url, call(41, "silent", json!({})))
+        .timeout(crate::common::DEADLINE)
+        .send()
+        .await
+        .expect("the sidecar answers a call to a silent upstream");
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 41, "{body}");
+    assert_eq!(
+        body["error"]["data"]["reason"], "upstream_timeout",
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("READ_TIMEOUT"),
+        "{body}"
+    );
+
+    // Silence after an event: the stream ends cleanly after it.
+    let mut response = mcp_post(&client, &url, call(42, "hang", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout(crate::common::DEADLINE, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => break,
+            other => panic!("the stream ends cleanly, got {other:?} after {seen:?}"),
+        }
+    }
+    assert!(seen.contains("notifications/progress"), "{seen}");
+    assert!(
+        seen.ends_with("\n\n"),
+        "ends at an event boundary: {seen:?}"
+    );
+
+    // Upstream comments are bytes: a call kept alive by them outlasts the timeout.
+    let response = mcp_post(&client, &url, call(43, "ticking", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.contains(r#""id":43"#), "{text}");
+}
