@@ -208,6 +208,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             let status = upstream.status();
             if status.is_server_error() {
                 app.readiness.trigger();
+            } else if status.is_success() {
+                app.readiness.recovered();
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
                 tracing::debug!(
@@ -252,7 +254,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     Outcome::auth_required,
                     "auth_required",
                 ),
-                UpstreamError::Unreachable(_) => (
+                UpstreamError::Unreachable(_) | UpstreamError::ConnectionRefused(_) => (
                     StatusCode::BAD_GATEWAY,
                     Code::UpstreamUnreachable,
                     Outcome::upstream_unreachable,

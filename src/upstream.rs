@@ -28,6 +28,10 @@ pub enum UpstreamError {
     /// The upstream could not be reached (DNS, connect, TLS, reset).
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// Nothing listens at the upstream's address (connection refused): costs nothing to retry,
+    /// so readiness looks again often.
+    #[error("upstream unreachable: {0}")]
+    ConnectionRefused(String),
     /// The upstream accepted the request but sent no byte of an answer within `READ_TIMEOUT`.
     #[error("the upstream sent nothing for {}s (MCP_SIDECAR_READ_TIMEOUT)", .0.as_secs_f32())]
     TimedOut(Duration),
@@ -300,6 +304,9 @@ impl Upstream {
         request.send().await.map_err(|e| match self.read_timeout {
             // A connect timeout is an unreachable upstream; only a silent one is this.
             Some(timeout) if e.is_timeout() && !e.is_connect() => UpstreamError::TimedOut(timeout),
+            _ if e.is_connect() && is_connection_refused(&e) => {
+                UpstreamError::ConnectionRefused(describe_reqwest_error(&e))
+            }
             _ => UpstreamError::Unreachable(describe_reqwest_error(&e)),
         })
     }
@@ -391,6 +398,19 @@ fn client_builder(
         }
     }
     Ok(builder)
+}
+
+fn is_connection_refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A readable cause from a reqwest error, without its URL (which may carry a query string).
