@@ -38,6 +38,8 @@ pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// MCP messages are JSON-RPC requests; a body beyond this is a mistake or an attack.
 const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Most client connections `MAX_CONNECTIONS` may allow: far beyond any open-files limit.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
 /// overflow when added to instants.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -714,12 +716,22 @@ impl Reader {
             idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
             max_connections: match self.raw.get("max_connections") {
                 Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
-                Some(_) => Some(self.positive_int("max_connections", 1)),
+                Some(_) => {
+                    let n = self.positive_int("max_connections", 1);
+                    if n > MAX_MAX_CONNECTIONS {
+                        self.problem("max_connections", "must be at most 1000000 (or auto)");
+                    }
+                    Some(n.min(MAX_MAX_CONNECTIONS))
+                }
                 None => None,
             },
         };
         let read_timeout = match self.raw.get("read_timeout") {
-            Some(Value::String(_, s)) if matches!(s.trim(), "off" | "0") => None,
+            Some(Value::String(_, s))
+                if s.trim().eq_ignore_ascii_case("off") || s.trim() == "0" =>
+            {
+                None
+            }
             Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
             Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
             None => None,
@@ -1084,6 +1096,52 @@ mod tests {
         load(sources)
             .expect_err("configuration should be invalid")
             .problems
+    }
+
+    #[test]
+    fn client_limits_and_read_timeout_parse() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.clients.max_connections, None);
+        assert_eq!(config.upstream.read_timeout, None);
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("HEADER_TIMEOUT", "500ms"),
+            ("CLIENT_IDLE_TIMEOUT", "2m"),
+            ("MAX_CONNECTIONS", "300"),
+            ("READ_TIMEOUT", "45s"),
+        ]))
+        .unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_millis(500));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.clients.max_connections, Some(300));
+        assert_eq!(config.upstream.read_timeout, Some(Duration::from_secs(45)));
+        for off in ["off", "OFF", "0"] {
+            let config = load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("READ_TIMEOUT", off),
+                ("MAX_CONNECTIONS", "auto"),
+            ]))
+            .unwrap();
+            assert_eq!(config.upstream.read_timeout, None, "{off}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("MAX_CONNECTIONS", "99999999999"),
+            ("HEADER_TIMEOUT", "0"),
+            ("READ_TIMEOUT", "soon"),
+        ]));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "MCP_SIDECAR_HEADER_TIMEOUT",
+                "MCP_SIDECAR_MAX_CONNECTIONS",
+                "MCP_SIDECAR_READ_TIMEOUT"
+            ],
+            "{found:?}"
+        );
     }
 
     #[test]

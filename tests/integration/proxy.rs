@@ -1327,3 +1327,26 @@ async fn read_timeout_ends_calls_to_a_silent_upstream() {
     let text = response.text().await.unwrap();
     assert!(text.contains(r#""id":43"#), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_are_served_and_checked_by_authority() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(3, "echo", json!({"text": "h2"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("h2"));
+    assert_eq!(mock.state.client_requests().len(), 1);
+}
