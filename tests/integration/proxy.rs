@@ -507,6 +507,22 @@ async fn client_token_guards_status_metrics_and_readys_detail() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("mock-legacy"), "{stderr}");
     assert!(!stderr.contains(&client_token), "{stderr}");
+    for args in [["probe", "--ready"], ["probe", "--live"]] {
+        let path = if args[1] == "--ready" {
+            "/ready"
+        } else {
+            "/healthz"
+        };
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+            .args(args)
+            .args(["--url", &sidecar.url(path)])
+            .env_clear()
+            .env("MCP_SIDECAR_CLIENT_TOKEN", &client_token)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
