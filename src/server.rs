@@ -141,10 +141,21 @@ pub async fn serve(
         "mcp-sidecar listening"
     );
 
-    let max_connections = config
-        .clients
-        .max_connections
-        .unwrap_or_else(|| default_max_connections(raise_open_files_limit()));
+    let open_files = raise_open_files_limit();
+    let max_connections = match config.clients.max_connections {
+        Some(max) => {
+            if max as u64 > default_max_connections(open_files) as u64 {
+                tracing::warn!(
+                    max_connections = max,
+                    open_files,
+                    "MCP_SIDECAR_MAX_CONNECTIONS allows more connections than the open-files \
+                     limit can hold (two descriptors each); clients may be refused by the kernel"
+                );
+            }
+            max
+        }
+        None => default_max_connections(open_files),
+    };
     let server = serve_clients(
         listener,
         router(app),

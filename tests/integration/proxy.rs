@@ -1366,3 +1366,48 @@ async fn http2_clients_are_served_and_checked_by_authority() {
     assert!(response.text().await.unwrap().contains("h2"));
     assert_eq!(mock.state.client_requests().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = tempfile::tempdir().unwrap();
+    // Started with the soft limit at 256, as in the lock-out the issue describes.
+    let mut child = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -Sn 256 && exec "$0" serve"#,
+            env!("CARGO_BIN_EXE_mcp-sidecar"),
+        ])
+        .env_clear()
+        .env("MCP_SIDECAR_UPSTREAM_URL", mock.url())
+        .env("MCP_SIDECAR_TOKEN", TOKEN)
+        .env("MCP_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MCP_SIDECAR_STATE_DIR", state.path())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let up = crate::common::poll(
+        || async { reqwest::get(&healthz).await.ok().map(|r| r.status()) },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(up.is_some(), "the sidecar serves");
+    let pid = child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+    child.kill().await.unwrap();
+}
