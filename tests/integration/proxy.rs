@@ -1411,3 +1411,27 @@ async fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
     assert_eq!(soft, hard, "{line}");
     child.kill().await.unwrap();
 }
+
+/// hyper (1.12) starts the header timer as soon as a kept-alive connection waits for its next
+/// request: README promises that an idle HTTP/1.1 connection closes after the shorter timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "300ms"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kept = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    let rest = read_until_closed(&mut kept).await;
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(rest.is_some(), "closed by the header timeout while idle");
+}
