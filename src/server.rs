@@ -98,6 +98,8 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    // Before anything opens files: streams need two descriptors each.
+    let open_files = raise_open_files_limit();
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
     let built = crate::token::build(config.auth, &config.upstream, &config.state_dir)
@@ -141,7 +143,6 @@ pub async fn serve(
         "mcp-sidecar listening"
     );
 
-    let open_files = raise_open_files_limit();
     let max_connections = match config.clients.max_connections {
         Some(max) => {
             if max as u64 > default_max_connections(open_files) as u64 {
