@@ -91,7 +91,7 @@ pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Res
             response
         }
         // Not announced on an open stream (or already closed): the session is gone.
-        None => crate::admin::not_found().await,
+        None => crate::admin::not_found_for(request.method(), request.uri()),
     }
 }
 
@@ -208,6 +208,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             let status = upstream.status();
             if status.is_server_error() {
                 app.readiness.trigger();
+            } else if status.is_success() {
+                app.readiness.recovered();
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
                 tracing::debug!(
@@ -252,11 +254,17 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     Outcome::auth_required,
                     "auth_required",
                 ),
-                UpstreamError::Unreachable(_) => (
+                UpstreamError::Unreachable(_) | UpstreamError::ConnectionRefused(_) => (
                     StatusCode::BAD_GATEWAY,
                     Code::UpstreamUnreachable,
                     Outcome::upstream_unreachable,
                     "upstream_unreachable",
+                ),
+                UpstreamError::TimedOut(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "upstream_timeout",
                 ),
                 UpstreamError::Redirected { .. } => (
                     StatusCode::BAD_GATEWAY,
@@ -283,14 +291,18 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
 /// The 403 for a request the guard refuses (Host, Origin, client token).
 fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Option<Response> {
     let refusal = app.guard.check(uri, headers).err()?;
-    tracing::warn!(%method, reason = %refusal.0, "refused a client request");
+    tracing::warn!(%method, reason = %refusal, "refused a client request");
     app.metrics.record_request(method, Outcome::refused);
+    let reason = match refusal {
+        crate::guard::Refusal::Malformed(_) => "bad_request",
+        crate::guard::Refusal::NotAllowed(_) => "forbidden",
+    };
     Some(error_response(
-        StatusCode::FORBIDDEN,
+        refusal.status(),
         Value::Null,
         Code::Refused,
-        &refusal.0,
-        "forbidden",
+        refusal.message(),
+        reason,
     ))
 }
 
@@ -485,12 +497,18 @@ fn forward_response(
     let chunks = upstream.bytes_stream().map(move |chunk| {
         // The guard lives as long as the stream, counting open SSE streams.
         let _ = &guard;
-        if let Err(e) = &chunk {
-            tracing::warn!(
-                error = %crate::upstream::describe_reqwest_error(e),
-                "upstream response broke off mid-stream"
-            );
-            readiness.trigger();
+        match &chunk {
+            Err(e) if e.is_timeout() => tracing::warn!(
+                "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::upstream::describe_reqwest_error(e),
+                    "upstream response broke off mid-stream"
+                );
+                readiness.trigger();
+            }
+            Ok(_) => {}
         }
         chunk
     });
@@ -562,6 +580,9 @@ where
                         state.boundary.observe(&chunk);
                         return Some((Ok(chunk), state));
                     }
+                    // A silent upstream (READ_TIMEOUT): end the stream cleanly. At a boundary
+                    // that is a clean end; mid-event, SSE clients drop the incomplete event.
+                    Ok(Some(Err(e))) if e.is_timeout() => return None,
                     Ok(Some(Err(e))) => return Some((Err(e), state)),
                     Ok(None) => return None,
                     Err(_) if state.boundary.can_insert() => {

@@ -113,6 +113,22 @@ pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
     format!("{url}: {}", crate::upstream::describe_reqwest_error(e))
 }
 
+/// Headers for the client-side commands: the sidecar's `CLIENT_TOKEN` when its configuration
+/// sets one, since `/ready` shows its detail and a pending device-code login only with it.
+pub fn client_headers(config_file: Option<PathBuf>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token =
+        config::client_token(&Sources::from_process(config_file)).and_then(|s| s.read().ok());
+    if let Some(token) = token
+        && let Ok(mut value) =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    headers
+}
+
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.
 pub fn client_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()

@@ -7,6 +7,7 @@ use std::time::Duration;
 use crate::cli::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
+    let headers = super::client_headers(config_file.clone());
     let url = match super::target_url(
         "probe",
         config_file,
@@ -24,7 +25,11 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
         }
     };
     runtime.block_on(async {
-        let client = match reqwest::Client::builder().timeout(timeout).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(timeout)
+            .default_headers(headers)
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 errln!("mcp-sidecar probe: {e}");

@@ -22,6 +22,7 @@ pub fn run(
     interval: Duration,
     command: Vec<String>,
 ) -> u8 {
+    let headers = super::client_headers(config_file.clone());
     let url = match super::target_url("wait", config_file, url, "/ready") {
         Ok(url) => url,
         Err(code) => return code,
@@ -33,7 +34,7 @@ pub fn run(
             return exit::FAILURE;
         }
     };
-    let ready = runtime.block_on(wait_ready(&url, timeout, interval));
+    let ready = runtime.block_on(wait_ready(&url, timeout, interval, headers));
     drop(runtime);
     if !ready {
         return exit::FAILURE;
@@ -44,9 +45,15 @@ pub fn run(
     exec(&command)
 }
 
-async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
+async fn wait_ready(
+    url: &str,
+    timeout: Duration,
+    interval: Duration,
+    headers: reqwest::header::HeaderMap,
+) -> bool {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5).min(timeout))
+        .default_headers(headers)
         .build()
     {
         Ok(c) => c,

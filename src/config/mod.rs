@@ -38,6 +38,8 @@ pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// MCP messages are JSON-RPC requests; a body beyond this is a mistake or an attack.
 const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Most client connections `MAX_CONNECTIONS` may allow: far beyond any open-files limit.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
 /// overflow when added to instants.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -64,6 +66,10 @@ const KNOWN_KEYS: &[&str] = &[
     "max_body_bytes",
     "sse_keepalive",
     "shutdown_grace",
+    "header_timeout",
+    "client_idle_timeout",
+    "max_connections",
+    "read_timeout",
     "log",
     "log_format",
     "state_dir",
@@ -114,6 +120,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How many client connections, at what pace: slow and idle clients must not lock others out.
+    pub clients: ClientLimits,
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
@@ -129,6 +137,19 @@ pub struct UpstreamConfig {
     pub headers: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// No byte from the upstream for this long ends a proxied request (`READ_TIMEOUT`);
+    /// `None`, the default: a long tool call may legitimately stay silent.
+    pub read_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// How long a client may take to send a request's head (`HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many client connections at once; `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -265,6 +286,14 @@ pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
             problems: reader.problems,
         })
     }
+}
+
+/// Only the client token, for `probe` and `wait`: with one set, `/ready` shows its detail and a
+/// pending login only to clients that send it. `None` when unset or unusable (the sidecar itself
+/// reports that problem).
+pub fn client_token(sources: &Sources) -> Option<SecretSource> {
+    let mut reader = Reader::new(sources);
+    reader.secret("client_token", "client_token_file", "CLIENT_TOKEN_FILE")
 }
 
 fn read_toml(path: &Path) -> Result<String, String> {
@@ -721,6 +750,31 @@ impl Reader {
         }
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let clients = ClientLimits {
+            header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
+            idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
+            max_connections: match self.raw.get("max_connections") {
+                Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Some(_) => {
+                    let n = self.positive_int("max_connections", 1);
+                    if n > MAX_MAX_CONNECTIONS {
+                        self.problem("max_connections", "must be at most 1000000 (or auto)");
+                    }
+                    Some(n.min(MAX_MAX_CONNECTIONS))
+                }
+                None => None,
+            },
+        };
+        let read_timeout = match self.raw.get("read_timeout") {
+            Some(Value::String(_, s))
+                if s.trim().eq_ignore_ascii_case("off") || s.trim() == "0" =>
+            {
+                None
+            }
+            Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
+            Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
+            None => None,
+        };
         let log = self.log();
         let state_dir = self
             .text("state_dir")
@@ -736,6 +790,7 @@ impl Reader {
                 headers,
                 ca_file,
                 connect_timeout,
+                read_timeout,
             },
             listen: listen?,
             path,
@@ -747,6 +802,7 @@ impl Reader {
             max_body_bytes,
             sse_keepalive,
             shutdown_grace,
+            clients,
             log,
             state_dir,
         })
@@ -1099,6 +1155,28 @@ impl Config {
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
             ),
+            (
+                "HEADER_TIMEOUT",
+                humantime::format_duration(self.clients.header_timeout).to_string(),
+            ),
+            (
+                "CLIENT_IDLE_TIMEOUT",
+                humantime::format_duration(self.clients.idle_timeout).to_string(),
+            ),
+            (
+                "MAX_CONNECTIONS",
+                self.clients
+                    .max_connections
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "auto (from the open-files limit)".into()),
+            ),
+            (
+                "READ_TIMEOUT",
+                self.upstream
+                    .read_timeout
+                    .map(|d| humantime::format_duration(d).to_string())
+                    .unwrap_or_else(|| "off".into()),
+            ),
             ("STATE_DIR", self.state_dir.display().to_string()),
             ("LOG", self.log.filter.clone()),
             (
@@ -1150,6 +1228,52 @@ mod tests {
         load(sources)
             .expect_err("configuration should be invalid")
             .problems
+    }
+
+    #[test]
+    fn client_limits_and_read_timeout_parse() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.clients.max_connections, None);
+        assert_eq!(config.upstream.read_timeout, None);
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("HEADER_TIMEOUT", "500ms"),
+            ("CLIENT_IDLE_TIMEOUT", "2m"),
+            ("MAX_CONNECTIONS", "300"),
+            ("READ_TIMEOUT", "45s"),
+        ]))
+        .unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_millis(500));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.clients.max_connections, Some(300));
+        assert_eq!(config.upstream.read_timeout, Some(Duration::from_secs(45)));
+        for off in ["off", "OFF", "0"] {
+            let config = load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("READ_TIMEOUT", off),
+                ("MAX_CONNECTIONS", "auto"),
+            ]))
+            .unwrap();
+            assert_eq!(config.upstream.read_timeout, None, "{off}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("MAX_CONNECTIONS", "99999999999"),
+            ("HEADER_TIMEOUT", "0"),
+            ("READ_TIMEOUT", "soon"),
+        ]));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "MCP_SIDECAR_HEADER_TIMEOUT",
+                "MCP_SIDECAR_MAX_CONNECTIONS",
+                "MCP_SIDECAR_READ_TIMEOUT"
+            ],
+            "{found:?}"
+        );
     }
 
     #[test]

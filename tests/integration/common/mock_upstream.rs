@@ -437,6 +437,9 @@ async fn respond(
                 })),
                 "gated" => gated(state.clone(), id),
                 "hang" => hang(state.clone()),
+                // Accepts the call and never answers, not even a status line.
+                "silent" => std::future::pending::<Response>().await,
+                "ticking" => ticking(id),
                 "bad_request" => (
                     StatusCode::BAD_REQUEST,
                     axum::Json(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"invalid arguments"}})),
@@ -540,6 +543,32 @@ fn hang(state: Arc<MockState>) -> Response {
         } else {
             std::future::pending::<()>().await;
             None
+        }
+    });
+    sse(Body::from_stream(stream))
+}
+
+/// Fifteen `:` comment lines 100 ms apart, then the result: an upstream that keeps a slow call
+/// alive with comments only.
+fn ticking(id: Value) -> Response {
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let id = id.clone();
+        async move {
+            let chunk = match step {
+                0..15 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    ": tick\n\n".to_string()
+                }
+                15 => format!(
+                    "event: message\ndata: {}\n\n",
+                    json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}})
+                ),
+                _ => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(chunk)),
+                step + 1,
+            ))
         }
     });
     sse(Body::from_stream(stream))
