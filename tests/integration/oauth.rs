@@ -1323,3 +1323,64 @@ async fn an_echoing_authorization_server_learns_nothing_it_can_show() {
         }
     }
 }
+
+/// A STATE_DIR others can write is refused once, with the fix, and nothing is stored in it; the
+/// sidecar keeps working with its tokens in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_others_can_write_is_refused_with_the_fix() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let (upstream, idp) = linked();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = upstream.url();
+    let token_url = idp.url("/token");
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", token_url.as_str()),
+        ("STATE_DIR", dir.to_str().unwrap()),
+    ];
+    let port = free_port();
+    let mut child = spawn_binary(&env, port);
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    wait_ready(port).await;
+    let status: Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = reader.join().unwrap();
+    assert_eq!(status["token"]["persisted_in"], "memory only", "{status}");
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("MCP_SIDECAR_STATE_DIR"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "said once: {logs}");
+    for needed in [
+        dir.to_str().unwrap(),
+        "writable by group or others",
+        "0777",
+        "chmod 700",
+    ] {
+        assert!(
+            refusals[0].contains(needed),
+            "{needed} missing: {}",
+            refusals[0]
+        );
+    }
+    let stored: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(stored.is_empty(), "nothing is stored in it: {stored:?}");
+    assert_no_canary(&logs);
+}
