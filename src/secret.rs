@@ -4,6 +4,10 @@
 //! [`Secret`], whose `Debug`, `Display`-free API and `Serialize` only ever print `<redacted>`: the type
 //! system, not reviewer vigilance, keeps secrets out of logs, errors, `check-config` and `/status`.
 //!
+//! Text the sidecar did not write (an upstream's or identity provider's error) cannot be typed, so
+//! this module also owns the scrub registry: every secret value, in every form in which the sidecar
+//! sends it or a server re-encodes it, is replaced by `<redacted>` in such text by [`scrub`].
+//!
 //! A secret configured as `X_FILE` is a [`SecretFile`]: the path is kept and the file is re-read when it
 //! changes (Kubernetes rotates mounted secrets by swapping a symlink), so rotation needs no restart.
 
