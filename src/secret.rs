@@ -4,9 +4,14 @@
 //! [`Secret`], whose `Debug`, `Display`-free API and `Serialize` only ever print `<redacted>`: the type
 //! system, not reviewer vigilance, keeps secrets out of logs, errors, `check-config` and `/status`.
 //!
+//! Text the sidecar did not write (an upstream's or identity provider's error) cannot be typed, so
+//! this module also owns the scrub registry: every secret value, in every form in which the sidecar
+//! sends it or a server re-encodes it, is replaced by `<redacted>` in such text by [`scrub`].
+//!
 //! A secret configured as `X_FILE` is a [`SecretFile`]: the path is kept and the file is re-read when it
 //! changes (Kubernetes rotates mounted secrets by swapping a symlink), so rotation needs no restart.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -19,23 +24,34 @@ const REDACTED: &str = "<redacted>";
 
 /// Every secret value this process holds, so that text the sidecar did not write (an upstream's
 /// `error_description`, a JSON-RPC error message) can be scrubbed before it reaches a log line,
-/// `/ready` or a client: servers do echo the key they were given ("invalid key sk-...").
+/// `/ready` or a client: servers do echo the key they were given ("invalid key sk-..."), and an
+/// identity provider's error page may echo the whole request, so each value is remembered in every
+/// form the sidecar sends it or a server re-encodes it (see [`forms`]).
 ///
 /// Values registered while the configuration loads are pinned for the life of the process; values
 /// that arrive later (rotated token files, reloaded header files) go into a bounded ring, newest
-/// kept, so rotation cannot grow memory without bound.
+/// kept, so rotation cannot grow memory without bound. Values made for one request (a signed
+/// client assertion) have a small ring of their own, so that a retry loop cannot push the current
+/// tokens out of the larger one.
 struct Registry {
     pinned: Vec<String>,
-    rotating: std::collections::VecDeque<String>,
+    rotating: VecDeque<String>,
+    ephemeral: VecDeque<String>,
     sealed: bool,
+    /// Every form of every value above, longest first, without duplicates: what [`scrub`]
+    /// replaces. Rebuilt on registration (rare) so that scrubbing (error paths) only reads.
+    patterns: Vec<String>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     pinned: Vec::new(),
-    rotating: std::collections::VecDeque::new(),
+    rotating: VecDeque::new(),
+    ephemeral: VecDeque::new(),
     sealed: false,
+    patterns: Vec::new(),
 });
 const ROTATING_SIZE: usize = 256;
+const EPHEMERAL_SIZE: usize = 16;
 /// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
 const MIN_SCRUBBED_LEN: usize = 4;
 
@@ -43,18 +59,38 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Remembers `value` for [`scrub`]. Called for every [`Secret`] and every `HEADERS` value.
+impl Registry {
+    fn knows(&self, value: &str) -> bool {
+        self.pinned
+            .iter()
+            .chain(self.rotating.iter())
+            .chain(self.ephemeral.iter())
+            .any(|k| k == value)
+    }
+
+    fn rebuild(&mut self) {
+        let mut patterns: Vec<String> = self
+            .pinned
+            .iter()
+            .chain(self.rotating.iter())
+            .chain(self.ephemeral.iter())
+            .flat_map(|value| forms(value))
+            .filter(|form| form.len() >= MIN_SCRUBBED_LEN)
+            .collect();
+        patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        patterns.dedup();
+        self.patterns = patterns;
+    }
+}
+
+/// Remembers `value` for [`scrub`]. Called for every [`Secret`], every `HEADERS` value, and every
+/// credential the sidecar derives from one before sending it (a `Basic` credential).
 pub fn register(value: &str) {
     if value.len() < MIN_SCRUBBED_LEN {
         return;
     }
     let mut registry = registry();
-    if registry
-        .pinned
-        .iter()
-        .chain(registry.rotating.iter())
-        .any(|k| k == value)
-    {
+    if registry.knows(value) {
         return;
     }
     if registry.sealed {
@@ -65,6 +101,24 @@ pub fn register(value: &str) {
     } else {
         registry.pinned.push(value.to_string());
     }
+    registry.rebuild();
+}
+
+/// Remembers a value made for one request (a signed `private_key_jwt` assertion) for [`scrub`],
+/// in a small ring of its own: it dies with the request's answer, which is what may echo it.
+pub fn register_ephemeral(value: &str) {
+    if value.len() < MIN_SCRUBBED_LEN {
+        return;
+    }
+    let mut registry = registry();
+    if registry.knows(value) {
+        return;
+    }
+    registry.ephemeral.push_back(value.to_string());
+    if registry.ephemeral.len() > EPHEMERAL_SIZE {
+        registry.ephemeral.pop_front();
+    }
+    registry.rebuild();
 }
 
 /// Ends the configuration phase: secrets registered from now on may rotate out of the registry.
@@ -72,20 +126,109 @@ pub fn seal() {
     registry().sealed = true;
 }
 
-/// `text` with every known secret value replaced by `<redacted>`. Longest first, so a secret that
-/// contains another is replaced whole.
+/// `text` with every known secret, in every known form, replaced by `<redacted>`. Longest first,
+/// so a secret that contains another is replaced whole.
+///
+/// Not on the per-request path: callers are error paths and readiness changes. Its cost is one
+/// substring search per distinct form (a handful per secret, most collapse into the raw value).
 pub fn scrub(text: &str) -> String {
     let registry = registry();
-    let mut known: Vec<&String> = registry
-        .pinned
-        .iter()
-        .chain(registry.rotating.iter())
-        .collect();
-    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
     let mut out = text.to_string();
-    for secret in known {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), REDACTED);
+    for pattern in &registry.patterns {
+        if out.contains(pattern.as_str()) {
+            out = out.replace(pattern.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// The ways `value` travels or comes back: raw (headers, JSON bodies), form-urlencoded as the
+/// token requests send it (`+` or `%20` for spaces, upper- or lower-case hex), percent-encoded
+/// as a URI component (how a server may re-encode a request it echoes), JSON string-escaped
+/// (plain, with `\/`, Go's `\u0026` style, ASCII-only), and HTML-escaped (an echoing error page).
+fn forms(value: &str) -> Vec<String> {
+    let form = url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    let form_spaces = form.replace('+', "%20");
+    let component = percent_encode(value, |b| {
+        b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+    });
+    let unreserved = percent_encode(value, |b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+    let json = json_escape(value);
+    let mut out = vec![
+        value.to_string(),
+        lower_hex(&form),
+        lower_hex(&form_spaces),
+        lower_hex(&component),
+        lower_hex(&unreserved),
+        form,
+        form_spaces,
+        component,
+        unreserved,
+        json.replace('/', "\\/"),
+        json.replace('&', "\\u0026")
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e"),
+        ascii_json(&json),
+        json,
+    ];
+    let html = value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    out.push(html.replace('\'', "&#x27;"));
+    out.push(html.replace('\'', "&#39;"));
+    out
+}
+
+/// Percent-encodes every byte `keep` refuses, with upper-case hex (RFC 3986 2.1 prefers it).
+fn percent_encode(value: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The same percent-encoding with lower-case hex digits, which some servers write.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if c == '%' {
+            hex_left = 2;
+            out.push(c);
+        } else if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The JSON string literal of `value`, without its quotes.
+fn json_escape(value: &str) -> String {
+    let quoted = serde_json::Value::String(value.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// `json` with every non-ASCII character as `\uXXXX` (UTF-16), as Python's `json.dumps` writes.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         }
     }
     out
@@ -451,6 +594,101 @@ mod tests {
             "longest first"
         );
         assert_eq!(scrub("nothing secret here"), "nothing secret here");
+    }
+
+    /// A canary as the issue describes them: `+ / = &`, a space, a quote, non-ASCII, and longer
+    /// than any cut (200 characters).
+    fn canary(tag: &str) -> String {
+        format!("{tag}+/=&x \"<é>'{}", "Zq9+/=&w".repeat(30))
+    }
+
+    /// `text` holds no run of 8 characters of `form`'s start: what a cut would leave behind.
+    fn assert_no_prefix(text: &str, form: &str, what: &str) {
+        let prefix: String = form.chars().take(8).collect();
+        assert!(
+            !text.contains(&prefix),
+            "{what} prefix {prefix:?} in {text:?}"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_every_encoding_the_sidecar_sends() {
+        let secret = canary("enc1");
+        register(&secret);
+        let form = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>();
+        assert!(
+            form.contains("%2B%2F%3D%26") && form.contains('+'),
+            "{form}"
+        );
+        let json = serde_json::to_string(&secret).unwrap();
+        let json = &json[1..json.len() - 1];
+        let encoded = [
+            ("raw", secret.clone()),
+            ("form", form.clone()),
+            ("form, %20 spaces", form.replace('+', "%20")),
+            ("form, lower-case hex", lower_hex(&form)),
+            (
+                "form, %20, lower-case",
+                lower_hex(&form.replace('+', "%20")),
+            ),
+            ("json", json.to_string()),
+            ("json, escaped slash", json.replace('/', "\\/")),
+            (
+                "json, Go style",
+                json.replace('&', "\\u0026")
+                    .replace('<', "\\u003c")
+                    .replace('>', "\\u003e"),
+            ),
+            ("json, ASCII only", json.replace('é', "\\u00e9")),
+            (
+                "html",
+                secret
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\'', "&#39;"),
+            ),
+        ];
+        for (what, form) in encoded {
+            let text = format!("error: invalid_client, you sent client_secret={form}&grant_type=x");
+            let scrubbed = scrub(&text);
+            assert_eq!(
+                scrubbed, "error: invalid_client, you sent client_secret=<redacted>&grant_type=x",
+                "{what}"
+            );
+            assert_no_prefix(&scrubbed, &form, what);
+        }
+    }
+
+    #[test]
+    fn scrub_removes_a_registered_basic_credential_and_assertion() {
+        use base64::Engine;
+        let secret = canary("enc2");
+        register(&secret);
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode("client-a"),
+            encode(&secret)
+        ));
+        register(&basic);
+        let text = format!("Authorization: Basic {basic} was refused");
+        assert_eq!(scrub(&text), "Authorization: Basic <redacted> was refused");
+        let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhIn0.c2lnbmF0dXJlLWVuYzI";
+        register_ephemeral(assertion);
+        assert_eq!(
+            scrub(&format!("client_assertion={assertion}&x")),
+            "client_assertion=<redacted>&x"
+        );
+        // Only a bounded number of one-request values is kept; the newest always are.
+        for n in 0..EPHEMERAL_SIZE * 2 {
+            register_ephemeral(&format!("assertion-enc2-{n:04}"));
+        }
+        let last = format!("assertion-enc2-{:04}", EPHEMERAL_SIZE * 2 - 1);
+        assert_eq!(scrub(&last), "<redacted>");
+        assert_eq!(registry().ephemeral.len(), EPHEMERAL_SIZE);
     }
 
     #[test]

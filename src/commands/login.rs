@@ -49,7 +49,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         };
         if interactive && manager.store().is_none() {
             errln!(
-                "mcp-sidecar login: STATE_DIR {} is not writable, so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory",
+                "mcp-sidecar login: STATE_DIR {} cannot be used (not writable, or refused as logged above), so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory owned by this user, mode 0700",
                 config.state_dir.display()
             );
             return exit::FAILURE;

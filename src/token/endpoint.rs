@@ -283,13 +283,13 @@ impl OAuthClient {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
                 let pair = format!("{}:{}", encode(&client_id), encode(secret.expose()));
-                let mut value =
-                    http::HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
-                        .map_err(|_| {
-                            GrantError::Config(
-                                "CLIENT_SECRET cannot be sent in an HTTP header".into(),
-                            )
-                        })?;
+                let credential = STANDARD.encode(pair);
+                // An error page echoing the request quotes this, not the secret itself.
+                crate::secret::register(&credential);
+                let mut value = http::HeaderValue::try_from(format!("Basic {credential}"))
+                    .map_err(|_| {
+                        GrantError::Config("CLIENT_SECRET cannot be sent in an HTTP header".into())
+                    })?;
                 value.set_sensitive(true);
                 request = request.header(http::header::AUTHORIZATION, value);
             }
@@ -300,6 +300,8 @@ impl OAuthClient {
             }
             (ClientAuth::PrivateKeyJwt, _) => {
                 let assertion = self.assertion(&client_id, endpoints)?;
+                // A signed assertion is a credential for its minute of validity.
+                crate::secret::register_ephemeral(&assertion);
                 params.push(("client_id", client_id.clone()));
                 params.push((
                     "client_assertion_type",
@@ -421,14 +423,17 @@ async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<V
     Ok(body)
 }
 
-/// Server-supplied text made fit for a log line: printable, bounded, secrets scrubbed.
+/// Server-supplied text made fit for a log line: secrets scrubbed, printable, bounded.
+///
+/// Scrubbed whole before it is cut: cut first, a secret straddling the cut would no longer match
+/// and its prefix would be printed.
 pub fn clean(text: &str, max: usize) -> String {
-    let printable: String = text
+    let printable: String = crate::secret::scrub(text)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(max)
         .collect();
-    crate::secret::scrub(printable.trim())
+    printable.trim().to_string()
 }
 
 /// A successful token response (RFC 6749 5.1), checked field by field.
@@ -656,5 +661,19 @@ mod tests {
         let text = clean("bad\r\ncredential canary-in-description", 200);
         assert_eq!(text, "bad  credential <redacted>");
         assert_eq!(clean(&"x".repeat(500), 10).len(), 10);
+    }
+
+    #[test]
+    fn a_secret_straddling_the_cut_leaves_no_prefix() {
+        let secret = format!("straddle+/=&{}", "k7+/=&Qw".repeat(30));
+        crate::secret::register(&secret);
+        for before in [150, 170, 180] {
+            let text = format!("{} client_secret={secret}", "y".repeat(before));
+            let cut = clean(&text, 200);
+            assert!(!cut.contains("straddle"), "{before}: {cut}");
+            assert!(cut.chars().count() <= 200);
+        }
+        let code = clean(&format!("{} {secret}", "e".repeat(55)), 64);
+        assert!(!code.contains("strad"), "{code}");
     }
 }

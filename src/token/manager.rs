@@ -221,7 +221,7 @@ impl Manager {
             .map(|s| store::fingerprint(s.expose()))
             .or_else(|| self.held().seed.clone());
         let persisted = match &self.store {
-            Some(store) => store.load()?,
+            Some(store) => store.load().map_err(|e| e.to_string())?,
             None => None,
         };
         if let (Some(oauth), Some(client)) = (
@@ -372,7 +372,12 @@ impl Manager {
             return self.valid().filter(|t| Some(t) != rejected).ok_or(error);
         }
         let _file = match &self.store {
-            Some(store) => Some(store.lock().await.map_err(TokenError::Temporary)?),
+            Some(store) => Some(
+                store
+                    .lock()
+                    .await
+                    .map_err(|e| TokenError::Temporary(e.to_string()))?,
+            ),
             None => None,
         };
         if self.held().unpersisted {

@@ -251,7 +251,7 @@ pub fn build(
                     tracing::warn!(
                         state_dir = %state_dir.display(),
                         error = %e,
-                        "STATE_DIR is not writable: tokens are kept in memory only, so a restart needs a new token{}",
+                        "STATE_DIR cannot be used: tokens are kept in memory only, so a restart needs a new token{}",
                         if config.grant.is_interactive() { " and a new login" } else { "" }
                     );
                     None

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Failure, MockIdp};
+use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Echo, Failure, MockIdp};
 use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{DEADLINE, Sidecar, call, mcp_post, poll};
 
@@ -1146,4 +1146,241 @@ async fn a_login_elsewhere_ends_a_running_device_login() {
     let ready = first.wait_reason("ready").await;
     assert!(ready.get("login").is_none(), "{ready}");
     assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), 2);
+}
+
+/// A client secret as the canaries are: `+ / = &`, longer than any cut (200).
+fn canary_client_secret() -> String {
+    format!("Lk4q+/=&{}", "Pz8+/=&m".repeat(30))
+}
+
+/// Every form of `secret` that the sidecar sends (`client_id` is the Basic user name) and their
+/// first 8 characters, which are what a cut before scrubbing would leave.
+fn leak_forms(secret: &str) -> Vec<(String, String)> {
+    use base64::Engine;
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let lower = form
+        .split('%')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_string()
+            } else {
+                let (hex, rest) = part.split_at(2.min(part.len()));
+                format!("%{}{rest}", hex.to_ascii_lowercase())
+            }
+        })
+        .collect::<String>();
+    let json = serde_json::to_string(secret).unwrap();
+    let json = json[1..json.len() - 1].to_string();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{form}"));
+    // The credential's first 20 characters encode "sidecar-client:", which is not secret.
+    let basic_secret_part = basic[20..].to_string();
+    let mut forms = Vec::new();
+    for (what, value) in [
+        ("raw", secret.to_string()),
+        ("form-urlencoded", form.clone()),
+        ("form-urlencoded, lower-case hex", lower),
+        ("json", json.replace('/', "\\/")),
+        ("basic", basic_secret_part),
+    ] {
+        forms.push((format!("{what} prefix"), value.chars().take(8).collect()));
+        forms.push((what.to_string(), value));
+    }
+    forms
+}
+
+fn assert_no_leak(text: &str, forms: &[(String, String)], place: &str) {
+    for (what, form) in forms {
+        assert!(
+            !text.contains(form.as_str()),
+            "{what} of a secret leaked into {place}: {text}"
+        );
+    }
+}
+
+/// The real binary against an authorization server that echoes every request it gets, in an
+/// OAuth error and in an HTML page, for each way of authenticating the client: no form of the
+/// secret (or of the signed assertion) reaches a log line, /ready, /status, /metrics or a client.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_authorization_server_learns_nothing_it_can_show() {
+    use std::io::Read;
+    let secret = canary_client_secret();
+    let forms = leak_forms(&secret);
+    let client = reqwest::Client::new();
+    // Each way the secret travels, quoted first by the server, so that it straddles the cut.
+    let runs = [
+        ("client_secret_post", Failure::EchoJson(Echo::Body)),
+        ("client_secret_post", Failure::EchoJson(Echo::Fields)),
+        ("client_secret_post", Failure::EchoJson(Echo::Escaped)),
+        ("client_secret_basic", Failure::EchoJson(Echo::Header)),
+        ("client_secret_basic", Failure::EchoJson(Echo::Escaped)),
+        ("private_key_jwt", Failure::EchoJson(Echo::Fields)),
+        ("client_secret_post", Failure::EchoHtml),
+        ("client_secret_basic", Failure::EchoHtml),
+        ("private_key_jwt", Failure::EchoHtml),
+    ];
+    for (method, failure) in runs {
+        let (upstream, idp) = linked();
+        *idp.state.failure.lock().unwrap() = failure;
+        let url = upstream.url();
+        let token_url = idp.url("/token");
+        let key = fixture("rsa-key.pem");
+        let mut env = vec![
+            ("UPSTREAM_URL", url.as_str()),
+            ("AUTH", "client_credentials"),
+            ("CLIENT_ID", CLIENT_ID),
+            ("TOKEN_URL", token_url.as_str()),
+            ("STATE_DIR", "/proc/not-writable"),
+            ("LOG", "debug"),
+        ];
+        if method == "private_key_jwt" {
+            env.push(("CLIENT_ASSERTION_KEY_FILE", key.as_str()));
+        } else {
+            env.push(("CLIENT_SECRET", secret.as_str()));
+            env.push(("CLIENT_AUTH", method));
+        }
+        let port = free_port();
+        let mut child = spawn_binary(&env, port);
+        // Read the log as it is written: a full pipe would stall the sidecar.
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut logs = String::new();
+            let _ = stderr.read_to_string(&mut logs);
+            logs
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = poll(
+            || async {
+                let body: Value = client
+                    .get(format!("{base}/ready"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                Some(body)
+            },
+            |body| {
+                body["reason"] != "starting" && idp.state.token_requests.load(Ordering::SeqCst) >= 2
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("{method} {failure:?}: no failed token request reported"));
+        let detail = ready["detail"].as_str().unwrap_or_default().to_string();
+        if matches!(failure, Failure::EchoJson(_)) {
+            assert!(detail.contains("invalid_client"), "{method}: {detail}");
+        }
+        let mut answers = vec![("/ready".to_string(), ready.to_string())];
+        for path in ["/ready", "/status", "/metrics"] {
+            let body = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            answers.push((path.to_string(), body));
+        }
+        let call = mcp_post(&client, &format!("{base}/mcp"), call(1, "echo", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            call.status().is_server_error(),
+            "{method}: {}",
+            call.status()
+        );
+        answers.push(("a JSON-RPC error".into(), call.text().await.unwrap()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let logs = reader.join().unwrap();
+        answers.push(("the log".into(), logs));
+
+        let mut forms = forms.clone();
+        for request in idp.state.requests() {
+            if let Some(assertion) = request.form.get("client_assertion") {
+                let signature = assertion.rsplit('.').next().unwrap().to_string();
+                forms.push((
+                    "an assertion's signature".into(),
+                    signature[..16].to_string(),
+                ));
+                forms.push(("an assertion".into(), assertion.clone()));
+                // Past the header every JWT shares: the claims, unique to this one.
+                let claims: String = assertion.chars().skip(40).take(60).collect();
+                forms.push(("an assertion's claims".into(), claims));
+            }
+        }
+        if method == "private_key_jwt" {
+            assert!(
+                forms.len() > leak_forms(&secret).len(),
+                "assertions were sent"
+            );
+        }
+        for (place, text) in &answers {
+            assert_no_leak(text, &forms, &format!("{place} ({method}, {failure:?})"));
+        }
+    }
+}
+
+/// A STATE_DIR others can write is refused once, with the fix, and nothing is stored in it; the
+/// sidecar keeps working with its tokens in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_others_can_write_is_refused_with_the_fix() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let (upstream, idp) = linked();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = upstream.url();
+    let token_url = idp.url("/token");
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", token_url.as_str()),
+        ("STATE_DIR", dir.to_str().unwrap()),
+    ];
+    let port = free_port();
+    let mut child = spawn_binary(&env, port);
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    wait_ready(port).await;
+    let status: Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = reader.join().unwrap();
+    assert_eq!(status["token"]["persisted_in"], "memory only", "{status}");
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("MCP_SIDECAR_STATE_DIR"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "said once: {logs}");
+    for needed in [
+        dir.to_str().unwrap(),
+        "writable by group or others",
+        "0777",
+        "chmod 700",
+    ] {
+        assert!(
+            refusals[0].contains(needed),
+            "{needed} missing: {}",
+            refusals[0]
+        );
+    }
+    let stored: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(stored.is_empty(), "nothing is stored in it: {stored:?}");
+    assert_no_canary(&logs);
 }

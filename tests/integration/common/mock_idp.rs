@@ -34,6 +34,56 @@ pub enum Failure {
     Html200,
     /// 200 JSON without `access_token`.
     NoAccessToken,
+    /// 401 `invalid_client` whose `error_description` echoes the whole request: the form body as
+    /// sent, the `Authorization` header, the decoded credential fields, and a JSON-escaped copy,
+    /// led by the one named (what comes first straddles a 200-character cut).
+    EchoJson(Echo),
+    /// 400 with an HTML error page echoing the same.
+    EchoHtml,
+}
+
+/// Which part of the request an echoing server quotes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// The form body as sent (form-urlencoded).
+    Body,
+    /// `Authorization: Basic ...`.
+    Header,
+    /// The decoded `client_secret` and `client_assertion`.
+    Fields,
+    /// A JSON-escaped copy of body and header (`/` as `\/`, as PHP writes it).
+    Escaped,
+}
+
+/// What an echoing server quotes back: everything the sidecar sent, `lead` first.
+fn echo_request(headers: &HeaderMap, body: &str, lead: Echo) -> String {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let fields = ["client_secret", "client_assertion"]
+        .iter()
+        .filter_map(|name| form.get(*name).map(|v| format!("{name}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let escaped = serde_json::to_string(&json!({"body": body, "authorization": authorization}))
+        .unwrap()
+        .replace('/', "\\/");
+    let mut parts = vec![
+        (Echo::Body, body.to_string()),
+        (Echo::Header, format!("Authorization: {authorization}")),
+        (Echo::Fields, fields),
+        (Echo::Escaped, escaped),
+    ];
+    parts.sort_by_key(|(part, _)| *part != lead);
+    parts
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone)]
@@ -291,7 +341,31 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
         state.held.fetch_add(1, Ordering::SeqCst);
         released.await;
     }
-    let (response, outcome) = issue(&state, &headers, &form);
+    // Copied out: `issue` takes the lock again.
+    let failure = *state.failure.lock().unwrap();
+    let (response, outcome) = match failure {
+        Failure::EchoJson(lead) => (
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                &echo_request(&headers, &body, lead),
+            ),
+            "echo_json".to_string(),
+        ),
+        Failure::EchoHtml => (
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/html")],
+                format!(
+                    "<html><body><h1>Bad request</h1><pre>{}</pre></body></html>",
+                    echo_request(&headers, &body, Echo::Body)
+                ),
+            )
+                .into_response(),
+            "echo_html".to_string(),
+        ),
+        _ => issue(&state, &headers, &form),
+    };
     if state.hold_reply.load(Ordering::SeqCst) {
         let released = state.release.notified();
         state.held.fetch_add(1, Ordering::SeqCst);
@@ -314,7 +388,7 @@ fn issue(
     form: &HashMap<String, String>,
 ) -> (Response, String) {
     match *state.failure.lock().unwrap() {
-        Failure::None => {}
+        Failure::None | Failure::EchoJson(_) | Failure::EchoHtml => {}
         Failure::Html503 => {
             return (
                 (
