@@ -69,8 +69,11 @@ impl Command {
                     "TOKEN_COMMAND: {program} failed: {e}"
                 )));
             }
+            // A command that hangs is a credential problem a person must look at (a CLI
+            // waiting for a login, a vault that never answers), not the upstream being away:
+            // `Config` reports it as `auth_required` with this cause, and retries with backoff.
             Err(_) => {
-                return Err(GrantError::Temporary(format!(
+                return Err(GrantError::Config(format!(
                     "TOKEN_COMMAND: {program} did not finish within {}s (TOKEN_COMMAND_TIMEOUT); it was killed",
                     self.config.timeout.as_secs()
                 )));

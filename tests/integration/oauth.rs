@@ -682,7 +682,8 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
         ("TOKEN_COMMAND_TIMEOUT", "1s"),
     ])
     .await;
-    let ready = hanging.wait_reason("upstream_unreachable").await;
+    // A hanging command is a credential problem (a CLI waiting for a login), not the upstream.
+    let ready = hanging.wait_reason("auth_required").await;
     assert!(
         ready["detail"]
             .as_str()
