@@ -355,6 +355,16 @@ pub fn http_client(
     config: &UpstreamConfig,
     redirect: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, String> {
+    http_client_builder(config, redirect)?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// What [`http_client`] builds, for a caller that tunes it further (the token side's pool).
+pub fn http_client_builder(
+    config: &UpstreamConfig,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::ClientBuilder, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .tcp_keepalive(Duration::from_secs(30))
@@ -367,9 +377,7 @@ pub fn http_client(
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    Ok(builder)
 }
 
 /// A readable cause from a reqwest error, without its URL (which may carry a query string).

@@ -37,6 +37,8 @@ impl Grant for Command {
 impl Command {
     async fn run(&self) -> Result<Issued, GrantError> {
         let program = &self.config.argv[0];
+        // Lifetimes count from the start: a slow command's token has lived as long as it ran.
+        let started = SystemTime::now();
         let mut child = tokio::process::Command::new(program)
             .args(&self.config.argv[1..])
             .stdin(Stdio::null())
@@ -100,18 +102,19 @@ impl Command {
                 "TOKEN_COMMAND: {program} printed something that is not UTF-8"
             ))
         })?;
-        parse_output(&text, self.config.ttl)
+        parse_output(&text, self.config.ttl, started)
             .map_err(|m| GrantError::Rejected(format!("TOKEN_COMMAND: {program} {m}")))
     }
 }
 
-/// A raw token (one line), or a JSON object. Messages never quote the output.
-pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
+/// A raw token (one line), or a JSON object; relative lifetimes count from `started`. Messages
+/// never quote the output.
+pub fn parse_output(text: &str, ttl: Duration, started: SystemTime) -> Result<Issued, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("printed nothing".into());
     }
-    let default_expiry = SystemTime::now() + ttl;
+    let default_expiry = started + ttl;
     if !text.starts_with('{') {
         if text.lines().count() > 1 || text.chars().any(|c| c.is_control() || c == ' ') {
             return Err("printed more than one word; expected a token or a JSON object".into());
@@ -139,7 +142,7 @@ pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
     };
     let expires_at = if let Some(secs) = object.get("expires_in").and_then(number) {
-        Some(SystemTime::now() + Duration::from_secs_f64(secs.clamp(0.0, 366.0 * 86400.0)))
+        Some(started + Duration::from_secs_f64(secs.clamp(0.0, 366.0 * 86400.0)))
     } else {
         // Not az's `expiresOn`: it is local time without a zone, so reading it as UTC would be
         // off by the machine's offset; az also prints `expires_on` in Unix seconds.
@@ -173,21 +176,25 @@ mod tests {
     #[test]
     fn raw_tokens_and_json_of_common_clis() {
         let ttl = Duration::from_secs(300);
-        let raw = parse_output("ya29.canary\n", ttl).expect("raw token");
+        let raw = parse_output("ya29.canary\n", ttl, SystemTime::now()).expect("raw token");
         assert_eq!(raw.access_token.expose(), "ya29.canary");
 
-        let oauth = parse_output(r#"{"access_token":"at-canary","expires_in":60}"#, ttl)
-            .expect("oauth json");
-        let left = oauth
-            .expires_at
-            .expect("expiry")
-            .duration_since(SystemTime::now())
-            .expect("future");
-        assert!(left <= Duration::from_secs(60));
+        // Relative lifetimes count from when the command started, not from when it finished.
+        let started = SystemTime::now() - Duration::from_secs(20);
+        let oauth = parse_output(
+            r#"{"access_token":"at-canary","expires_in":60}"#,
+            ttl,
+            started,
+        )
+        .expect("oauth json");
+        assert_eq!(oauth.expires_at, Some(started + Duration::from_secs(60)));
+        let raw = parse_output("raw-canary", ttl, started).expect("raw token");
+        assert_eq!(raw.expires_at, Some(started + ttl));
 
         let az = parse_output(
             r#"{"accessToken":"az-canary","expires_on":4102444800,"tokenType":"Bearer"}"#,
             ttl,
+            SystemTime::now(),
         )
         .expect("az json");
         assert_eq!(
@@ -205,7 +212,9 @@ mod tests {
             "{\"token_canary\": 1}",
             "{not json canary",
         ] {
-            let err = parse_output(bad, ttl).err().expect("refused");
+            let err = parse_output(bad, ttl, SystemTime::now())
+                .err()
+                .expect("refused");
             assert!(!err.contains("canary"), "{err}");
         }
     }

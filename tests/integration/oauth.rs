@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Failure, MockIdp};
+use crate::common::mock_idp::{
+    CLIENT_ID, CLIENT_SECRET, Failure, MockIdp, OneRequestPerConnection,
+};
 use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{DEADLINE, Sidecar, call, mcp_post, poll};
 
@@ -1147,4 +1149,93 @@ async fn a_login_elsewhere_ends_a_running_device_login() {
     let ready = first.wait_reason("ready").await;
     assert!(ready.get("login").is_none(), "{ready}");
     assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_never_reuse_a_connection_the_server_may_close_nor_send_an_expired_token() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    // 4 s tokens: the refresh is due after 2 s, long after the first connection went idle.
+    let server = OneRequestPerConnection::start(upstream.state.clone(), 4).await;
+    let token_url = server.url();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &token_url),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let mut id = 0;
+    poll(
+        || {
+            id += 1;
+            let sidecar = &sidecar;
+            let id = id;
+            async move { Some(echo(sidecar, id).await.status().as_u16()) }
+        },
+        |status| {
+            assert_eq!(*status, 200, "every call is answered");
+            server.issued.lock().unwrap().len() >= 3
+        },
+    )
+    .await
+    .expect("two refreshes ahead of expiry");
+    assert_eq!(
+        server.dropped.load(Ordering::SeqCst),
+        0,
+        "a token request was sent on a reused connection"
+    );
+    let body = status(&sidecar).await;
+    assert!(body["token"]["last_error"].is_null(), "{body}");
+    let issued = server.issued.lock().unwrap().clone();
+    for request in upstream.state.requests() {
+        let Some(token) = request
+            .authorization()
+            .and_then(|a| a.strip_prefix("Bearer "))
+        else {
+            continue;
+        };
+        let (_, at, lifetime) = issued
+            .iter()
+            .find(|(t, _, _)| t == token)
+            .unwrap_or_else(|| panic!("{token} was never issued"));
+        assert!(
+            request.at < *at + Duration::from_secs(*lifetime),
+            "{token} was sent after it expired"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_counts_from_when_the_token_request_was_sent() {
+    let (upstream, idp) = linked();
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    let sidecar = client_credentials(&upstream, &idp, &[]).await;
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the first token request reached the IdP");
+    // The request was sent before now; its reply comes 3 s later, as a slow server's would.
+    let seen = std::time::SystemTime::now();
+    let slow = seen + Duration::from_secs(3);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= slow,
+    )
+    .await
+    .expect("time passes");
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    sidecar.wait_reason("ready").await;
+    let body = status(&sidecar).await;
+    let expires =
+        humantime::parse_rfc3339(body["token"]["expires_at"].as_str().unwrap()).expect("RFC 3339");
+    // The IdP's tokens live 3600 s; counted from the reply, the expiry would be 3 s later.
+    assert!(
+        expires <= seen + Duration::from_secs(3600),
+        "expiry counted from the reply: {body}"
+    );
 }
