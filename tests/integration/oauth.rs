@@ -1239,3 +1239,61 @@ async fn expiry_counts_from_when_the_token_request_was_sent() {
         "expiry counted from the reply: {body}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_the_last_seconds_of_a_token_waits_for_the_refresh_in_flight() {
+    let (upstream, idp) = linked();
+    // 8 s tokens: the refresh is due after 4 s; the last 2 s (a quarter) are never sent.
+    *idp.state.expires_in.lock().unwrap() = Some(8);
+    let sidecar = client_credentials(&upstream, &idp, &[("READY_INTERVAL", "1h")]).await;
+    sidecar.wait_reason("ready").await;
+    let first = upstream.state.token.lock().unwrap().clone();
+    // Hold the refresh ahead of expiry at the IdP.
+    idp.state.hold.store(true, Ordering::SeqCst);
+    let obtained = std::time::SystemTime::now();
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the background refresh reached the IdP");
+    // Into the last 2 s of the first token (obtained before `obtained`): still valid, but
+    // too close to its expiry to be sent.
+    let late = obtained + Duration::from_millis(6500);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= late,
+    )
+    .await
+    .expect("time passes");
+    let call = tokio::spawn({
+        let url = sidecar.url("/mcp");
+        async move {
+            mcp_post(&reqwest::Client::new(), &url, call(1, "echo", json!({})))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // Give a token sent at once the time to arrive (the fixed sidecar sends nothing): the
+    // first token still has more than this to live, so nothing here depends on speed.
+    let watch = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < watch && upstream.state.client_requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        upstream.state.client_requests().is_empty(),
+        "the token was sent in its last seconds"
+    );
+    *idp.state.expires_in.lock().unwrap() = Some(3600);
+    idp.state.hold.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    assert_eq!(call.await.unwrap().ok(), Some(200));
+    let sent = upstream.state.client_requests();
+    let token = sent.last().and_then(|r| r.authorization()).unwrap();
+    assert_ne!(
+        token,
+        format!("Bearer {first}"),
+        "the token was sent in its last seconds"
+    );
+}
