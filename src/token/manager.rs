@@ -112,6 +112,8 @@ pub struct Manager {
     skew: Duration,
     held: Mutex<Held>,
     flight: tokio::sync::Mutex<()>,
+    /// See [`REFRESH_WAIT`].
+    refresh_wait: Duration,
     /// A refresh ahead of expiry was spawned and has not finished: requests spawn no other.
     background: AtomicBool,
     #[cfg(test)]
@@ -166,7 +168,13 @@ pub struct Parts {
 
 impl Manager {
     pub fn new(parts: Parts) -> Arc<Self> {
+        Self::with_wait(parts, REFRESH_WAIT)
+    }
+
+    /// [`Manager::new`] with another bound on waiting for a refresh (tests).
+    fn with_wait(parts: Parts, refresh_wait: Duration) -> Arc<Self> {
         let manager = Arc::new_cyclic(|me| Self {
+            refresh_wait,
             name: parts.name,
             kind: parts.kind,
             grant: parts.grant,
@@ -752,11 +760,11 @@ impl TokenSource for Manager {
             }
             // Expired, or too close to expiry to send: wait for the refresh (the one in flight,
             // or a new one), but not forever.
-            match tokio::time::timeout(REFRESH_WAIT, self.acquire(None, false)).await {
+            match tokio::time::timeout(self.refresh_wait, self.acquire(None, false)).await {
                 Ok(result) => result.map(Some),
                 Err(_) => Err(TokenError::Temporary(format!(
                     "the token expired and no new one arrived within {} s",
-                    REFRESH_WAIT.as_secs()
+                    self.refresh_wait.as_secs()
                 ))),
             }
         })
@@ -900,21 +908,28 @@ mod tests {
     }
 
     fn gated(lifetime: Duration) -> (Arc<Gated>, Arc<Manager>) {
+        gated_waiting(lifetime, REFRESH_WAIT)
+    }
+
+    fn gated_waiting(lifetime: Duration, wait: Duration) -> (Arc<Gated>, Arc<Manager>) {
         let grant = Arc::new(Gated {
             obtains: AtomicUsize::new(0),
             gate: tokio::sync::Semaphore::new(0),
             lifetime,
         });
-        let manager = Manager::new(Parts {
-            name: "command",
-            kind: None,
-            grant: Box::new(Shared(grant.clone())),
-            interactive: None,
-            oauth: None,
-            store: None,
-            seed: None,
-            skew: Duration::from_secs(60),
-        });
+        let manager = Manager::with_wait(
+            Parts {
+                name: "command",
+                kind: None,
+                grant: Box::new(Shared(grant.clone())),
+                interactive: None,
+                oauth: None,
+                store: None,
+                seed: None,
+                skew: Duration::from_secs(60),
+            },
+            wait,
+        );
         (grant, manager)
     }
 
@@ -956,6 +971,30 @@ mod tests {
         .await;
         grant.gate.add_permits(1);
         assert_eq!(waiting.await.expect("no panic"), "canary-manager-2");
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_refresh_is_bounded_and_the_refresh_goes_on() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated_waiting(lifetime, Duration::from_millis(50));
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        age(&manager, lifetime, Duration::ZERO);
+        let answer = tokio::time::timeout(Duration::from_secs(10), manager.token()).await;
+        match answer.expect("the wait for a refresh is bounded") {
+            Err(TokenError::Temporary(message)) => {
+                assert!(message.contains("no new one arrived"), "{message}")
+            }
+            other => panic!("expected a temporary error, got {other:?}"),
+        }
+        // The token request was not cancelled with the wait: its answer is taken into use.
+        grant.gate.add_permits(1);
+        wait_for("the new token", || {
+            manager
+                .valid()
+                .is_some_and(|t| t.secret().expose() == "canary-manager-2")
+        })
+        .await;
+        assert_eq!(grant.obtains.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
