@@ -107,17 +107,32 @@ impl Command {
     }
 }
 
-/// A raw token (one line), or a JSON object; relative lifetimes count from `started`. Messages
-/// never quote the output.
-pub fn parse_output(text: &str, ttl: Duration, started: SystemTime) -> Result<Issued, String> {
+/// What is wrong with a command's output. Never quotes it: it is, or holds, a token.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("printed nothing")]
+    Empty,
+    #[error("printed more than one word; expected a token or a JSON object")]
+    NotAToken,
+    /// Only the line: the parser's own message may quote the output.
+    #[error("printed JSON that does not parse (line {line})")]
+    BadJson { line: usize },
+    #[error("printed JSON without access_token")]
+    NoAccessToken,
+    #[error("printed an access_token that cannot be sent in an HTTP header")]
+    NotAHeaderValue,
+}
+
+/// A raw token (one line), or a JSON object; relative lifetimes count from `started`.
+pub fn parse_output(text: &str, ttl: Duration, started: SystemTime) -> Result<Issued, OutputError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("printed nothing".into());
+        return Err(OutputError::Empty);
     }
     let default_expiry = started + ttl;
     if !text.starts_with('{') {
         if text.lines().count() > 1 || text.chars().any(|c| c.is_control() || c == ' ') {
-            return Err("printed more than one word; expected a token or a JSON object".into());
+            return Err(OutputError::NotAToken);
         }
         return Ok(Issued {
             access_token: Secret::new(text),
@@ -126,16 +141,16 @@ pub fn parse_output(text: &str, ttl: Duration, started: SystemTime) -> Result<Is
             scope: None,
         });
     }
-    let object: serde_json::Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| format!("printed JSON that does not parse (line {})", e.line()))?;
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| OutputError::BadJson { line: e.line() })?;
     // Field names of the common CLIs: OAuth's own, az's camelCase, gcloud's `token`.
     let token = ["access_token", "accessToken", "token"]
         .iter()
         .find_map(|k| object.get(*k).and_then(Value::as_str))
         .filter(|t| !t.trim().is_empty())
-        .ok_or("printed JSON without access_token")?;
+        .ok_or(OutputError::NoAccessToken)?;
     if token.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("printed an access_token that cannot be sent in an HTTP header".into());
+        return Err(OutputError::NotAHeaderValue);
     }
     let number = |v: &Value| {
         v.as_f64()
@@ -214,7 +229,8 @@ mod tests {
         ] {
             let err = parse_output(bad, ttl, SystemTime::now())
                 .err()
-                .expect("refused");
+                .expect("refused")
+                .to_string();
             assert!(!err.contains("canary"), "{err}");
         }
     }
