@@ -91,7 +91,7 @@ type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
-        let mut builder = client_builder(config, redirect_policy())?;
+        let mut builder = http_client_builder(config, redirect_policy())?;
         // Per read, reset by every byte: the response head and each body chunk (reqwest applies
         // it to the body too), so a stream that sends anything, comments included, lives on.
         if let Some(timeout) = config.read_timeout {
@@ -376,12 +376,13 @@ pub fn http_client(
     config: &UpstreamConfig,
     redirect: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, String> {
-    client_builder(config, redirect)?
+    http_client_builder(config, redirect)?
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
-fn client_builder(
+/// What [`http_client`] builds, for a caller that tunes it further (the token side's pool).
+pub fn http_client_builder(
     config: &UpstreamConfig,
     redirect: reqwest::redirect::Policy,
 ) -> Result<reqwest::ClientBuilder, String> {

@@ -22,6 +22,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::{Deserialize, Serialize};
 
 use super::endpoint::Registered;
+use super::on_disk;
+use crate::secret::Secret;
 
 /// Far above any real state file (tokens and a client registration: a few kilobytes), far below
 /// what would hurt as an `Authorization` header or in memory.
@@ -106,13 +108,21 @@ const VERSION: u32 = 1;
 #[derive(Default, Clone, Serialize, Deserialize)]
 pub struct Persisted {
     pub version: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub access_token: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "on_disk::secret"
+    )]
+    pub access_token: Option<Secret>,
     /// Unix seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub refresh_token: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "on_disk::secret"
+    )]
+    pub refresh_token: Option<Secret>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scope: Option<String>,
     /// SHA-256 of the configured `REFRESH_TOKEN` this state descends from: a new seed from the
@@ -232,12 +242,7 @@ impl Store {
             path: path.clone(),
             line: e.line(),
         })?;
-        for value in [&state.access_token, &state.refresh_token]
-            .into_iter()
-            .flatten()
-        {
-            crate::secret::register(value);
-        }
+        // The tokens read are known to the scrubber: `Secret::new` registered them.
         Ok(Some(state))
     }
 
@@ -446,7 +451,7 @@ mod tests {
         let store = Store::open(&state_dir, "tokens-test").expect("writable");
         assert!(store.load().expect("readable").is_none());
         let state = Persisted {
-            refresh_token: Some("rt-canary".into()),
+            refresh_token: Some(Secret::new("rt-canary")),
             expires_at: Some(42),
             ..Persisted::default()
         };
@@ -462,7 +467,10 @@ mod tests {
             .mode();
         assert_eq!(dir_mode & 0o777, 0o700);
         let back = store.load().expect("readable").expect("present");
-        assert_eq!(back.refresh_token.as_deref(), Some("rt-canary"));
+        assert_eq!(
+            back.refresh_token.as_ref().map(Secret::expose),
+            Some("rt-canary")
+        );
         assert_eq!(back.expires_at, Some(42));
         let leftovers: Vec<_> = std::fs::read_dir(&state_dir)
             .expect("listable")
@@ -490,8 +498,8 @@ mod tests {
 
     fn token_state() -> Persisted {
         Persisted {
-            access_token: Some("at-canary-planted".into()),
-            refresh_token: Some("rt-canary-planted".into()),
+            access_token: Some(Secret::new("at-canary-planted")),
+            refresh_token: Some(Secret::new("rt-canary-planted")),
             ..Persisted::default()
         }
     }
@@ -528,7 +536,10 @@ mod tests {
             "the state file is a regular file"
         );
         let back = store.load().expect("readable").expect("present");
-        assert_eq!(back.refresh_token.as_deref(), Some("rt-canary-planted"));
+        assert_eq!(
+            back.refresh_token.as_ref().map(Secret::expose),
+            Some("rt-canary-planted")
+        );
         std::os::unix::fs::symlink(
             victim.with_file_name("never-created"),
             dir.path().join(".tokens-test.json.tmp"),

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Echo, Failure, MockIdp};
+use crate::common::mock_idp::{
+    CLIENT_ID, CLIENT_SECRET, Echo, Failure, MockIdp, OneRequestPerConnection,
+};
 use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{DEADLINE, Sidecar, call, mcp_post, poll};
 
@@ -682,7 +684,8 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
         ("TOKEN_COMMAND_TIMEOUT", "1s"),
     ])
     .await;
-    let ready = hanging.wait_reason("upstream_unreachable").await;
+    // A hanging command is a credential problem (a CLI waiting for a login), not the upstream.
+    let ready = hanging.wait_reason("auth_required").await;
     assert!(
         ready["detail"]
             .as_str()
@@ -1383,4 +1386,151 @@ async fn a_state_dir_others_can_write_is_refused_with_the_fix() {
     let stored: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(stored.is_empty(), "nothing is stored in it: {stored:?}");
     assert_no_canary(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_never_reuse_a_connection_the_server_may_close_nor_send_an_expired_token() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    // 4 s tokens: the refresh is due after 2 s, long after the first connection went idle.
+    let server = OneRequestPerConnection::start(upstream.state.clone(), 4).await;
+    let token_url = server.url();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &token_url),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let mut id = 0;
+    poll(
+        || {
+            id += 1;
+            let sidecar = &sidecar;
+            let id = id;
+            async move { Some(echo(sidecar, id).await.status().as_u16()) }
+        },
+        |status| {
+            assert_eq!(*status, 200, "every call is answered");
+            server.issued.lock().unwrap().len() >= 3
+        },
+    )
+    .await
+    .expect("two refreshes ahead of expiry");
+    assert_eq!(
+        server.dropped.load(Ordering::SeqCst),
+        0,
+        "a token request was sent on a reused connection"
+    );
+    let body = status(&sidecar).await;
+    assert!(body["token"]["last_error"].is_null(), "{body}");
+    let issued = server.issued.lock().unwrap().clone();
+    for request in upstream.state.requests() {
+        let Some(token) = request
+            .authorization()
+            .and_then(|a| a.strip_prefix("Bearer "))
+        else {
+            continue;
+        };
+        let (_, at, lifetime) = issued
+            .iter()
+            .find(|(t, _, _)| t == token)
+            .unwrap_or_else(|| panic!("{token} was never issued"));
+        assert!(
+            request.at < *at + Duration::from_secs(*lifetime),
+            "{token} was sent after it expired"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_counts_from_when_the_token_request_was_sent() {
+    let (upstream, idp) = linked();
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    let sidecar = client_credentials(&upstream, &idp, &[]).await;
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the first token request reached the IdP");
+    // The request was sent before now; its reply comes 3 s later, as a slow server's would.
+    let seen = std::time::SystemTime::now();
+    let slow = seen + Duration::from_secs(3);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= slow,
+    )
+    .await
+    .expect("time passes");
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    sidecar.wait_reason("ready").await;
+    let body = status(&sidecar).await;
+    let expires =
+        humantime::parse_rfc3339(body["token"]["expires_at"].as_str().unwrap()).expect("RFC 3339");
+    // The IdP's tokens live 3600 s; counted from the reply, the expiry would be 3 s later.
+    assert!(
+        expires <= seen + Duration::from_secs(3600),
+        "expiry counted from the reply: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_the_last_seconds_of_a_token_waits_for_the_refresh_in_flight() {
+    let (upstream, idp) = linked();
+    // 8 s tokens: the refresh is due after 4 s; the last 2 s (a quarter) are never sent.
+    *idp.state.expires_in.lock().unwrap() = Some(8);
+    let sidecar = client_credentials(&upstream, &idp, &[("READY_INTERVAL", "1h")]).await;
+    sidecar.wait_reason("ready").await;
+    let first = upstream.state.token.lock().unwrap().clone();
+    // Hold the refresh ahead of expiry at the IdP.
+    idp.state.hold.store(true, Ordering::SeqCst);
+    let obtained = std::time::SystemTime::now();
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the background refresh reached the IdP");
+    // Into the last 2 s of the first token (obtained before `obtained`): still valid, but
+    // too close to its expiry to be sent.
+    let late = obtained + Duration::from_millis(6500);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= late,
+    )
+    .await
+    .expect("time passes");
+    let call = tokio::spawn({
+        let url = sidecar.url("/mcp");
+        async move {
+            mcp_post(&reqwest::Client::new(), &url, call(1, "echo", json!({})))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // Give a token sent at once the time to arrive (the fixed sidecar sends nothing): the
+    // first token still has more than this to live, so nothing here depends on speed.
+    let watch = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < watch && upstream.state.client_requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        upstream.state.client_requests().is_empty(),
+        "the token was sent in its last seconds"
+    );
+    *idp.state.expires_in.lock().unwrap() = Some(3600);
+    idp.state.hold.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    assert_eq!(call.await.unwrap().ok(), Some(200));
+    let sent = upstream.state.client_requests();
+    let token = sent.last().and_then(|r| r.authorization()).unwrap();
+    assert_ne!(
+        token,
+        format!("Bearer {first}"),
+        "the token was sent in its last seconds"
+    );
 }

@@ -41,6 +41,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub query: Option<String>,
+    /// When the request arrived.
+    pub at: std::time::SystemTime,
 }
 
 impl Recorded {
@@ -113,6 +115,7 @@ impl MockState {
             headers: headers.clone(),
             body: body.clone(),
             query: uri.query().map(str::to_string),
+            at: std::time::SystemTime::now(),
         });
     }
 
