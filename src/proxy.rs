@@ -530,6 +530,12 @@ fn forward_response(
     } else if is_sse {
         // A POST stream carries a reply: it gets the whole grace period to deliver it.
         Body::from_stream(with_keepalives(chunks, app.sse_keepalive, None))
+    } else if !status.is_success() {
+        // An error page may quote the request it refused, credential included (a debug page,
+        // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
+        // is buffered, up to a bound no error page reaches.
+        headers.remove(header::CONTENT_LENGTH);
+        Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)
     };
@@ -537,6 +543,29 @@ fn forward_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// The most of an upstream error body that is buffered to be scrubbed.
+const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+
+/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
+/// than cut, since a secret straddling the cut would leak its prefix.
+async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, reqwest::Error>
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>>,
+{
+    let mut chunks = std::pin::pin!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
+            return Ok(Bytes::from(format!(
+                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
 }
 
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been

@@ -1554,3 +1554,35 @@ async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
     assert_eq!(&head, b"HTTP/1.1 200");
     assert!(rest.is_some(), "closed by the header timeout while idle");
 }
+
+/// A server error page that quotes the request back (a debug page, a misbehaving gateway):
+/// the agent must not get the credential from its body.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
+    let secret = format!("canary-{}-end", "a+b/c=d&e".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [("content-type", "text/html")],
+            format!("<pre>request failed; headers: authorization: {presented}</pre>"),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&secret[..40]), "{body}");
+    assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
+}
