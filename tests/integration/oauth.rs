@@ -1384,3 +1384,44 @@ async fn a_state_dir_others_can_write_is_refused_with_the_fix() {
     assert!(stored.is_empty(), "nothing is stored in it: {stored:?}");
     assert_no_canary(&logs);
 }
+
+/// A token endpoint that echoes the code exchange must not get the PKCE verifier shown on the
+/// login page (or anywhere): with the code, it is what redeems the login.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_code_exchange_shows_no_pkce_verifier() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("auth_required").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .get(sidecar.url("/oauth/login"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let back = client.get(&authorize).send().await.unwrap();
+    let callback = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    *idp.state.failure.lock().unwrap() = Failure::EchoJson(Echo::Body);
+    let done = client
+        .get(sidecar.url(&format!("/oauth/callback?{}", callback.query().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 400);
+    let page = done.text().await.unwrap();
+    assert!(page.contains("code_verifier="), "the echo is shown: {page}");
+    for (at, _) in page.match_indices("code_verifier=") {
+        let after = &page[at + "code_verifier=".len()..];
+        assert!(after.starts_with("<redacted>"), "{page}");
+    }
+}
