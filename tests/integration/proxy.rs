@@ -1586,3 +1586,32 @@ async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
     assert!(!body.contains(&secret[..40]), "{body}");
     assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
 }
+
+/// HTTP/2 has no header timer in hyper: the idle timeout bounds a connection whose request head
+/// never completes, even when the peer never answers the GOAWAY's ping either.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_never_finishes_its_headers_is_cut_off() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    slow.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame, then HEADERS for stream 1 without END_HEADERS: the
+    // CONTINUATION that would finish them never comes.
+    slow.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    slow.write_all(&[0, 0, 3, 1, 0, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut slow).await.is_some(),
+        "the half-open HTTP/2 connection stays open"
+    );
+}
