@@ -535,6 +535,15 @@ fn forward_response(
         // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
         // is buffered, up to a bound no error page reaches.
         headers.remove(header::CONTENT_LENGTH);
+        // Its headers too (an `X-Debug-Authorization`, a quoting `Warning`).
+        for value in headers.values_mut() {
+            let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
+            if scrubbed != value.as_bytes()
+                && let Ok(clean) = HeaderValue::from_bytes(&scrubbed)
+            {
+                *value = clean;
+            }
+        }
         Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)

@@ -1568,7 +1568,10 @@ async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
             .to_string();
         (
             axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-            [("content-type", "text/html")],
+            [
+                ("content-type", "text/html".to_string()),
+                ("x-debug-authorization", presented.clone()),
+            ],
             format!("<pre>request failed; headers: authorization: {presented}</pre>"),
         )
     });
@@ -1582,6 +1585,10 @@ async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
         .await
         .unwrap();
     assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["x-debug-authorization"],
+        "Bearer <redacted>"
+    );
     let body = response.text().await.unwrap();
     assert!(!body.contains(&secret[..40]), "{body}");
     assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
