@@ -554,8 +554,9 @@ fn forward_response(
     response
 }
 
-/// The most of an upstream error body that is buffered to be scrubbed.
-const ERROR_BODY_LIMIT: usize = 1024 * 1024;
+/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
+/// KiB, and each error in flight holds this much.
+const ERROR_BODY_LIMIT: usize = 256 * 1024;
 
 /// An upstream error body with every known secret scrubbed. A longer one is withheld rather
 /// than cut, since a secret straddling the cut would leak its prefix.

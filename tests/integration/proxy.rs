@@ -1622,3 +1622,36 @@ async fn an_http2_client_that_never_finishes_its_headers_is_cut_off() {
         "the half-open HTTP/2 connection stays open"
     );
 }
+
+/// An error body too large to buffer is withheld, not cut: a cut could leave a secret's prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_body_too_large_to_scrub_is_withheld() {
+    let secret = format!("canary-{}-end", "q+r/s=t&u".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut page = "x".repeat(300 * 1024);
+        page.push_str(&presented);
+        (axum::http::StatusCode::BAD_GATEWAY, page)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("canary-"), "the secret's prefix leaked");
+    assert!(
+        body.contains("was withheld"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+}
