@@ -149,6 +149,24 @@ pub async fn oauth_login(State(app): State<Arc<App>>, request: Request) -> Respo
     let Some((manager, grant)) = &app.login else {
         return not_found_for(request.method(), request.uri());
     };
+    if !app.guard.login_token_ok(request.headers()) {
+        // Whoever starts a login picks the account the sidecar then holds: with a client token,
+        // only someone who has it. A browser cannot send a Bearer token, so it is asked for as a
+        // Basic password (this page is for people; MCP clients never see this 401).
+        tracing::warn!("refused /oauth/login without the client token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"mcp-sidecar login (password: MCP_SIDECAR_CLIENT_TOKEN)\", charset=\"UTF-8\"",
+                ),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            "mcp-sidecar requires its client token to start a login: enter it as the password.\n",
+        )
+            .into_response();
+    }
     if !manager.login_pending() {
         // Only while a login is needed: otherwise anyone reaching the port could replace the
         // sidecar's credential with their own account's.

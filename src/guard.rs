@@ -142,6 +142,36 @@ impl Guard {
         Ok(())
     }
 
+    /// The client token for `/oauth/login`, which a person opens in a browser: as a Bearer token
+    /// or as the password of HTTP Basic (what a browser prompts for), any user name.
+    pub fn login_token_ok(&self, headers: &HeaderMap) -> bool {
+        use base64::Engine;
+        let Some(expected) = &self.client_token else {
+            return true;
+        };
+        if self.client_token_ok(headers) {
+            return true;
+        }
+        let password = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .and_then(|(_, encoded)| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .ok()
+            })
+            .and_then(|pair| {
+                let colon = pair.iter().position(|&b| b == b':')?;
+                Some(pair[colon + 1..].to_vec())
+            });
+        match (password, expected.read()) {
+            (Some(password), Ok(secret)) => secret.matches(&password),
+            _ => false,
+        }
+    }
+
     /// `is_host`: checking the Host header (IP literals and `*` apply), or an Origin's host.
     fn host_allowed(&self, host: &str, is_host: bool) -> bool {
         let host = host

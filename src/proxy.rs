@@ -530,6 +530,21 @@ fn forward_response(
     } else if is_sse {
         // A POST stream carries a reply: it gets the whole grace period to deliver it.
         Body::from_stream(with_keepalives(chunks, app.sse_keepalive, None))
+    } else if !status.is_success() {
+        // An error page may quote the request it refused, credential included (a debug page,
+        // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
+        // is buffered, up to a bound no error page reaches.
+        headers.remove(header::CONTENT_LENGTH);
+        // Its headers too (an `X-Debug-Authorization`, a quoting `Warning`).
+        for value in headers.values_mut() {
+            let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
+            if scrubbed != value.as_bytes()
+                && let Ok(clean) = HeaderValue::from_bytes(&scrubbed)
+            {
+                *value = clean;
+            }
+        }
+        Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)
     };
@@ -537,6 +552,30 @@ fn forward_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
+/// KiB, and each error in flight holds this much.
+const ERROR_BODY_LIMIT: usize = 256 * 1024;
+
+/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
+/// than cut, since a secret straddling the cut would leak its prefix.
+async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, reqwest::Error>
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>>,
+{
+    let mut chunks = std::pin::pin!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
+            return Ok(Bytes::from(format!(
+                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
 }
 
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been

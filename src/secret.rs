@@ -142,6 +142,29 @@ pub fn scrub(text: &str) -> String {
     out
 }
 
+/// [`scrub`] for a body that may not be UTF-8: the forms are ASCII or UTF-8 text, so they are
+/// found byte by byte all the same.
+pub fn scrub_bytes(bytes: &[u8]) -> Vec<u8> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return scrub(text).into_bytes();
+    }
+    let registry = registry();
+    let mut out = bytes.to_vec();
+    for pattern in &registry.patterns {
+        let pattern = pattern.as_bytes();
+        let mut scrubbed = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(at) = rest.windows(pattern.len()).position(|w| w == pattern) {
+            scrubbed.extend_from_slice(&rest[..at]);
+            scrubbed.extend_from_slice(REDACTED.as_bytes());
+            rest = &rest[at + pattern.len()..];
+        }
+        scrubbed.extend_from_slice(rest);
+        out = scrubbed;
+    }
+    out
+}
+
 /// The ways `value` travels or comes back: raw (headers, JSON bodies), form-urlencoded as the
 /// token requests send it (`+` or `%20` for spaces, upper- or lower-case hex), percent-encoded
 /// as a URI component (how a server may re-encode a request it echoes), JSON string-escaped
@@ -578,6 +601,22 @@ mod tests {
             format!("{:?}", SecretSource::Inline(secret)),
             "Inline(<redacted>)"
         );
+    }
+
+    #[test]
+    fn scrub_bytes_finds_secrets_in_a_body_that_is_not_utf8() {
+        let secret = format!("bytes-canary-{}", "x+y/z=w&v".repeat(25));
+        register(&secret);
+        let mut body = b"\xff\xfe key ".to_vec();
+        body.extend_from_slice(secret.as_bytes());
+        body.extend_from_slice(b" and ");
+        body.extend_from_slice(
+            url::form_urlencoded::byte_serialize(secret.as_bytes())
+                .collect::<String>()
+                .as_bytes(),
+        );
+        let scrubbed = scrub_bytes(&body);
+        assert_eq!(scrubbed, b"\xff\xfe key <redacted> and <redacted>".to_vec());
     }
 
     #[test]

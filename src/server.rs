@@ -402,6 +402,9 @@ async fn serve_clients(
     Ok(())
 }
 
+/// How long an idle connection asked to close may take to do so before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Free permits at which the limit counts as left behind: a tenth of the cap, so that a flood
 /// hovering at the limit logs once, not at every connection that closes.
 fn recovered_at(max_connections: usize) -> usize {
@@ -436,6 +439,10 @@ async fn serve_connection(
     let connection = builder.serve_connection(TokioIo::new(tcp), service);
     tokio::pin!(connection);
     let mut closing = false;
+    // Set when an idle connection was asked to close: an HTTP/2 peer may never complete the
+    // graceful close (it leaves the GOAWAY's ping unanswered, or sits in a half-sent HEADERS),
+    // and with nothing in flight there is nothing to wait for.
+    let mut idle_close_by: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             result = connection.as_mut() => {
@@ -453,6 +460,15 @@ async fn serve_connection(
                 tracing::debug!(idle_secs = idle_timeout.as_secs_f32(), "closing an idle client connection");
                 closing = true;
                 connection.as_mut().graceful_shutdown();
+                idle_close_by = Some(tokio::time::Instant::now() + IDLE_CLOSE_GRACE);
+            }
+            () = tokio::time::sleep_until(idle_close_by.unwrap_or_else(tokio::time::Instant::now)), if idle_close_by.is_some() => {
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    tracing::debug!("an idle client connection did not close when asked; dropped it");
+                    return;
+                }
+                // A request arrived before the close took effect: the graceful close ends after it.
+                idle_close_by = None;
             }
         }
     }

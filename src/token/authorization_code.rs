@@ -150,6 +150,8 @@ impl AuthorizationCode {
             _ => {}
         }
         crate::secret::register(code);
+        // With the code, the verifier redeems the login; a server echoing the exchange quotes it.
+        crate::secret::register_ephemeral(verifier.expose());
         let params = vec![
             ("grant_type", "authorization_code".to_string()),
             ("code", code.clone()),

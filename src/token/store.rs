@@ -63,6 +63,17 @@ pub enum StoreError {
     Symlink { path: PathBuf },
     #[error("{} is not a regular file (remove it)", path.display())]
     NotRegular { path: PathBuf },
+    /// The sidecar creates every file here itself: one of another user's was planted (through
+    /// a swapped directory, say) and would hand the sidecar someone else's tokens.
+    #[error(
+        "{} is owned by uid {owner}, not the sidecar's uid {euid}; it was not written by this sidecar and is not used (remove it)",
+        path.display()
+    )]
+    NotOurs {
+        path: PathBuf,
+        owner: u32,
+        euid: u32,
+    },
     #[error(
         "{} is larger than {MAX_STATE_BYTES} bytes, which no state file is; move it away to start over",
         path.display()
@@ -151,6 +162,8 @@ pub fn from_unix(secs: u64) -> Option<SystemTime> {
 pub struct Store {
     path: PathBuf,
     lock_path: PathBuf,
+    /// The effective uid every file here must belong to (`None`: unknown, not checked).
+    owner: Option<u32>,
 }
 
 /// Holds the exclusive lock until dropped.
@@ -169,13 +182,15 @@ impl Store {
                 dir: dir.to_path_buf(),
                 source,
             })?;
-        check_dir(dir, effective_uid())?;
+        let owner = effective_uid();
+        check_dir(dir, owner)?;
         let store = Self {
             path: dir.join(format!("{name}.json")),
             lock_path: dir.join(format!("{name}.lock")),
+            owner,
         };
         // Probe writability now rather than at the first rotation, when it would lose a token.
-        let lock = open_lock(&store.lock_path)?;
+        let lock = open_lock(&store.lock_path, owner)?;
         // Temporaries left by a killed writer: removed only while no writer can be at work.
         if lock.try_lock().is_ok() {
             store.remove_temporaries();
@@ -190,8 +205,9 @@ impl Store {
     /// Takes the exclusive lock, waiting for another process to release it.
     pub async fn lock(&self) -> Result<Locked, StoreError> {
         let path = self.lock_path.clone();
+        let owner = self.owner;
         tokio::task::spawn_blocking(move || {
-            let file = open_lock(&path)?;
+            let file = open_lock(&path, owner)?;
             file.lock()
                 .map_err(|source| StoreError::Lock { path, source })?;
             Ok(Locked(file))
@@ -224,6 +240,8 @@ impl Store {
         if !meta.is_file() {
             return Err(StoreError::NotRegular { path: path.clone() });
         }
+        // Checked on the open file, so a name swapped after the open cannot slip past it.
+        check_owner(path, &meta, self.owner)?;
         if meta.len() > MAX_STATE_BYTES {
             return Err(StoreError::TooLarge { path: path.clone() });
         }
@@ -387,7 +405,7 @@ fn random_suffix() -> String {
 }
 
 /// Opens (creating it 0600) the lock file, refusing a symlink or anything but a regular file.
-fn open_lock(path: &Path) -> Result<File, StoreError> {
+fn open_lock(path: &Path, owner: Option<u32>) -> Result<File, StoreError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -403,7 +421,26 @@ fn open_lock(path: &Path) -> Result<File, StoreError> {
             path: path.to_path_buf(),
         });
     }
+    // Another user's lock file could be held by them forever.
+    check_owner(path, &meta, owner)?;
     Ok(file)
+}
+
+/// Refuses a file of another user. The directory check at open cannot exclude one for good: a
+/// co-tenant who may write the directory's parent can swap the directory for their own later.
+fn check_owner(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    owner: Option<u32>,
+) -> Result<(), StoreError> {
+    match owner {
+        Some(euid) if meta.uid() != euid => Err(StoreError::NotOurs {
+            path: path.to_path_buf(),
+            owner: meta.uid(),
+            euid,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// `O_NOFOLLOW` on a symlink fails with `ELOOP`: say what it means.
@@ -659,6 +696,30 @@ mod tests {
         // Without root the same check runs against a pretended uid.
         let err = check_dir(&dir, Some(foreign + 1)).expect_err("refused");
         assert!(err.to_string().contains("not owned"), "{err}");
+    }
+
+    #[test]
+    fn a_state_or_lock_file_of_another_user_is_not_used() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut store = Store::open(dir.path(), "tokens-test").expect("writable");
+        store.save(&token_state()).expect("saved");
+        let euid = store.owner.expect("/proc/self/status is readable here");
+        let foreign = if euid == 4242 { 4243 } else { 4242 };
+        if euid == 0 {
+            // As root: a file really planted by another user.
+            std::os::unix::fs::chown(store.path(), Some(foreign), None).unwrap();
+        } else {
+            // Otherwise the same check against a pretended uid.
+            store.owner = Some(foreign);
+        }
+        let err = store.load().err().expect("refused");
+        assert!(matches!(err, StoreError::NotOurs { .. }), "{err}");
+        assert!(err.to_string().contains("tokens-test.json"), "{err}");
+        if euid == 0 {
+            std::os::unix::fs::chown(&store.lock_path, Some(foreign), None).unwrap();
+        }
+        let err = open_lock(&store.lock_path, store.owner).expect_err("refused");
+        assert!(matches!(err, StoreError::NotOurs { .. }), "{err}");
     }
 
     #[test]

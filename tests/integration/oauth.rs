@@ -1534,3 +1534,98 @@ async fn a_request_in_the_last_seconds_of_a_token_waits_for_the_refresh_in_fligh
         "the token was sent in its last seconds"
     );
 }
+
+/// A token endpoint that echoes the code exchange must not get the PKCE verifier shown on the
+/// login page (or anywhere): with the code, it is what redeems the login.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_code_exchange_shows_no_pkce_verifier() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("auth_required").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .get(sidecar.url("/oauth/login"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let back = client.get(&authorize).send().await.unwrap();
+    let callback = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    *idp.state.failure.lock().unwrap() = Failure::EchoJson(Echo::Body);
+    let done = client
+        .get(sidecar.url(&format!("/oauth/callback?{}", callback.query().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 400);
+    let page = done.text().await.unwrap();
+    assert!(page.contains("code_verifier="), "the echo is shown: {page}");
+    for (at, _) in page.match_indices("code_verifier=") {
+        let after = &page[at + "code_verifier=".len()..];
+        assert!(after.starts_with("<redacted>"), "{page}");
+    }
+}
+
+/// With a client token, whoever reaches the port must not start a login (and pick the account
+/// the sidecar then holds): `/oauth/login` asks for the token as a Basic password.
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_a_login_needs_the_client_token() {
+    let client_token = format!("login-canary-{}", "m+n/o=p&r".repeat(25));
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("CLIENT_TOKEN", &client_token),
+    ])
+    .await;
+    sidecar.wait_reason("auth_required").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = sidecar.url("/oauth/login");
+    let refused = client.get(&login).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    let body = refused.text().await.unwrap();
+    assert!(!body.contains("login-canary"), "{body}");
+    let wrong = client
+        .get(&login)
+        .basic_auth("", Some("not-the-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let browser = client
+        .get(&login)
+        .basic_auth("anyone", Some(&client_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 302);
+    let tool = client
+        .get(&login)
+        .bearer_auth(&client_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tool.status(), 302);
+}

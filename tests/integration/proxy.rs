@@ -1554,3 +1554,104 @@ async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
     assert_eq!(&head, b"HTTP/1.1 200");
     assert!(rest.is_some(), "closed by the header timeout while idle");
 }
+
+/// A server error page that quotes the request back (a debug page, a misbehaving gateway):
+/// the agent must not get the credential from its body.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
+    let secret = format!("canary-{}-end", "a+b/c=d&e".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [
+                ("content-type", "text/html".to_string()),
+                ("x-debug-authorization", presented.clone()),
+            ],
+            format!("<pre>request failed; headers: authorization: {presented}</pre>"),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["x-debug-authorization"],
+        "Bearer <redacted>"
+    );
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&secret[..40]), "{body}");
+    assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
+}
+
+/// HTTP/2 has no header timer in hyper: the idle timeout bounds a connection whose request head
+/// never completes, even when the peer never answers the GOAWAY's ping either.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_never_finishes_its_headers_is_cut_off() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    slow.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame, then HEADERS for stream 1 without END_HEADERS: the
+    // CONTINUATION that would finish them never comes.
+    slow.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    slow.write_all(&[0, 0, 3, 1, 0, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut slow).await.is_some(),
+        "the half-open HTTP/2 connection stays open"
+    );
+}
+
+/// An error body too large to buffer is withheld, not cut: a cut could leave a secret's prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_body_too_large_to_scrub_is_withheld() {
+    let secret = format!("canary-{}-end", "q+r/s=t&u".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut page = "x".repeat(300 * 1024);
+        page.push_str(&presented);
+        (axum::http::StatusCode::BAD_GATEWAY, page)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("canary-"), "the secret's prefix leaked");
+    assert!(
+        body.contains("was withheld"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
+}
