@@ -1,7 +1,11 @@
 //! The sidecar's own endpoints: `/healthz`, `/ready`, `/status`, `/metrics`, and JSON 404s.
 //!
-//! `/status` and `/metrics` check Host and Origin like the MCP endpoint (a web page must not read
-//! them); `/healthz` and `/ready` do not, because orchestrators probe them by any address.
+//! Every request, whatever its path, passes the Host and Origin rule first ([`host_rule`]): a web
+//! page that rebinds a name must not read even `/ready`, which shows a pending device-code login.
+//! Orchestrators still probe by IP address, which the rule accepts. With a `CLIENT_TOKEN`,
+//! `/status` and `/metrics` need it too (they describe the credential and its use); `/healthz`
+//! and `/ready`'s status code stay open to probes that cannot send it, but `/ready` without the
+//! token says only `ready`, `reason` and `since`: no detail and no login prompt.
 //!
 //! `/.well-known/*` and every unknown path answer `404` with `{"error":"not_found"}` as JSON:
 //! Claude Code probes OAuth discovery paths and treats a plain-text 404 as a crash and a 200 as
@@ -10,8 +14,9 @@
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
@@ -21,33 +26,75 @@ pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
 }
 
-pub async fn ready(State(app): State<Arc<App>>) -> Response {
+/// Middleware: the Host and Origin rule for every path but the MCP endpoint's, which checks it
+/// itself to answer in JSON-RPC form and count the refusal.
+pub async fn host_rule(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+    if !is_mcp_path(&app, request.uri().path())
+        && let Err(refusal) = app
+            .guard
+            .check_host_and_origin(request.uri(), request.headers())
+    {
+        tracing::warn!(
+            method = %request.method(),
+            path = request.uri().path(),
+            reason = %refusal,
+            "refused a request"
+        );
+        return refused(&refusal);
+    }
+    next.run(request).await
+}
+
+fn is_mcp_path(app: &App, path: &str) -> bool {
+    path == app.path
+        || path
+            .strip_prefix(app.path.as_str())
+            .and_then(|rest| rest.strip_prefix(crate::legacy::LEGACY_SEGMENT))
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The JSON answer to a refused request: 400 or 403, never 401.
+fn refused(refusal: &crate::guard::Refusal) -> Response {
+    let error = match refusal {
+        crate::guard::Refusal::Malformed(_) => "bad_request",
+        crate::guard::Refusal::NotAllowed(_) => "forbidden",
+    };
+    (
+        refusal.status(),
+        Json(json!({ "error": error, "detail": refusal.message() })),
+    )
+        .into_response()
+}
+
+/// The client token, for the endpoints that need it when one is configured.
+fn token_refused(app: &App, headers: &HeaderMap) -> Option<Response> {
+    let refusal = app.guard.check_client_token(headers).err()?;
+    tracing::warn!(reason = %refusal, "refused a request without the client token");
+    Some(refused(&refusal))
+}
+
+pub async fn ready(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
     let report = app.readiness.report();
     let status = if report.ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
+    if !app.guard.client_token_ok(&headers) {
+        // Probes that cannot send the token (kubelet httpGet) need only the status code; the
+        // detail and a pending login are for clients that hold it.
+        let shallow = json!({
+            "ready": report.ready,
+            "reason": report.reason,
+            "since": report.since,
+        });
+        return (status, Json(shallow)).into_response();
+    }
     (status, Json(report)).into_response()
 }
 
-/// 403 JSON for a request whose Host or Origin is not allowed.
-fn refused(app: &App, request: &axum::extract::Request) -> Option<Response> {
-    let refusal = app
-        .guard
-        .check_host_and_origin(request.uri(), request.headers())
-        .err()?;
-    Some(
-        (
-            StatusCode::FORBIDDEN,
-            Json(json!({ "error": "forbidden", "detail": refusal.0 })),
-        )
-            .into_response(),
-    )
-}
-
-pub async fn status(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
-    if let Some(refusal) = refused(&app, &request) {
+pub async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = token_refused(&app, &headers) {
         return refusal;
     }
     let state = app.readiness.state();
@@ -68,8 +115,8 @@ pub async fn status(State(app): State<Arc<App>>, request: axum::extract::Request
     (StatusCode::OK, Json(body)).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
-    if let Some(refusal) = refused(&app, &request) {
+pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = token_refused(&app, &headers) {
         return refusal;
     }
     (
@@ -83,19 +130,43 @@ pub async fn metrics(State(app): State<Arc<App>>, request: axum::extract::Reques
         .into_response()
 }
 
-pub async fn not_found() -> Response {
+/// The fallback for every path the sidecar does not serve.
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    not_found_for(&method, &uri)
+}
+
+/// The JSON 404, logged at debug: clients probing `/.well-known/*` (Codex CLI sends seven such
+/// requests) or a wrong `PATH` otherwise leave no trace. The path only: a query string may carry
+/// a secret.
+pub fn not_found_for(method: &Method, uri: &Uri) -> Response {
+    tracing::debug!(%method, path = uri.path(), status = 404, "answered 404: nothing is served here");
     (StatusCode::NOT_FOUND, Json(json!({ "error": "not_found" }))).into_response()
 }
 
 /// `GET /oauth/login` (AUTH=authorization_code): redirects the browser to the authorization
 /// endpoint with a fresh state and PKCE challenge.
-pub async fn oauth_login(State(app): State<Arc<App>>, request: axum::extract::Request) -> Response {
-    if let Some(refusal) = refused(&app, &request) {
-        return refusal;
-    }
+pub async fn oauth_login(State(app): State<Arc<App>>, request: Request) -> Response {
     let Some((manager, grant)) = &app.login else {
-        return not_found().await;
+        return not_found_for(request.method(), request.uri());
     };
+    if !app.guard.login_token_ok(request.headers()) {
+        // Whoever starts a login picks the account the sidecar then holds: with a client token,
+        // only someone who has it. A browser cannot send a Bearer token, so it is asked for as a
+        // Basic password (this page is for people; MCP clients never see this 401).
+        tracing::warn!("refused /oauth/login without the client token");
+        return (
+            StatusCode::UNAUTHORIZED,
+            [
+                (
+                    header::WWW_AUTHENTICATE,
+                    "Basic realm=\"mcp-sidecar login (password: MCP_SIDECAR_CLIENT_TOKEN)\", charset=\"UTF-8\"",
+                ),
+                (header::CACHE_CONTROL, "no-store"),
+            ],
+            "mcp-sidecar requires its client token to start a login: enter it as the password.\n",
+        )
+            .into_response();
+    }
     if !manager.login_pending() {
         // Only while a login is needed: otherwise anyone reaching the port could replace the
         // sidecar's credential with their own account's.
@@ -121,15 +192,9 @@ pub async fn oauth_login(State(app): State<Arc<App>>, request: axum::extract::Re
 }
 
 /// `GET /oauth/callback`: the authorization server's redirect back with the code.
-pub async fn oauth_callback(
-    State(app): State<Arc<App>>,
-    request: axum::extract::Request,
-) -> Response {
-    if let Some(refusal) = refused(&app, &request) {
-        return refusal;
-    }
+pub async fn oauth_callback(State(app): State<Arc<App>>, request: Request) -> Response {
     let Some((manager, grant)) = &app.login else {
-        return not_found().await;
+        return not_found_for(request.method(), request.uri());
     };
     match grant.complete(request.uri().query().unwrap_or("")).await {
         Ok(issued) => {

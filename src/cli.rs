@@ -20,6 +20,30 @@ pub mod exit {
     pub const NOT_FOUND: u8 = 127;
 }
 
+/// `println!` that never panics: when the reader has gone (`check-config | head -3`) the line is
+/// dropped and the macro evaluates to `false`, so a command can stop printing and exit as it
+/// would have. Rust ignores SIGPIPE, so without this every closed pipe is a panic (exit 101).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        $crate::cli::written(writeln!(std::io::stdout().lock(), $($arg)*))
+    }};
+}
+/// `eprintln!` that never panics (`wait ... 2>&1 | head -1`): a line nobody reads is dropped.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+pub(crate) use {errln, outln};
+
+/// Whether a line reached its reader; a plain `bool`, so callers that print and move on need not
+/// look at it.
+pub fn written(result: std::io::Result<()>) -> bool {
+    result.is_ok()
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-sidecar",

@@ -7,13 +7,19 @@
 //! defeats that. Refusals are 403 with a JSON body, never 401 (which would make Claude Code start
 //! its own OAuth flow).
 //!
+//! The same Host and Origin rule covers every endpoint, `/ready` and `/healthz` included: a page
+//! that rebinds a name to `127.0.0.1` must not read a pending device-code login from `/ready` and
+//! approve it with its own account. The Host itself is parsed strictly (RFC 9112 3.2): one Host
+//! header, `host[:port]` and nothing after it, and an absolute-form target (or HTTP/2
+//! `:authority`) that names the same host; anything else is a 400.
+//!
 //! A Host that is an IP literal is always accepted: rebinding needs a DNS name, and in Kubernetes
 //! the kubelet and Prometheus address pods by IP. Origins are stricter: only loopback origins and
 //! hosts listed in `ALLOWED_HOSTS` by name; the `*` wildcard relaxes Host only, never Origin, so a
 //! web page can never use the sidecar's credential.
 
-use http::HeaderMap;
 use http::header::{AUTHORIZATION, HOST, ORIGIN};
+use http::{HeaderMap, StatusCode};
 
 use crate::config::is_loopback_name;
 use crate::secret::SecretSource;
@@ -24,9 +30,34 @@ pub struct Guard {
     client_token: Option<SecretSource>,
 }
 
-/// Why a request was refused. The message is shown to the client and names what to configure.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refusal(pub String);
+/// Why a request was refused. The message is shown to the client and names what to configure;
+/// callers answer with [`Refusal::status`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The request's Host is missing, doubled or not `host[:port]`, or disagrees with its target:
+    /// a 400, as RFC 9112 asks.
+    #[error("{0}")]
+    Malformed(String),
+    /// A Host, Origin or client token this sidecar does not accept: a 403 (never a 401, which
+    /// would make Claude Code start its own OAuth flow).
+    #[error("{0}")]
+    NotAllowed(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::Malformed(_) => StatusCode::BAD_REQUEST,
+            Self::NotAllowed(_) => StatusCode::FORBIDDEN,
+        }
+    }
+
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Malformed(m) | Self::NotAllowed(m) => m,
+        }
+    }
+}
 
 impl Guard {
     pub fn new(allowed_hosts: Vec<String>, client_token: Option<SecretSource>) -> Self {
@@ -44,28 +75,18 @@ impl Guard {
         self.check_client_token(headers)
     }
 
-    /// Host and Origin only: also for the read-only endpoints that describe the sidecar
-    /// (`/status`, `/metrics`), which use no credential but which a web page should not read.
+    /// Host and Origin only: the rule every endpoint applies, also those that use no
+    /// credential (`/healthz`, `/ready`, `/status`, `/metrics`, 404s).
     pub fn check_host_and_origin(
         &self,
         uri: &http::Uri,
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
-        // HTTP/2 carries the host in :authority, which hyper exposes on the URI.
-        let host = uri.authority().map(|a| a.host().to_string()).or_else(|| {
-            headers
-                .get(HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| strip_port(h).to_string())
-        });
-        match host {
-            None => return Err(Refusal("the request has no Host header".into())),
-            Some(host) if !self.host_allowed(&host, true) => {
-                return Err(Refusal(format!(
-                    "Host {host:?} is not allowed; add it to MCP_SIDECAR_ALLOWED_HOSTS"
-                )));
-            }
-            Some(_) => {}
+        let host = request_host(uri, headers)?;
+        if !self.host_allowed(&host, true) {
+            return Err(Refusal::NotAllowed(format!(
+                "Host {host:?} is not allowed; add it to MCP_SIDECAR_ALLOWED_HOSTS"
+            )));
         }
         if let Some(origin) = headers.get(ORIGIN) {
             let origin_host = origin
@@ -77,7 +98,7 @@ impl Guard {
                 Some(h) if self.host_allowed(&h, false) => {}
                 _ => {
                     let shown = origin.to_str().unwrap_or("(not text)");
-                    return Err(Refusal(format!(
+                    return Err(Refusal::NotAllowed(format!(
                         "Origin {shown:?} is not allowed; add its host to MCP_SIDECAR_ALLOWED_HOSTS"
                     )));
                 }
@@ -86,7 +107,14 @@ impl Guard {
         Ok(())
     }
 
-    fn check_client_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
+    /// True when no client token is configured or `headers` carry the right one: what decides
+    /// whether `/ready` may show its detail and a pending login.
+    pub fn client_token_ok(&self, headers: &HeaderMap) -> bool {
+        self.check_client_token(headers).is_ok()
+    }
+
+    /// The client token alone (Host and Origin are checked for every endpoint before).
+    pub fn check_client_token(&self, headers: &HeaderMap) -> Result<(), Refusal> {
         if let Some(expected) = &self.client_token {
             let presented = headers
                 .get(AUTHORIZATION)
@@ -105,13 +133,43 @@ impl Guard {
                 (None, _) => false,
             };
             if !ok {
-                return Err(Refusal(
+                return Err(Refusal::NotAllowed(
                     "this sidecar requires its client token: send Authorization: Bearer <MCP_SIDECAR_CLIENT_TOKEN>"
                         .into(),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The client token for `/oauth/login`, which a person opens in a browser: as a Bearer token
+    /// or as the password of HTTP Basic (what a browser prompts for), any user name.
+    pub fn login_token_ok(&self, headers: &HeaderMap) -> bool {
+        use base64::Engine;
+        let Some(expected) = &self.client_token else {
+            return true;
+        };
+        if self.client_token_ok(headers) {
+            return true;
+        }
+        let password = headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .and_then(|(_, encoded)| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(encoded.trim())
+                    .ok()
+            })
+            .and_then(|pair| {
+                let colon = pair.iter().position(|&b| b == b':')?;
+                Some(pair[colon + 1..].to_vec())
+            });
+        match (password, expected.read()) {
+            (Some(password), Ok(secret)) => secret.matches(&password),
+            _ => false,
+        }
     }
 
     /// `is_host`: checking the Host header (IP literals and `*` apply), or an Origin's host.
@@ -128,15 +186,87 @@ impl Guard {
     }
 }
 
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // [::1]:4510
-        return rest.split(']').next().unwrap_or(rest);
+/// The host a request is addressed to: its one Host header, or the authority of an absolute-form
+/// target (HTTP/2's `:authority`, which hyper puts on the URI). When both are present they must
+/// name the same host: a proxy-style `GET http://evil.example/ HTTP/1.1` with `Host: localhost`
+/// is refused rather than judged by either half.
+fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Result<String, Refusal> {
+    let mut values = headers.get_all(HOST).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(Refusal::Malformed(
+            "the request has more than one Host header".into(),
+        ));
     }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
-        _ => host,
+    let header = header
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(parse_authority)
+                .ok_or_else(|| {
+                    Refusal::Malformed("the Host header is not a valid host[:port]".into())
+                })
+        })
+        .transpose()?;
+    let target = uri
+        .authority()
+        .map(|a| {
+            parse_authority(a.as_str()).ok_or_else(|| {
+                Refusal::Malformed(
+                    "the request target's authority is not a valid host[:port]".into(),
+                )
+            })
+        })
+        .transpose()?;
+    match (target, header) {
+        (Some((target, target_port)), Some((host, port))) => {
+            let ports_agree = match (target_port, port) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            };
+            if target != host || !ports_agree {
+                return Err(Refusal::Malformed(format!(
+                    "the request target names {target:?} but its Host header {host:?}"
+                )));
+            }
+            Ok(target)
+        }
+        (Some((host, _)), None) | (None, Some((host, _))) => Ok(host),
+        (None, None) => Err(Refusal::Malformed("the request has no Host header".into())),
     }
+}
+
+/// `host[:port]` as RFC 9110 allows it in Host: a bracketed IPv6 literal or a name (or IPv4
+/// literal) of the characters DNS names use, then at most a numeric port, and nothing else. The
+/// host comes back lower-cased and without brackets. Lenient parsing here is what a rebinding
+/// page would use: `[::1]evil.com` must not pass as `::1`.
+fn parse_authority(text: &str) -> Option<(String, Option<u16>)> {
+    let (host, rest) = if let Some(inner) = text.strip_prefix('[') {
+        let (literal, rest) = inner.split_once(']')?;
+        literal.parse::<std::net::Ipv6Addr>().ok()?;
+        (literal, rest)
+    } else {
+        match text.split_once(':') {
+            Some((name, _)) => (name, &text[name.len()..]),
+            None => (text, ""),
+        }
+    };
+    let port = match rest {
+        "" => None,
+        _ => {
+            let digits = rest.strip_prefix(':')?;
+            if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(digits.parse::<u16>().ok()?)
+        }
+    };
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if host.is_empty() || (!text.starts_with('[') && !host.chars().all(is_name_char)) {
+        return None;
+    }
+    Some((host.to_ascii_lowercase(), port))
 }
 
 #[cfg(test)]
@@ -174,7 +304,8 @@ mod tests {
         let refusal = guard
             .check(&uri(), &headers(&[("host", "evil.example:4510")]))
             .unwrap_err();
-        assert!(refusal.0.contains("evil.example"));
+        assert!(refusal.message().contains("evil.example"));
+        assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
         assert!(guard.check(&uri(), &headers(&[])).is_err());
     }
 
@@ -243,7 +374,7 @@ mod tests {
         let refusal = guard
             .check(&uri(), &headers(&[host, ("authorization", "Bearer nope")]))
             .unwrap_err();
-        assert!(!refusal.0.contains("shared-canary"));
+        assert!(!refusal.message().contains("shared-canary"));
         assert!(
             guard
                 .check(
@@ -251,6 +382,74 @@ mod tests {
                     &headers(&[host, ("authorization", "Bearer shared-canary")])
                 )
                 .is_ok()
+        );
+    }
+
+    fn malformed(guard: &Guard, uri: &http::Uri, headers: &HeaderMap) -> bool {
+        matches!(guard.check(uri, headers), Err(Refusal::Malformed(_)))
+    }
+
+    #[test]
+    fn two_host_headers_are_a_400() {
+        let guard = Guard::new(vec![], None);
+        let mut two = headers(&[("host", "localhost:4510")]);
+        two.append(HOST, "localhost:4510".parse().unwrap());
+        assert!(malformed(&guard, &uri(), &two));
+        let mut mixed = headers(&[("host", "localhost")]);
+        mixed.append(HOST, "evil.example".parse().unwrap());
+        let refusal = guard.check(&uri(), &mixed).unwrap_err();
+        assert_eq!(refusal.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn hosts_with_text_after_the_address_are_refused() {
+        let guard = Guard::new(vec![], None);
+        for host in [
+            "[::1]evil.com",
+            "[::1]evil.com:4510",
+            "[::1]:4510evil",
+            "[evil.com]",
+            "127.0.0.1:4510:80",
+            "localhost:",
+            "localhost:port",
+            "localhost evil.com",
+            "user@localhost",
+            "localhost/evil",
+            "localhost:99999",
+            "",
+        ] {
+            assert!(
+                malformed(&guard, &uri(), &headers(&[("host", host)])),
+                "{host:?} must be a 400"
+            );
+        }
+        assert!(guard.check(&uri(), &headers(&[("host", "[::1]")])).is_ok());
+        assert_eq!(
+            parse_authority("[::1]:4510"),
+            Some(("::1".into(), Some(4510)))
+        );
+        assert_eq!(
+            parse_authority("LocalHost."),
+            Some(("localhost.".into(), None))
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_must_agree_with_the_host_header() {
+        let guard = Guard::new(vec![], None);
+        let evil: http::Uri = "http://evil.example/mcp".parse().unwrap();
+        let host = headers(&[("host", "localhost:4510")]);
+        assert!(malformed(&guard, &evil, &host));
+        let other_port: http::Uri = "http://localhost:9999/mcp".parse().unwrap();
+        assert!(malformed(&guard, &other_port, &host));
+        let same: http::Uri = "http://LOCALHOST:4510/mcp".parse().unwrap();
+        assert!(guard.check(&same, &host).is_ok());
+        // HTTP/2: the authority alone.
+        assert!(guard.check(&same, &headers(&[])).is_ok());
+        let rebinding: http::Uri = "http://evil.example:4510/mcp".parse().unwrap();
+        assert_eq!(
+            guard.check(&rebinding, &headers(&[])).unwrap_err().status(),
+            StatusCode::FORBIDDEN
         );
     }
 }

@@ -249,6 +249,7 @@ mod tests {
             headers: None,
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
+            read_timeout: None,
         };
         Arc::new(Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap())
     }

@@ -91,7 +91,7 @@ pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Res
             response
         }
         // Not announced on an open stream (or already closed): the session is gone.
-        None => crate::admin::not_found().await,
+        None => crate::admin::not_found_for(request.method(), request.uri()),
     }
 }
 
@@ -208,6 +208,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             let status = upstream.status();
             if status.is_server_error() {
                 app.readiness.trigger();
+            } else if status.is_success() {
+                app.readiness.recovered();
             }
             if tracing::enabled!(tracing::Level::DEBUG) {
                 tracing::debug!(
@@ -252,11 +254,17 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     Outcome::auth_required,
                     "auth_required",
                 ),
-                UpstreamError::Unreachable(_) => (
+                UpstreamError::Unreachable(_) | UpstreamError::ConnectionRefused(_) => (
                     StatusCode::BAD_GATEWAY,
                     Code::UpstreamUnreachable,
                     Outcome::upstream_unreachable,
                     "upstream_unreachable",
+                ),
+                UpstreamError::TimedOut(_) => (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Code::UpstreamUnreachable,
+                    Outcome::upstream_unreachable,
+                    "upstream_timeout",
                 ),
                 UpstreamError::Redirected { .. } => (
                     StatusCode::BAD_GATEWAY,
@@ -283,14 +291,18 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
 /// The 403 for a request the guard refuses (Host, Origin, client token).
 fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> Option<Response> {
     let refusal = app.guard.check(uri, headers).err()?;
-    tracing::warn!(%method, reason = %refusal.0, "refused a client request");
+    tracing::warn!(%method, reason = %refusal, "refused a client request");
     app.metrics.record_request(method, Outcome::refused);
+    let reason = match refusal {
+        crate::guard::Refusal::Malformed(_) => "bad_request",
+        crate::guard::Refusal::NotAllowed(_) => "forbidden",
+    };
     Some(error_response(
-        StatusCode::FORBIDDEN,
+        refusal.status(),
         Value::Null,
         Code::Refused,
-        &refusal.0,
-        "forbidden",
+        refusal.message(),
+        reason,
     ))
 }
 
@@ -485,12 +497,18 @@ fn forward_response(
     let chunks = upstream.bytes_stream().map(move |chunk| {
         // The guard lives as long as the stream, counting open SSE streams.
         let _ = &guard;
-        if let Err(e) = &chunk {
-            tracing::warn!(
-                error = %crate::upstream::describe_reqwest_error(e),
-                "upstream response broke off mid-stream"
-            );
-            readiness.trigger();
+        match &chunk {
+            Err(e) if e.is_timeout() => tracing::warn!(
+                "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
+            ),
+            Err(e) => {
+                tracing::warn!(
+                    error = %crate::upstream::describe_reqwest_error(e),
+                    "upstream response broke off mid-stream"
+                );
+                readiness.trigger();
+            }
+            Ok(_) => {}
         }
         chunk
     });
@@ -512,6 +530,21 @@ fn forward_response(
     } else if is_sse {
         // A POST stream carries a reply: it gets the whole grace period to deliver it.
         Body::from_stream(with_keepalives(chunks, app.sse_keepalive, None))
+    } else if !status.is_success() {
+        // An error page may quote the request it refused, credential included (a debug page,
+        // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
+        // is buffered, up to a bound no error page reaches.
+        headers.remove(header::CONTENT_LENGTH);
+        // Its headers too (an `X-Debug-Authorization`, a quoting `Warning`).
+        for value in headers.values_mut() {
+            let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
+            if scrubbed != value.as_bytes()
+                && let Ok(clean) = HeaderValue::from_bytes(&scrubbed)
+            {
+                *value = clean;
+            }
+        }
+        Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)
     };
@@ -519,6 +552,30 @@ fn forward_response(
     *response.status_mut() = status;
     *response.headers_mut() = headers;
     response
+}
+
+/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
+/// KiB, and each error in flight holds this much.
+const ERROR_BODY_LIMIT: usize = 256 * 1024;
+
+/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
+/// than cut, since a secret straddling the cut would leak its prefix.
+async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, reqwest::Error>
+where
+    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>>,
+{
+    let mut chunks = std::pin::pin!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
+            return Ok(Bytes::from(format!(
+                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
 }
 
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
@@ -562,6 +619,9 @@ where
                         state.boundary.observe(&chunk);
                         return Some((Ok(chunk), state));
                     }
+                    // A silent upstream (READ_TIMEOUT): end the stream cleanly. At a boundary
+                    // that is a clean end; mid-event, SSE clients drop the incomplete event.
+                    Ok(Some(Err(e))) if e.is_timeout() => return None,
                     Ok(Some(Err(e))) => return Some((Err(e), state)),
                     Ok(None) => return None,
                     Err(_) if state.boundary.can_insert() => {

@@ -1,9 +1,12 @@
 //! Readiness: what `/ready` reports and the background checker that decides it.
 //!
 //! The checker performs a real MCP handshake ([`crate::handshake`]) at start, then on an interval
-//! while healthy, with a short backoff while not (so an agent waiting on `/ready` starts within
-//! a second or two of the upstream coming up), and at once when the proxy reports an upstream
-//! failure. Probes only read the last result: a flood of `/ready` requests never reaches the
+//! while healthy, with a short backoff while not, and at once when the proxy reports an upstream
+//! failure or, while not ready, a call that succeeded (so `/ready` follows a recovery at once). While
+//! nothing listens at the upstream's address it looks again every 100 ms: a refused connection
+//! costs the upstream nothing, and an agent waiting on `/ready` starts right after the upstream
+//! comes up. Triggered checks are full handshakes, so they are spaced a second apart among
+//! themselves. Probes only read the last result: a flood of `/ready` requests never reaches the
 //! upstream.
 
 use std::sync::Arc;
@@ -79,11 +82,49 @@ pub struct Readiness {
     /// Set when the proxy asked for a check; cleared when the checker starts one, so a burst of
     /// failures wakes the checker once.
     requested: AtomicBool,
+    /// Set when a proxied call succeeded while not ready (cleared like `requested`).
+    recovery: AtomicBool,
 }
 
-/// How soon after one check a proxy-triggered check may run, so a burst of failing requests
-/// causes one handshake, not one per request.
+/// Why a check runs; logged at debug, and what decides the spacing of triggered checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cause {
+    Start,
+    Interval,
+    Retry,
+    /// The last attempt found nothing listening (connection refused).
+    RefusedRetry,
+    TokenChanged,
+    ProxyFailure,
+    ProxyRecovered,
+}
+
+impl Cause {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Interval => "interval",
+            Self::Retry => "retry",
+            Self::RefusedRetry => "refused_retry",
+            Self::TokenChanged => "token_changed",
+            Self::ProxyFailure => "proxy_failure",
+            Self::ProxyRecovered => "proxy_recovered",
+        }
+    }
+
+    fn triggered(self) -> bool {
+        matches!(
+            self,
+            Self::TokenChanged | Self::ProxyFailure | Self::ProxyRecovered
+        )
+    }
+}
+
+/// How soon after one triggered check another may run, so a burst of failing requests causes one
+/// handshake, not one per request. A trigger after a scheduled check runs at once.
 const MIN_TRIGGERED_SPACING: Duration = Duration::from_secs(1);
+/// Retry interval while the upstream refuses connections.
+const REFUSED_RETRY: Duration = Duration::from_millis(100);
 /// Retry schedule while not ready: fast at first, never slower than this.
 const UNREADY_BACKOFF_START: Duration = Duration::from_millis(250);
 const UNREADY_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -107,7 +148,18 @@ impl Readiness {
             wake: Notify::new(),
             config,
             requested: AtomicBool::new(false),
+            recovery: AtomicBool::new(false),
         })
+    }
+
+    /// The proxy saw a call succeed: while not ready, that is news (a credential accepted again,
+    /// the upstream back), so check at once instead of at the next retry.
+    pub fn recovered(&self) {
+        if self.state.borrow().reason != Reason::Ready
+            && !self.recovery.swap(true, Ordering::AcqRel)
+        {
+            self.wake.notify_one();
+        }
     }
 
     /// The proxy saw the upstream fail: check again soon, instead of at the next interval.
@@ -163,12 +215,21 @@ impl Readiness {
         let mut mode = Mode::Unknown;
         let mut backoff = UNREADY_BACKOFF_START;
         let mut last_progress = Instant::now();
+        let mut cause = Cause::Start;
         loop {
             self.requested.store(false, Ordering::Release);
+            self.recovery.store(false, Ordering::Release);
+            tracing::debug!(cause = cause.as_str(), "readiness check");
             let started = Instant::now();
             let outcome =
                 tokio::time::timeout(self.config.timeout, handshake::run(&upstream, &mut mode))
                     .await;
+            let refused = matches!(
+                outcome,
+                Ok(Err(HandshakeError::Upstream(
+                    UpstreamError::ConnectionRefused(_)
+                )))
+            );
             let (reason, detail, server) = classify(outcome, self.config.timeout);
             metrics.record_handshake(reason == Reason::Ready);
             let login = (reason == Reason::AuthRequired)
@@ -176,36 +237,43 @@ impl Readiness {
                 .flatten();
             self.update(reason, detail, server, login, &mut last_progress);
 
-            let wait = if reason == Reason::Ready {
+            let (wait, scheduled) = if reason == Reason::Ready {
                 backoff = UNREADY_BACKOFF_START;
-                self.config.interval
+                (self.config.interval, Cause::Interval)
+            } else if refused {
+                // Nothing listens yet: no handshake reached the upstream, so no backoff.
+                backoff = UNREADY_BACKOFF_START;
+                (REFUSED_RETRY.min(self.config.interval), Cause::RefusedRetry)
             } else {
                 let wait = backoff.min(self.config.interval);
                 backoff = (backoff * 2).min(UNREADY_BACKOFF_MAX);
-                wait
+                (wait, Cause::Retry)
             };
-            tokio::select! {
+            let previous = cause;
+            cause = tokio::select! {
                 _ = &mut shutdown => return,
-                _ = tokio::time::sleep(wait) => {}
-                _ = token_changed(&mut token_changes) => {
-                    // A new token (a login completed) or a failed refresh: look now, but no
-                    // more than once a second.
-                    let since = started.elapsed();
-                    if since < MIN_TRIGGERED_SPACING {
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(MIN_TRIGGERED_SPACING - since) => {}
-                        }
+                _ = tokio::time::sleep(wait) => scheduled,
+                // A new token (a login completed) or a failed refresh.
+                _ = token_changed(&mut token_changes) => Cause::TokenChanged,
+                _ = self.wake.notified() => {
+                    if self.recovery.load(Ordering::Acquire) {
+                        Cause::ProxyRecovered
+                    } else {
+                        Cause::ProxyFailure
                     }
                 }
-                _ = self.wake.notified() => {
-                    let since = started.elapsed();
-                    if since < MIN_TRIGGERED_SPACING {
-                        tokio::select! {
-                            _ = &mut shutdown => return,
-                            _ = tokio::time::sleep(MIN_TRIGGERED_SPACING - since) => {}
-                        }
-                    }
+            };
+            // Triggered checks are spaced among themselves (a recovery only after a recovery:
+            // it must not wait behind the failure that came just before it).
+            let spaced = match cause {
+                Cause::ProxyRecovered => previous == Cause::ProxyRecovered,
+                other => other.triggered() && previous.triggered(),
+            };
+            let since = started.elapsed();
+            if spaced && since < MIN_TRIGGERED_SPACING {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = tokio::time::sleep(MIN_TRIGGERED_SPACING - since) => {}
                 }
             }
         }
@@ -317,7 +385,11 @@ fn classify(
                 HandshakeError::Upstream(UpstreamError::Redirected { .. }) => {
                     Reason::HandshakeFailed
                 }
-                HandshakeError::Upstream(UpstreamError::Unreachable(_))
+                HandshakeError::Upstream(
+                    UpstreamError::Unreachable(_)
+                    | UpstreamError::ConnectionRefused(_)
+                    | UpstreamError::TimedOut(_),
+                )
                 | HandshakeError::GatewayUnavailable(_) => Reason::UpstreamUnreachable,
                 HandshakeError::Upstream(UpstreamError::AuthRejected { .. }) => {
                     Reason::UpstreamAuthRejected
@@ -326,7 +398,9 @@ fn classify(
             };
             let detail = match e {
                 // The reason already says "unreachable"; the detail says why.
-                HandshakeError::Upstream(UpstreamError::Unreachable(cause)) => cause,
+                HandshakeError::Upstream(
+                    UpstreamError::Unreachable(cause) | UpstreamError::ConnectionRefused(cause),
+                ) => cause,
                 other => other.to_string(),
             };
             (reason, detail, None)

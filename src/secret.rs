@@ -4,13 +4,18 @@
 //! [`Secret`], whose `Debug`, `Display`-free API and `Serialize` only ever print `<redacted>`: the type
 //! system, not reviewer vigilance, keeps secrets out of logs, errors, `check-config` and `/status`.
 //!
+//! Text the sidecar did not write (an upstream's or identity provider's error) cannot be typed, so
+//! this module also owns the scrub registry: every secret value, in every form in which the sidecar
+//! sends it or a server re-encodes it, is replaced by `<redacted>` in such text by [`scrub`].
+//!
 //! A secret configured as `X_FILE` is a [`SecretFile`]: the path is kept and the file is re-read when it
 //! changes (Kubernetes rotates mounted secrets by swapping a symlink), so rotation needs no restart.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Serialize, Serializer};
@@ -19,23 +24,34 @@ const REDACTED: &str = "<redacted>";
 
 /// Every secret value this process holds, so that text the sidecar did not write (an upstream's
 /// `error_description`, a JSON-RPC error message) can be scrubbed before it reaches a log line,
-/// `/ready` or a client: servers do echo the key they were given ("invalid key sk-...").
+/// `/ready` or a client: servers do echo the key they were given ("invalid key sk-..."), and an
+/// identity provider's error page may echo the whole request, so each value is remembered in every
+/// form the sidecar sends it or a server re-encodes it (see [`forms`]).
 ///
 /// Values registered while the configuration loads are pinned for the life of the process; values
 /// that arrive later (rotated token files, reloaded header files) go into a bounded ring, newest
-/// kept, so rotation cannot grow memory without bound.
+/// kept, so rotation cannot grow memory without bound. Values made for one request (a signed
+/// client assertion) have a small ring of their own, so that a retry loop cannot push the current
+/// tokens out of the larger one.
 struct Registry {
     pinned: Vec<String>,
-    rotating: std::collections::VecDeque<String>,
+    rotating: VecDeque<String>,
+    ephemeral: VecDeque<String>,
     sealed: bool,
+    /// Every form of every value above, longest first, without duplicates: what [`scrub`]
+    /// replaces. Rebuilt on registration (rare) so that scrubbing (error paths) only reads.
+    patterns: Vec<String>,
 }
 
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     pinned: Vec::new(),
-    rotating: std::collections::VecDeque::new(),
+    rotating: VecDeque::new(),
+    ephemeral: VecDeque::new(),
     sealed: false,
+    patterns: Vec::new(),
 });
 const ROTATING_SIZE: usize = 256;
+const EPHEMERAL_SIZE: usize = 16;
 /// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
 const MIN_SCRUBBED_LEN: usize = 4;
 
@@ -43,18 +59,38 @@ fn registry() -> std::sync::MutexGuard<'static, Registry> {
     REGISTRY.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Remembers `value` for [`scrub`]. Called for every [`Secret`] and every `HEADERS` value.
+impl Registry {
+    fn knows(&self, value: &str) -> bool {
+        self.pinned
+            .iter()
+            .chain(self.rotating.iter())
+            .chain(self.ephemeral.iter())
+            .any(|k| k == value)
+    }
+
+    fn rebuild(&mut self) {
+        let mut patterns: Vec<String> = self
+            .pinned
+            .iter()
+            .chain(self.rotating.iter())
+            .chain(self.ephemeral.iter())
+            .flat_map(|value| forms(value))
+            .filter(|form| form.len() >= MIN_SCRUBBED_LEN)
+            .collect();
+        patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        patterns.dedup();
+        self.patterns = patterns;
+    }
+}
+
+/// Remembers `value` for [`scrub`]. Called for every [`Secret`], every `HEADERS` value, and every
+/// credential the sidecar derives from one before sending it (a `Basic` credential).
 pub fn register(value: &str) {
     if value.len() < MIN_SCRUBBED_LEN {
         return;
     }
     let mut registry = registry();
-    if registry
-        .pinned
-        .iter()
-        .chain(registry.rotating.iter())
-        .any(|k| k == value)
-    {
+    if registry.knows(value) {
         return;
     }
     if registry.sealed {
@@ -65,6 +101,24 @@ pub fn register(value: &str) {
     } else {
         registry.pinned.push(value.to_string());
     }
+    registry.rebuild();
+}
+
+/// Remembers a value made for one request (a signed `private_key_jwt` assertion) for [`scrub`],
+/// in a small ring of its own: it dies with the request's answer, which is what may echo it.
+pub fn register_ephemeral(value: &str) {
+    if value.len() < MIN_SCRUBBED_LEN {
+        return;
+    }
+    let mut registry = registry();
+    if registry.knows(value) {
+        return;
+    }
+    registry.ephemeral.push_back(value.to_string());
+    if registry.ephemeral.len() > EPHEMERAL_SIZE {
+        registry.ephemeral.pop_front();
+    }
+    registry.rebuild();
 }
 
 /// Ends the configuration phase: secrets registered from now on may rotate out of the registry.
@@ -72,20 +126,132 @@ pub fn seal() {
     registry().sealed = true;
 }
 
-/// `text` with every known secret value replaced by `<redacted>`. Longest first, so a secret that
-/// contains another is replaced whole.
+/// `text` with every known secret, in every known form, replaced by `<redacted>`. Longest first,
+/// so a secret that contains another is replaced whole.
+///
+/// Not on the per-request path: callers are error paths and readiness changes. Its cost is one
+/// substring search per distinct form (a handful per secret, most collapse into the raw value).
 pub fn scrub(text: &str) -> String {
     let registry = registry();
-    let mut known: Vec<&String> = registry
-        .pinned
-        .iter()
-        .chain(registry.rotating.iter())
-        .collect();
-    known.sort_by_key(|k| std::cmp::Reverse(k.len()));
     let mut out = text.to_string();
-    for secret in known {
-        if out.contains(secret.as_str()) {
-            out = out.replace(secret.as_str(), REDACTED);
+    for pattern in &registry.patterns {
+        if out.contains(pattern.as_str()) {
+            out = out.replace(pattern.as_str(), REDACTED);
+        }
+    }
+    out
+}
+
+/// [`scrub`] for a body that may not be UTF-8: the forms are ASCII or UTF-8 text, so they are
+/// found byte by byte all the same.
+pub fn scrub_bytes(bytes: &[u8]) -> Vec<u8> {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return scrub(text).into_bytes();
+    }
+    let registry = registry();
+    let mut out = bytes.to_vec();
+    for pattern in &registry.patterns {
+        let pattern = pattern.as_bytes();
+        let mut scrubbed = Vec::with_capacity(out.len());
+        let mut rest = &out[..];
+        while let Some(at) = rest.windows(pattern.len()).position(|w| w == pattern) {
+            scrubbed.extend_from_slice(&rest[..at]);
+            scrubbed.extend_from_slice(REDACTED.as_bytes());
+            rest = &rest[at + pattern.len()..];
+        }
+        scrubbed.extend_from_slice(rest);
+        out = scrubbed;
+    }
+    out
+}
+
+/// The ways `value` travels or comes back: raw (headers, JSON bodies), form-urlencoded as the
+/// token requests send it (`+` or `%20` for spaces, upper- or lower-case hex), percent-encoded
+/// as a URI component (how a server may re-encode a request it echoes), JSON string-escaped
+/// (plain, with `\/`, Go's `\u0026` style, ASCII-only), and HTML-escaped (an echoing error page).
+fn forms(value: &str) -> Vec<String> {
+    let form = url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    let form_spaces = form.replace('+', "%20");
+    let component = percent_encode(value, |b| {
+        b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+    });
+    let unreserved = percent_encode(value, |b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b));
+    let json = json_escape(value);
+    let mut out = vec![
+        value.to_string(),
+        lower_hex(&form),
+        lower_hex(&form_spaces),
+        lower_hex(&component),
+        lower_hex(&unreserved),
+        form,
+        form_spaces,
+        component,
+        unreserved,
+        json.replace('/', "\\/"),
+        json.replace('&', "\\u0026")
+            .replace('<', "\\u003c")
+            .replace('>', "\\u003e"),
+        ascii_json(&json),
+        json,
+    ];
+    let html = value
+        .replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;");
+    out.push(html.replace('\'', "&#x27;"));
+    out.push(html.replace('\'', "&#39;"));
+    out
+}
+
+/// Percent-encodes every byte `keep` refuses, with upper-case hex (RFC 3986 2.1 prefers it).
+fn percent_encode(value: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(value.len() * 3);
+    for b in value.bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The same percent-encoding with lower-case hex digits, which some servers write.
+fn lower_hex(encoded: &str) -> String {
+    let mut out = String::with_capacity(encoded.len());
+    let mut hex_left = 0;
+    for c in encoded.chars() {
+        if c == '%' {
+            hex_left = 2;
+            out.push(c);
+        } else if hex_left > 0 {
+            hex_left -= 1;
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The JSON string literal of `value`, without its quotes.
+fn json_escape(value: &str) -> String {
+    let quoted = serde_json::Value::String(value.to_string()).to_string();
+    quoted[1..quoted.len() - 1].to_string()
+}
+
+/// `json` with every non-ASCII character as `\uXXXX` (UTF-16), as Python's `json.dumps` writes.
+fn ascii_json(json: &str) -> String {
+    let mut out = String::with_capacity(json.len());
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
         }
     }
     out
@@ -142,11 +308,48 @@ pub enum SecretError {
         #[source]
         source: std::io::Error,
     },
+    /// Not there yet: in Kubernetes and with secret agents the file often arrives after start.
+    #[error("{key}: {path} does not exist (yet)")]
+    Missing { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is empty")]
     Empty { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is not valid UTF-8")]
     NotUtf8 { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is a directory, not a file")]
+    NotAFile { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is larger than {limit} bytes; a secret file holds one value")]
+    TooLarge {
+        key: &'static str,
+        path: PathBuf,
+        limit: u64,
+    },
 }
+
+impl SecretError {
+    /// A file that is not there yet or still empty: something outside the sidecar (a mounted
+    /// secret, vault-agent, `cmd > file`) has yet to write it. Not a configuration mistake; the
+    /// sidecar serves and reports `auth_required` until it arrives.
+    pub fn is_pending(&self) -> bool {
+        matches!(self, Self::Missing { .. } | Self::Empty { .. })
+    }
+}
+
+/// The largest secret file read. A token, a key or a header list is a few KiB at most; a bigger
+/// file is a mistake (a log file named by accident), and must never become a request header.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// How long the last good value stands in while a file is rewritten in place. `cmd > file`
+/// truncates first and writes after; readers in between see an empty or partial file, although
+/// the previous value is still valid. Two seconds covers a slow command many times over (the
+/// window is usually microseconds), while a file that really was emptied is reported soon after.
+pub const REWRITE_GRACE: Duration = Duration::from_secs(2);
+
+/// A file modified this recently and shorter than the last good value is taken to be mid-write.
+/// A partial file cannot be told from a shorter token by its content; its age can: a writer
+/// finishes within microseconds (more on a loaded machine), so a short file this young is most
+/// likely still being written. A genuinely shorter token is used once it is older than this, or
+/// at once when the upstream has rejected the previous one ([`SecretFile::reread`]).
+const PARTIAL_WINDOW: Duration = Duration::from_millis(500);
 
 /// What identifies one version of a file: a symlink swap changes the inode, an in-place write the
 /// length or modification time.
@@ -168,6 +371,22 @@ impl FileStamp {
             modified: meta.modified().ok(),
         }
     }
+
+    /// Modified within `window` of now (a clock that went backwards counts as recent).
+    fn is_younger_than(&self, window: Duration) -> bool {
+        self.modified
+            .is_some_and(|m| m.elapsed().map_or(true, |age| age < window))
+    }
+}
+
+#[derive(Debug, Default)]
+struct Cache {
+    /// The value of the file version `FileStamp`, served while the file is unchanged.
+    current: Option<(FileStamp, Secret)>,
+    /// The last value read whole, which stands in during a rewrite.
+    last_good: Option<Secret>,
+    /// When a rewrite (an empty or partial file) was first seen; `None` while the file is whole.
+    rewriting_since: Option<Instant>,
 }
 
 /// A secret kept in a file and re-read whenever the file changes.
@@ -178,7 +397,8 @@ impl FileStamp {
 pub struct SecretFile {
     key: &'static str,
     path: PathBuf,
-    cache: Mutex<Option<(FileStamp, Secret)>>,
+    grace: Duration,
+    cache: Mutex<Cache>,
 }
 
 impl SecretFile {
@@ -186,8 +406,15 @@ impl SecretFile {
         Self {
             key,
             path: path.into(),
-            cache: Mutex::new(None),
+            grace: REWRITE_GRACE,
+            cache: Mutex::new(Cache::default()),
         }
+    }
+
+    /// The same file with another [`REWRITE_GRACE`] (zero: report an empty file at once).
+    pub fn with_rewrite_grace(mut self, grace: Duration) -> Self {
+        self.grace = grace;
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -199,57 +426,122 @@ impl SecretFile {
     }
 
     /// The current content: from the cache while the file is unchanged, read anew otherwise.
-    /// A missing or empty file is an error every time, never served from the cache.
+    /// A missing file is an error every time, never served from the cache; an empty or partial
+    /// one is bridged with the last good value for [`REWRITE_GRACE`], then reported.
     pub fn read(&self) -> Result<Secret, SecretError> {
-        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        let meta = self.metadata()?;
         let stamp = FileStamp::of(&meta);
         {
             let cache = self.lock();
-            if let Some((cached, secret)) = cache.as_ref()
+            if let Some((cached, secret)) = cache.current.as_ref()
                 && *cached == stamp
             {
                 return Ok(secret.clone());
             }
         }
-        self.load(stamp)
+        self.load(stamp, true)
     }
 
     /// Reads the file regardless of the cache (used after the upstream rejected the cached value).
+    /// Nothing is bridged: the last good value is the one just rejected, so an empty file is
+    /// reported and a short one taken as it is.
     pub fn reread(&self) -> Result<Secret, SecretError> {
-        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
-        self.load(FileStamp::of(&meta))
+        let meta = self.metadata()?;
+        self.load(FileStamp::of(&meta), false)
     }
 
-    fn load(&self, stamp: FileStamp) -> Result<Secret, SecretError> {
-        let bytes = std::fs::read(&self.path).map_err(|source| self.unreadable(source))?;
-        let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8 {
-            key: self.key,
-            path: self.path.clone(),
+    fn metadata(&self) -> Result<std::fs::Metadata, SecretError> {
+        let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
+        if meta.is_dir() {
+            return Err(self.forget(SecretError::NotAFile {
+                key: self.key,
+                path: self.path.clone(),
+            }));
+        }
+        if meta.len() > MAX_SECRET_FILE_BYTES {
+            return Err(self.too_large());
+        }
+        Ok(meta)
+    }
+
+    fn load(&self, stamp: FileStamp, bridge: bool) -> Result<Secret, SecretError> {
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(&self.path)
+            .and_then(|file| {
+                // Bounded even if the file grew after the `stat`.
+                file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes)
+            })
+            .map_err(|source| self.unreadable(source))?;
+        if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+            return Err(self.too_large());
+        }
+        let text = String::from_utf8(bytes).map_err(|_| {
+            self.forget(SecretError::NotUtf8 {
+                key: self.key,
+                path: self.path.clone(),
+            })
         })?;
         // Files written by `echo` or editors end with a newline that is not part of the secret.
         let trimmed = text.trim();
-        if trimmed.is_empty() {
-            *self.lock() = None;
-            return Err(SecretError::Empty {
+        let mut cache = self.lock();
+        let partial = cache.last_good.as_ref().is_some_and(|good| {
+            trimmed.len() < good.expose().len() && stamp.is_younger_than(PARTIAL_WINDOW)
+        });
+        if trimmed.is_empty() || partial {
+            let since = *cache.rewriting_since.get_or_insert_with(Instant::now);
+            if let Some(good) = cache.last_good.as_ref()
+                && bridge
+                && since.elapsed() < self.grace
+            {
+                // Not cached under this stamp: the next read looks at the file again.
+                return Ok(good.clone());
+            }
+            if trimmed.is_empty() {
+                cache.current = None;
+                return Err(SecretError::Empty {
+                    key: self.key,
+                    path: self.path.clone(),
+                });
+            }
+        }
+        let secret = Secret::new(trimmed);
+        cache.current = Some((stamp, secret.clone()));
+        cache.last_good = Some(secret.clone());
+        cache.rewriting_since = None;
+        Ok(secret)
+    }
+
+    fn too_large(&self) -> SecretError {
+        self.forget(SecretError::TooLarge {
+            key: self.key,
+            path: self.path.clone(),
+            limit: MAX_SECRET_FILE_BYTES,
+        })
+    }
+
+    fn unreadable(&self, source: std::io::Error) -> SecretError {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            return self.forget(SecretError::Missing {
                 key: self.key,
                 path: self.path.clone(),
             });
         }
-        let secret = Secret::new(trimmed);
-        *self.lock() = Some((stamp, secret.clone()));
-        Ok(secret)
-    }
-
-    fn unreadable(&self, source: std::io::Error) -> SecretError {
-        *self.lock() = None;
-        SecretError::Unreadable {
+        self.forget(SecretError::Unreadable {
             key: self.key,
             path: self.path.clone(),
             source,
-        }
+        })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<(FileStamp, Secret)>> {
+    /// A file that is gone or unusable is reported every time: nothing of it is kept, not even
+    /// the value that would bridge a rewrite (a deleted token file means "stop").
+    fn forget(&self, error: SecretError) -> SecretError {
+        *self.lock() = Cache::default();
+        error
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Cache> {
         // A poisoned lock only means another thread panicked mid-update; the cache is a hint and
         // is still safe to use or overwrite.
         self.cache
@@ -261,7 +553,7 @@ impl SecretFile {
 impl Clone for SecretFile {
     /// The same file, with a cache of its own (filled on first read).
     fn clone(&self) -> Self {
-        Self::new(self.key, self.path.clone())
+        Self::new(self.key, self.path.clone()).with_rewrite_grace(self.grace)
     }
 }
 
@@ -312,6 +604,22 @@ mod tests {
     }
 
     #[test]
+    fn scrub_bytes_finds_secrets_in_a_body_that_is_not_utf8() {
+        let secret = format!("bytes-canary-{}", "x+y/z=w&v".repeat(25));
+        register(&secret);
+        let mut body = b"\xff\xfe key ".to_vec();
+        body.extend_from_slice(secret.as_bytes());
+        body.extend_from_slice(b" and ");
+        body.extend_from_slice(
+            url::form_urlencoded::byte_serialize(secret.as_bytes())
+                .collect::<String>()
+                .as_bytes(),
+        );
+        let scrubbed = scrub_bytes(&body);
+        assert_eq!(scrubbed, b"\xff\xfe key <redacted> and <redacted>".to_vec());
+    }
+
+    #[test]
     fn scrub_removes_every_known_secret() {
         let _token = Secret::new("sk-canary-echo-4242");
         register("header-canary-77");
@@ -325,6 +633,101 @@ mod tests {
             "longest first"
         );
         assert_eq!(scrub("nothing secret here"), "nothing secret here");
+    }
+
+    /// A canary as the issue describes them: `+ / = &`, a space, a quote, non-ASCII, and longer
+    /// than any cut (200 characters).
+    fn canary(tag: &str) -> String {
+        format!("{tag}+/=&x \"<é>'{}", "Zq9+/=&w".repeat(30))
+    }
+
+    /// `text` holds no run of 8 characters of `form`'s start: what a cut would leave behind.
+    fn assert_no_prefix(text: &str, form: &str, what: &str) {
+        let prefix: String = form.chars().take(8).collect();
+        assert!(
+            !text.contains(&prefix),
+            "{what} prefix {prefix:?} in {text:?}"
+        );
+    }
+
+    #[test]
+    fn scrub_removes_every_encoding_the_sidecar_sends() {
+        let secret = canary("enc1");
+        register(&secret);
+        let form = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>();
+        assert!(
+            form.contains("%2B%2F%3D%26") && form.contains('+'),
+            "{form}"
+        );
+        let json = serde_json::to_string(&secret).unwrap();
+        let json = &json[1..json.len() - 1];
+        let encoded = [
+            ("raw", secret.clone()),
+            ("form", form.clone()),
+            ("form, %20 spaces", form.replace('+', "%20")),
+            ("form, lower-case hex", lower_hex(&form)),
+            (
+                "form, %20, lower-case",
+                lower_hex(&form.replace('+', "%20")),
+            ),
+            ("json", json.to_string()),
+            ("json, escaped slash", json.replace('/', "\\/")),
+            (
+                "json, Go style",
+                json.replace('&', "\\u0026")
+                    .replace('<', "\\u003c")
+                    .replace('>', "\\u003e"),
+            ),
+            ("json, ASCII only", json.replace('é', "\\u00e9")),
+            (
+                "html",
+                secret
+                    .replace('&', "&amp;")
+                    .replace('<', "&lt;")
+                    .replace('>', "&gt;")
+                    .replace('"', "&quot;")
+                    .replace('\'', "&#39;"),
+            ),
+        ];
+        for (what, form) in encoded {
+            let text = format!("error: invalid_client, you sent client_secret={form}&grant_type=x");
+            let scrubbed = scrub(&text);
+            assert_eq!(
+                scrubbed, "error: invalid_client, you sent client_secret=<redacted>&grant_type=x",
+                "{what}"
+            );
+            assert_no_prefix(&scrubbed, &form, what);
+        }
+    }
+
+    #[test]
+    fn scrub_removes_a_registered_basic_credential_and_assertion() {
+        use base64::Engine;
+        let secret = canary("enc2");
+        register(&secret);
+        let encode =
+            |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            encode("client-a"),
+            encode(&secret)
+        ));
+        register(&basic);
+        let text = format!("Authorization: Basic {basic} was refused");
+        assert_eq!(scrub(&text), "Authorization: Basic <redacted> was refused");
+        let assertion = "eyJhbGciOiJSUzI1NiJ9.eyJpc3MiOiJhIn0.c2lnbmF0dXJlLWVuYzI";
+        register_ephemeral(assertion);
+        assert_eq!(
+            scrub(&format!("client_assertion={assertion}&x")),
+            "client_assertion=<redacted>&x"
+        );
+        // Only a bounded number of one-request values is kept; the newest always are.
+        for n in 0..EPHEMERAL_SIZE * 2 {
+            register_ephemeral(&format!("assertion-enc2-{n:04}"));
+        }
+        let last = format!("assertion-enc2-{:04}", EPHEMERAL_SIZE * 2 - 1);
+        assert_eq!(scrub(&last), "<redacted>");
+        assert_eq!(registry().ephemeral.len(), EPHEMERAL_SIZE);
     }
 
     #[test]
@@ -359,17 +762,125 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "value").unwrap();
-        let file = SecretFile::new("TOKEN_FILE", &path);
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::ZERO);
         assert!(file.read().is_ok());
         std::fs::write(&path, "  \n").unwrap();
         let err = file.read().unwrap_err();
         assert!(matches!(err, SecretError::Empty { .. }), "{err}");
+        assert!(err.is_pending());
         assert!(err.to_string().starts_with("TOKEN_FILE: "));
         std::fs::remove_file(&path).unwrap();
+        let err = file.read().unwrap_err();
+        assert!(matches!(err, SecretError::Missing { .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            format!("TOKEN_FILE: {} does not exist (yet)", path.display())
+        );
+        assert!(err.is_pending());
+    }
+
+    #[test]
+    fn a_rewrite_in_place_is_bridged_with_the_last_good_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let canary = format!("canary+/=&{}", "x".repeat(200));
+        std::fs::write(&path, format!("{canary}\n")).unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert_eq!(file.read().unwrap().expose(), canary);
+        // `cmd > token`: truncated first ...
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary, "empty mid-rewrite");
+        // ... then written, maybe in pieces: a fresh file shorter than the last value.
+        std::fs::write(&path, &canary[..50]).unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary, "partial mid-rewrite");
+        std::fs::write(&path, "the-new-and-longer-token+/=&".repeat(10)).unwrap();
+        assert_eq!(
+            file.read().unwrap().expose(),
+            "the-new-and-longer-token+/=&".repeat(10)
+        );
+        // A deleted file is not a rewrite: reported at once, nothing bridged afterwards.
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.read().is_err());
+        std::fs::write(&path, "").unwrap();
         assert!(matches!(
             file.read().unwrap_err(),
-            SecretError::Unreadable { .. }
+            SecretError::Empty { .. }
         ));
+    }
+
+    #[test]
+    fn after_a_rejection_nothing_is_bridged() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a-long-first-token").unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert!(file.read().is_ok());
+        std::fs::write(&path, "short").unwrap();
+        assert_eq!(file.reread().unwrap().expose(), "short");
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            file.reread().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
+    }
+
+    #[test]
+    fn a_shorter_token_is_accepted_once_the_write_is_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a-long-first-token").unwrap();
+        let file =
+            SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::from_secs(3600));
+        assert_eq!(file.read().unwrap().expose(), "a-long-first-token");
+        std::fs::write(&path, "short").unwrap();
+        let old = SystemTime::now() - Duration::from_secs(60);
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        assert_eq!(file.read().unwrap().expose(), "short");
+    }
+
+    #[test]
+    fn a_file_that_is_empty_too_long_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "value").unwrap();
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(Duration::ZERO);
+        assert!(file.read().is_ok());
+        std::fs::write(&path, "").unwrap();
+        assert!(matches!(
+            file.read().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
+    }
+
+    #[test]
+    fn huge_files_and_directories_are_refused_naming_key_and_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "a".repeat(MAX_SECRET_FILE_BYTES as usize + 1)).unwrap();
+        let err = SecretFile::new("TOKEN_FILE", &path).read().unwrap_err();
+        assert!(matches!(err, SecretError::TooLarge { .. }), "{err}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "TOKEN_FILE: {} is larger than 65536 bytes",
+                path.display()
+            )),
+            "{err}"
+        );
+        assert!(!err.is_pending());
+        std::fs::write(&path, "a".repeat(MAX_SECRET_FILE_BYTES as usize)).unwrap();
+        assert!(SecretFile::new("TOKEN_FILE", &path).read().is_ok());
+        let err = SecretFile::new("TOKEN_FILE", dir.path())
+            .read()
+            .unwrap_err();
+        assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(!err.is_pending());
     }
 
     #[test]

@@ -13,6 +13,9 @@ pub fn init(config: &LogConfig) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its fallback report of a failed write is an `eprintln!`, which panics when stderr is a
+        // closed pipe; a log line that cannot be written is simply lost.
+        .log_internal_errors(false)
         .with_target(false);
     let result = match config.format {
         LogFormat::Json => builder

@@ -28,6 +28,13 @@ pub enum UpstreamError {
     /// The upstream could not be reached (DNS, connect, TLS, reset).
     #[error("upstream unreachable: {0}")]
     Unreachable(String),
+    /// Nothing listens at the upstream's address (connection refused): costs nothing to retry,
+    /// so readiness looks again often.
+    #[error("upstream unreachable: {0}")]
+    ConnectionRefused(String),
+    /// The upstream accepted the request but sent no byte of an answer within `READ_TIMEOUT`.
+    #[error("the upstream sent nothing for {}s (MCP_SIDECAR_READ_TIMEOUT)", .0.as_secs_f32())]
+    TimedOut(Duration),
     /// The upstream refused the credential, also after a fresh one was obtained.
     #[error("upstream rejected the sidecar's credentials (HTTP {status}{})", detail_suffix(.detail))]
     AuthRejected { status: u16, detail: String },
@@ -76,6 +83,7 @@ pub struct Upstream {
     /// scrubbing) happens when the text changes, not on every request.
     parsed_headers: Mutex<Option<(Secret, ExtraHeaders)>>,
     tokens: Arc<dyn TokenSource>,
+    read_timeout: Option<Duration>,
 }
 
 type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
@@ -83,13 +91,22 @@ type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
-        let client = http_client(config, redirect_policy())?;
+        let mut builder = http_client_builder(config, redirect_policy())?;
+        // Per read, reset by every byte: the response head and each body chunk (reqwest applies
+        // it to the body too), so a stream that sends anything, comments included, lives on.
+        if let Some(timeout) = config.read_timeout {
+            builder = builder.read_timeout(timeout);
+        }
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self {
             client,
             url: config.url.clone(),
             headers: config.headers.clone(),
             parsed_headers: Mutex::new(None),
             tokens,
+            read_timeout: config.read_timeout,
         })
     }
 
@@ -284,10 +301,14 @@ impl Upstream {
         if !body.is_empty() {
             request = request.body(body.clone());
         }
-        request
-            .send()
-            .await
-            .map_err(|e| UpstreamError::Unreachable(describe_reqwest_error(&e)))
+        request.send().await.map_err(|e| match self.read_timeout {
+            // A connect timeout is an unreachable upstream; only a silent one is this.
+            Some(timeout) if e.is_timeout() && !e.is_connect() => UpstreamError::TimedOut(timeout),
+            _ if e.is_connect() && is_connection_refused(&e) => {
+                UpstreamError::ConnectionRefused(describe_reqwest_error(&e))
+            }
+            _ => UpstreamError::Unreachable(describe_reqwest_error(&e)),
+        })
     }
 }
 
@@ -355,6 +376,16 @@ pub fn http_client(
     config: &UpstreamConfig,
     redirect: reqwest::redirect::Policy,
 ) -> Result<reqwest::Client, String> {
+    http_client_builder(config, redirect)?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// What [`http_client`] builds, for a caller that tunes it further (the token side's pool).
+pub fn http_client_builder(
+    config: &UpstreamConfig,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::ClientBuilder, String> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(config.connect_timeout)
         .tcp_keepalive(Duration::from_secs(30))
@@ -367,9 +398,20 @@ pub fn http_client(
             builder = builder.add_root_certificate(cert);
         }
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+    Ok(builder)
+}
+
+fn is_connection_refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A readable cause from a reqwest error, without its URL (which may carry a query string).

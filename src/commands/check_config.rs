@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit, outln};
 use crate::config::{self, Sources};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
@@ -10,17 +10,24 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         Ok(config) => {
             let rows = config.summary();
             let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
-            println!(
+            outln!(
                 "configuration is valid (keys are MCP_SIDECAR_* variables or TOML keys in lower case):"
             );
             for (key, value) in rows {
-                println!("  {key:width$}  {value}");
+                if !outln!("  {key:width$}  {value}") {
+                    break;
+                }
+            }
+            for pending in config.pending_files() {
+                errln!(
+                    "mcp-sidecar: note: {pending}; the sidecar serves and reports auth_required until it is written"
+                );
             }
 
             exit::OK
         }
         Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
+            errln!("mcp-sidecar: {e}");
             exit::CONFIG
         }
     }

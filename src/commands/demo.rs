@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit, outln};
 use crate::config::{self, ENV_PREFIX, Sources};
 use crate::secret::{Secret, SecretFile, SecretSource};
 
@@ -19,7 +19,7 @@ pub fn run(
         (Some(t), _) if !t.trim().is_empty() => SecretSource::Inline(Secret::new(t.trim())),
         (_, Some(path)) => SecretSource::File(SecretFile::new("MCP_DEMO_TOKEN_FILE", path)),
         _ if upstream_only => {
-            eprintln!(
+            errln!(
                 "mcp-sidecar demo: --upstream-only needs --token or --token-file (or MCP_DEMO_TOKEN)"
             );
             return exit::CONFIG;
@@ -27,7 +27,7 @@ pub fn run(
         _ => SecretSource::Inline(Secret::new(crate::demo::random_hex())),
     };
     if let Err(e) = token_source.read() {
-        eprintln!("mcp-sidecar demo: {e}");
+        errln!("mcp-sidecar demo: {e}");
         return exit::CONFIG;
     }
 
@@ -59,7 +59,7 @@ pub fn run(
         match config::load(&sources) {
             Ok(c) => Some(c),
             Err(e) => {
-                eprintln!("mcp-sidecar demo: {e}");
+                errln!("mcp-sidecar demo: {e}");
                 return exit::CONFIG;
             }
         }
@@ -79,7 +79,7 @@ pub fn run(
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar demo: cannot start the async runtime: {e}");
+            errln!("mcp-sidecar demo: cannot start the async runtime: {e}");
             return exit::FAILURE;
         }
     };
@@ -87,14 +87,14 @@ pub fn run(
         let shutdown = match crate::shutdown::signal() {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("mcp-sidecar demo: cannot install signal handlers: {e}");
+                errln!("mcp-sidecar demo: cannot install signal handlers: {e}");
                 return exit::FAILURE;
             }
         };
         let demo_listener = match tokio::net::TcpListener::bind(listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("mcp-sidecar demo: cannot listen on {listen} (--listen): {e}");
+                errln!("mcp-sidecar demo: cannot listen on {listen} (--listen): {e}");
                 return exit::UNAVAILABLE;
             }
         };
@@ -118,13 +118,13 @@ pub fn run(
         let sidecar_listener = match tokio::net::TcpListener::bind(config.listen).await {
             Ok(l) => l,
             Err(e) => {
-                eprintln!("mcp-sidecar demo: cannot listen on {} (MCP_SIDECAR_LISTEN): {e}", config.listen);
+                errln!("mcp-sidecar demo: cannot listen on {} (MCP_SIDECAR_LISTEN): {e}", config.listen);
                 return exit::UNAVAILABLE;
             }
         };
         let base = format!("http://{}", config.listen);
         let path = config.path.clone();
-        println!(
+        outln!(
             "\nmcp-sidecar demo\n  upstream (demands a token): http://{listen}/mcp\n  sidecar (injects it):       {base}{path}\n\n\
              Try, in another terminal:\n  curl -s {base}/ready\n  \
              curl -s {base}{path} -H 'Content-Type: application/json' -H 'Accept: application/json, text/event-stream' \\\n    \

@@ -10,7 +10,7 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 use crate::config::{self, AuthConfig, Sources};
 use crate::token::{self, Login};
 
@@ -18,7 +18,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
     let config = match config::load(&Sources::from_process(config_file)) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
+            errln!("mcp-sidecar: {e}");
             return exit::CONFIG;
         }
     };
@@ -27,7 +27,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
     let runtime = match crate::commands::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar login: cannot start the async runtime: {e}");
+            errln!("mcp-sidecar login: cannot start the async runtime: {e}");
             return exit::FAILURE;
         }
     };
@@ -36,20 +36,20 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         let built = match token::build(config.auth, &config.upstream, &config.state_dir) {
             Ok(built) => built,
             Err(e) => {
-                eprintln!("mcp-sidecar login: {e}");
+                errln!("mcp-sidecar login: {e}");
                 return exit::FAILURE;
             }
         };
         let Some(manager) = built.manager.clone() else {
-            eprintln!(
+            errln!(
                 "mcp-sidecar login: AUTH={} holds no tokens of its own; nothing to log in to",
                 built.source.status().source
             );
             return exit::CONFIG;
         };
         if interactive && manager.store().is_none() {
-            eprintln!(
-                "mcp-sidecar login: STATE_DIR {} is not writable, so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory",
+            errln!(
+                "mcp-sidecar login: STATE_DIR {} cannot be used (not writable, or refused as logged above), so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory owned by this user, mode 0700",
                 config.state_dir.display()
             );
             return exit::FAILURE;
@@ -69,7 +69,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         match outcome {
             Ok(()) => {
                 let status = built.source.status();
-                eprintln!(
+                errln!(
                     "mcp-sidecar login: done; token valid until {}, stored in {}",
                     status.expires_at.as_deref().unwrap_or("it is rejected (no expiry given)"),
                     status.persisted_in.as_deref().unwrap_or("memory only")
@@ -77,7 +77,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
                 exit::OK
             }
             Err(e) => {
-                eprintln!("mcp-sidecar login: {e}");
+                errln!("mcp-sidecar login: {e}");
                 exit::FAILURE
             }
         }
@@ -87,7 +87,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
 fn print_prompt(login: Option<Login>) {
     let Some(login) = login else { return };
     match &login.user_code {
-        Some(code) => eprintln!(
+        Some(code) => errln!(
             "mcp-sidecar login: open {} and enter the code {code}{}",
             login.verification_uri,
             login
@@ -96,10 +96,10 @@ fn print_prompt(login: Option<Login>) {
                 .map(|e| format!(" (expires {e})"))
                 .unwrap_or_default()
         ),
-        None => eprintln!("mcp-sidecar login: open {}", login.verification_uri),
+        None => errln!("mcp-sidecar login: open {}", login.verification_uri),
     }
     if let Some(complete) = &login.verification_uri_complete {
-        eprintln!("mcp-sidecar login: or open {complete} (the code is filled in)");
+        errln!("mcp-sidecar login: or open {complete} (the code is filled in)");
     }
 }
 
@@ -108,8 +108,8 @@ async fn authorization_code(
     grant: &Arc<token::AuthorizationCode>,
 ) -> Result<(), String> {
     let url = grant.begin().await.map_err(|e| e.to_string())?;
-    eprintln!("mcp-sidecar login: open this URL in a browser and log in:\n\n  {url}\n");
-    eprintln!(
+    errln!("mcp-sidecar login: open this URL in a browser and log in:\n\n  {url}\n");
+    errln!(
         "mcp-sidecar login: then paste the URL the browser was sent to (it fails to load if nothing listens there; that is fine):"
     );
     let line = tokio::task::spawn_blocking(|| {

@@ -9,6 +9,7 @@ pub mod wait;
 
 use std::path::PathBuf;
 
+use crate::cli::errln;
 use crate::config::{self, Sources};
 
 /// The local URL of one of the sidecar's endpoints, from the listen address the running sidecar
@@ -36,10 +37,96 @@ pub fn target_url(
     match url {
         Some(url) => Ok(url),
         None => local_url(config_file, path).map_err(|e| {
-            eprintln!("mcp-sidecar {command}: {e}");
+            errln!("mcp-sidecar {command}: {e}");
             crate::cli::exit::CONFIG
         }),
     }
+}
+
+/// What a sidecar endpoint (`/ready`, `/healthz`) answered, in words a user can act on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Answer {
+    pub ready: bool,
+    pub reason: String,
+    pub detail: String,
+    pub login: Option<serde_json::Value>,
+}
+
+/// Reads a response as a readiness report. Something that is not one (a 404 from another
+/// server, or from the sidecar itself at a wrong path) is named as such, with its status, rather
+/// than shown as an empty reason.
+pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
+    use serde_json::Value;
+    let status = response.status();
+    let body: Option<Value> = response.json().await.ok();
+    let json = body.is_some();
+    let report = body.filter(|b| {
+        b.get("ready").is_some_and(Value::is_boolean)
+            || b.get("reason").is_some_and(Value::is_string)
+    });
+    match report {
+        Some(body) => {
+            let text = |key: &str| {
+                body.get(key)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string()
+            };
+            let ok = status.is_success();
+            Answer {
+                ready: ok && body.get("ready").and_then(Value::as_bool).unwrap_or(ok),
+                reason: text("reason"),
+                detail: text("detail"),
+                login: body.get("login").filter(|l| !l.is_null()).cloned(),
+            }
+        }
+        // `/healthz` answers 200 with JSON but no report; success is all a liveness check asks.
+        None if status.is_success() && json => Answer {
+            ready: true,
+            reason: "ready".into(),
+            detail: format!("{url} answered HTTP {status}"),
+            login: None,
+        },
+        None => Answer {
+            ready: false,
+            reason: "not_a_sidecar".into(),
+            detail: format!(
+                "{url} answered HTTP {status}, which is not a sidecar readiness report (check the URL: the sidecar serves /ready and /healthz)"
+            ),
+            login: None,
+        },
+    }
+}
+
+/// Why a request to the sidecar failed; a refused connection says that nothing listens there.
+pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return format!("no sidecar answers at {url} (connection refused)");
+        }
+        source = cause.source();
+    }
+    format!("{url}: {}", crate::upstream::describe_reqwest_error(e))
+}
+
+/// Headers for the client-side commands: the sidecar's `CLIENT_TOKEN` when its configuration
+/// sets one, since `/ready` shows its detail and a pending device-code login only with it.
+pub fn client_headers(config_file: Option<PathBuf>) -> reqwest::header::HeaderMap {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token =
+        config::client_token(&Sources::from_process(config_file)).and_then(|s| s.read().ok());
+    if let Some(token) = token
+        && let Ok(mut value) =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.expose()))
+    {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    headers
 }
 
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.

@@ -4,9 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
+    let headers = super::client_headers(config_file.clone());
     let url = match super::target_url(
         "probe",
         config_file,
@@ -19,32 +20,42 @@ pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeou
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar probe: cannot start: {e}");
+            errln!("mcp-sidecar probe: cannot start: {e}");
             return exit::FAILURE;
         }
     };
     runtime.block_on(async {
-        let client = match reqwest::Client::builder().timeout(timeout).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(timeout)
+            .default_headers(headers)
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("mcp-sidecar probe: {e}");
+                errln!("mcp-sidecar probe: {e}");
                 return exit::FAILURE;
             }
         };
         match client.get(&url).send().await {
+            // Any success is healthy, whatever the body: orchestrators ask no more.
             Ok(response) if response.status().is_success() => exit::OK,
             Ok(response) => {
-                let status = response.status();
-                let body: serde_json::Value = response.json().await.unwrap_or_default();
-                let reason = body.get("reason").and_then(|v| v.as_str()).unwrap_or("");
-                let detail = body.get("detail").and_then(|v| v.as_str()).unwrap_or("");
-                eprintln!("mcp-sidecar probe: {url} answered {status}: {reason}: {detail}");
+                let answer = super::read_answer(&url, response).await;
+                if answer.reason == "not_a_sidecar" {
+                    errln!("mcp-sidecar probe: {}", answer.detail);
+                } else {
+                    errln!(
+                        "mcp-sidecar probe: {url}: not ready: {}: {}",
+                        answer.reason,
+                        answer.detail
+                    );
+                }
                 exit::FAILURE
             }
             Err(e) => {
-                eprintln!(
-                    "mcp-sidecar probe: {url}: {}",
-                    crate::upstream::describe_reqwest_error(&e)
+                errln!(
+                    "mcp-sidecar probe: {}",
+                    super::describe_unreachable(&url, &e)
                 );
                 exit::FAILURE
             }

@@ -2,18 +2,24 @@
 
 use std::path::PathBuf;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 use crate::config::{self, Sources};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
     let config = match config::load(&Sources::from_process(config_file)) {
         Ok(config) => config,
         Err(e) => {
-            eprintln!("mcp-sidecar: {e}");
+            errln!("mcp-sidecar: {e}");
             return exit::CONFIG;
         }
     };
     crate::telemetry::init(&config.log);
+    for pending in config.pending_files() {
+        tracing::warn!(
+            file = %pending,
+            "a secret file is not there yet; reporting auth_required until it is written"
+        );
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

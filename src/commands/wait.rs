@@ -9,16 +9,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::exit;
+use crate::cli::{errln, exit};
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 
-#[derive(Debug, Clone, PartialEq)]
-struct Observation {
-    reason: String,
-    detail: String,
-    login: Option<Value>,
-}
+type Observation = super::Answer;
 
 pub fn run(
     config_file: Option<PathBuf>,
@@ -27,6 +22,7 @@ pub fn run(
     interval: Duration,
     command: Vec<String>,
 ) -> u8 {
+    let headers = super::client_headers(config_file.clone());
     let url = match super::target_url("wait", config_file, url, "/ready") {
         Ok(url) => url,
         Err(code) => return code,
@@ -34,11 +30,11 @@ pub fn run(
     let runtime = match super::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("mcp-sidecar wait: cannot start: {e}");
+            errln!("mcp-sidecar wait: cannot start: {e}");
             return exit::FAILURE;
         }
     };
-    let ready = runtime.block_on(wait_ready(&url, timeout, interval));
+    let ready = runtime.block_on(wait_ready(&url, timeout, interval, headers));
     drop(runtime);
     if !ready {
         return exit::FAILURE;
@@ -49,14 +45,20 @@ pub fn run(
     exec(&command)
 }
 
-async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
+async fn wait_ready(
+    url: &str,
+    timeout: Duration,
+    interval: Duration,
+    headers: reqwest::header::HeaderMap,
+) -> bool {
     let client = match reqwest::Client::builder()
         .timeout(Duration::from_secs(5).min(timeout))
+        .default_headers(headers)
         .build()
     {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("mcp-sidecar wait: {e}");
+            errln!("mcp-sidecar wait: {e}");
             return false;
         }
     };
@@ -64,14 +66,14 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
     let deadline = started + timeout;
     let mut last: Option<Observation> = None;
     let mut last_print = Instant::now();
-    eprintln!(
+    errln!(
         "mcp-sidecar wait: waiting up to {} for {url}",
         humantime::format_duration(timeout)
     );
     loop {
         let (ready, observation) = ask(&client, url).await;
         if ready {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: ready after {:.1}s: {}",
                 started.elapsed().as_secs_f32(),
                 observation.detail
@@ -79,9 +81,10 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
             return true;
         }
         if last.as_ref() != Some(&observation) {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: not ready: {}: {}",
-                observation.reason, observation.detail
+                observation.reason,
+                observation.detail
             );
             if let Some(login) = &observation.login {
                 print_login(login);
@@ -89,7 +92,7 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
             last_print = Instant::now();
             last = Some(observation.clone());
         } else if last_print.elapsed() >= PROGRESS_EVERY {
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: still waiting after {}s: {}",
                 started.elapsed().as_secs(),
                 observation.reason
@@ -99,7 +102,7 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
         let now = Instant::now();
         if now >= deadline {
             let last = last.unwrap_or(observation);
-            eprintln!(
+            errln!(
                 "mcp-sidecar wait: gave up after {}: last reason: {}: {}",
                 humantime::format_duration(timeout),
                 last.reason,
@@ -114,41 +117,15 @@ async fn wait_ready(url: &str, timeout: Duration, interval: Duration) -> bool {
 async fn ask(client: &reqwest::Client, url: &str) -> (bool, Observation) {
     match client.get(url).send().await {
         Ok(response) => {
-            let ok = response.status().is_success();
-            let status = response.status();
-            match response.json::<Value>().await {
-                Ok(body) => {
-                    let text = |key: &str| {
-                        body.get(key)
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string()
-                    };
-                    let ready = ok && body.get("ready").and_then(Value::as_bool).unwrap_or(ok);
-                    (
-                        ready,
-                        Observation {
-                            reason: text("reason"),
-                            detail: text("detail"),
-                            login: body.get("login").filter(|l| !l.is_null()).cloned(),
-                        },
-                    )
-                }
-                Err(_) => (
-                    false,
-                    Observation {
-                        reason: "unexpected_answer".into(),
-                        detail: format!("{url} answered {status} without a readiness report"),
-                        login: None,
-                    },
-                ),
-            }
+            let answer = super::read_answer(url, response).await;
+            (answer.ready, answer)
         }
         Err(e) => (
             false,
             Observation {
+                ready: false,
                 reason: "sidecar_unreachable".into(),
-                detail: crate::upstream::describe_reqwest_error(&e),
+                detail: super::describe_unreachable(url, &e),
                 login: None,
             },
         ),
@@ -163,12 +140,12 @@ fn print_login(login: &Value) {
         .unwrap_or_default();
     match field("user_code") {
         Some(code) => {
-            eprintln!("mcp-sidecar wait: sign in: open {uri} and enter the code {code}{expires}")
+            errln!("mcp-sidecar wait: sign in: open {uri} and enter the code {code}{expires}")
         }
-        None => eprintln!("mcp-sidecar wait: sign in: open {uri} in a browser{expires}"),
+        None => errln!("mcp-sidecar wait: sign in: open {uri} in a browser{expires}"),
     }
     if let Some(complete) = field("verification_uri_complete") {
-        eprintln!("mcp-sidecar wait: or open {complete} (the code is filled in)");
+        errln!("mcp-sidecar wait: or open {complete} (the code is filled in)");
     }
 }
 
@@ -177,7 +154,7 @@ fn exec(command: &[String]) -> u8 {
     let error = std::process::Command::new(&command[0])
         .args(&command[1..])
         .exec();
-    eprintln!("mcp-sidecar wait: cannot run {}: {error}", command[0]);
+    errln!("mcp-sidecar wait: cannot run {}: {error}", command[0]);
     if error.kind() == std::io::ErrorKind::NotFound {
         exit::NOT_FOUND
     } else {

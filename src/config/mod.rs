@@ -38,6 +38,8 @@ pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// MCP messages are JSON-RPC requests; a body beyond this is a mistake or an attack.
 const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Most client connections `MAX_CONNECTIONS` may allow: far beyond any open-files limit.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
 /// overflow when added to instants.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
@@ -64,6 +66,10 @@ const KNOWN_KEYS: &[&str] = &[
     "max_body_bytes",
     "sse_keepalive",
     "shutdown_grace",
+    "header_timeout",
+    "client_idle_timeout",
+    "max_connections",
+    "read_timeout",
     "log",
     "log_format",
     "state_dir",
@@ -114,6 +120,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How many client connections, at what pace: slow and idle clients must not lock others out.
+    pub clients: ClientLimits,
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
@@ -129,6 +137,19 @@ pub struct UpstreamConfig {
     pub headers: Option<SecretSource>,
     pub ca_file: Option<PathBuf>,
     pub connect_timeout: Duration,
+    /// No byte from the upstream for this long ends a proxied request (`READ_TIMEOUT`);
+    /// `None`, the default: a long tool call may legitimately stay silent.
+    pub read_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientLimits {
+    /// How long a client may take to send a request's head (`HEADER_TIMEOUT`).
+    pub header_timeout: Duration,
+    /// A client connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// At most this many client connections at once; `None`: derived from the open-files limit.
+    pub max_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +247,13 @@ impl Provider for PrefixedEnv<'_> {
 /// Loads and validates the configuration.
 pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let mut reader = Reader::new(sources);
+    if reader.file_failed {
+        // Without the file's settings every other check would report keys it may well hold
+        // (`UPSTREAM_URL is required`): only the file's own problem is real.
+        return Err(ConfigError {
+            problems: reader.problems,
+        });
+    }
     let config = reader.validate();
     let mut problems = reader.problems;
     if problems.is_empty() {
@@ -260,9 +288,17 @@ pub fn listen_address(sources: &Sources) -> Result<SocketAddr, ConfigError> {
     }
 }
 
+/// Only the client token, for `probe` and `wait`: with one set, `/ready` shows its detail and a
+/// pending login only to clients that send it. `None` when unset or unusable (the sidecar itself
+/// reports that problem).
+pub fn client_token(sources: &Sources) -> Option<SecretSource> {
+    let mut reader = Reader::new(sources);
+    reader.secret("client_token", "client_token_file", "CLIENT_TOKEN_FILE")
+}
+
 fn read_toml(path: &Path) -> Result<String, String> {
     let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     // Parse once here to report errors by position only: toml's own messages quote the offending
     // line, which may hold a secret.
     if let Err(e) = text.parse::<toml::Table>() {
@@ -275,7 +311,7 @@ fn read_toml(path: &Path) -> Result<String, String> {
             .unwrap_or_default();
         let first = e.message().lines().next().unwrap_or("syntax error");
         return Err(format!(
-            "config file {} is not valid TOML{position}: {first}",
+            "{} is not valid TOML{position}: {first}",
             path.display()
         ));
     }
@@ -288,7 +324,18 @@ struct Reader {
     /// Kept for where each value came from (file or environment), to name keys as written.
     figment: Figment,
     file_label: Option<String>,
+    /// The TOML file could not be used; its problem is the only one worth reporting.
+    file_failed: bool,
     problems: Vec<Problem>,
+}
+
+/// How the user named the TOML file: `--config` on the command line or `MCP_SIDECAR_CONFIG`.
+fn config_file_key(sources: &Sources) -> &'static str {
+    let from_env = sources
+        .env
+        .get(CONFIG_ENV)
+        .is_some_and(|named| sources.file.as_deref() == Some(Path::new(named)));
+    if from_env { CONFIG_ENV } else { "--config" }
 }
 
 impl Reader {
@@ -297,16 +344,21 @@ impl Reader {
         let mut problems = Vec::new();
         let mut figment = Figment::new();
         let mut file_label = None;
+        let mut file_failed = false;
+        let file_key = config_file_key(sources);
         if let Some(path) = &sources.file {
             match read_toml(path) {
                 Ok(text) => {
                     figment = figment.merge(figment::providers::Toml::string(&text));
                     file_label = Some(path.display().to_string());
                 }
-                Err(message) => problems.push(Problem {
-                    key: CONFIG_ENV.to_string(),
-                    message,
-                }),
+                Err(message) => {
+                    file_failed = true;
+                    problems.push(Problem {
+                        key: file_key.to_string(),
+                        message,
+                    });
+                }
             }
         }
         let figment = figment.merge(PrefixedEnv(&sources.env));
@@ -315,8 +367,9 @@ impl Reader {
             Err(_) => {
                 // Top-level extraction into a map only fails if the file is not a table, which
                 // `read_toml` already rejects; say so without echoing any value.
+                file_failed = true;
                 problems.push(Problem {
-                    key: CONFIG_ENV.to_string(),
+                    key: file_key.to_string(),
                     message: "configuration is not a table of keys".into(),
                 });
                 BTreeMap::new()
@@ -326,6 +379,7 @@ impl Reader {
             raw,
             figment,
             file_label,
+            file_failed,
             problems,
         }
     }
@@ -504,9 +558,13 @@ impl Reader {
             (false, true) => {
                 let path = self.text(file_key)?;
                 let file = SecretFile::new(env_name, PathBuf::from(&path));
-                // Fail early on a file that cannot be used at all; a file that is readable now
-                // may still be rotated later, which the proxy handles at run time.
-                if let Err(e) = file.read() {
+                // Fail early on a file that can never be used (a directory, unreadable, not
+                // UTF-8, too large). A file that is not there yet or still empty is not a
+                // mistake: mounted secrets and secret agents often write it after the container
+                // starts, so the sidecar serves and reports `auth_required` until it arrives.
+                if let Err(e) = file.read()
+                    && !e.is_pending()
+                {
                     self.problem(file_key, strip_key_prefix(&e.to_string(), env_name));
                 }
                 Some(SecretSource::File(file))
@@ -531,9 +589,19 @@ impl Reader {
             if from_env && is_kubernetes_service_link(&key, value) {
                 continue;
             }
+            let lower = key.to_ascii_lowercase();
+            if !from_env && KNOWN_KEYS.contains(&lower.as_str()) {
+                self.problem(
+                    &key,
+                    format!(
+                        "unknown key (keys in a TOML file are lower case: did you mean {lower}?)"
+                    ),
+                );
+                continue;
+            }
             let suggestion = KNOWN_KEYS
                 .iter()
-                .map(|known| (strsim::jaro_winkler(&key, known), known))
+                .map(|known| (strsim::jaro_winkler(&lower, known), known))
                 .filter(|(score, _)| *score > 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
                 .map(|(_, known)| self.label_like(&key, known.to_string()));
@@ -682,6 +750,31 @@ impl Reader {
         }
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let clients = ClientLimits {
+            header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
+            idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
+            max_connections: match self.raw.get("max_connections") {
+                Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Some(_) => {
+                    let n = self.positive_int("max_connections", 1);
+                    if n > MAX_MAX_CONNECTIONS {
+                        self.problem("max_connections", "must be at most 1000000 (or auto)");
+                    }
+                    Some(n.min(MAX_MAX_CONNECTIONS))
+                }
+                None => None,
+            },
+        };
+        let read_timeout = match self.raw.get("read_timeout") {
+            Some(Value::String(_, s))
+                if s.trim().eq_ignore_ascii_case("off") || s.trim() == "0" =>
+            {
+                None
+            }
+            Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
+            Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
+            None => None,
+        };
         let log = self.log();
         let state_dir = self
             .text("state_dir")
@@ -697,6 +790,7 @@ impl Reader {
                 headers,
                 ca_file,
                 connect_timeout,
+                read_timeout,
             },
             listen: listen?,
             path,
@@ -708,6 +802,7 @@ impl Reader {
             max_body_bytes,
             sse_keepalive,
             shutdown_grace,
+            clients,
             log,
             state_dir,
         })
@@ -722,13 +817,13 @@ impl Reader {
             ),
             Some(s) => match s.parse::<SocketAddr>() {
                 Ok(addr) => Some(addr),
-                Err(_) => {
-                    self.problem(
-                        "listen",
-                        "expected IP:PORT, e.g. 127.0.0.1:4510 or 0.0.0.0:4510",
-                    );
-                    None
-                }
+                Err(_) => match resolve_listen(&s) {
+                    Ok(addr) => Some(addr),
+                    Err(message) => {
+                        self.problem("listen", message);
+                        None
+                    }
+                },
             },
         }
     }
@@ -808,11 +903,8 @@ impl Reader {
             }
         };
         let filter = self.text("log").unwrap_or_else(|| "info".to_string());
-        if tracing_subscriber::EnvFilter::try_new(&filter).is_err() {
-            self.problem(
-                "log",
-                "expected a level (error, warn, info, debug, trace) or a filter like mcp_sidecar=debug",
-            );
+        if let Err(message) = check_log_filter(&filter) {
+            self.problem("log", message);
         }
         LogConfig { format, filter }
     }
@@ -853,6 +945,78 @@ fn is_kubernetes_service_link(key: &str, value: &str) -> bool {
         Some(Some(_)) => false,
         // ..._port=tcp://...
         None => tokens.last() == Some(&"port") && is_url,
+    }
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+const LOG_EXPECTED: &str = "expected a level (error, warn, info, debug, trace, off) or a filter like info,mcp_sidecar=debug";
+
+/// Checks a `LOG` filter beyond what tracing checks: tracing reads a bare word that is not a level
+/// (`inof`) as a target name enabled at every level, which leaves every line of this program
+/// off. A bare word must therefore be a level; a target is written `TARGET=LEVEL`.
+fn check_log_filter(filter: &str) -> Result<(), String> {
+    for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let (level, bare) = match directive.rsplit_once('=') {
+            Some((_, level)) => (level.trim(), false),
+            // `target[span{field=value}]` forms are left to tracing's own parser.
+            None if directive.contains('[') => continue,
+            None => (directive, true),
+        };
+        if level
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+        {
+            continue;
+        }
+        let lower = level.to_ascii_lowercase();
+        let hint = LOG_LEVELS
+            .iter()
+            .map(|known| (strsim::damerau_levenshtein(&lower, known), known))
+            .filter(|(distance, _)| *distance <= 2)
+            .min_by_key(|(distance, _)| *distance)
+            .map(|(_, known)| format!(" (did you mean {known}?)"))
+            .unwrap_or_default();
+        let also = if bare {
+            "; to set one target's level write TARGET=LEVEL, e.g. mcp_sidecar=debug"
+        } else {
+            ""
+        };
+        return Err(format!("{level:?} is not a log level{hint}{also}"));
+    }
+    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+        return Err(LOG_EXPECTED.into());
+    }
+    Ok(())
+}
+
+/// `HOST:PORT` with a host name: loopback names bind 127.0.0.1 without asking DNS (`localhost`
+/// may resolve to `::1` first, and binding only that would turn away IPv4 clients); other names
+/// bind the first address they resolve to, which the loopback rule then judges.
+fn resolve_listen(s: &str) -> Result<SocketAddr, String> {
+    const EXPECTED: &str =
+        "expected HOST:PORT, e.g. 127.0.0.1:4510, localhost:4510 or 0.0.0.0:4510";
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err(EXPECTED.into());
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(EXPECTED.into());
+    };
+    let valid_name = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    if !valid_name {
+        return Err(EXPECTED.into());
+    }
+    if is_loopback_name(host) {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    use std::net::ToSocketAddrs;
+    match (host, port).to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("{host} resolves to no address")),
+        Err(e) => Err(format!("cannot resolve {host}: {e}")),
     }
 }
 
@@ -901,6 +1065,30 @@ pub fn is_loopback_name(host: &str) -> bool {
 }
 
 impl Config {
+    /// Secret files that are not there yet (or still empty), each as its error message: not a
+    /// configuration error, but worth saying at start (`check-config`, `serve`).
+    pub fn pending_files(&self) -> Vec<String> {
+        let mut sources: Vec<&SecretSource> = Vec::new();
+        sources.extend(&self.client_token);
+        sources.extend(&self.upstream.headers);
+        match &self.auth {
+            AuthConfig::Bearer(token) => sources.push(token),
+            AuthConfig::OAuth(oauth) => {
+                sources.extend(&oauth.client_secret);
+                sources.extend(&oauth.refresh_token);
+            }
+            AuthConfig::Command(_) | AuthConfig::None => {}
+        }
+        sources
+            .into_iter()
+            .filter_map(|source| match source {
+                SecretSource::File(file) => file.read().err().filter(|e| e.is_pending()),
+                SecretSource::Inline(_) => None,
+            })
+            .map(|e| e.to_string())
+            .collect()
+    }
+
     /// The resolved settings for `check-config`: every key, secrets redacted, files by path.
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         let secret = |s: &Option<SecretSource>| {
@@ -967,6 +1155,28 @@ impl Config {
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
             ),
+            (
+                "HEADER_TIMEOUT",
+                humantime::format_duration(self.clients.header_timeout).to_string(),
+            ),
+            (
+                "CLIENT_IDLE_TIMEOUT",
+                humantime::format_duration(self.clients.idle_timeout).to_string(),
+            ),
+            (
+                "MAX_CONNECTIONS",
+                self.clients
+                    .max_connections
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "auto (from the open-files limit)".into()),
+            ),
+            (
+                "READ_TIMEOUT",
+                self.upstream
+                    .read_timeout
+                    .map(|d| humantime::format_duration(d).to_string())
+                    .unwrap_or_else(|| "off".into()),
+            ),
             ("STATE_DIR", self.state_dir.display().to_string()),
             ("LOG", self.log.filter.clone()),
             (
@@ -1021,6 +1231,52 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_and_read_timeout_parse() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_secs(10));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.clients.max_connections, None);
+        assert_eq!(config.upstream.read_timeout, None);
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("HEADER_TIMEOUT", "500ms"),
+            ("CLIENT_IDLE_TIMEOUT", "2m"),
+            ("MAX_CONNECTIONS", "300"),
+            ("READ_TIMEOUT", "45s"),
+        ]))
+        .unwrap();
+        assert_eq!(config.clients.header_timeout, Duration::from_millis(500));
+        assert_eq!(config.clients.idle_timeout, Duration::from_secs(120));
+        assert_eq!(config.clients.max_connections, Some(300));
+        assert_eq!(config.upstream.read_timeout, Some(Duration::from_secs(45)));
+        for off in ["off", "OFF", "0"] {
+            let config = load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("READ_TIMEOUT", off),
+                ("MAX_CONNECTIONS", "auto"),
+            ]))
+            .unwrap();
+            assert_eq!(config.upstream.read_timeout, None, "{off}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("MAX_CONNECTIONS", "99999999999"),
+            ("HEADER_TIMEOUT", "0"),
+            ("READ_TIMEOUT", "soon"),
+        ]));
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "MCP_SIDECAR_HEADER_TIMEOUT",
+                "MCP_SIDECAR_MAX_CONNECTIONS",
+                "MCP_SIDECAR_READ_TIMEOUT"
+            ],
+            "{found:?}"
+        );
+    }
+
+    #[test]
     fn minimal_config_has_sensible_defaults() {
         let config = load(&env(&[("UPSTREAM_URL", "https://mcp.example.com/mcp")])).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:4510");
@@ -1047,12 +1303,10 @@ mod tests {
     #[test]
     fn every_problem_is_reported_at_once_with_its_key() {
         let dir = tempfile::tempdir().unwrap();
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, "").unwrap();
         let found = problems(&env(&[
             ("UPSTREAM_URL", "http://mcp.example.com/mcp"),
             ("LISTEN", "0.0.0.0:4510"),
-            ("TOKEN_FILE", token_file.to_str().unwrap()),
+            ("TOKEN_FILE", dir.path().to_str().unwrap()),
             ("READY_INTERVAL", "often"),
             ("UPSTREM_URL", "typo"),
         ]));
@@ -1073,10 +1327,46 @@ mod tests {
                 .contains("did you mean MCP_SIDECAR_UPSTREAM_URL")
         );
         assert!(
-            found[2].message.contains("is empty"),
+            found[2].message.contains("is a directory"),
             "{}",
             found[2].message
         );
+    }
+
+    #[test]
+    fn a_token_file_not_there_yet_is_not_a_configuration_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, "").unwrap();
+        let missing = dir.path().join("missing");
+        for path in [&empty, &missing] {
+            let config = load(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("TOKEN_FILE", path.to_str().unwrap()),
+            ]))
+            .expect("the file may arrive after start");
+            assert!(matches!(
+                config.auth,
+                AuthConfig::Bearer(SecretSource::File(_))
+            ));
+            let pending = config.pending_files();
+            assert_eq!(pending.len(), 1, "{pending:?}");
+            assert!(pending[0].starts_with("TOKEN_FILE: "), "{pending:?}");
+        }
+        let huge = dir.path().join("huge");
+        std::fs::write(&huge, vec![b'a'; 200 * 1024]).unwrap();
+        for (value, expected) in [
+            ("", "is set but empty"),
+            (dir.path().to_str().unwrap(), "is a directory"),
+            (huge.to_str().unwrap(), "is larger than 65536 bytes"),
+        ] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("TOKEN_FILE", value),
+            ]));
+            assert_eq!(found[0].key, "MCP_SIDECAR_TOKEN_FILE", "{found:?}");
+            assert!(found[0].message.contains(expected), "{found:?}");
+        }
     }
 
     #[test]
@@ -1352,6 +1642,111 @@ mod tests {
         assert!(oauth.resource.is_none());
         let summary = format!("{:?}", config.summary());
         assert!(summary.contains("(discovered)"), "{summary}");
+    }
+
+    #[test]
+    fn upper_case_toml_key_gets_the_lower_case_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "UPSTREAM_URL = \"https://x.example/mcp\"\nupstream_url = \"https://x.example/mcp\"\nReady_Intervl = \"1s\"\n",
+        )
+        .unwrap();
+        let found = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::new(),
+        });
+        let text = format!("{found:?}");
+        assert!(
+            text.contains("keys in a TOML file are lower case: did you mean upstream_url?"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean ready_interval?"), "{text}");
+    }
+
+    #[test]
+    fn a_broken_config_file_is_the_only_problem_and_is_labelled_as_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "upstream_url = \"https://x.example/mcp\nlisten = 3").unwrap();
+        let from_arg = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::new(),
+        });
+        assert_eq!(from_arg.len(), 1, "{from_arg:?}");
+        assert_eq!(from_arg[0].key, "--config");
+        assert!(
+            from_arg[0].message.contains("is not valid TOML at line 1"),
+            "{from_arg:?}"
+        );
+        let from_env = problems(&Sources {
+            file: Some(file.clone()),
+            env: HashMap::from([(CONFIG_ENV.to_string(), file.display().to_string())]),
+        });
+        assert_eq!(from_env.len(), 1, "{from_env:?}");
+        assert_eq!(from_env[0].key, CONFIG_ENV);
+        let missing = problems(&Sources {
+            file: Some(dir.path().join("absent.toml")),
+            env: HashMap::new(),
+        });
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(
+            missing[0].message.starts_with("cannot read "),
+            "{missing:?}"
+        );
+    }
+
+    #[test]
+    fn listen_accepts_host_names() {
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("LISTEN", "localhost:4511"),
+        ]))
+        .expect("localhost is a loopback name");
+        assert_eq!(config.listen.to_string(), "127.0.0.1:4511");
+        for bad in ["localhost", "localhost:port", ":4510", "a b:4510"] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("LISTEN", bad),
+            ]));
+            assert_eq!(found[0].key, "MCP_SIDECAR_LISTEN", "{bad}");
+            assert!(found[0].message.contains("HOST:PORT"), "{bad}: {found:?}");
+        }
+        assert_eq!(
+            resolve_listen("app.localhost:80").unwrap().to_string(),
+            "127.0.0.1:80"
+        );
+    }
+
+    #[test]
+    fn log_filter_typos_are_refused_with_a_suggestion() {
+        for good in [
+            "info",
+            "DEBUG",
+            "warn,mcp_sidecar=trace",
+            "mcp_sidecar::proxy=debug",
+            "off",
+        ] {
+            assert_eq!(check_log_filter(good), Ok(()), "{good}");
+        }
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("LOG", "inof"),
+        ]));
+        assert_eq!(found[0].key, "MCP_SIDECAR_LOG");
+        assert!(
+            found[0]
+                .message
+                .contains("\"inof\" is not a log level (did you mean info?)"),
+            "{found:?}"
+        );
+        let message = check_log_filter("info,mcp_sidecar=debgu").unwrap_err();
+        assert!(message.contains("did you mean debug?"), "{message}");
+        assert!(!message.contains("TARGET=LEVEL"), "{message}");
+        let message = check_log_filter("verbose").unwrap_err();
+        assert!(message.contains("TARGET=LEVEL"), "{message}");
+        assert!(!message.contains("did you mean"), "{message}");
     }
 
     #[test]

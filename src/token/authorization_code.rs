@@ -16,6 +16,7 @@ use url::Url;
 use super::endpoint::{GrantError, Issued, OAuthClient, clean, pkce_challenge, random_token};
 use super::manager::{Interactive, Prompt, Satisfied};
 use super::{BoxFuture, Login};
+use crate::secret::Secret;
 
 const LOGIN_LIFETIME: Duration = Duration::from_secs(600);
 /// More pending logins than a person starts; bounds memory if someone hammers `/oauth/login`.
@@ -23,7 +24,8 @@ const MAX_PENDING: usize = 32;
 
 pub struct AuthorizationCode {
     pub oauth: Arc<OAuthClient>,
-    pending: Mutex<HashMap<String, (String, Instant)>>,
+    /// `state` -> the PKCE verifier of that login, and when it started.
+    pending: Mutex<HashMap<String, (Secret, Instant)>>,
     /// Where a person starts the login: `<redirect origin>/oauth/login`.
     login_url: String,
     /// Wakes the manager's waiting login once a callback delivered tokens.
@@ -63,7 +65,7 @@ impl AuthorizationCode {
         })?;
         let client_id = self.oauth.client_id(&endpoints).await?;
         let state = random_token();
-        let verifier = random_token();
+        let verifier = Secret::new(random_token());
         {
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             pending.retain(|_, (_, at)| at.elapsed() < LOGIN_LIFETIME);
@@ -81,7 +83,7 @@ impl AuthorizationCode {
                 .append_pair("client_id", &client_id)
                 .append_pair("redirect_uri", self.oauth.config.redirect_uri.as_str())
                 .append_pair("state", &state)
-                .append_pair("code_challenge", &pkce_challenge(&verifier))
+                .append_pair("code_challenge", &pkce_challenge(verifier.expose()))
                 .append_pair("code_challenge_method", "S256");
             if let Some(scope) = self.oauth.scope(&endpoints) {
                 query.append_pair("scope", &scope);
@@ -148,11 +150,13 @@ impl AuthorizationCode {
             _ => {}
         }
         crate::secret::register(code);
+        // With the code, the verifier redeems the login; a server echoing the exchange quotes it.
+        crate::secret::register_ephemeral(verifier.expose());
         let params = vec![
             ("grant_type", "authorization_code".to_string()),
             ("code", code.clone()),
             ("redirect_uri", self.oauth.config.redirect_uri.to_string()),
-            ("code_verifier", verifier),
+            ("code_verifier", verifier.expose().to_string()),
         ];
         let issued = self.oauth.token_request(&endpoints, params).await?;
         self.done.notify_waiters();

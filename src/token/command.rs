@@ -37,6 +37,8 @@ impl Grant for Command {
 impl Command {
     async fn run(&self) -> Result<Issued, GrantError> {
         let program = &self.config.argv[0];
+        // Lifetimes count from the start: a slow command's token has lived as long as it ran.
+        let started = SystemTime::now();
         let mut child = tokio::process::Command::new(program)
             .args(&self.config.argv[1..])
             .stdin(Stdio::null())
@@ -69,8 +71,11 @@ impl Command {
                     "TOKEN_COMMAND: {program} failed: {e}"
                 )));
             }
+            // A command that hangs is a credential problem a person must look at (a CLI
+            // waiting for a login, a vault that never answers), not the upstream being away:
+            // `Config` reports it as `auth_required` with this cause, and retries with backoff.
             Err(_) => {
-                return Err(GrantError::Temporary(format!(
+                return Err(GrantError::Config(format!(
                     "TOKEN_COMMAND: {program} did not finish within {}s (TOKEN_COMMAND_TIMEOUT); it was killed",
                     self.config.timeout.as_secs()
                 )));
@@ -97,21 +102,37 @@ impl Command {
                 "TOKEN_COMMAND: {program} printed something that is not UTF-8"
             ))
         })?;
-        parse_output(&text, self.config.ttl)
+        parse_output(&text, self.config.ttl, started)
             .map_err(|m| GrantError::Rejected(format!("TOKEN_COMMAND: {program} {m}")))
     }
 }
 
-/// A raw token (one line), or a JSON object. Messages never quote the output.
-pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
+/// What is wrong with a command's output. Never quotes it: it is, or holds, a token.
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("printed nothing")]
+    Empty,
+    #[error("printed more than one word; expected a token or a JSON object")]
+    NotAToken,
+    /// Only the line: the parser's own message may quote the output.
+    #[error("printed JSON that does not parse (line {line})")]
+    BadJson { line: usize },
+    #[error("printed JSON without access_token")]
+    NoAccessToken,
+    #[error("printed an access_token that cannot be sent in an HTTP header")]
+    NotAHeaderValue,
+}
+
+/// A raw token (one line), or a JSON object; relative lifetimes count from `started`.
+pub fn parse_output(text: &str, ttl: Duration, started: SystemTime) -> Result<Issued, OutputError> {
     let text = text.trim();
     if text.is_empty() {
-        return Err("printed nothing".into());
+        return Err(OutputError::Empty);
     }
-    let default_expiry = SystemTime::now() + ttl;
+    let default_expiry = started + ttl;
     if !text.starts_with('{') {
         if text.lines().count() > 1 || text.chars().any(|c| c.is_control() || c == ' ') {
-            return Err("printed more than one word; expected a token or a JSON object".into());
+            return Err(OutputError::NotAToken);
         }
         return Ok(Issued {
             access_token: Secret::new(text),
@@ -120,23 +141,23 @@ pub fn parse_output(text: &str, ttl: Duration) -> Result<Issued, String> {
             scope: None,
         });
     }
-    let object: serde_json::Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| format!("printed JSON that does not parse (line {})", e.line()))?;
+    let object: serde_json::Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| OutputError::BadJson { line: e.line() })?;
     // Field names of the common CLIs: OAuth's own, az's camelCase, gcloud's `token`.
     let token = ["access_token", "accessToken", "token"]
         .iter()
         .find_map(|k| object.get(*k).and_then(Value::as_str))
         .filter(|t| !t.trim().is_empty())
-        .ok_or("printed JSON without access_token")?;
+        .ok_or(OutputError::NoAccessToken)?;
     if token.chars().any(|c| c.is_control() || c == ' ') {
-        return Err("printed an access_token that cannot be sent in an HTTP header".into());
+        return Err(OutputError::NotAHeaderValue);
     }
     let number = |v: &Value| {
         v.as_f64()
             .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
     };
     let expires_at = if let Some(secs) = object.get("expires_in").and_then(number) {
-        Some(SystemTime::now() + Duration::from_secs_f64(secs.clamp(0.0, 366.0 * 86400.0)))
+        Some(started + Duration::from_secs_f64(secs.clamp(0.0, 366.0 * 86400.0)))
     } else {
         // Not az's `expiresOn`: it is local time without a zone, so reading it as UTC would be
         // off by the machine's offset; az also prints `expires_on` in Unix seconds.
@@ -170,21 +191,25 @@ mod tests {
     #[test]
     fn raw_tokens_and_json_of_common_clis() {
         let ttl = Duration::from_secs(300);
-        let raw = parse_output("ya29.canary\n", ttl).expect("raw token");
+        let raw = parse_output("ya29.canary\n", ttl, SystemTime::now()).expect("raw token");
         assert_eq!(raw.access_token.expose(), "ya29.canary");
 
-        let oauth = parse_output(r#"{"access_token":"at-canary","expires_in":60}"#, ttl)
-            .expect("oauth json");
-        let left = oauth
-            .expires_at
-            .expect("expiry")
-            .duration_since(SystemTime::now())
-            .expect("future");
-        assert!(left <= Duration::from_secs(60));
+        // Relative lifetimes count from when the command started, not from when it finished.
+        let started = SystemTime::now() - Duration::from_secs(20);
+        let oauth = parse_output(
+            r#"{"access_token":"at-canary","expires_in":60}"#,
+            ttl,
+            started,
+        )
+        .expect("oauth json");
+        assert_eq!(oauth.expires_at, Some(started + Duration::from_secs(60)));
+        let raw = parse_output("raw-canary", ttl, started).expect("raw token");
+        assert_eq!(raw.expires_at, Some(started + ttl));
 
         let az = parse_output(
             r#"{"accessToken":"az-canary","expires_on":4102444800,"tokenType":"Bearer"}"#,
             ttl,
+            SystemTime::now(),
         )
         .expect("az json");
         assert_eq!(
@@ -202,7 +227,10 @@ mod tests {
             "{\"token_canary\": 1}",
             "{not json canary",
         ] {
-            let err = parse_output(bad, ttl).err().expect("refused");
+            let err = parse_output(bad, ttl, SystemTime::now())
+                .err()
+                .expect("refused")
+                .to_string();
             assert!(!err.contains("canary"), "{err}");
         }
     }

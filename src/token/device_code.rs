@@ -30,7 +30,7 @@ impl Interactive for DeviceCode {
     ) -> BoxFuture<'a, Result<Option<Issued>, GrantError>> {
         Box::pin(async move {
             loop {
-                if satisfied() {
+                if satisfied().await {
                     prompt(None);
                     return Ok(None);
                 }
@@ -140,7 +140,7 @@ impl DeviceCode {
             if Instant::now() >= deadline {
                 return Ok(Attempt::Expired);
             }
-            if satisfied() {
+            if satisfied().await {
                 return Ok(Attempt::Satisfied);
             }
             let params = vec![
@@ -152,8 +152,9 @@ impl DeviceCode {
             if let Some(resource) = &self.oauth.config.resource {
                 params.push(("resource", resource.clone()));
             }
+            let sent = SystemTime::now();
             match self.oauth.post(&endpoints, &token_url, params).await {
-                Ok(Reply::Json(body)) => return parse_token(&body).map(Attempt::Issued),
+                Ok(Reply::Json(body)) => return parse_token(&body, sent).map(Attempt::Issued),
                 Ok(Reply::Error(e)) => match e.code.as_str() {
                     "authorization_pending" => {}
                     "slow_down" => interval += SLOW_DOWN_STEP,

@@ -386,7 +386,7 @@ pub async fn register(
                 client_secret: object
                     .get("client_secret")
                     .and_then(Value::as_str)
-                    .map(str::to_string),
+                    .map(crate::secret::Secret::new),
                 issuer: endpoints.issuer.clone(),
             })
         }

@@ -121,8 +121,12 @@ pub struct OAuthClient {
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct Registered {
     pub client_id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub client_secret: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "super::on_disk::secret"
+    )]
+    pub client_secret: Option<Secret>,
     /// The authorization server it was registered with.
     pub issuer: String,
 }
@@ -147,11 +151,7 @@ impl OAuthClient {
     }
 
     pub fn set_registered(&self, registered: Option<Registered>) {
-        if let Some(r) = &registered
-            && let Some(secret) = &r.client_secret
-        {
-            crate::secret::register(secret);
-        }
+        // A registered client secret is a `Secret`: known to the scrubber since it was made.
         *self.registered.lock().unwrap_or_else(|p| p.into_inner()) = registered;
     }
 
@@ -233,8 +233,11 @@ impl OAuthClient {
         if let Some(audience) = &self.config.audience {
             params.push(("audience", audience.clone()));
         }
+        // Before the request: `expires_in` counts from when the server issued the token, which
+        // is somewhere between sending and the reply, so the send time is the safe base.
+        let sent = SystemTime::now();
         match self.post(endpoints, &token_url, params).await? {
-            Reply::Json(body) => parse_token(&body),
+            Reply::Json(body) => parse_token(&body, sent),
             Reply::Error(e) => {
                 if e.code == "invalid_client"
                     && self.config.client_id.is_none()
@@ -274,7 +277,7 @@ impl OAuthClient {
             (ClientAuth::None, Some(secret)) => {
                 // A dynamically registered confidential client.
                 params.push(("client_id", client_id.clone()));
-                params.push(("client_secret", secret));
+                params.push(("client_secret", secret.expose().to_string()));
             }
             (ClientAuth::None, None) => params.push(("client_id", client_id.clone())),
             (ClientAuth::ClientSecretBasic, _) => {
@@ -283,13 +286,13 @@ impl OAuthClient {
                     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
                 };
                 let pair = format!("{}:{}", encode(&client_id), encode(secret.expose()));
-                let mut value =
-                    http::HeaderValue::try_from(format!("Basic {}", STANDARD.encode(pair)))
-                        .map_err(|_| {
-                            GrantError::Config(
-                                "CLIENT_SECRET cannot be sent in an HTTP header".into(),
-                            )
-                        })?;
+                let credential = STANDARD.encode(pair);
+                // An error page echoing the request quotes this, not the secret itself.
+                crate::secret::register(&credential);
+                let mut value = http::HeaderValue::try_from(format!("Basic {credential}"))
+                    .map_err(|_| {
+                        GrantError::Config("CLIENT_SECRET cannot be sent in an HTTP header".into())
+                    })?;
                 value.set_sensitive(true);
                 request = request.header(http::header::AUTHORIZATION, value);
             }
@@ -300,6 +303,8 @@ impl OAuthClient {
             }
             (ClientAuth::PrivateKeyJwt, _) => {
                 let assertion = self.assertion(&client_id, endpoints)?;
+                // A signed assertion is a credential for its minute of validity.
+                crate::secret::register_ephemeral(&assertion);
                 params.push(("client_id", client_id.clone()));
                 params.push((
                     "client_assertion_type",
@@ -406,33 +411,45 @@ pub async fn read_reply(response: reqwest::Response, what: &str) -> Result<Reply
     }
 }
 
-async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+/// Why an answer's body could not be read.
+#[derive(Debug, thiserror::Error)]
+enum BodyError {
+    #[error("{}", crate::upstream::describe_reqwest_error(.0))]
+    Read(#[source] reqwest::Error),
+    #[error("larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+async fn read_limited(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, BodyError> {
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| crate::upstream::describe_reqwest_error(&e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
         if body.len() + chunk.len() > limit {
-            return Err(format!("larger than {limit} bytes"));
+            return Err(BodyError::TooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body)
 }
 
-/// Server-supplied text made fit for a log line: printable, bounded, secrets scrubbed.
+/// Server-supplied text made fit for a log line: secrets scrubbed, printable, bounded.
+///
+/// Scrubbed whole before it is cut: cut first, a secret straddling the cut would no longer match
+/// and its prefix would be printed.
 pub fn clean(text: &str, max: usize) -> String {
-    let printable: String = text
+    let printable: String = crate::secret::scrub(text)
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .take(max)
         .collect();
-    crate::secret::scrub(printable.trim())
+    printable.trim().to_string()
 }
 
-/// A successful token response (RFC 6749 5.1), checked field by field.
-pub fn parse_token(body: &serde_json::Map<String, Value>) -> Result<Issued, GrantError> {
+/// A successful token response (RFC 6749 5.1), checked field by field. `expires_in` counts from
+/// `sent`, when the request was sent: a slow reply must not stretch the token's known life.
+pub fn parse_token(
+    body: &serde_json::Map<String, Value>,
+    sent: SystemTime,
+) -> Result<Issued, GrantError> {
     let bad = |m: &str| GrantError::Temporary(format!("the token endpoint's answer {m}"));
     let access_token = match body.get("access_token") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
@@ -462,7 +479,7 @@ pub fn parse_token(body: &serde_json::Map<String, Value>) -> Result<Issued, Gran
     .filter(|n| n.is_finite() && *n > 0.0)
     .map(|n| Duration::from_secs_f64(n.min(366.0 * 86400.0)));
     let expires_at = match expires_in {
-        Some(d) => Some(SystemTime::now() + d),
+        Some(d) => Some(sent + d),
         // No expires_in: a JWT says when it expires; an opaque token is used until rejected.
         None => jwt_expiry(access_token.expose()),
     };
@@ -605,9 +622,24 @@ mod tests {
         v.as_object().cloned().expect("test value is an object")
     }
 
+    fn parse_token_now(body: &serde_json::Map<String, Value>) -> Result<Issued, GrantError> {
+        parse_token(body, SystemTime::now())
+    }
+
+    #[test]
+    fn expiry_counts_from_when_the_request_was_sent() {
+        let sent = SystemTime::now() - Duration::from_secs(7);
+        let issued = parse_token(
+            &object(serde_json::json!({"access_token": "at-canary-sent", "expires_in": 30})),
+            sent,
+        )
+        .expect("valid reply");
+        assert_eq!(issued.expires_at, Some(sent + Duration::from_secs(30)));
+    }
+
     #[test]
     fn token_replies_are_checked_field_by_field() {
-        let ok = parse_token(&object(serde_json::json!({
+        let ok = parse_token_now(&object(serde_json::json!({
             "access_token": "at-canary-1", "token_type": "bearer", "expires_in": "120",
             "refresh_token": "rt-canary-1", "scope": "a b"
         })))
@@ -616,17 +648,17 @@ mod tests {
         assert!(ok.expires_at.is_some());
         assert_eq!(ok.scope.as_deref(), Some("a b"));
 
-        let missing = parse_token(&object(serde_json::json!({"token_type": "Bearer"})));
+        let missing = parse_token_now(&object(serde_json::json!({"token_type": "Bearer"})));
         assert!(matches!(missing, Err(GrantError::Temporary(m)) if m.contains("no access_token")));
 
-        let dpop = parse_token(&object(
+        let dpop = parse_token_now(&object(
             serde_json::json!({"access_token": "x-canary", "token_type": "DPoP"}),
         ));
         assert!(
             matches!(dpop, Err(GrantError::Temporary(m)) if m.contains("DPoP") && !m.contains("x-canary"))
         );
 
-        let no_expiry = parse_token(&object(serde_json::json!({"access_token": "opaque"})))
+        let no_expiry = parse_token_now(&object(serde_json::json!({"access_token": "opaque"})))
             .expect("expires_in is optional");
         assert!(no_expiry.expires_at.is_none());
     }
@@ -656,5 +688,19 @@ mod tests {
         let text = clean("bad\r\ncredential canary-in-description", 200);
         assert_eq!(text, "bad  credential <redacted>");
         assert_eq!(clean(&"x".repeat(500), 10).len(), 10);
+    }
+
+    #[test]
+    fn a_secret_straddling_the_cut_leaves_no_prefix() {
+        let secret = format!("straddle+/=&{}", "k7+/=&Qw".repeat(30));
+        crate::secret::register(&secret);
+        for before in [150, 170, 180] {
+            let text = format!("{} client_secret={secret}", "y".repeat(before));
+            let cut = clean(&text, 200);
+            assert!(!cut.contains("straddle"), "{before}: {cut}");
+            assert!(cut.chars().count() <= 200);
+        }
+        let code = clean(&format!("{} {secret}", "e".repeat(55)), 64);
+        assert!(!code.contains("strad"), "{code}");
     }
 }

@@ -1,8 +1,10 @@
 //! The token manager: owns the current token of every expiring source (OAuth grants and token
 //! commands) and decides when and how to get the next one.
 //!
-//! - Ahead of expiry (`REFRESH_SKEW`) the next token is fetched in the background while the
-//!   current one keeps serving; only an expired token makes requests wait.
+//! - Ahead of expiry (`REFRESH_SKEW`) the next token is fetched in the background (one task at a
+//!   time) while the current one keeps serving. A token is never sent in the last
+//!   [`EXPIRY_MARGIN`] of its known life: requests then wait, bounded, for the refresh in flight.
+//! - Expiry counts from when the token request was sent, not from when the answer arrived.
 //! - Single-flight: concurrent callers share one token request. After taking the lock a caller
 //!   looks again, because the token it wanted refreshed may have been replaced while it waited.
 //! - With a writable `STATE_DIR` every obtain runs under an OS file lock and first adopts what
@@ -13,7 +15,11 @@
 //!   starts (device code, authorization code).
 //! - Failures back off with jitter. A temporary failure keeps serving the current token while it
 //!   is still valid; a rejection reports `auth_required`.
+//! - The state file is read, written and fsynced on the blocking pool, never on a runtime thread
+//!   (except the one read at construction, before anything is served).
 
+#[cfg(test)]
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
@@ -21,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::endpoint::{GrantError, Issued, OAuthClient};
 use super::store::{self, Persisted, Store};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
+use crate::config::GrantKind;
 use crate::secret::{Secret, SecretSource};
 
 /// The source-specific part: how to get a token when no refresh token is held.
@@ -37,8 +44,17 @@ pub trait Grant: Send + Sync {
 /// What a login shows a person; `None` clears the prompt.
 pub type Prompt = dyn Fn(Option<Login>) + Send + Sync;
 /// Whether tokens arrived some other way meanwhile (another process, `mcp-sidecar login`), so a
-/// running login can stop.
-pub type Satisfied = dyn Fn() -> bool + Send + Sync;
+/// running login can stop. A future: answering it reads the state file, on the blocking pool.
+pub type Satisfied = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync;
+
+/// Why the state file could not be read or written. The store's own error is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error(transparent)]
+    Store(Box<dyn std::error::Error + Send + Sync>),
+    #[error("the state file task did not finish: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
 
 /// A login that needs a person; runs in the background until it yields tokens.
 pub trait Interactive: Send + Sync {
@@ -86,6 +102,8 @@ struct Stats {
 
 pub struct Manager {
     name: &'static str,
+    /// `None` for a token command.
+    kind: Option<GrantKind>,
     grant: Box<dyn Grant>,
     interactive: Option<Arc<dyn Interactive>>,
     oauth: Option<Arc<OAuthClient>>,
@@ -94,6 +112,12 @@ pub struct Manager {
     skew: Duration,
     held: Mutex<Held>,
     flight: tokio::sync::Mutex<()>,
+    /// See [`REFRESH_WAIT`].
+    refresh_wait: Duration,
+    /// A refresh ahead of expiry was spawned and has not finished: requests spawn no other.
+    background: AtomicBool,
+    #[cfg(test)]
+    background_spawned: AtomicUsize,
     stats: Mutex<Stats>,
     login: Mutex<Option<Login>>,
     login_running: AtomicBool,
@@ -117,9 +141,23 @@ const SHORT_LIFETIME: Duration = Duration::from_secs(10);
 /// without ever having worked, no further token is forced for this long: the upstream refuses
 /// every token (a wrong audience or resource), and asking again would only churn the server.
 const UNCONFIRMED_WINDOW: Duration = Duration::from_secs(30);
+/// A token is not sent in the last this-much of its known life (a quarter of the life, for
+/// tokens living less than 20 s). A request takes time to reach the server that checks the
+/// token (a slow network, a queue in a gateway), and the server's clock may run a little
+/// ahead of ours: a token sent just before expiry is refused on arrival, which costs the
+/// agent's call a 401, a refresh and a retry. Five seconds covers common clock skew and
+/// latency without shortening the useful life of ordinary tokens (minutes to hours).
+const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// How long a request waits for the token request in flight when the held token may no longer
+/// be sent. The token request itself is bounded (`TOKEN_TIMEOUT`, `TOKEN_COMMAND_TIMEOUT`); this
+/// also bounds a wait behind another process holding the state file's lock, and answers the
+/// agent's call before its client gives up on it (60 s for Claude Code).
+const REFRESH_WAIT: Duration = Duration::from_secs(30);
 
 pub struct Parts {
     pub name: &'static str,
+    /// The OAuth grant; `None` for a token command.
+    pub kind: Option<GrantKind>,
     pub grant: Box<dyn Grant>,
     pub interactive: Option<Arc<dyn Interactive>>,
     pub oauth: Option<Arc<OAuthClient>>,
@@ -130,8 +168,15 @@ pub struct Parts {
 
 impl Manager {
     pub fn new(parts: Parts) -> Arc<Self> {
+        Self::with_wait(parts, REFRESH_WAIT)
+    }
+
+    /// [`Manager::new`] with another bound on waiting for a refresh (tests).
+    fn with_wait(parts: Parts, refresh_wait: Duration) -> Arc<Self> {
         let manager = Arc::new_cyclic(|me| Self {
+            refresh_wait,
             name: parts.name,
+            kind: parts.kind,
             grant: parts.grant,
             interactive: parts.interactive,
             oauth: parts.oauth,
@@ -140,6 +185,9 @@ impl Manager {
             skew: parts.skew,
             held: Mutex::new(Held::default()),
             flight: tokio::sync::Mutex::new(()),
+            background: AtomicBool::new(false),
+            #[cfg(test)]
+            background_spawned: AtomicUsize::new(0),
             stats: Mutex::new(Stats::default()),
             login: Mutex::new(None),
             login_running: AtomicBool::new(false),
@@ -147,8 +195,16 @@ impl Manager {
             generation: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
-        if let Err(e) = manager.adopt_persisted() {
-            tracing::warn!(error = %e, "cannot read the persisted token state; starting without it");
+        // Read once here, synchronously: the manager is built before anything is served.
+        let persisted = match &manager.store {
+            Some(store) => store.load().map_err(|e| StateError::Store(e.into())),
+            None => Ok(None),
+        };
+        match persisted {
+            Ok(persisted) => manager.apply_persisted(persisted),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the persisted token state; starting without it")
+            }
         }
         manager
     }
@@ -180,31 +236,46 @@ impl Manager {
 
     /// When the held token should be replaced: `REFRESH_SKEW` before expiry, but never earlier
     /// than halfway through its life (60 s tokens with a 60 s skew must not cause a refresh
-    /// storm), and never sooner than [`MIN_REFRESH_GAP`] after it was obtained.
+    /// storm), never later than the start of its [`EXPIRY_MARGIN`] (so the refresh runs before
+    /// requests must wait for it), and never sooner than [`MIN_REFRESH_GAP`] after it was
+    /// obtained.
     fn refresh_due(&self, held: &Held) -> Option<SystemTime> {
         let expires = held.expires_at?;
         let obtained = held.obtained_at.unwrap_or(expires);
         let lifetime = expires.duration_since(obtained).unwrap_or_default();
-        let due = expires
-            .checked_sub(self.skew.min(lifetime / 2))
-            .unwrap_or(expires);
+        let ahead = self.skew.min(lifetime / 2).max(margin(lifetime));
+        let due = expires.checked_sub(ahead).unwrap_or(expires);
         Some(due.max(obtained + MIN_REFRESH_GAP))
     }
 
-    /// The held token if it has not expired (possibly inside the skew window).
+    /// The held token if it may still be sent (possibly inside the skew window): its known
+    /// expiry is more than [`margin`] away. A token obtained less than [`MIN_REFRESH_GAP`] ago
+    /// is sent whatever it says: it is the newest the server gives (its clock disagrees with
+    /// ours), and asking again at once for every request would only loop.
     fn valid(&self) -> Option<AccessToken> {
         let held = self.held();
         let token = held.access.as_ref()?;
-        match held.expires_at {
-            Some(at) if SystemTime::now() >= at => None,
-            _ => Some(token.clone()),
-        }
+        sendable(&held, SystemTime::now()).then(|| token.clone())
     }
 
-    /// Reads the state file and adopts it when it is another process's newer result, or ours
+    /// Reads the state file (on the blocking pool) and adopts it; see
+    /// [`Manager::apply_persisted`].
+    async fn adopt_persisted(&self) -> Result<(), StateError> {
+        let Some(store) = self.store.clone() else {
+            self.apply_persisted(None);
+            return Ok(());
+        };
+        let persisted = tokio::task::spawn_blocking(move || store.load())
+            .await?
+            .map_err(|e| StateError::Store(e.into()))?;
+        self.apply_persisted(persisted);
+        Ok(())
+    }
+
+    /// Adopts the state file's content when it is another process's newer result, or ours
     /// from before a restart. A configured refresh-token seed that changed wins over the file;
     /// state this process could not write wins over the (older) file.
-    fn adopt_persisted(&self) -> Result<(), String> {
+    fn apply_persisted(&self, persisted: Option<Persisted>) {
         let seed = match &self.seed {
             Some(source) => match source.read() {
                 Ok(seed) => Some(seed),
@@ -220,10 +291,6 @@ impl Manager {
             .as_ref()
             .map(|s| store::fingerprint(s.expose()))
             .or_else(|| self.held().seed.clone());
-        let persisted = match &self.store {
-            Some(store) => store.load()?,
-            None => None,
-        };
         if let (Some(oauth), Some(client)) = (
             &self.oauth,
             persisted.as_ref().and_then(|p| p.client.clone()),
@@ -233,17 +300,15 @@ impl Manager {
         }
         let mut held = self.held();
         if held.unpersisted {
-            return Ok(());
+            return;
         }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
-                let access = p.access_token.map(|t| AccessToken::new(Secret::new(t)));
-                if access != held.access
-                    || held.refresh.as_ref().map(|s| s.expose()) != p.refresh_token.as_deref()
-                {
+                let access = p.access_token.map(AccessToken::new);
+                if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
                     held.expires_at = p.expires_at.and_then(store::from_unix);
-                    held.refresh = p.refresh_token.map(Secret::new);
+                    held.refresh = p.refresh_token;
                     held.scope = p.scope;
                     held.seed = p.seed;
                     held.obtained_at = store::from_unix(p.updated_at);
@@ -262,26 +327,29 @@ impl Manager {
                 }
             }
         }
-        Ok(())
     }
 
-    /// Writes the held state. On failure the state is marked newer than the file, so the file
+    /// Writes the held state (on the blocking pool). On failure the state is marked newer than the file, so the file
     /// is not adopted over it (that would bring back a spent refresh token), and the write is
     /// tried again at the next token request.
-    fn persist(&self) {
-        let Some(store) = &self.store else {
+    async fn persist(&self) {
+        let Some(store) = self.store.clone() else {
             return;
         };
         let held = self.held().clone();
-        let result = store.save(&Persisted {
-            access_token: held.access.map(|a| a.secret().expose().to_string()),
+        let state = Persisted {
+            access_token: held.access.map(|a| a.secret().clone()),
             expires_at: held.expires_at.map(store::to_unix),
-            refresh_token: held.refresh.map(|r| r.expose().to_string()),
+            refresh_token: held.refresh,
             scope: held.scope,
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
             ..Persisted::default()
-        });
+        };
+        let result = match tokio::task::spawn_blocking(move || store.save(&state)).await {
+            Ok(saved) => saved.map_err(|e| StateError::Store(e.into())),
+            Err(e) => Err(StateError::Task(e)),
+        };
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
         }
@@ -290,7 +358,7 @@ impl Manager {
 
     /// Takes a new token into use and persists it. Called with the flight lock (and the file
     /// lock, when there is a store) held.
-    fn install(&self, issued: Issued) {
+    async fn install(&self, issued: Issued) {
         let now = SystemTime::now();
         if let Some(lifetime) = issued
             .expires_at
@@ -317,7 +385,7 @@ impl Manager {
             }
             held.obtained_at = Some(now);
         }
-        self.persist();
+        self.persist().await;
         *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let mut stats = self.stats();
         stats.failures = 0;
@@ -372,13 +440,18 @@ impl Manager {
             return self.valid().filter(|t| Some(t) != rejected).ok_or(error);
         }
         let _file = match &self.store {
-            Some(store) => Some(store.lock().await.map_err(TokenError::Temporary)?),
+            Some(store) => Some(
+                store
+                    .lock()
+                    .await
+                    .map_err(|e| TokenError::Temporary(e.to_string()))?,
+            ),
             None => None,
         };
         if self.held().unpersisted {
-            self.persist();
+            self.persist().await;
         }
-        if let Err(e) = self.adopt_persisted() {
+        if let Err(e) = self.adopt_persisted().await {
             tracing::warn!(error = %e, "cannot read the persisted token state");
         }
         if !force && let Some(token) = self.fresh(rejected) {
@@ -388,7 +461,7 @@ impl Manager {
             Ok(issued) => {
                 let token = AccessToken::new(issued.access_token.clone());
                 let expires = issued.expires_at.map(crate::time::rfc3339);
-                self.install(issued);
+                self.install(issued).await;
                 if rejected.is_some() {
                     self.stats().unconfirmed = Some((token.clone(), Instant::now(), false));
                 }
@@ -448,8 +521,8 @@ impl Manager {
                         held.access = None;
                         held.expires_at = None;
                     }
-                    self.persist();
-                    if self.interactive.is_none() && self.name == "refresh_token" {
+                    self.persist().await;
+                    if self.interactive.is_none() && self.kind == Some(GrantKind::RefreshToken) {
                         return Err(GrantError::Rejected(format!(
                             "{reason}; seed a new refresh token (REFRESH_TOKEN_FILE) or log in with `mcp-sidecar login`"
                         )));
@@ -534,7 +607,15 @@ impl Manager {
                     }
                 };
                 let weak = Arc::downgrade(&me);
-                let satisfied = move || weak.upgrade().is_some_and(|m| m.has_credential());
+                let satisfied = move || -> BoxFuture<'static, bool> {
+                    let weak = weak.clone();
+                    Box::pin(async move {
+                        match weak.upgrade() {
+                            Some(m) => m.has_credential().await,
+                            None => false,
+                        }
+                    })
+                };
                 match interactive.login(&prompt, &satisfied).await {
                     Ok(None) => {
                         me.set_login(None);
@@ -546,7 +627,7 @@ impl Manager {
                             Some(store) => store.lock().await.ok(),
                             None => None,
                         };
-                        me.install(issued);
+                        me.install(issued).await;
                         tracing::info!(source = me.name, "login complete; tokens obtained");
                         break;
                     }
@@ -563,8 +644,8 @@ impl Manager {
     }
 
     /// Whether a usable credential is held, including one another process wrote meanwhile.
-    fn has_credential(&self) -> bool {
-        if let Err(e) = self.adopt_persisted() {
+    async fn has_credential(&self) -> bool {
+        if let Err(e) = self.adopt_persisted().await {
             tracing::debug!(error = %e, "cannot read the persisted token state");
         }
         self.valid().is_some() || self.held().refresh.is_some()
@@ -586,7 +667,7 @@ impl Manager {
             Some(store) => store.lock().await.ok(),
             None => None,
         };
-        self.install(issued);
+        self.install(issued).await;
     }
 
     /// Whether a login is waiting for a person (`/oauth/login` serves only then).
@@ -595,6 +676,25 @@ impl Manager {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_some()
+    }
+
+    /// Starts a refresh ahead of expiry unless one started this way is still running: every
+    /// request in the skew window asks, and one task at a time is enough (it is single-flight
+    /// behind the lock anyway; more tasks would only queue up to find the token fresh).
+    fn refresh_in_background(&self) {
+        if self.background.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        #[cfg(test)]
+        self.background_spawned.fetch_add(1, Ordering::Relaxed);
+        let me = self.me.clone();
+        // Not awaited: `acquire` runs the request in a task of its own.
+        tokio::spawn(async move {
+            if let Some(me) = me.upgrade() {
+                let _ = me.acquire(None, false).await;
+                me.background.store(false, Ordering::Release);
+            }
+        });
     }
 
     /// Runs until the process ends: refreshes ahead of expiry even when no request comes.
@@ -622,6 +722,21 @@ impl Manager {
     }
 }
 
+/// The part of a token's life in which it is no longer sent (see [`EXPIRY_MARGIN`]).
+fn margin(lifetime: Duration) -> Duration {
+    EXPIRY_MARGIN.min(lifetime / 4)
+}
+
+/// Whether the held token may be sent at `now` (see [`Manager::valid`]).
+fn sendable(held: &Held, now: SystemTime) -> bool {
+    let Some(expires) = held.expires_at else {
+        return true;
+    };
+    let obtained = held.obtained_at.unwrap_or(expires);
+    let lifetime = expires.duration_since(obtained).unwrap_or_default();
+    now + margin(lifetime) < expires || now < obtained + MIN_REFRESH_GAP
+}
+
 /// Exponential backoff with ±50 % jitter, so sidecars that failed together retry apart.
 fn backoff(failures: u32) -> Duration {
     let base = Duration::from_secs(1)
@@ -640,18 +755,18 @@ impl TokenSource for Manager {
             }
             // Inside the skew window: serve the current token and refresh in the background.
             if let Some(token) = self.valid() {
-                if self.flight.try_lock().is_ok() {
-                    // Not awaited: `acquire` runs the request in a task of its own.
-                    let me = self.me.clone();
-                    tokio::spawn(async move {
-                        if let Some(me) = me.upgrade() {
-                            let _ = me.acquire(None, false).await;
-                        }
-                    });
-                }
+                self.refresh_in_background();
                 return Ok(Some(token));
             }
-            self.acquire(None, false).await.map(Some)
+            // Expired, or too close to expiry to send: wait for the refresh (the one in flight,
+            // or a new one), but not forever.
+            match tokio::time::timeout(self.refresh_wait, self.acquire(None, false)).await {
+                Ok(result) => result.map(Some),
+                Err(_) => Err(TokenError::Temporary(format!(
+                    "the token expired and no new one arrived within {} s",
+                    self.refresh_wait.as_secs()
+                ))),
+            }
         })
     }
 
@@ -754,7 +869,8 @@ pub async fn login_foreground(manager: &Manager, prompt: &Prompt) -> Result<(), 
             manager.name
         ))
     })?;
-    if let Some(issued) = interactive.login(prompt, &|| false).await? {
+    let never = || -> BoxFuture<'static, bool> { Box::pin(std::future::ready(false)) };
+    if let Some(issued) = interactive.login(prompt, &never).await? {
         manager.accept(issued).await;
     }
     Ok(())
@@ -763,6 +879,174 @@ pub async fn login_foreground(manager: &Manager, prompt: &Prompt) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A grant whose first token comes at once and every later one waits for the test to open
+    /// `gate`; tokens are `canary-manager-<n>` and live `lifetime`.
+    struct Gated {
+        obtains: AtomicUsize,
+        gate: tokio::sync::Semaphore,
+        lifetime: Duration,
+    }
+
+    struct Shared(Arc<Gated>);
+
+    impl Grant for Shared {
+        fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
+            Box::pin(async move {
+                let n = self.0.obtains.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > 1 {
+                    self.0.gate.acquire().await.expect("never closed").forget();
+                }
+                Ok(Issued {
+                    access_token: Secret::new(format!("canary-manager-{n}")),
+                    expires_at: Some(SystemTime::now() + self.0.lifetime),
+                    refresh_token: None,
+                    scope: None,
+                })
+            })
+        }
+    }
+
+    fn gated(lifetime: Duration) -> (Arc<Gated>, Arc<Manager>) {
+        gated_waiting(lifetime, REFRESH_WAIT)
+    }
+
+    fn gated_waiting(lifetime: Duration, wait: Duration) -> (Arc<Gated>, Arc<Manager>) {
+        let grant = Arc::new(Gated {
+            obtains: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            lifetime,
+        });
+        let manager = Manager::with_wait(
+            Parts {
+                name: "command",
+                kind: None,
+                grant: Box::new(Shared(grant.clone())),
+                interactive: None,
+                oauth: None,
+                store: None,
+                seed: None,
+                skew: Duration::from_secs(60),
+            },
+            wait,
+        );
+        (grant, manager)
+    }
+
+    /// Moves the held token's life so that `left` of it remains out of `lifetime`.
+    fn age(manager: &Manager, lifetime: Duration, left: Duration) {
+        let now = SystemTime::now();
+        let mut held = manager.held();
+        held.expires_at = Some(now + left);
+        held.obtained_at = Some(now + left - lifetime);
+    }
+
+    async fn token(manager: &Manager) -> String {
+        let token = manager.token().await.expect("a token").expect("not none");
+        token.secret().expose().to_string()
+    }
+
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_about_to_expire_is_not_sent_the_request_waits_for_the_refresh() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated(lifetime);
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        // Not expired yet, but inside the margin: a request sent with it could arrive late.
+        age(&manager, lifetime, EXPIRY_MARGIN / 2);
+        let waiting = tokio::spawn({
+            let manager = manager.clone();
+            async move { token(&manager).await }
+        });
+        wait_for("the refresh to start", || {
+            grant.obtains.load(Ordering::SeqCst) == 2
+        })
+        .await;
+        grant.gate.add_permits(1);
+        assert_eq!(waiting.await.expect("no panic"), "canary-manager-2");
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_refresh_is_bounded_and_the_refresh_goes_on() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated_waiting(lifetime, Duration::from_millis(50));
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        age(&manager, lifetime, Duration::ZERO);
+        let answer = tokio::time::timeout(Duration::from_secs(10), manager.token()).await;
+        match answer.expect("the wait for a refresh is bounded") {
+            Err(TokenError::Temporary(message)) => {
+                assert!(message.contains("no new one arrived"), "{message}")
+            }
+            other => panic!("expected a temporary error, got {other:?}"),
+        }
+        // The token request was not cancelled with the wait: its answer is taken into use.
+        grant.gate.add_permits(1);
+        wait_for("the new token", || {
+            manager
+                .valid()
+                .is_some_and(|t| t.secret().expose() == "canary-manager-2")
+        })
+        .await;
+        assert_eq!(grant.obtains.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn requests_in_the_skew_window_spawn_one_background_refresh() {
+        let lifetime = Duration::from_secs(200);
+        let (grant, manager) = gated(lifetime);
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        // Due for renewal (skew 60 s) and still well valid.
+        age(&manager, lifetime, Duration::from_secs(30));
+        for _ in 0..200 {
+            assert_eq!(token(&manager).await, "canary-manager-1");
+        }
+        let concurrent: Vec<_> = (0..200)
+            .map(|_| {
+                let manager = manager.clone();
+                tokio::spawn(async move { token(&manager).await })
+            })
+            .collect();
+        for task in concurrent {
+            assert_eq!(task.await.expect("no panic"), "canary-manager-1");
+        }
+        assert_eq!(manager.background_spawned.load(Ordering::SeqCst), 1);
+        grant.gate.add_permits(1);
+        wait_for("the new token", || {
+            manager
+                .valid()
+                .is_some_and(|t| t.secret().expose() == "canary-manager-2")
+        })
+        .await;
+        assert_eq!(grant.obtains.load(Ordering::SeqCst), 2);
+        wait_for("the background flag to clear", || {
+            !manager.background.load(Ordering::SeqCst)
+        })
+        .await;
+    }
+
+    #[test]
+    fn the_margin_is_five_seconds_or_a_quarter_of_short_lives() {
+        assert_eq!(margin(Duration::from_secs(3600)), EXPIRY_MARGIN);
+        assert_eq!(margin(Duration::from_secs(8)), Duration::from_secs(2));
+        let now = SystemTime::now();
+        let held = |left: u64, life: u64| Held {
+            access: None,
+            expires_at: Some(now + Duration::from_secs(left)),
+            obtained_at: Some(now + Duration::from_secs(left) - Duration::from_secs(life)),
+            ..Held::default()
+        };
+        assert!(sendable(&held(6, 3600), now));
+        assert!(!sendable(&held(4, 3600), now));
+        assert!(sendable(&held(3, 8), now));
+        assert!(!sendable(&held(1, 8), now));
+    }
 
     #[test]
     fn backoff_grows_to_a_minute_with_jitter() {

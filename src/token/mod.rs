@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod endpoint;
 pub mod manager;
 mod none;
+mod on_disk;
 mod refresh;
 pub mod store;
 mod token_exchange;
@@ -198,13 +199,23 @@ pub struct Built {
     pub authorization: Option<Arc<AuthorizationCode>>,
 }
 
+/// Why [`build`] could not make the configured source.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `CA_FILE` could not be read or parsed (the message names the file).
+    #[error("{0}")]
+    TrustRoots(String),
+    #[error("cannot build the authorization server's HTTP client: {0}")]
+    HttpClient(#[source] reqwest::Error),
+}
+
 /// Builds the source the configuration asks for. OAuth sources persist under `state_dir` when it
 /// is writable and otherwise keep tokens in memory, which is said once here.
 pub fn build(
     auth: AuthConfig,
     upstream: &UpstreamConfig,
     state_dir: &Path,
-) -> Result<Built, String> {
+) -> Result<Built, BuildError> {
     let simple = |source: Arc<dyn TokenSource>| Built {
         source,
         manager: None,
@@ -218,6 +229,7 @@ pub fn build(
             (
                 manager::Parts {
                     name: "command",
+                    kind: None,
                     grant: Box::new(command::Command { config }),
                     interactive: None,
                     oauth: None,
@@ -230,7 +242,18 @@ pub fn build(
         }
         AuthConfig::OAuth(config) => {
             let config: Arc<crate::config::OAuthConfig> = Arc::from(config);
-            let http = crate::upstream::http_client(upstream, reqwest::redirect::Policy::none())?;
+            // No idle connections are kept for the authorization server. Token requests are rare
+            // (one per token lifetime), so a pooled connection has almost always sat idle longer
+            // than the server keeps it (Node closes after 5 s, many gateways after 60 s); a
+            // refresh sent on one the server is closing fails after it may have reached the
+            // server, and cannot be retried safely, because that would spend a rotating refresh
+            // token twice. A new connection per request costs a handshake a few times an hour.
+            let http =
+                crate::upstream::http_client_builder(upstream, reqwest::redirect::Policy::none())
+                    .map_err(BuildError::TrustRoots)?
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .map_err(BuildError::HttpClient)?;
             let oauth = Arc::new(endpoint::OAuthClient::new(
                 http,
                 config.clone(),
@@ -251,7 +274,7 @@ pub fn build(
                     tracing::warn!(
                         state_dir = %state_dir.display(),
                         error = %e,
-                        "STATE_DIR is not writable: tokens are kept in memory only, so a restart needs a new token{}",
+                        "STATE_DIR cannot be used: tokens are kept in memory only, so a restart needs a new token{}",
                         if config.grant.is_interactive() { " and a new login" } else { "" }
                     );
                     None
@@ -302,6 +325,7 @@ pub fn build(
             (
                 manager::Parts {
                     name,
+                    kind: Some(config.grant),
                     grant,
                     interactive,
                     oauth: Some(oauth),

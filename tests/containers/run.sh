@@ -18,10 +18,12 @@
 #      device-code prompt of a pending login once (a stand-in /ready, fake_ready.py)
 #   K  the gate with the real Claude Code CLI: `claude mcp list` says ✔ Connected on the first try;
 #      running the gate again leaves one entry; other servers (user scope, .mcp.json) are untouched
-#   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, and an
-#      agent container (a test image with the real Claude Code binary and the gate) connects
+#   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, the
+#      agent container finds the upstream's token in no file it can read and not in its environment
+#      (its own ANTHROPIC_API_KEY passes through, to it alone), and its Claude Code connects
 #   D  the devcontainer feature's install.sh in a scratch root (chroot): the installed binary
-#      answers --version and the feature's entrypoint starts it in the background
+#      answers --version and the feature's entrypoint starts it in the background, saying so only
+#      once it answers /healthz; a sidecar that exits at start is reported with its log's end
 #   R  README snippets are the tested files
 #
 # CI calls this after the interop tests and reuses their npm install of Claude Code (tests/interop,
@@ -29,7 +31,9 @@
 # busybox-static (the scratch roots' shell), wget, podman (through ../shared/tools/podman-here) and
 # pinned validators from PyPI in a venv under target/. Logs go to a temp dir, printed on failure
 # (KEEP_LOGS=1 keeps them). Everything started here is stopped by traps, also on failure.
-# ONLY="G1 K" runs just those scenarios (after the setup).
+# ONLY="G1 K" runs just those scenarios (after the setup). A full passing run outside CI writes the
+# figures it measured (binary and image size, RSS in the image) to tests/containers/results.md,
+# the file the README cites for them.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -142,6 +146,8 @@ now() { date +%s.%N; }
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 canary() { echo "canary-$1-$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')"; }
+# long_canary NAME: over 200 characters with + / = & (what encoders and scrubbers trip on), one line
+long_canary() { printf '%s+/=&%s\n' "$(canary "$1")" "$(head -c 180 /dev/urandom | base64 -w0)"; }
 
 # wait_http URL SECONDS: until anything answers HTTP at URL
 wait_http() {
@@ -150,6 +156,30 @@ wait_http() {
     ((SECONDS < deadline)) || fail "$1 did not answer within $2 s"
     sleep 0.1
   done
+}
+
+# measured WHAT VALUE: a figure for tests/containers/results.md, which a full passing run writes
+# (the README cites that file, never a copied number)
+measured() { printf '| %s | %s |\n' "$1" "$2" >>"$WORK/measured"; }
+
+write_results() {
+  [[ -z ${ONLY:-} && ${CI:-} != true && -s $WORK/measured ]] || return 0
+  local commit
+  commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [[ -z $(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null) ]] || commit="$commit (uncommitted changes)"
+  {
+    echo "# Container figures, measured by tests/containers/run.sh"
+    echo
+    echo "Written by the last full passing run (not in CI); do not edit by hand."
+    echo
+    echo "- date: $(date -u +%Y-%m-%dT%H:%MZ), commit \`$commit\`"
+    echo "- $(podman --version), $(uname -m)"
+    echo
+    echo "| figure | value |"
+    echo "| --- | --- |"
+    cat "$WORK/measured"
+  } >"$HERE/results.md"
+  echo "containers: wrote tests/containers/results.md"
 }
 
 ready_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$1" || true; }
@@ -239,8 +269,8 @@ scenario_lint() {
   done
   note "shellcheck (POSIX sh for the gate and the feature scripts) and dash -n: clean"
 
-  "$v/kubernetes-validate" --strict --quiet k8s/deployment.yaml k8s/secret.yaml || fail "kubernetes-validate"
-  "$v/kubernetes-validate" --strict --quiet -k 1.29.0 k8s/deployment.yaml k8s/secret.yaml ||
+  "$v/kubernetes-validate" --strict --quiet k8s/deployment.yaml || fail "kubernetes-validate"
+  "$v/kubernetes-validate" --strict --quiet -k 1.29.0 k8s/deployment.yaml ||
     fail "kubernetes-validate -k 1.29.0 (the first version with native sidecars)"
   # negative control: --strict must reject an unknown field
   sed 's/^      automountServiceAccountToken: false/&\n      automountServiceAccountTokens: false/' \
@@ -255,7 +285,10 @@ k = yaml.safe_load(open("k8s/kustomization.yaml"))
 assert k["kind"] == "Kustomization", k
 for r in k["resources"]:
     assert os.path.isfile(os.path.join("k8s", r)), r
-assert sorted(k["resources"]) == ["deployment.yaml", "secret.yaml"], k["resources"]
+# no Secret with a placeholder value: a `replace-me` token made the sidecar retry it for the
+# startupProbe's 10 minutes; the Secret is created by kubectl (kustomization.yaml says how)
+assert k["resources"] == ["deployment.yaml"], k["resources"]
+assert "kubectl create secret generic mcp-sidecar --from-file=token=" in open("k8s/kustomization.yaml").read()
 d = yaml.safe_load(open("k8s/deployment.yaml"))
 pod = d["spec"]["template"]["spec"]
 side = pod["initContainers"][0]
@@ -269,8 +302,26 @@ for c in [side] + pod["containers"]:
     assert sc["capabilities"]["drop"] == ["ALL"] and sc["seccompProfile"]["type"] == "RuntimeDefault", c["name"]
 mounts = {m["mountPath"] for m in side["volumeMounts"]}
 assert "/var/lib/mcp-sidecar" in mounts, mounts
+# the upstream's credential reaches the sidecar container only: its Secret's volume is mounted
+# nowhere else, no other container takes a variable from it, and the agent runs as another user
+secret_volumes = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "mcp-sidecar"}
+assert secret_volumes and secret_volumes <= {m["name"] for m in side["volumeMounts"]}, secret_volumes
+for c in pod["containers"]:
+    assert not secret_volumes & {m["name"] for m in c.get("volumeMounts", [])}, c["name"]
+    for e in c.get("env", []):
+        ref = e.get("valueFrom", {}).get("secretKeyRef", {})
+        assert ref.get("name") != "mcp-sidecar", (c["name"], e["name"])
+    assert c["securityContext"]["runAsUser"] != side["securityContext"]["runAsUser"], c["name"]
+assert not pod.get("shareProcessNamespace"), "shareProcessNamespace"
 EOF
-  note "kubernetes-validate --strict (1.37 and 1.29): deployment.yaml, secret.yaml; a typo is rejected; kustomization resources match"
+  note "kubernetes-validate --strict (1.37 and 1.29): deployment.yaml; a typo is rejected; the Secret is mounted in the sidecar only; no placeholder Secret"
+  if command -v kubectl >/dev/null; then
+    kubectl kustomize k8s/ >"$WORK/kustomize.out" 2>&1 || fail "kubectl kustomize k8s/: $(cat "$WORK/kustomize.out")"
+    ! grep -q '^kind: Secret' "$WORK/kustomize.out" || fail "kubectl kustomize k8s/ renders a Secret"
+    grep -q 'image: registry.example.com/you/mcp-sidecar:0.1.0' "$WORK/kustomize.out" ||
+      fail "kustomization.yaml's images: did not replace the sidecar's image"
+    note "kubectl kustomize k8s/: renders the Deployment alone, with the images named in kustomization.yaml"
+  fi
 
   "$v/check-jsonschema" --schemafile "$SCHEMAS/compose-spec.json" compose.yaml >/dev/null ||
     fail "compose.yaml against the compose spec"
@@ -298,6 +349,7 @@ scenario_static() {
   note "file: ${what#*: }"
   note "ldd: $(tr -s ' \t' ' ' <"$WORK/ldd.out")"
   note "binary size: $(stat -c %s "$BIN") bytes ($(du -h "$BIN" | cut -f1)); $("$BIN" --version)"
+  measured "static musl binary (\`stat -c %s\`)" "$(stat -c %s "$BIN") bytes"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -311,6 +363,8 @@ scenario_image() {
   local size
   size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
   note "built $IMAGE from the prebuilt binary in $((SECONDS - t0)) s: $size bytes ($(podman image ls "$IMAGE" --format '{{.Size}}' | head -n 1))"
+  measured "image size (\`podman image inspect --format '{{.Size}}'\`)" \
+    "$size bytes ($(podman image ls "$IMAGE" --format '{{.Size}}' | head -n 1))"
 
   # config: non-root, healthcheck, labels
   local user hc
@@ -371,6 +425,7 @@ scenario_image() {
   [[ $(podman inspect "$RUN_ID-sidecar" --format '{{.HostConfig.ReadonlyRootfs}}') == true ]] || fail "not read-only"
   note "process 1 in the container: uid/gid 65532 (/proc/$pid/status), no capabilities, read-only root filesystem"
   note "RSS when ready: $(awk '/^VmRSS/ {print $2, $3}' <<<"$status")"
+  measured "RSS of the sidecar in the image, ready (\`VmRSS\`)" "$(awk '/^VmRSS/ {print $2, $3}' <<<"$status")"
 
   # a real MCP call through the container, from the host
   local ip out
@@ -642,7 +697,7 @@ build_agent_image() {
   claude=$(readlink -f "$CLAUDE_BIN")
   mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc"
   cp "$(command -v busybox)" "$ctx/rootfs/bin/busybox"
-  for tool in sh sed head tail date sleep grep cat mkdir env; do ln -s busybox "$ctx/rootfs/bin/$tool"; done
+  for tool in sh sed head tail date sleep grep cat mkdir env id; do ln -s busybox "$ctx/rootfs/bin/$tool"; done
   cp "$claude" "$ctx/rootfs/usr/local/bin/claude"
   cp "$BIN" "$ctx/rootfs/usr/local/bin/mcp-sidecar"
   cp "$GATE" "$ctx/rootfs/usr/local/bin/mcp-sidecar-gate"
@@ -669,14 +724,55 @@ EOF
     fail "building the test agent image: $(tail -n 5 "$WORK/agent-build.log")"
 }
 
+# compose_agent_cannot_read_secret DIR SIDECAR MARKER AGENT_KEY: the agent service as compose.yaml
+# defines it (mounts, environment, user) looks for the upstream's token everywhere it can read:
+# the files (workspace included), its environment. The marker, the token's unique prefix, reaches
+# the container in a file of its own (not argv, not env: those it searches). The agent's own
+# Anthropic key, set in the shell, must reach the agent and not the sidecar. Uses $compose.
+compose_agent_cannot_read_secret() {
+  local dir=$1 sidecar=$2 marker=$3 agent_key=$4 out=$WORK/compose-agent-secret.out
+  mkdir -p "$WORK/compose-probe"
+  printf '%s\n' "$marker" >"$WORK/compose-probe/marker"
+  cat >"$WORK/compose-probe/look.sh" <<'EOF'
+echo "uid $(id -u), workspace: $(cd /workspace && echo *)"
+for f in /run/secrets/mcp_token /workspace/secrets/mcp_token; do
+  [ ! -e "$f" ] || echo "PRESENT $f"
+done
+env | grep -qF -f /probe/marker && echo "LEAK in the environment"
+for d in /*; do
+  case $d in /proc | /sys | /dev | /probe) continue ;; esac
+  grep -rlF -f /probe/marker "$d" 2>/dev/null | sed 's/^/LEAK in /'
+done
+[ -n "${ANTHROPIC_API_KEY:-}" ] && echo "ANTHROPIC_API_KEY is set"
+echo LOOKED
+EOF
+  (cd "$dir" && ANTHROPIC_API_KEY=$agent_key timeout 120 "${compose[@]}" run --rm --no-deps -T \
+    -v "$WORK/compose-probe:/probe:ro" --entrypoint /bin/sh agent /probe/look.sh) >"$out" 2>&1 ||
+    fail "looking for the token in the agent container: $(tail -n 15 "$out")"
+  grep -v -e systemd -e syslog "$out" | sed 's/^/  agent: /'
+  grep -qx LOOKED "$out" || fail "the look inside the agent container did not finish"
+  ! grep -qE '^(PRESENT|LEAK) ' "$out" || fail "the agent container can read the upstream's token: $(grep -E '^(PRESENT|LEAK) ' "$out")"
+  grep -qx 'ANTHROPIC_API_KEY is set' "$out" || fail "ANTHROPIC_API_KEY from the shell did not reach the agent"
+  local env
+  env=$(podman inspect "$sidecar" --format '{{range .Config.Env}}{{println .}}{{end}}')
+  ! grep -qF -e ANTHROPIC -e CLAUDE_CODE -e "$agent_key" <<<"$env" ||
+    fail "the agent's Anthropic credential reached the sidecar: $(grep -e ANTHROPIC -e CLAUDE_CODE <<<"$env")"
+  note "agent container: no /run/secrets, no secrets/ in /workspace, the token in no readable file nor its environment; its ANTHROPIC_API_KEY is set, the sidecar has none"
+}
+
 scenario_compose() {
   local dir=$WORK/compose t0=$SECONDS
   build_agent_image
   note "test agent image built in $((SECONDS - t0)) s"
-  mkdir -p "$dir/secrets"
+  # as compose.yaml's first lines say: secrets/ and the agent's own workspace beside the file
+  mkdir -p "$dir/secrets" "$dir/workspace"
   cp compose.yaml "$dir/"
-  canary compose >"$dir/secrets/mcp_token"
+  local token marker agent_key
+  token=$(long_canary compose)
+  marker=${token%%+*} # the canary's unique prefix: finds the token without being it
+  printf '%s\n' "$token" >"$dir/secrets/mcp_token"
   chmod 0644 "$dir/secrets/mcp_token"
+  agent_key=$(canary anthropic) # the agent's own credential, passed from the shell
   # compose.yaml unchanged; the override only swaps in images built here and makes the agent
   # run `claude mcp list` once instead of an interactive session.
   podman tag "$IMAGE" "mcp-sidecar:local"
@@ -695,7 +791,7 @@ services:
     tty: false
 EOF
   local compose=("$PODMAN_HERE" compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo)
-  (cd "$dir" && "${compose[@]}" up -d --no-build mcp-sidecar demo-upstream) >"$WORK/compose-up.log" 2>&1 ||
+  (cd "$dir" && ANTHROPIC_API_KEY=$agent_key "${compose[@]}" up -d --no-build mcp-sidecar demo-upstream) >"$WORK/compose-up.log" 2>&1 ||
     fail "compose up: $(tail -n 5 "$WORK/compose-up.log")"
   local sidecar=${RUN_ID}_mcp-sidecar_1 deadline=$((SECONDS + 60))
   podman container exists "$sidecar" || sidecar=$RUN_ID-mcp-sidecar-1
@@ -711,12 +807,14 @@ EOF
   mode=$(stat -c '%u:%g %a' "$volume")
   [[ $mode == 65532:65532* ]] || fail "the state volume is not owned by 65532: $mode"
   note "named volume ${RUN_ID}_mcp-sidecar-state on /var/lib/mcp-sidecar: owner and mode $mode"
+  compose_agent_cannot_read_secret "$dir" "$sidecar" "$marker" "$agent_key"
   # the agent, now that the sidecar is healthy (podman-compose does not enforce service_healthy)
   (cd "$dir" && timeout 180 "${compose[@]}" run --rm --no-deps -T agent) >"$WORK/compose-agent.log" 2>&1 ||
     fail "agent: $(tail -n 15 "$WORK/compose-agent.log")"
   grep -v -e systemd -e syslog "$WORK/compose-agent.log" | sed 's/^/  agent: /'
   grep -q '^remote: http://mcp-sidecar:4510/mcp (HTTP) - ✔ Connected' "$WORK/compose-agent.log" ||
     fail "Claude Code in the agent container is not connected to http://mcp-sidecar:4510/mcp"
+  ! grep -rqF "$marker" "$WORK"/compose-*.log "$WORK"/compose-*.out || fail "the token appears in compose's output"
   (cd "$dir" && "${compose[@]}" down -v -t 2) >>"$WORK/compose-up.log" 2>&1 || true
 }
 
@@ -749,6 +847,22 @@ scenario_devcontainer() {
   note "in the scratch root: /usr/local/bin/mcp-sidecar --version: $version"
   [[ $(stat -c %a "$root/var/lib/mcp-sidecar") == 700 ]] || fail "state dir mode"
 
+  # a sidecar that dies at once (here: a misspelt setting, exit 64) is reported as such, with the
+  # end of its log, and the container's command still runs; never "started"
+  local bad=$WORK/devcontainer-entrypoint-bad.out
+  env -i PATH=/usr/local/bin:/bin MCP_SIDECAR_CONFIG=/usr/local/etc/mcp-sidecar/config.toml \
+    MCP_SIDECAR_TOKEN=unused MCP_SIDECAR_UPSTREM_URL="http://127.0.0.1:$up_port/mcp" \
+    timeout 60 "$chroot" "$root" /usr/local/share/mcp-sidecar/entrypoint.sh echo command-ran >"$bad" 2>&1 ||
+    fail "the entrypoint with a dying sidecar failed: $(cat "$bad")"
+  sed 's/^/  entrypoint: /' "$bad"
+  ! grep -q 'started in the background' "$bad" || fail "the entrypoint said 'started' for a sidecar that exited"
+  grep -q '^mcp-sidecar: not started: it exited with status 64; the end of /tmp/mcp-sidecar.log:$' "$bad" ||
+    fail "the entrypoint did not say that the sidecar exited, with its status"
+  grep -q '^  | .*MCP_SIDECAR_UPSTREM_URL: unknown key (did you mean MCP_SIDECAR_UPSTREAM_URL?)' "$bad" ||
+    fail "the entrypoint did not show the sidecar's own message from its log"
+  grep -qx command-ran "$bad" || fail "the container's command did not run after the sidecar failed"
+  note "a sidecar that exits at start: 'not started: it exited with status 64' and its log's last lines; the command ran"
+
   # the feature's entrypoint starts the sidecar in the background and then runs the command
   token=$(canary devcontainer)
   start upstream-devcontainer "$BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
@@ -762,6 +876,8 @@ scenario_devcontainer() {
     sleep 0.2
   done
   sed 's/^/  entrypoint: /' "$log"
+  grep -q '^mcp-sidecar: started in the background (log: /tmp/mcp-sidecar.log)$' "$log" ||
+    fail "the entrypoint did not say it started the sidecar"
   [[ $(ready_code "http://127.0.0.1:$sc_port/ready") == 200 ]] || fail "/ready on the feature's port is not 200"
   note "entrypoint.sh started the sidecar on 127.0.0.1:$sc_port (from the feature's options) and ran the command"
 
@@ -797,5 +913,6 @@ run_scenario R "README snippets are the tested files" scenario_readme
 echo
 echo "containers: $((SECONDS - STARTED_AT)) s"
 ((FAILED == 0)) || echo "containers: failed: ${FAILED_NAMES[*]}"
+((FAILED > 0)) || write_results
 echo "containers: $PASSED passed, $FAILED failed"
 ((FAILED == 0))

@@ -217,7 +217,9 @@ fn wait_times_out_with_the_last_reason() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
-        stderr.contains("gave up after 1s: last reason: sidecar_unreachable"),
+        stderr.contains(&format!(
+            "gave up after 1s: last reason: sidecar_unreachable: no sidecar answers at http://127.0.0.1:{port}/ready (connection refused)"
+        )),
         "{stderr}"
     );
 }
@@ -469,4 +471,374 @@ async fn json_logs_are_one_object_per_line() {
         .find(|l| l["message"] == "mcp-sidecar listening")
         .unwrap();
     assert_eq!(listening["level"], "INFO");
+}
+
+#[test]
+fn config_file_errors_name_the_file_as_given_and_only_the_real_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &file,
+        "upstream_url = \"https://x.example/mcp\nlisten = 3\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let output = run(&["check-config", "--config", path], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("--config: {path} is not valid TOML at line 1")),
+        "{stderr}"
+    );
+    assert!(stderr.contains("(1 problem)"), "{stderr}");
+    assert!(!stderr.contains("UPSTREAM_URL"), "{stderr}");
+    assert!(!stderr.contains("MCP_SIDECAR_CONFIG"), "{stderr}");
+
+    let output = run(&["check-config"], &[("CONFIG", path)]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("MCP_SIDECAR_CONFIG: {path} is not valid TOML")),
+        "{stderr}"
+    );
+
+    std::fs::write(&file, "UPSTREAM_URL = \"https://x.example/mcp\"\n").unwrap();
+    let output = run(&["check-config", "--config", path], &[]);
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "UPSTREAM_URL in {path}: unknown key (keys in a TOML file are lower case: did you mean upstream_url?)"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listen_accepts_localhost() {
+    let port = free_port();
+    let listen = format!("localhost:{port}");
+    let env = [
+        ("UPSTREAM_URL", "http://127.0.0.1:9/mcp"),
+        ("LISTEN", listen.as_str()),
+    ];
+    let output = run(&["check-config"], &env);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let child = sidecar_cmd(&["serve"], &env)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let live = poll(
+        || {
+            let client = client.clone();
+            let url = url.clone();
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    // probe finds the same address from the same setting.
+    let probe = run(&["probe", "--live"], &env);
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        live.is_some(),
+        "never served on {listen}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        probe.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn wait_and_probe_say_what_answered_when_it_is_not_a_sidecar() {
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", "http://127.0.0.1:9/mcp")]).await;
+    let wrong = sidecar.url("/nope");
+    let expected =
+        format!("{wrong} answered HTTP 404 Not Found, which is not a sidecar readiness report");
+    let wrong_for_wait = wrong.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        run(&["wait", "--url", &wrong_for_wait, "--timeout", "1s"], &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("not ready: not_a_sidecar: {expected}")),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(": : "), "{stderr}");
+
+    let output = tokio::task::spawn_blocking(move || run(&["probe", "--url", &wrong], &[]))
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&expected), "{stderr}");
+    assert!(!stderr.contains(": : "), "{stderr}");
+}
+
+#[test]
+fn a_misspelt_log_level_is_a_configuration_error() {
+    let output = run(
+        &["check-config"],
+        &[("UPSTREAM_URL", "https://x.example/mcp"), ("LOG", "inof")],
+    );
+    assert_eq!(output.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("MCP_SIDECAR_LOG: \"inof\" is not a log level (did you mean info?)"),
+        "{stderr}"
+    );
+}
+
+/// A pipe whose reading end is already closed: every write to it fails with EPIPE at once, as
+/// `mcp-sidecar check-config | head -3` does once head has its lines.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[test]
+fn a_closed_stdout_or_stderr_is_not_a_panic() {
+    let port = free_port();
+    let nobody = format!("http://127.0.0.1:{port}/ready");
+    let valid = [("UPSTREAM_URL", "https://x.example/mcp")];
+    // (arguments, environment, expected exit code, which stream is closed)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], i32, &'a str);
+    let cases: [Case; 8] = [
+        (&["check-config"], &valid, 0, "stdout"),
+        (&["check-config"], &[], 64, "stderr"),
+        (&["--version"], &[], 0, "stdout"),
+        (&["--help"], &[], 0, "stdout"),
+        (
+            &["wait", "--url", &nobody, "--timeout", "1s"],
+            &[],
+            1,
+            "stderr",
+        ),
+        (&["probe", "--url", &nobody], &[], 1, "stderr"),
+        (&["login"], &valid, 64, "stderr"),
+        (&["demo", "--listen", "nonsense"], &[], 64, "stderr"),
+    ];
+    for (args, env, code, closed) in cases {
+        let mut cmd = sidecar_cmd(args, env);
+        if closed == "stdout" {
+            cmd.stdout(closed_pipe()).stderr(Stdio::piped());
+        } else {
+            cmd.stdout(Stdio::piped()).stderr(closed_pipe());
+        }
+        let output = cmd.output().expect("run the binary");
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?} with {closed} closed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!all.contains("panicked"), "{args:?}: {all}");
+    }
+}
+
+/// In Kubernetes and with secret agents the token file often arrives after the container starts:
+/// the sidecar serves, says what it waits for, and becomes ready once the file is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_waits_for_a_token_file_that_is_not_there_yet() {
+    let canary = format!("canary+/=&{}", "Qw7+/=&".repeat(40));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let mock = MockUpstream::start(&canary, Mode::Legacy);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let env = [
+        ("UPSTREAM_URL", mock.url()),
+        ("LISTEN", listen.clone()),
+        ("TOKEN_FILE", token_file.to_str().unwrap().to_string()),
+    ];
+    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let check = run(&["check-config"], &env_refs);
+    assert_eq!(check.status.code(), Some(0), "{check:?}");
+    assert!(
+        String::from_utf8_lossy(&check.stderr).contains(&format!(
+            "note: TOKEN_FILE: {} does not exist (yet); the sidecar serves and reports auth_required",
+            token_file.display()
+        )),
+        "{check:?}"
+    );
+    let child = sidecar_cmd(&["serve"], &env_refs)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let ready_url = format!("http://{listen}/ready");
+    let pending = poll(
+        || {
+            let (client, url) = (client.clone(), ready_url.clone());
+            async move {
+                let response = client.get(url).send().await.ok()?;
+                response.json::<serde_json::Value>().await.ok()
+            }
+        },
+        |body| body["reason"] == "auth_required",
+    )
+    .await;
+    let waited = {
+        let url = ready_url.clone();
+        tokio::task::spawn_blocking(move || run(&["wait", "--url", &url, "--timeout", "1s"], &[]))
+            .await
+            .unwrap()
+    };
+    std::fs::write(&token_file, format!("{canary}\n")).unwrap();
+    let ready = poll(
+        || {
+            let (client, url) = (client.clone(), ready_url.clone());
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let logs = String::from_utf8_lossy(&output.stderr);
+    let pending = pending.unwrap_or_else(|| panic!("never reported auth_required:\n{logs}"));
+    let detail = pending["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&format!(
+            "TOKEN_FILE: {} does not exist (yet)",
+            token_file.display()
+        )),
+        "{pending}"
+    );
+    let waited_stderr = String::from_utf8_lossy(&waited.stderr);
+    assert!(
+        waited_stderr.contains("not ready: auth_required: ")
+            && waited_stderr.contains("TOKEN_FILE"),
+        "{waited_stderr}"
+    );
+    assert!(
+        ready.is_some(),
+        "never ready once the file arrived:\n{logs}"
+    );
+    assert!(
+        logs.contains("a secret file is not there yet"),
+        "said at start:\n{logs}"
+    );
+    assert_eq!(output.status.code(), Some(0), "{logs}");
+    assert!(!logs.contains(&canary));
+
+    // A path that can never hold a token is a configuration error, as before.
+    for (value, expected) in [
+        ("", "MCP_SIDECAR_TOKEN_FILE: is set but empty"),
+        (dir.path().to_str().unwrap(), "is a directory, not a file"),
+    ] {
+        for command in ["check-config", "serve"] {
+            let output = run(
+                &[command],
+                &[
+                    ("UPSTREAM_URL", "https://x.example/mcp"),
+                    ("TOKEN_FILE", value),
+                ],
+            );
+            assert_eq!(output.status.code(), Some(64), "{command} {value:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(stderr.contains(expected), "{command}: {stderr}");
+        }
+    }
+}
+
+/// `mcp-sidecar serve 2>&1 | head` or a log collector that went away: the sidecar keeps serving
+/// (a log line nobody reads is lost, not a panic in the request's task).
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_keeps_serving_when_its_log_reader_is_gone() {
+    let mock = MockUpstream::start("t", Mode::Legacy);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let child = sidecar_cmd(
+        &["serve"],
+        &[
+            ("UPSTREAM_URL", &mock.url()),
+            ("TOKEN", "t"),
+            ("LISTEN", &listen),
+            ("LOG", "debug"),
+        ],
+    )
+    .stdout(Stdio::null())
+    .stderr(closed_pipe())
+    .spawn()
+    .unwrap();
+    let pid = child.id().to_string();
+    let client = reqwest::Client::new();
+    let ready = poll(
+        || {
+            let client = client.clone();
+            let url = format!("http://{listen}/ready");
+            async move { client.get(url).send().await.ok().map(|r| r.status()) }
+        },
+        |status| *status == 200,
+    )
+    .await;
+    let mut statuses = Vec::new();
+    for id in 0..3 {
+        let response = mcp_post(
+            &client,
+            &format!("http://{listen}/mcp"),
+            call(id, "echo", json!({"text": "x"})),
+        )
+        .send()
+        .await;
+        statuses.push(
+            response
+                .map(|r| r.status().as_u16())
+                .map_err(|e| e.to_string()),
+        );
+    }
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let output = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    assert!(ready.is_some(), "never ready");
+    assert!(statuses.iter().all(|s| s == &Ok(200)), "{statuses:?}");
+    assert_eq!(output.status.code(), Some(0));
 }

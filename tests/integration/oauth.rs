@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, Failure, MockIdp};
+use crate::common::mock_idp::{
+    CLIENT_ID, CLIENT_SECRET, Echo, Failure, MockIdp, OneRequestPerConnection,
+};
 use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{DEADLINE, Sidecar, call, mcp_post, poll};
 
@@ -682,7 +684,8 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
         ("TOKEN_COMMAND_TIMEOUT", "1s"),
     ])
     .await;
-    let ready = hanging.wait_reason("upstream_unreachable").await;
+    // A hanging command is a credential problem (a CLI waiting for a login), not the upstream.
+    let ready = hanging.wait_reason("auth_required").await;
     assert!(
         ready["detail"]
             .as_str()
@@ -1146,4 +1149,483 @@ async fn a_login_elsewhere_ends_a_running_device_login() {
     let ready = first.wait_reason("ready").await;
     assert!(ready.get("login").is_none(), "{ready}");
     assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), 2);
+}
+
+/// A client secret as the issue's canaries are: `+ / = &`, longer than any cut (200).
+fn canary_client_secret() -> String {
+    format!("Lk4q+/=&{}", "Pz8+/=&m".repeat(30))
+}
+
+/// Every form of `secret` that the sidecar sends (`client_id` is the Basic user name) and their
+/// first 8 characters, which are what a cut before scrubbing would leave.
+fn leak_forms(secret: &str) -> Vec<(String, String)> {
+    use base64::Engine;
+    let form: String = url::form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+    let lower = form
+        .split('%')
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part.to_string()
+            } else {
+                let (hex, rest) = part.split_at(2.min(part.len()));
+                format!("%{}{rest}", hex.to_ascii_lowercase())
+            }
+        })
+        .collect::<String>();
+    let json = serde_json::to_string(secret).unwrap();
+    let json = json[1..json.len() - 1].to_string();
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{form}"));
+    // The credential's first 20 characters encode "sidecar-client:", which is not secret.
+    let basic_secret_part = basic[20..].to_string();
+    let mut forms = Vec::new();
+    for (what, value) in [
+        ("raw", secret.to_string()),
+        ("form-urlencoded", form.clone()),
+        ("form-urlencoded, lower-case hex", lower),
+        ("json", json.replace('/', "\\/")),
+        ("basic", basic_secret_part),
+    ] {
+        forms.push((format!("{what} prefix"), value.chars().take(8).collect()));
+        forms.push((what.to_string(), value));
+    }
+    forms
+}
+
+fn assert_no_leak(text: &str, forms: &[(String, String)], place: &str) {
+    for (what, form) in forms {
+        assert!(
+            !text.contains(form.as_str()),
+            "{what} of a secret leaked into {place}: {text}"
+        );
+    }
+}
+
+/// The real binary against an authorization server that echoes every request it gets, in an
+/// OAuth error and in an HTML page, for each way of authenticating the client: no form of the
+/// secret (or of the signed assertion) reaches a log line, /ready, /status, /metrics or a client.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoing_authorization_server_learns_nothing_it_can_show() {
+    use std::io::Read;
+    let secret = canary_client_secret();
+    let forms = leak_forms(&secret);
+    let client = reqwest::Client::new();
+    // Each way the secret travels, quoted first by the server, so that it straddles the cut.
+    let runs = [
+        ("client_secret_post", Failure::EchoJson(Echo::Body)),
+        ("client_secret_post", Failure::EchoJson(Echo::Fields)),
+        ("client_secret_post", Failure::EchoJson(Echo::Escaped)),
+        ("client_secret_basic", Failure::EchoJson(Echo::Header)),
+        ("client_secret_basic", Failure::EchoJson(Echo::Escaped)),
+        ("private_key_jwt", Failure::EchoJson(Echo::Fields)),
+        ("client_secret_post", Failure::EchoHtml),
+        ("client_secret_basic", Failure::EchoHtml),
+        ("private_key_jwt", Failure::EchoHtml),
+    ];
+    for (method, failure) in runs {
+        let (upstream, idp) = linked();
+        *idp.state.failure.lock().unwrap() = failure;
+        let url = upstream.url();
+        let token_url = idp.url("/token");
+        let key = fixture("rsa-key.pem");
+        let mut env = vec![
+            ("UPSTREAM_URL", url.as_str()),
+            ("AUTH", "client_credentials"),
+            ("CLIENT_ID", CLIENT_ID),
+            ("TOKEN_URL", token_url.as_str()),
+            ("STATE_DIR", "/proc/not-writable"),
+            ("LOG", "debug"),
+        ];
+        if method == "private_key_jwt" {
+            env.push(("CLIENT_ASSERTION_KEY_FILE", key.as_str()));
+        } else {
+            env.push(("CLIENT_SECRET", secret.as_str()));
+            env.push(("CLIENT_AUTH", method));
+        }
+        let port = free_port();
+        let mut child = spawn_binary(&env, port);
+        // Read the log as it is written: a full pipe would stall the sidecar.
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut logs = String::new();
+            let _ = stderr.read_to_string(&mut logs);
+            logs
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let ready = poll(
+            || async {
+                let body: Value = client
+                    .get(format!("{base}/ready"))
+                    .send()
+                    .await
+                    .ok()?
+                    .json()
+                    .await
+                    .ok()?;
+                Some(body)
+            },
+            |body| {
+                body["reason"] != "starting" && idp.state.token_requests.load(Ordering::SeqCst) >= 2
+            },
+        )
+        .await
+        .unwrap_or_else(|| panic!("{method} {failure:?}: no failed token request reported"));
+        let detail = ready["detail"].as_str().unwrap_or_default().to_string();
+        if matches!(failure, Failure::EchoJson(_)) {
+            assert!(detail.contains("invalid_client"), "{method}: {detail}");
+        }
+        let mut answers = vec![("/ready".to_string(), ready.to_string())];
+        for path in ["/ready", "/status", "/metrics"] {
+            let body = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            answers.push((path.to_string(), body));
+        }
+        let call = mcp_post(&client, &format!("{base}/mcp"), call(1, "echo", json!({})))
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            call.status().is_server_error(),
+            "{method}: {}",
+            call.status()
+        );
+        answers.push(("a JSON-RPC error".into(), call.text().await.unwrap()));
+        let _ = child.kill();
+        let _ = child.wait();
+        let logs = reader.join().unwrap();
+        answers.push(("the log".into(), logs));
+
+        let mut forms = forms.clone();
+        for request in idp.state.requests() {
+            if let Some(assertion) = request.form.get("client_assertion") {
+                let signature = assertion.rsplit('.').next().unwrap().to_string();
+                forms.push((
+                    "an assertion's signature".into(),
+                    signature[..16].to_string(),
+                ));
+                forms.push(("an assertion".into(), assertion.clone()));
+                // Past the header every JWT shares: the claims, unique to this one.
+                let claims: String = assertion.chars().skip(40).take(60).collect();
+                forms.push(("an assertion's claims".into(), claims));
+            }
+        }
+        if method == "private_key_jwt" {
+            assert!(
+                forms.len() > leak_forms(&secret).len(),
+                "assertions were sent"
+            );
+        }
+        for (place, text) in &answers {
+            assert_no_leak(text, &forms, &format!("{place} ({method}, {failure:?})"));
+        }
+    }
+}
+
+/// A STATE_DIR others can write is refused once, with the fix, and nothing is stored in it; the
+/// sidecar keeps working with its tokens in memory.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_dir_others_can_write_is_refused_with_the_fix() {
+    use std::io::Read;
+    use std::os::unix::fs::PermissionsExt;
+    let (upstream, idp) = linked();
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("shared");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let url = upstream.url();
+    let token_url = idp.url("/token");
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", token_url.as_str()),
+        ("STATE_DIR", dir.to_str().unwrap()),
+    ];
+    let port = free_port();
+    let mut child = spawn_binary(&env, port);
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut logs = String::new();
+        let _ = stderr.read_to_string(&mut logs);
+        logs
+    });
+    wait_ready(port).await;
+    let status: Value = reqwest::get(format!("http://127.0.0.1:{port}/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let logs = reader.join().unwrap();
+    assert_eq!(status["token"]["persisted_in"], "memory only", "{status}");
+    let refusals: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("MCP_SIDECAR_STATE_DIR"))
+        .collect();
+    assert_eq!(refusals.len(), 1, "said once: {logs}");
+    for needed in [
+        dir.to_str().unwrap(),
+        "writable by group or others",
+        "0777",
+        "chmod 700",
+    ] {
+        assert!(
+            refusals[0].contains(needed),
+            "{needed} missing: {}",
+            refusals[0]
+        );
+    }
+    let stored: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(stored.is_empty(), "nothing is stored in it: {stored:?}");
+    assert_no_canary(&logs);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn refreshes_never_reuse_a_connection_the_server_may_close_nor_send_an_expired_token() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    // 4 s tokens: the refresh is due after 2 s, long after the first connection went idle.
+    let server = OneRequestPerConnection::start(upstream.state.clone(), 4).await;
+    let token_url = server.url();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &token_url),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let mut id = 0;
+    poll(
+        || {
+            id += 1;
+            let sidecar = &sidecar;
+            let id = id;
+            async move { Some(echo(sidecar, id).await.status().as_u16()) }
+        },
+        |status| {
+            assert_eq!(*status, 200, "every call is answered");
+            server.issued.lock().unwrap().len() >= 3
+        },
+    )
+    .await
+    .expect("two refreshes ahead of expiry");
+    assert_eq!(
+        server.dropped.load(Ordering::SeqCst),
+        0,
+        "a token request was sent on a reused connection"
+    );
+    let body = status(&sidecar).await;
+    assert!(body["token"]["last_error"].is_null(), "{body}");
+    let issued = server.issued.lock().unwrap().clone();
+    for request in upstream.state.requests() {
+        let Some(token) = request
+            .authorization()
+            .and_then(|a| a.strip_prefix("Bearer "))
+        else {
+            continue;
+        };
+        let (_, at, lifetime) = issued
+            .iter()
+            .find(|(t, _, _)| t == token)
+            .unwrap_or_else(|| panic!("{token} was never issued"));
+        assert!(
+            request.at < *at + Duration::from_secs(*lifetime),
+            "{token} was sent after it expired"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_counts_from_when_the_token_request_was_sent() {
+    let (upstream, idp) = linked();
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    let sidecar = client_credentials(&upstream, &idp, &[]).await;
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the first token request reached the IdP");
+    // The request was sent before now; its reply comes 3 s later, as a slow server's would.
+    let seen = std::time::SystemTime::now();
+    let slow = seen + Duration::from_secs(3);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= slow,
+    )
+    .await
+    .expect("time passes");
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    sidecar.wait_reason("ready").await;
+    let body = status(&sidecar).await;
+    let expires =
+        humantime::parse_rfc3339(body["token"]["expires_at"].as_str().unwrap()).expect("RFC 3339");
+    // The IdP's tokens live 3600 s; counted from the reply, the expiry would be 3 s later.
+    assert!(
+        expires <= seen + Duration::from_secs(3600),
+        "expiry counted from the reply: {body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_in_the_last_seconds_of_a_token_waits_for_the_refresh_in_flight() {
+    let (upstream, idp) = linked();
+    // 8 s tokens: the refresh is due after 4 s; the last 2 s (a quarter) are never sent.
+    *idp.state.expires_in.lock().unwrap() = Some(8);
+    let sidecar = client_credentials(&upstream, &idp, &[("READY_INTERVAL", "1h")]).await;
+    sidecar.wait_reason("ready").await;
+    let first = upstream.state.token.lock().unwrap().clone();
+    // Hold the refresh ahead of expiry at the IdP.
+    idp.state.hold.store(true, Ordering::SeqCst);
+    let obtained = std::time::SystemTime::now();
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the background refresh reached the IdP");
+    // Into the last 2 s of the first token (obtained before `obtained`): still valid, but
+    // too close to its expiry to be sent.
+    let late = obtained + Duration::from_millis(6500);
+    poll(
+        || async { Some(std::time::SystemTime::now()) },
+        |now| *now >= late,
+    )
+    .await
+    .expect("time passes");
+    let call = tokio::spawn({
+        let url = sidecar.url("/mcp");
+        async move {
+            mcp_post(&reqwest::Client::new(), &url, call(1, "echo", json!({})))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    // Give a token sent at once the time to arrive (the fixed sidecar sends nothing): the
+    // first token still has more than this to live, so nothing here depends on speed.
+    let watch = Instant::now() + Duration::from_millis(800);
+    while Instant::now() < watch && upstream.state.client_requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        upstream.state.client_requests().is_empty(),
+        "the token was sent in its last seconds"
+    );
+    *idp.state.expires_in.lock().unwrap() = Some(3600);
+    idp.state.hold.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    assert_eq!(call.await.unwrap().ok(), Some(200));
+    let sent = upstream.state.client_requests();
+    let token = sent.last().and_then(|r| r.authorization()).unwrap();
+    assert_ne!(
+        token,
+        format!("Bearer {first}"),
+        "the token was sent in its last seconds"
+    );
+}
+
+/// A token endpoint that echoes the code exchange must not get the PKCE verifier shown on the
+/// login page (or anywhere): with the code, it is what redeems the login.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_echoed_code_exchange_shows_no_pkce_verifier() {
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("auth_required").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = client
+        .get(sidecar.url("/oauth/login"))
+        .send()
+        .await
+        .unwrap();
+    let authorize = login.headers()["location"].to_str().unwrap().to_string();
+    let back = client.get(&authorize).send().await.unwrap();
+    let callback = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    *idp.state.failure.lock().unwrap() = Failure::EchoJson(Echo::Body);
+    let done = client
+        .get(sidecar.url(&format!("/oauth/callback?{}", callback.query().unwrap())))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 400);
+    let page = done.text().await.unwrap();
+    assert!(page.contains("code_verifier="), "the echo is shown: {page}");
+    for (at, _) in page.match_indices("code_verifier=") {
+        let after = &page[at + "code_verifier=".len()..];
+        assert!(after.starts_with("<redacted>"), "{page}");
+    }
+}
+
+/// With a client token, whoever reaches the port must not start a login (and pick the account
+/// the sidecar then holds): `/oauth/login` asks for the token as a Basic password.
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_a_login_needs_the_client_token() {
+    let client_token = format!("login-canary-{}", "m+n/o=p&r".repeat(25));
+    let (upstream, idp) = linked();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("CLIENT_TOKEN", &client_token),
+    ])
+    .await;
+    sidecar.wait_reason("auth_required").await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = sidecar.url("/oauth/login");
+    let refused = client.get(&login).send().await.unwrap();
+    assert_eq!(refused.status(), 401);
+    assert!(
+        refused.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic ")
+    );
+    let body = refused.text().await.unwrap();
+    assert!(!body.contains("login-canary"), "{body}");
+    let wrong = client
+        .get(&login)
+        .basic_auth("", Some("not-the-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let browser = client
+        .get(&login)
+        .basic_auth("anyone", Some(&client_token))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(browser.status(), 302);
+    let tool = client
+        .get(&login)
+        .bearer_auth(&client_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tool.status(), 302);
 }

@@ -271,7 +271,7 @@ async fn missing_token_file_is_auth_required_not_a_crash() {
     ])
     .await;
     sidecar.wait_reason("ready").await;
-    std::fs::write(&token_file, "").unwrap();
+    std::fs::remove_file(&token_file).unwrap();
     let client = reqwest::Client::new();
     let response = mcp_post(
         &client,
@@ -288,13 +288,132 @@ async fn missing_token_file_is_auth_required_not_a_crash() {
         body["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("is empty")
+            .contains("does not exist"),
+        "{body}"
     );
     let ready = sidecar.wait_reason("auth_required").await;
     assert!(
         ready["detail"].as_str().unwrap().contains("TOKEN_FILE"),
         "{ready}"
     );
+    // An empty file is bridged for a short grace (a rewrite in place), then reported.
+    std::fs::write(&token_file, TOKEN).unwrap();
+    sidecar.wait_reason("ready").await;
+    std::fs::write(&token_file, "").unwrap();
+    let refused = crate::common::poll(
+        || {
+            let request = mcp_post(
+                &client,
+                &sidecar.url("/mcp"),
+                call(9, "echo", json!({"text": "x"})),
+            );
+            async move {
+                let response = request.send().await.ok()?;
+                Some((response.status(), response.text().await.ok()?))
+            }
+        },
+        |(status, _)| *status != 200,
+    )
+    .await
+    .expect("an empty file is reported once the grace has passed");
+    assert_eq!(refused.0, 503);
+    assert!(refused.1.contains("is empty"), "{}", refused.1);
+    let ready = sidecar.wait_reason("auth_required").await;
+    assert!(
+        ready["detail"].as_str().unwrap().contains("is empty"),
+        "{ready}"
+    );
+}
+
+/// `cmd > token` truncates the file, then writes it (here a byte at a time, the slowest a writer
+/// gets): calls made in between must still go out with the previous, still valid, token.
+#[tokio::test(flavor = "multi_thread")]
+async fn token_file_rewritten_in_place_fails_no_call() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    const CALLS: usize = 300;
+    let canary: String = format!("canary+/=&{}", "Zx9+/=&".repeat(40));
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{canary}\n")).unwrap();
+    let mock = MockUpstream::start(&canary, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN_FILE", token_file.to_str().unwrap()),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+
+    let made = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let rewriter = {
+        let (made, stop, path, canary) = (
+            made.clone(),
+            stop.clone(),
+            token_file.clone(),
+            canary.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut rewrites = 0u32;
+            // Bounded: until the calls are done, and never more than this many rewrites.
+            while !stop.load(Ordering::SeqCst)
+                && made.load(Ordering::SeqCst) < CALLS
+                && rewrites < 200_000
+            {
+                let mut file = std::fs::File::create(&path).unwrap();
+                for byte in canary.as_bytes().iter().chain(b"\n") {
+                    file.write_all(std::slice::from_ref(byte)).unwrap();
+                }
+                rewrites += 1;
+            }
+            rewrites
+        })
+    };
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let mut failures = Vec::new();
+    let workers: Vec<_> = (0..4)
+        .map(|w| {
+            let (client, url, made) = (client.clone(), url.clone(), made.clone());
+            tokio::spawn(async move {
+                let mut failed = Vec::new();
+                loop {
+                    let n = made.fetch_add(1, Ordering::SeqCst);
+                    if n >= CALLS {
+                        return failed;
+                    }
+                    let response =
+                        mcp_post(&client, &url, call(n as u64, "echo", json!({"text": w})))
+                            .send()
+                            .await
+                            .unwrap();
+                    let status = response.status();
+                    if status != 200 {
+                        failed.push(format!(
+                            "{status} {}",
+                            response.text().await.unwrap_or_default()
+                        ));
+                    }
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        failures.extend(worker.await.unwrap());
+    }
+    stop.store(true, Ordering::SeqCst);
+    let rewrites = rewriter.join().unwrap();
+    assert!(rewrites > 0);
+    assert!(
+        failures.is_empty(),
+        "{} of {CALLS} calls failed during {rewrites} rewrites: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    for failure in &failures {
+        assert!(!failure.contains(&canary));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,12 +449,13 @@ async fn wrong_host_or_origin_is_403_json() {
         "refused requests never reach the upstream"
     );
 
-    // The descriptive endpoints are guarded too; the orchestrator's probes are not.
-    for (path, expected) in [
-        ("/status", 403),
-        ("/metrics", 403),
-        ("/ready", 200),
-        ("/healthz", 200),
+    // Every endpoint applies the rule: a rebinding page must not read /ready's login prompt.
+    for path in [
+        "/status",
+        "/metrics",
+        "/ready",
+        "/healthz",
+        "/.well-known/oauth-authorization-server",
     ] {
         let response = client
             .get(sidecar.url(path))
@@ -343,7 +463,184 @@ async fn wrong_host_or_origin_is_403_json() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), expected, "{path}");
+        assert_eq!(response.status(), 403, "{path}");
+        let body: Value = response.json().await.unwrap();
+        assert!(body["detail"].as_str().unwrap().contains("evil.example"));
+        let response = client
+            .get(sidecar.url(path))
+            .header("origin", "https://evil.example")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path} with a foreign Origin");
+    }
+    // The kubelet probes by IP address (reqwest sends Host: 127.0.0.1:port here).
+    for path in ["/ready", "/healthz"] {
+        let response = client.get(sidecar.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+    }
+}
+
+/// One HTTP/1.1 exchange on a fresh connection, as raw text: for requests reqwest refuses to
+/// send (two Host headers, an absolute-form target).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::common::DEADLINE, stream.read_to_end(&mut answer));
+    read.await.expect("the sidecar answers and closes").unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_or_contradictory_hosts_are_400() {
+    let (mock, sidecar) = ready_pair().await;
+    let body = call(1, "echo", json!({"text": "x"}));
+    let post = |host_lines: &str, target: &str| {
+        format!(
+            "POST {target} HTTP/1.1\r\n{host_lines}content-type: application/json\r\n\
+             accept: application/json, text/event-stream\r\nx-test: 1\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    for (what, request) in [
+        (
+            "two Host headers",
+            post("host: localhost\r\nhost: localhost\r\n", "/mcp"),
+        ),
+        (
+            "two Host headers, one foreign",
+            post("host: localhost\r\nhost: evil.example\r\n", "/mcp"),
+        ),
+        ("text after an IPv6 literal", post("host: [::1]evil.com\r\n", "/mcp")),
+        (
+            "an absolute target naming another host",
+            post("host: localhost\r\n", "http://evil.example/mcp"),
+        ),
+        (
+            "two Host headers on /ready",
+            "GET /ready HTTP/1.1\r\nhost: localhost\r\nhost: evil.example\r\nconnection: close\r\n\r\n"
+                .to_string(),
+        ),
+    ] {
+        let answer = raw_exchange(sidecar.addr, &request).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{what}: {answer}");
+        assert!(answer.contains("application/json"), "{what}: {answer}");
+    }
+    assert_eq!(
+        mock.state.client_requests().len(),
+        0,
+        "refused requests never reach the upstream"
+    );
+    let agreeing = post(
+        &format!("host: {}\r\n", sidecar.addr),
+        &format!("http://{}/mcp", sidecar.addr),
+    );
+    let answer = raw_exchange(sidecar.addr, &agreeing).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+/// A canary as the brief demands of secrets in tests: over 200 characters, with `+ / = &`.
+fn canary(tag: &str) -> String {
+    format!("{tag}-+/=&-{}", "k9+Z/q=&".repeat(30))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_token_guards_status_metrics_and_readys_detail() {
+    let client_token = canary("client");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("CLIENT_TOKEN", &client_token),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let bearer = format!("Bearer {client_token}");
+    for path in ["/status", "/metrics"] {
+        let response = client.get(sidecar.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 403, "{path} without the client token");
+        let text = response.text().await.unwrap();
+        assert!(text.contains("client token"), "{path}: {text}");
+        let response = client
+            .get(sidecar.url(path))
+            .header("authorization", "Bearer wrong")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{path} with a wrong token");
+        let response = client
+            .get(sidecar.url(path))
+            .header("authorization", &bearer)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path} with the client token");
+        assert!(!response.text().await.unwrap().contains(&client_token));
+    }
+
+    // /ready's status code is open to probes; its detail is not.
+    sidecar.wait_reason("ready").await;
+    let shallow: Value = client
+        .get(sidecar.url("/ready"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let keys: Vec<&str> = shallow
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(|k| k.as_str())
+        .collect();
+    assert_eq!(keys, ["ready", "reason", "since"], "{shallow}");
+    let full: Value = client
+        .get(sidecar.url("/ready"))
+        .header("authorization", &bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        full["detail"].as_str().unwrap().contains("mock-legacy"),
+        "{full}"
+    );
+    let healthz = client.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+
+    // `mcp-sidecar wait`, reading the same configuration, sends the token: it shows the detail.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+        .args(["wait", "--timeout", "10s", "--url", &sidecar.url("/ready")])
+        .env_clear()
+        .env("MCP_SIDECAR_CLIENT_TOKEN", &client_token)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("mock-legacy"), "{stderr}");
+    assert!(!stderr.contains(&client_token), "{stderr}");
+    for args in [["probe", "--ready"], ["probe", "--live"]] {
+        let path = if args[1] == "--ready" {
+            "/ready"
+        } else {
+            "/healthz"
+        };
+        let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+            .args(args)
+            .args(["--url", &sidecar.url(path)])
+            .env_clear()
+            .env("MCP_SIDECAR_CLIENT_TOKEN", &client_token)
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
     }
 }
 
@@ -883,4 +1180,478 @@ async fn an_upstream_that_quotes_the_token_back_has_it_scrubbed() {
     let detail = report["detail"].as_str().unwrap();
     assert!(!detail.contains(BASIC), "{detail}");
     assert!(detail.contains("<redacted>"), "{detail}");
+}
+
+/// Log lines written while the returned guard lives, on this thread only: a current-thread test
+/// runtime keeps the in-process sidecar's tasks on it.
+pub fn capture_logs(
+    filter: &str,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    tracing::subscriber::DefaultGuard,
+) {
+    #[derive(Clone)]
+    struct Sink(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = Sink(lines.clone());
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .finish();
+    (lines, tracing::subscriber::set_default(subscriber))
+}
+
+pub fn logged(lines: &std::sync::Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&lines.lock().unwrap()).into_owned()
+}
+
+#[tokio::test]
+async fn sidecar_404s_are_logged_at_debug_without_the_query() {
+    let (lines, _guard) = capture_logs("mcp_sidecar=debug");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    let secret = canary("query");
+    let client = reqwest::Client::new();
+    let response = client
+        .get(sidecar.url("/.well-known/oauth-authorization-server/mcp"))
+        .query(&[("key", secret.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    let response = client
+        .post(sidecar.url("/no-such-path"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    sidecar.shutdown().await;
+    let log = logged(&lines);
+    let line = log
+        .lines()
+        .find(|l| l.contains("/.well-known/oauth-authorization-server/mcp"))
+        .unwrap_or_else(|| panic!("the 404 is logged:\n{log}"));
+    assert!(
+        line.contains("DEBUG") && line.contains("GET") && line.contains("404"),
+        "{line}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("POST") && l.contains("/no-such-path") && l.contains("404")),
+        "{log}"
+    );
+    assert!(!log.contains("key="), "no query string in the log:\n{log}");
+    assert!(!log.contains("k9+Z"), "no query string in the log:\n{log}");
+}
+
+/// Reads until the peer closes the connection (EOF or reset), with the suite's deadline; returns
+/// what arrived, or None when the connection was still open at the deadline.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(crate::common::DEADLINE, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    });
+    read.await.ok()?;
+    Some(String::from_utf8_lossy(&answer).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_sends_its_headers_too_slowly_is_cut_off() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "300ms"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    // Half a request head, then nothing: a slowloris client.
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: local")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut slow)
+        .await
+        .expect("the slow connection is closed");
+    assert!(!answer.contains("200 OK"), "{answer}");
+    // Others are served meanwhile and after.
+    let healthz = reqwest::get(sidecar.url("/healthz")).await.unwrap();
+    assert_eq!(healthz.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_client_connections_are_closed_but_busy_ones_are_not() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    // A long tool call stays in flight, silent after its first event.
+    let client = reqwest::Client::new();
+    let mut busy = mcp_post(&client, &sidecar.url("/mcp"), call(5, "gated", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut busy, &mut seen, "notifications/progress").await);
+
+    // A connection that never sends a byte is closed...
+    let mut silent = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    assert!(
+        read_until_closed(&mut silent).await.is_some(),
+        "silent connection closed"
+    );
+
+    // ...and so is a kept-alive one after its response.
+    let mut kept = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    let rest = read_until_closed(&mut kept)
+        .await
+        .expect("the kept-alive connection is closed once idle");
+    assert!(rest.contains(r#"{"status":"ok"}"#), "{rest}");
+
+    // The busy connection outlived both idle ones: its reply still arrives.
+    mock.state.gate.notify_one();
+    assert!(
+        read_until(&mut busy, &mut seen, r#""id":5"#).await,
+        "{seen}"
+    );
+}
+
+#[tokio::test]
+async fn at_the_connection_limit_new_clients_wait_and_the_limit_is_logged_once() {
+    let (lines, _guard) = capture_logs("mcp_sidecar=info");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("MAX_CONNECTIONS", "3"),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let reached = |log: &str| log.matches("client connection limit reached").count();
+
+    // One served client with a kept-alive connection, and two that hold theirs idle.
+    let served = reqwest::Client::new();
+    let healthz = served.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(healthz.status(), 200);
+    let idle_a = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let idle_b = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    let found =
+        crate::common::poll(|| async { Some(logged(&lines)) }, |log| reached(log) == 1).await;
+    assert!(found.is_some(), "the limit is logged:\n{}", logged(&lines));
+
+    // Two more clients queue in the backlog.
+    let request = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let mut waiting_c = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    waiting_c.write_all(request).await.unwrap();
+    let mut waiting_d = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    waiting_d.write_all(request).await.unwrap();
+    // The connected client is served all along.
+    for _ in 0..5 {
+        let response = served.get(sidecar.url("/healthz")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let mut probe = [0u8; 1];
+    assert!(
+        matches!(waiting_c.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "a client over the limit waits"
+    );
+
+    // Each closed connection lets one waiting client in.
+    drop(idle_a);
+    let answer = read_until_closed(&mut waiting_c).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(idle_b);
+    let answer = read_until_closed(&mut waiting_d).await.expect("served");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    sidecar.shutdown().await;
+    assert_eq!(reached(&logged(&lines)), 1, "{}", logged(&lines));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn read_timeout_ends_calls_to_a_silent_upstream() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("READ_TIMEOUT", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+
+    // Nothing at all: a JSON-RPC error with the request's id.
+    let response = mcp_post(&client, &url, call(41, "silent", json!({})))
+        .timeout(crate::common::DEADLINE)
+        .send()
+        .await
+        .expect("the sidecar answers a call to a silent upstream");
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 41, "{body}");
+    assert_eq!(
+        body["error"]["data"]["reason"], "upstream_timeout",
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("READ_TIMEOUT"),
+        "{body}"
+    );
+
+    // Silence after an event: the stream ends cleanly after it.
+    let mut response = mcp_post(&client, &url, call(42, "hang", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut seen = String::new();
+    loop {
+        match tokio::time::timeout(crate::common::DEADLINE, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => seen.push_str(&String::from_utf8_lossy(&chunk)),
+            Ok(Ok(None)) => break,
+            other => panic!("the stream ends cleanly, got {other:?} after {seen:?}"),
+        }
+    }
+    assert!(seen.contains("notifications/progress"), "{seen}");
+    assert!(
+        seen.ends_with("\n\n"),
+        "ends at an event boundary: {seen:?}"
+    );
+
+    // Upstream comments are bytes: a call kept alive by them outlasts the timeout.
+    let response = mcp_post(&client, &url, call(43, "ticking", json!({})))
+        .send()
+        .await
+        .unwrap();
+    let text = response.text().await.unwrap();
+    assert!(text.contains(r#""id":43"#), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_clients_are_served_and_checked_by_authority() {
+    let (mock, sidecar) = ready_pair().await;
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let response = client.get(sidecar.url("/healthz")).send().await.unwrap();
+    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    assert_eq!(response.status(), 200);
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        call(3, "echo", json!({"text": "h2"})),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.text().await.unwrap().contains("h2"));
+    assert_eq!(mock.state.client_requests().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_raises_the_soft_open_files_limit_to_the_hard_one() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let state = tempfile::tempdir().unwrap();
+    // Started with the soft limit at 256, as in the lock-out the issue describes.
+    let mut child = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -Sn 256 && exec "$0" serve"#,
+            env!("CARGO_BIN_EXE_mcp-sidecar"),
+        ])
+        .env_clear()
+        .env("MCP_SIDECAR_UPSTREAM_URL", mock.url())
+        .env("MCP_SIDECAR_TOKEN", TOKEN)
+        .env("MCP_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MCP_SIDECAR_STATE_DIR", state.path())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let healthz = format!("http://127.0.0.1:{port}/healthz");
+    let up = crate::common::poll(
+        || async { reqwest::get(&healthz).await.ok().map(|r| r.status()) },
+        |status| *status == 200,
+    )
+    .await;
+    assert!(up.is_some(), "the sidecar serves");
+    let pid = child.id().unwrap();
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    let (soft, hard) = (fields[3], fields[4]);
+    assert_ne!(soft, "256", "{line}");
+    assert_eq!(soft, hard, "{line}");
+    child.kill().await.unwrap();
+}
+
+/// hyper (1.12) starts the header timer as soon as a kept-alive connection waits for its next
+/// request: README promises that an idle HTTP/1.1 connection closes after the shorter timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_header_timeout_also_bounds_the_wait_for_the_next_request() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "300ms"),
+        ("CLIENT_IDLE_TIMEOUT", "1h"),
+    ])
+    .await;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut kept = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 12];
+    kept.read_exact(&mut head).await.unwrap();
+    let rest = read_until_closed(&mut kept).await;
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(rest.is_some(), "closed by the header timeout while idle");
+}
+
+/// A server error page that quotes the request back (a debug page, a misbehaving gateway):
+/// the agent must not get the credential from its body.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
+    let secret = format!("canary-{}-end", "a+b/c=d&e".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            [
+                ("content-type", "text/html".to_string()),
+                ("x-debug-authorization", presented.clone()),
+            ],
+            format!("<pre>request failed; headers: authorization: {presented}</pre>"),
+        )
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(
+        response.headers()["x-debug-authorization"],
+        "Bearer <redacted>"
+    );
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&secret[..40]), "{body}");
+    assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
+}
+
+/// HTTP/2 has no header timer in hyper: the idle timeout bounds a connection whose request head
+/// never completes, even when the peer never answers the GOAWAY's ping either.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_http2_client_that_never_finishes_its_headers_is_cut_off() {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("HEADER_TIMEOUT", "1h"),
+        ("CLIENT_IDLE_TIMEOUT", "300ms"),
+    ])
+    .await;
+    use tokio::io::AsyncWriteExt;
+    let mut slow = tokio::net::TcpStream::connect(sidecar.addr).await.unwrap();
+    slow.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    // An empty SETTINGS frame, then HEADERS for stream 1 without END_HEADERS: the
+    // CONTINUATION that would finish them never comes.
+    slow.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+    slow.write_all(&[0, 0, 3, 1, 0, 0, 0, 0, 1, 0x82, 0x86, 0x84])
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut slow).await.is_some(),
+        "the half-open HTTP/2 connection stays open"
+    );
+}
+
+/// An error body too large to buffer is withheld, not cut: a cut could leave a secret's prefix.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_body_too_large_to_scrub_is_withheld() {
+    let secret = format!("canary-{}-end", "q+r/s=t&u".repeat(25));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let mut page = "x".repeat(300 * 1024);
+        page.push_str(&presented);
+        (axum::http::StatusCode::BAD_GATEWAY, page)
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains("canary-"), "the secret's prefix leaked");
+    assert!(
+        body.contains("was withheld"),
+        "{}",
+        &body[..body.len().min(200)]
+    );
 }

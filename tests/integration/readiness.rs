@@ -180,3 +180,94 @@ async fn a_transient_401_during_the_handshake_is_retried_with_a_fresh_token() {
         "the rejected first step is sent again, not skipped"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_upstream_is_looked_at_again_every_100_ms_without_backoff() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &url), ("TOKEN", TOKEN)]).await;
+    let report = sidecar.wait_reason("upstream_unreachable").await;
+    assert!(
+        report["detail"].as_str().unwrap().contains("refused"),
+        "{report}"
+    );
+    // With the old backoff (0.25 s doubling to 2 s) fewer than ten checks fit in the deadline;
+    // at 100 ms thirty take three seconds.
+    let client = reqwest::Client::new();
+    let checks = crate::common::poll(
+        || async {
+            let status: Value = client
+                .get(sidecar.url("/status"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            status["counters"]["handshakes_failed"].as_u64()
+        },
+        |failed| *failed >= 30,
+    )
+    .await;
+    assert!(
+        checks.is_some(),
+        "the refused upstream is retried without backoff"
+    );
+    // The full handshake runs as soon as something listens.
+    let _mock = MockUpstream::start_on(port, TOKEN, Mode::Legacy);
+    sidecar.wait_reason("ready").await;
+}
+
+#[tokio::test]
+async fn a_call_that_succeeds_while_not_ready_triggers_the_handshake_at_once() {
+    let (lines, _guard) = crate::proxy::capture_logs("mcp_sidecar::readiness=debug");
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", TOKEN),
+        ("READY_INTERVAL", "300s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let post = |id| {
+        crate::common::mcp_post(
+            &client,
+            &url,
+            crate::common::call(id, "echo", serde_json::json!({"text": "x"})),
+        )
+    };
+
+    // The credential is refused: the failing call makes /ready say so, without waiting for
+    // the 300 s interval.
+    mock.state.set_token("rotated-elsewhere");
+    assert_eq!(post(1).send().await.unwrap().status(), 502);
+    sidecar.wait_reason("upstream_auth_rejected").await;
+    assert!(
+        crate::proxy::logged(&lines).contains("cause=\"proxy_failure\""),
+        "{}",
+        crate::proxy::logged(&lines)
+    );
+
+    // Let the retries back off to their 2 s cap, so the next scheduled one is far away.
+    let failed_checks = |log: &str| log.matches("readiness check").count();
+    let before = failed_checks(&crate::proxy::logged(&lines));
+    crate::common::poll(
+        || async { Some(failed_checks(&crate::proxy::logged(&lines))) },
+        |n| *n >= before + 4,
+    )
+    .await
+    .expect("retries run");
+
+    // The credential works again; a call that succeeds turns /ready green at once.
+    mock.state.set_token(TOKEN);
+    assert_eq!(post(2).send().await.unwrap().status(), 200);
+    sidecar.wait_reason("ready").await;
+    let log = crate::proxy::logged(&lines);
+    assert!(log.contains("cause=\"proxy_recovered\""), "{log}");
+}

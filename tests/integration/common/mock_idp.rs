@@ -34,6 +34,56 @@ pub enum Failure {
     Html200,
     /// 200 JSON without `access_token`.
     NoAccessToken,
+    /// 401 `invalid_client` whose `error_description` echoes the whole request: the form body as
+    /// sent, the `Authorization` header, the decoded credential fields, and a JSON-escaped copy,
+    /// led by the one named (what comes first straddles a 200-character cut).
+    EchoJson(Echo),
+    /// 400 with an HTML error page echoing the same.
+    EchoHtml,
+}
+
+/// Which part of the request an echoing server quotes first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Echo {
+    /// The form body as sent (form-urlencoded).
+    Body,
+    /// `Authorization: Basic ...`.
+    Header,
+    /// The decoded `client_secret` and `client_assertion`.
+    Fields,
+    /// A JSON-escaped copy of body and header (`/` as `\/`, as PHP writes it).
+    Escaped,
+}
+
+/// What an echoing server quotes back: everything the sidecar sent, `lead` first.
+fn echo_request(headers: &HeaderMap, body: &str, lead: Echo) -> String {
+    let authorization = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let fields = ["client_secret", "client_assertion"]
+        .iter()
+        .filter_map(|name| form.get(*name).map(|v| format!("{name}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let escaped = serde_json::to_string(&json!({"body": body, "authorization": authorization}))
+        .unwrap()
+        .replace('/', "\\/");
+    let mut parts = vec![
+        (Echo::Body, body.to_string()),
+        (Echo::Header, format!("Authorization: {authorization}")),
+        (Echo::Fields, fields),
+        (Echo::Escaped, escaped),
+    ];
+    parts.sort_by_key(|(part, _)| *part != lead);
+    parts
+        .into_iter()
+        .map(|(_, text)| text)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 #[derive(Debug, Clone)]
@@ -291,7 +341,31 @@ async fn token(State(state): State<Arc<IdpState>>, headers: HeaderMap, body: Str
         state.held.fetch_add(1, Ordering::SeqCst);
         released.await;
     }
-    let (response, outcome) = issue(&state, &headers, &form);
+    // Copied out: `issue` takes the lock again.
+    let failure = *state.failure.lock().unwrap();
+    let (response, outcome) = match failure {
+        Failure::EchoJson(lead) => (
+            oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                &echo_request(&headers, &body, lead),
+            ),
+            "echo_json".to_string(),
+        ),
+        Failure::EchoHtml => (
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/html")],
+                format!(
+                    "<html><body><h1>Bad request</h1><pre>{}</pre></body></html>",
+                    echo_request(&headers, &body, Echo::Body)
+                ),
+            )
+                .into_response(),
+            "echo_html".to_string(),
+        ),
+        _ => issue(&state, &headers, &form),
+    };
     if state.hold_reply.load(Ordering::SeqCst) {
         let released = state.release.notified();
         state.held.fetch_add(1, Ordering::SeqCst);
@@ -314,7 +388,7 @@ fn issue(
     form: &HashMap<String, String>,
 ) -> (Response, String) {
     match *state.failure.lock().unwrap() {
-        Failure::None => {}
+        Failure::None | Failure::EchoJson(_) | Failure::EchoHtml => {}
         Failure::Html503 => {
             return (
                 (
@@ -567,4 +641,121 @@ async fn register(State(state): State<Arc<IdpState>>, body: String) -> Response 
     let mut reply = request;
     reply["client_id"] = json!(id);
     (StatusCode::CREATED, axum::Json(reply)).into_response()
+}
+
+/// A token endpoint that serves one request per connection although its answers say
+/// `Connection: keep-alive`: a second request on a connection is read, then the connection is
+/// closed without an answer. That is what a client sees when it reuses an idle connection just
+/// as the server closes it (Node does after 5 s). Issues `ka-<n>` tokens living `expires_in`
+/// seconds, each accepted by `upstream` (which keeps accepting the earlier ones: whether a
+/// token was sent after its expiry is for the test to check against [`Self::issued`]).
+pub struct OneRequestPerConnection {
+    pub addr: SocketAddr,
+    /// Every token issued, with when it was issued and its lifetime in seconds.
+    pub issued: Arc<Mutex<Vec<(String, std::time::SystemTime, u64)>>>,
+    /// Requests that arrived on a reused connection and were dropped unanswered.
+    pub dropped: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl OneRequestPerConnection {
+    pub async fn start(upstream: Arc<MockState>, expires_in: u64) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let issued = Arc::new(Mutex::new(Vec::new()));
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn({
+            let issued = issued.clone();
+            let dropped = dropped.clone();
+            async move {
+                let mut connections = tokio::task::JoinSet::new();
+                while let Ok((stream, _)) = listener.accept().await {
+                    connections.spawn(serve_one(
+                        stream,
+                        upstream.clone(),
+                        expires_in,
+                        issued.clone(),
+                        dropped.clone(),
+                    ));
+                }
+            }
+        });
+        Self {
+            addr,
+            issued,
+            dropped,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/token", self.addr)
+    }
+}
+
+impl Drop for OneRequestPerConnection {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_one(
+    mut stream: tokio::net::TcpStream,
+    upstream: Arc<MockState>,
+    expires_in: u64,
+    issued: Arc<Mutex<Vec<(String, std::time::SystemTime, u64)>>>,
+    dropped: Arc<AtomicUsize>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buffer = Vec::new();
+    let mut served = 0;
+    loop {
+        // One request: the head, then a body of Content-Length bytes.
+        let head_end = loop {
+            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break end + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buffer.drain(..head_end + length);
+        if served == 1 {
+            dropped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        served += 1;
+        let token = {
+            let mut issued = issued.lock().unwrap();
+            let token = format!("ka-{}", issued.len() + 1);
+            issued.push((token.clone(), std::time::SystemTime::now(), expires_in));
+            token
+        };
+        upstream.set_token(&token);
+        upstream.also_accepted.lock().unwrap().insert(token.clone());
+        let body = json!({"access_token": token, "token_type": "Bearer", "expires_in": expires_in})
+            .to_string();
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\n\r\n{body}",
+            body.len()
+        );
+        if stream.write_all(reply.as_bytes()).await.is_err() {
+            return;
+        }
+    }
 }

@@ -41,6 +41,8 @@ pub struct Recorded {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub query: Option<String>,
+    /// When the request arrived.
+    pub at: std::time::SystemTime,
 }
 
 impl Recorded {
@@ -113,6 +115,7 @@ impl MockState {
             headers: headers.clone(),
             body: body.clone(),
             query: uri.query().map(str::to_string),
+            at: std::time::SystemTime::now(),
         });
     }
 
@@ -437,6 +440,9 @@ async fn respond(
                 })),
                 "gated" => gated(state.clone(), id),
                 "hang" => hang(state.clone()),
+                // Accepts the call and never answers, not even a status line.
+                "silent" => std::future::pending::<Response>().await,
+                "ticking" => ticking(id),
                 "bad_request" => (
                     StatusCode::BAD_REQUEST,
                     axum::Json(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"invalid arguments"}})),
@@ -540,6 +546,32 @@ fn hang(state: Arc<MockState>) -> Response {
         } else {
             std::future::pending::<()>().await;
             None
+        }
+    });
+    sse(Body::from_stream(stream))
+}
+
+/// Fifteen `:` comment lines 100 ms apart, then the result: an upstream that keeps a slow call
+/// alive with comments only.
+fn ticking(id: Value) -> Response {
+    let stream = futures_util::stream::unfold(0u8, move |step| {
+        let id = id.clone();
+        async move {
+            let chunk = match step {
+                0..15 => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    ": tick\n\n".to_string()
+                }
+                15 => format!(
+                    "event: message\ndata: {}\n\n",
+                    json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}})
+                ),
+                _ => return None,
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(Bytes::from(chunk)),
+                step + 1,
+            ))
         }
     });
     sse(Body::from_stream(stream))
