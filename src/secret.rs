@@ -151,15 +151,23 @@ pub fn scrub_bytes(bytes: &[u8]) -> Vec<u8> {
     let registry = registry();
     let mut out = bytes.to_vec();
     for pattern in &registry.patterns {
-        let pattern = pattern.as_bytes();
-        let mut scrubbed = Vec::with_capacity(out.len());
-        let mut rest = &out[..];
-        while let Some(at) = rest.windows(pattern.len()).position(|w| w == pattern) {
-            scrubbed.extend_from_slice(&rest[..at]);
-            scrubbed.extend_from_slice(REDACTED.as_bytes());
-            rest = &rest[at + pattern.len()..];
+        // memmem, not a scan of every window: a hostile upstream's error body may be 256 KiB,
+        // and this runs once per known form.
+        let finder = memchr::memmem::Finder::new(pattern.as_bytes());
+        if finder.find(&out).is_none() {
+            continue;
         }
-        scrubbed.extend_from_slice(rest);
+        let mut scrubbed = Vec::with_capacity(out.len());
+        let mut last = 0;
+        for at in finder.find_iter(&out) {
+            if at < last {
+                continue;
+            }
+            scrubbed.extend_from_slice(&out[last..at]);
+            scrubbed.extend_from_slice(REDACTED.as_bytes());
+            last = at + pattern.len();
+        }
+        scrubbed.extend_from_slice(&out[last..]);
         out = scrubbed;
     }
     out
