@@ -18,6 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 BEGIN, END = "<!-- reliability:begin -->", "<!-- reliability:end -->"
 
 
+def cut(text, limit=120):
+    """Long values (an error body quoted) are shortened in the README; the results keep them."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def fuzz_lines():
     path = ROOT / "fuzz/results/latest.md"
     if not path.exists():
@@ -47,10 +52,10 @@ def chaos_lines():
         return ["Chaos: no long run recorded yet (`tests/chaos/run --long`)."], []
     data = json.loads(path.read_text())
     counts = ", ".join(f"{k} {v}" for k, v in data["counts"].items())
-    line = (f"Chaos ({data['mode']} mode, {data['date']}, commit `{data['commit']}`, {data['seconds']} s, "
+    line = (f"Chaos ({data['mode']} mode, {data['date']}, commit `{data['commit']}`, last run {data['seconds']} s, "
             f"{data['cores']} cores, load average {data['load_after']} at the end; counts: {counts}): "
             f"{data['summary']}. Full table: `tests/chaos/results/latest.md`.")
-    rows = [f"| chaos {f['scenario']} | {f['figure']} | {f['value']} | {f['goal']} | {f['verdict']} |"
+    rows = [f"| chaos {f['scenario']} | {f['figure']} | {cut(f['value'])} | {f['goal']} | {f['verdict']} |"
             for f in data["figures"]]
     return [line], rows
 
