@@ -28,7 +28,7 @@ def fuzz_lines():
     if not path.exists():
         return ["Fuzzing: no run recorded yet (`fuzz/run`)."]
     text = path.read_text()
-    head = [l[2:] for l in text.splitlines() if l.startswith("- ")]
+    head = [l[2:] for l in text.splitlines() if l.startswith(("- date", "- command", "- this run"))]
     rows = [l for l in text.splitlines() if l.startswith("| `")]
     total_execs = 0
     crashes = 0
@@ -40,7 +40,7 @@ def fuzz_lines():
         crashes += int(crash) if crash.isdigit() else 0
         cells.append(f"{target} {int(execs):,} ({cov} edges)" if execs.isdigit() else f"{target} ?")
     return [
-        f"Fuzzing ({'; '.join(head[:2])}): {len(rows)} targets, {total_execs:,} executions, "
+        f"Fuzzing ({'; '.join(head)}): {len(rows)} targets, {total_execs:,} executions, "
         f"{crashes} crashes. Per target, executions (coverage): {', '.join(cells)}. "
         "Full table: `fuzz/results/latest.md`.",
     ]
