@@ -26,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     let reply = runtime().block_on(endpoint::read_reply(response, "token endpoint"));
     match reply {
         Ok(Reply::Json(object)) => {
-            if let Ok(issued) = endpoint::parse_token(&object) {
+            if let Ok(issued) = endpoint::parse_token(&object, std::time::SystemTime::now()) {
                 let _ = endpoint::jwt_expiry(issued.access_token.expose());
             }
         }
