@@ -3,7 +3,9 @@
 //!
 //! - Ahead of expiry (`REFRESH_SKEW`) the next token is fetched in the background (one task at a
 //!   time) while the current one keeps serving. A token is never sent in the last
-//!   [`EXPIRY_MARGIN`] of its known life: requests then wait, bounded, for the refresh in flight.
+//!   [`EXPIRY_MARGIN`] of its known life: requests then wait, bounded, for the refresh in flight,
+//!   and when none arrives before the token expires (the authorization server is down or hangs)
+//!   they are sent with it all the same; an expired token is never sent.
 //! - Expiry counts from when the token request was sent, not from when the answer arrived.
 //! - Single-flight: concurrent callers share one token request. After taking the lock a caller
 //!   looks again, because the token it wanted refreshed may have been replaced while it waited.
@@ -153,6 +155,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
 /// also bounds a wait behind another process holding the state file's lock, and answers the
 /// agent's call before its client gives up on it (60 s for Claude Code).
 const REFRESH_WAIT: Duration = Duration::from_secs(30);
+/// A request inside the margin stops waiting for the refresh this long before the held token
+/// expires, and is sent with it: a token that may be refused on arrival is still better than a
+/// call failed for certain (a refusal costs a refresh and one retry).
+const LAST_RESORT: Duration = Duration::from_millis(250);
 
 pub struct Parts {
     pub name: &'static str,
@@ -256,6 +262,22 @@ impl Manager {
         let held = self.held();
         let token = held.access.as_ref()?;
         sendable(&held, SystemTime::now()).then(|| token.clone())
+    }
+
+    /// The held token if its known expiry has not passed, inside the margin or not: what is sent
+    /// when no newer one can be had (the authorization server is down, slow or hanging).
+    fn unexpired(&self) -> Option<AccessToken> {
+        let held = self.held();
+        let token = held.access.as_ref()?;
+        (remaining(&held, SystemTime::now()) > Duration::ZERO).then(|| token.clone())
+    }
+
+    /// How long a request inside the margin waits for the refresh before it is sent with the
+    /// held token all the same: as long as that token lasts, less [`LAST_RESORT`], and never
+    /// more than the configured wait. `None` once it has expired.
+    fn margin_wait(&self) -> Option<Duration> {
+        let left = remaining(&self.held(), SystemTime::now());
+        (left > Duration::ZERO).then(|| left.saturating_sub(LAST_RESORT).min(self.refresh_wait))
     }
 
     /// Reads the state file (on the blocking pool) and adopts it; see
@@ -437,7 +459,10 @@ impl Manager {
             return Ok(rejected.clone());
         }
         if let Some(error) = self.backing_off() {
-            return self.valid().filter(|t| Some(t) != rejected).ok_or(error);
+            return self
+                .unexpired()
+                .filter(|t| Some(t) != rejected)
+                .ok_or(error);
         }
         let _file = match &self.store {
             Some(store) => Some(
@@ -474,8 +499,10 @@ impl Manager {
             }
             Err(e) => {
                 let error = self.failed(&e);
-                // A temporary failure keeps the current token in service while it is valid.
-                match (&e, self.valid()) {
+                // A temporary failure keeps the current token in service until it expires,
+                // margin or not: a call it can still make must not fail because the
+                // authorization server is down.
+                match (&e, self.unexpired()) {
                     (GrantError::Temporary(_), Some(token)) if Some(&token) != rejected => {
                         Ok(token)
                     }
@@ -727,6 +754,21 @@ fn margin(lifetime: Duration) -> Duration {
     EXPIRY_MARGIN.min(lifetime / 4)
 }
 
+/// How much of the held token's known life is left at `now`: unbounded without a known expiry,
+/// and as long as [`MIN_REFRESH_GAP`] lasts for a token just obtained (see [`sendable`]).
+fn remaining(held: &Held, now: SystemTime) -> Duration {
+    let Some(expires) = held.expires_at else {
+        return Duration::MAX;
+    };
+    let obtained = held.obtained_at.unwrap_or(expires);
+    let left = expires.duration_since(now).unwrap_or_default();
+    left.max(
+        (obtained + MIN_REFRESH_GAP)
+            .duration_since(now)
+            .unwrap_or_default(),
+    )
+}
+
 /// Whether the held token may be sent at `now` (see [`Manager::valid`]).
 fn sendable(held: &Held, now: SystemTime) -> bool {
     let Some(expires) = held.expires_at else {
@@ -758,14 +800,23 @@ impl TokenSource for Manager {
                 self.refresh_in_background();
                 return Ok(Some(token));
             }
-            // Expired, or too close to expiry to send: wait for the refresh (the one in flight,
-            // or a new one), but not forever.
-            match tokio::time::timeout(self.refresh_wait, self.acquire(None, false)).await {
-                Ok(result) => result.map(Some),
-                Err(_) => Err(TokenError::Temporary(format!(
-                    "the token expired and no new one arrived within {} s",
-                    self.refresh_wait.as_secs()
-                ))),
+            // Too close to expiry to send, or expired: wait for the refresh (the one in flight,
+            // or a new one), but not forever. While the held token has not expired, the wait
+            // ends before it does, and the call is sent with it: an authorization server that
+            // is down or hangs must not fail calls a valid token can still make.
+            let wait = self.margin_wait();
+            let acquired =
+                tokio::time::timeout(wait.unwrap_or(self.refresh_wait), self.acquire(None, false))
+                    .await;
+            match acquired {
+                Ok(Ok(token)) => Ok(Some(token)),
+                Ok(Err(e)) => self.unexpired().map(Some).ok_or(e),
+                Err(_) => self.unexpired().map(Some).ok_or_else(|| {
+                    TokenError::Temporary(format!(
+                        "the token expired and no new one arrived within {} s",
+                        wait.unwrap_or(self.refresh_wait).as_secs()
+                    ))
+                }),
             }
         })
     }
@@ -886,6 +937,9 @@ mod tests {
         obtains: AtomicUsize,
         gate: tokio::sync::Semaphore,
         lifetime: Duration,
+        /// Every token request after the first fails at once, as an authorization server
+        /// answering 500 does.
+        failing: AtomicBool,
     }
 
     struct Shared(Arc<Gated>);
@@ -894,6 +948,9 @@ mod tests {
         fn obtain(&self) -> BoxFuture<'_, Result<Issued, GrantError>> {
             Box::pin(async move {
                 let n = self.0.obtains.fetch_add(1, Ordering::SeqCst) + 1;
+                if n > 1 && self.0.failing.load(Ordering::SeqCst) {
+                    return Err(GrantError::Temporary("HTTP 500".into()));
+                }
                 if n > 1 {
                     self.0.gate.acquire().await.expect("never closed").forget();
                 }
@@ -916,6 +973,7 @@ mod tests {
             obtains: AtomicUsize::new(0),
             gate: tokio::sync::Semaphore::new(0),
             lifetime,
+            failing: AtomicBool::new(false),
         });
         let manager = Manager::with_wait(
             Parts {
@@ -971,6 +1029,42 @@ mod tests {
         .await;
         grant.gate.add_permits(1);
         assert_eq!(waiting.await.expect("no panic"), "canary-manager-2");
+    }
+
+    #[tokio::test]
+    async fn inside_the_margin_a_failing_authorization_server_does_not_fail_the_call() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated(lifetime);
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        grant.failing.store(true, Ordering::SeqCst);
+        age(&manager, lifetime, EXPIRY_MARGIN / 2);
+        // The refresh fails, and the held token has not expired: it is sent (DESIGN: transient
+        // errors keep the current token while it is valid).
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        assert!(
+            grant.obtains.load(Ordering::SeqCst) >= 2,
+            "a refresh was tried"
+        );
+    }
+
+    #[tokio::test]
+    async fn inside_the_margin_a_hanging_refresh_is_waited_for_only_while_the_token_lasts() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated(lifetime);
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        // The refresh hangs (the gate stays closed); the held token lasts one more second.
+        age(&manager, lifetime, Duration::from_secs(1));
+        let answer = tokio::time::timeout(Duration::from_secs(10), manager.token()).await;
+        let sent = answer.expect("the wait ends before the token expires");
+        assert_eq!(
+            sent.expect("a token").expect("not none").secret().expose(),
+            "canary-manager-1"
+        );
+        assert_eq!(
+            grant.obtains.load(Ordering::SeqCst),
+            2,
+            "the refresh is in flight"
+        );
     }
 
     #[tokio::test]
