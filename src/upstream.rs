@@ -401,7 +401,9 @@ pub fn http_client_builder(
     Ok(builder)
 }
 
-fn is_connection_refused(e: &reqwest::Error) -> bool {
+/// Whether nothing listened at the address: a refused connect, found anywhere in the error's
+/// chain of causes.
+pub fn is_connection_refused(e: &reqwest::Error) -> bool {
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         if let Some(io) = s.downcast_ref::<std::io::Error>()

@@ -100,15 +100,8 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
 
 /// Why a request to the sidecar failed; a refused connection says that nothing listens there.
 pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
-    let mut source = std::error::Error::source(e);
-    while let Some(cause) = source {
-        if cause
-            .downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
-        {
-            return format!("no sidecar answers at {url} (connection refused)");
-        }
-        source = cause.source();
+    if crate::upstream::is_connection_refused(e) {
+        return format!("no sidecar answers at {url} (connection refused)");
     }
     format!("{url}: {}", crate::upstream::describe_reqwest_error(e))
 }
