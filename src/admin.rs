@@ -55,10 +55,7 @@ fn is_mcp_path(app: &App, path: &str) -> bool {
 
 /// The JSON answer to a refused request: 400 or 403, never 401.
 fn refused(refusal: &crate::guard::Refusal) -> Response {
-    let error = match refusal {
-        crate::guard::Refusal::Malformed(_) => "bad_request",
-        crate::guard::Refusal::NotAllowed(_) => "forbidden",
-    };
+    let error = refusal.reason();
     (
         refusal.status(),
         Json(json!({ "error": error, "detail": refusal.message() })),

@@ -52,6 +52,14 @@ impl Refusal {
         }
     }
 
+    /// The reason word the JSON answers carry (`bad_request` or `forbidden`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Malformed(_) => "bad_request",
+            Self::NotAllowed(_) => "forbidden",
+        }
+    }
+
     pub fn message(&self) -> &str {
         match self {
             Self::Malformed(m) | Self::NotAllowed(m) => m,

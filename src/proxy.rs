@@ -293,10 +293,7 @@ fn refuse(app: &App, method: &Method, uri: &http::Uri, headers: &HeaderMap) -> O
     let refusal = app.guard.check(uri, headers).err()?;
     tracing::warn!(%method, reason = %refusal, "refused a client request");
     app.metrics.record_request(method, Outcome::refused);
-    let reason = match refusal {
-        crate::guard::Refusal::Malformed(_) => "bad_request",
-        crate::guard::Refusal::NotAllowed(_) => "forbidden",
-    };
+    let reason = refusal.reason();
     Some(error_response(
         refusal.status(),
         Value::Null,
