@@ -146,6 +146,17 @@ mod tests {
     }
 
     #[test]
+    fn the_scheme_is_case_insensitive() {
+        for scheme in ["bearer", "BEARER", "BeArEr"] {
+            let c = parse(&format!(
+                r#"Basic realm="x", {scheme} error="invalid_token""#
+            ))
+            .unwrap();
+            assert!(c.is_invalid_token(), "{scheme}");
+        }
+    }
+
+    #[test]
     fn bare_scheme_and_garbage() {
         assert_eq!(parse("Bearer"), Some(BearerChallenge::default()));
         assert_eq!(parse("Basic realm=\"x\""), None);

@@ -177,7 +177,7 @@ fn check_token(demo: &Demo, headers: &HeaderMap) -> Option<Response> {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(crate::guard::bearer_credential);
     let expected: Option<Secret> = demo.token.read().ok();
     let ok = matches!((presented, &expected), (Some(p), Some(e)) if e.matches(p.as_bytes()));
     if ok {

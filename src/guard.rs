@@ -127,11 +127,7 @@ impl Guard {
             let presented = headers
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| {
-                    v.strip_prefix("Bearer ")
-                        .or_else(|| v.strip_prefix("bearer "))
-                })
-                .map(str::trim);
+                .and_then(bearer_credential);
             let ok = match (presented, expected.read()) {
                 (Some(presented), Ok(secret)) => secret.matches(presented.as_bytes()),
                 (_, Err(e)) => {
@@ -192,6 +188,17 @@ impl Guard {
         }
         is_host && (self.allow_any_host || host.parse::<std::net::IpAddr>().is_ok())
     }
+}
+
+/// The credential of an `Authorization: Bearer <credential>` value. Auth schemes are
+/// case-insensitive (RFC 9110 section 11.1): `BEARER x` and `bearer x` are the same, and any run
+/// of spaces may separate scheme and credential.
+pub fn bearer_credential(value: &str) -> Option<&str> {
+    let (scheme, credential) = value.trim_start().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
 }
 
 /// The host a request is addressed to: its one Host header, or the authority of an absolute-form
@@ -391,6 +398,38 @@ mod tests {
                 )
                 .is_ok()
         );
+    }
+
+    #[test]
+    fn the_client_tokens_scheme_is_matched_in_any_case() {
+        let token = format!("ct+/=&{}", "k".repeat(220));
+        let guard = Guard::new(vec![], Some(SecretSource::Inline(Secret::new(&token))));
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            let value = format!("{scheme} {token}");
+            assert!(
+                guard
+                    .check(
+                        &uri(),
+                        &headers(&[("host", "localhost"), ("authorization", &value)])
+                    )
+                    .is_ok(),
+                "scheme {scheme}"
+            );
+        }
+        for value in [
+            format!("Basic {token}"),
+            format!("Bearer{token}"),
+            "Bearer ".into(),
+        ] {
+            assert!(
+                guard
+                    .check(
+                        &uri(),
+                        &headers(&[("host", "localhost"), ("authorization", &value)])
+                    )
+                    .is_err()
+            );
+        }
     }
 
     fn malformed(guard: &Guard, uri: &http::Uri, headers: &HeaderMap) -> bool {
