@@ -67,6 +67,13 @@ fn redirect_policy() -> reqwest::redirect::Policy {
     })
 }
 
+/// Whether `status` sends the client elsewhere. Not every 3xx does: 300 (a choice of
+/// representations) and 304 (not modified, an answer to a conditional request) carry no
+/// redirect to follow, so they are the upstream's answer and pass on unchanged.
+pub fn is_redirect(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
 fn detail_suffix(detail: &str) -> String {
     if detail.is_empty() {
         String::new()
@@ -186,6 +193,7 @@ impl Upstream {
             // AUTH=none: there is nothing to refresh, and a retry would be refused the same way.
             return Err(rejected(response.status(), challenge));
         }
+        let status = response.status();
         drop(response);
         let fresh = self.tokens.refresh(token.as_ref()).await?;
         let reason = crate::secret::scrub(
@@ -195,12 +203,14 @@ impl Upstream {
                 .unwrap_or_default(),
         );
         if fresh == token {
-            // A static token that the upstream refuses: the readiness state change already says
-            // so once; repeating it on every request and check would only bury other lines.
-            tracing::debug!(%reason, "upstream rejected the token; the source has no other, retrying once");
-        } else {
-            tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
+            // A static token (or an unchanged TOKEN_FILE) that the upstream refuses: sending it
+            // again would be refused the same way, doubling the upstream traffic for nothing. The
+            // readiness state change already reports it once; a line per request would only bury
+            // other lines.
+            tracing::debug!(%reason, "upstream rejected the token; the source has no other, not retrying");
+            return Err(rejected(status, challenge));
         }
+        tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
         let response = self
             .send_once(&method, &url, &headers, &body, fresh.as_ref())
             .await?;
@@ -260,7 +270,7 @@ impl Upstream {
         &self,
         response: reqwest::Response,
     ) -> Result<reqwest::Response, UpstreamError> {
-        if !response.status().is_redirection() {
+        if !is_redirect(response.status()) {
             return Ok(response);
         }
         let location = response

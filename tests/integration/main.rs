@@ -4,6 +4,7 @@
 mod common;
 
 mod cli;
+mod defects;
 mod oauth;
 mod proxy;
 mod readiness;

@@ -136,7 +136,7 @@ async fn client_disconnect_closes_the_upstream_request() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_401_gets_one_refresh_and_retry() {
+async fn a_401_to_a_static_token_is_answered_at_once_without_resending_it() {
     let (mock, sidecar) = ready_pair().await;
     mock.state.reject_next.store(1, Ordering::SeqCst);
     let client = reqwest::Client::new();
@@ -148,12 +148,15 @@ async fn a_401_gets_one_refresh_and_retry() {
     .send()
     .await
     .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 502, "never 401 to the client");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["result"]["content"][0]["text"], "again");
-    let seen = mock.state.client_requests();
-    assert_eq!(seen.len(), 2, "one rejected attempt, one retry");
-    assert_eq!(seen[0].body, seen[1].body, "the body is replayed unchanged");
+    assert_eq!(body["id"], 2);
+    assert_eq!(body["error"]["data"]["reason"], "upstream_auth_rejected");
+    assert_eq!(
+        mock.state.client_requests().len(),
+        1,
+        "TOKEN has no other value: the same token is not sent twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -233,7 +236,11 @@ async fn a_second_401_gives_502_with_the_request_id_and_not_ready() {
         message.contains("rejected") && message.contains("token expired"),
         "{message}"
     );
-    assert_eq!(mock.state.client_requests().len(), 2, "exactly one retry");
+    assert_eq!(
+        mock.state.client_requests().len(),
+        1,
+        "a static token refused is not sent again"
+    );
 
     let ready = sidecar.wait_reason("upstream_auth_rejected").await;
     assert_eq!(ready["ready"], false);
