@@ -228,8 +228,11 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     .get(&MCP_SESSION_ID)
                     .and_then(|v| v.to_str().ok())
                 && crate::session::is_initialize(&body)
+                // A replay goes to the endpoint; a legacy message URL makes no sessions.
+                && matches!(target, Target::Endpoint)
             {
-                app.sessions.remember(id, body.clone(), &headers);
+                app.sessions
+                    .remember(id, body.clone(), &headers, parts.uri.query());
             }
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);

@@ -37,6 +37,9 @@ pub struct Session {
     initialize: Bytes,
     /// The headers it came with (Accept, protocol version, client-specific ones).
     headers: HeaderMap,
+    /// The query of the client's target (`?tenant=a`): a replay goes where the client's
+    /// initialize went, or the upstream makes the session for another tenant, or none.
+    query: Option<String>,
     /// The session id the upstream currently knows this client by.
     upstream_id: tokio::sync::Mutex<String>,
     order: u64,
@@ -71,8 +74,15 @@ impl Sessions {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records a session the upstream just created for a client's `initialize`.
-    pub fn remember(&self, client_id: &str, initialize: Bytes, headers: &HeaderMap) {
+    /// Records a session the upstream just created for a client's `initialize`, sent with
+    /// `query` appended to the upstream URL.
+    pub fn remember(
+        &self,
+        client_id: &str,
+        initialize: Bytes,
+        headers: &HeaderMap,
+        query: Option<&str>,
+    ) {
         let mut replay_headers = HeaderMap::new();
         for (name, value) in headers {
             if name != MCP_SESSION_ID {
@@ -82,6 +92,7 @@ impl Sessions {
         let session = Arc::new(Session {
             initialize,
             headers: replay_headers,
+            query: query.map(str::to_string),
             upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
             order: self.created.fetch_add(1, Ordering::Relaxed),
         });
@@ -107,6 +118,12 @@ impl Sessions {
 }
 
 impl Session {
+    /// The query the client's initialize carried: what every request the sidecar sends on this
+    /// session's behalf appends to the upstream URL.
+    pub fn query(&self) -> Option<&str> {
+        self.query.as_deref()
+    }
+
     /// The id to send upstream in place of the client's.
     pub async fn upstream_id(&self) -> String {
         self.upstream_id.lock().await.clone()
@@ -132,7 +149,12 @@ impl Session {
             );
         }
         let response = upstream
-            .send(Method::POST, None, headers.clone(), self.initialize.clone())
+            .send(
+                Method::POST,
+                self.query.as_deref(),
+                headers.clone(),
+                self.initialize.clone(),
+            )
             .await?;
         if !response.status().is_success() {
             return Err(ReinitError::Refused(format!(
@@ -171,7 +193,7 @@ impl Session {
         let response = upstream
             .send(
                 Method::POST,
-                None,
+                self.query.as_deref(),
                 headers,
                 Bytes::from_static(crate::mcp::INITIALIZED_NOTIFICATION),
             )

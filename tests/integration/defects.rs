@@ -10,6 +10,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
+use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{Sidecar, call, mcp_post};
 
 /// Serves `router` on 127.0.0.1 port 0 until the test's runtime ends.
@@ -180,4 +181,77 @@ async fn a_token_file_that_changed_after_a_401_is_retried_with_the_new_value() {
         3,
         "one request, no resend"
     );
+}
+
+async fn ready_mock() -> (MockUpstream, Sidecar) {
+    let mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    sidecar.wait_reason("ready").await;
+    (mock, sidecar)
+}
+
+const TOKEN: &str = "defects-token";
+
+fn initialize_body() -> String {
+    json!({"jsonrpc":"2.0","id":0,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"test","version":"1"}}})
+    .to_string()
+}
+
+/// Initializes a session through the sidecar at `url`; returns the client's session id.
+async fn initialize(client: &reqwest::Client, url: &str) -> String {
+    let response = mcp_post(client, url, initialize_body())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let notified = mcp_post(
+        client,
+        url,
+        json!({"jsonrpc":"2.0","method":"notifications/initialized"}).to_string(),
+    )
+    .header("mcp-session-id", &session)
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(notified.status(), 202);
+    session
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_initialize_keeps_the_clients_query() {
+    let (mock, sidecar) = ready_mock().await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp?tenant=a&region=eu");
+    let session = initialize(&client, &url).await;
+    mock.state.forget_sessions();
+
+    let response = mcp_post(&client, &url, call(1, "echo", json!({"text": "x"})))
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = mock.state.client_requests();
+    let methods: Vec<_> = seen.iter().map(|r| r.rpc_method()).collect();
+    assert_eq!(
+        methods
+            .iter()
+            .filter(|m| m.as_deref() == Some("initialize"))
+            .count(),
+        2,
+        "the client's initialize and one replay: {methods:?}"
+    );
+    for request in &seen {
+        assert_eq!(
+            request.query.as_deref(),
+            Some("tenant=a&region=eu"),
+            "{:?} went upstream without the client's query",
+            request.rpc_method()
+        );
+    }
 }
