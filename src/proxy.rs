@@ -189,10 +189,22 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                 result = send(headers.clone()).await;
                 // The retry went out under the new id; a response echoing it is renamed.
                 sent_session = Some(fresh);
+                if let Ok(response) = result {
+                    let (gone, response) =
+                        crate::session::forgotten(response, app.reinit_timeout).await;
+                    if gone {
+                        let error = crate::session::ReinitError::ForgottenAgain;
+                        return session_unavailable(&app, &method, &body, &error);
+                    }
+                    result = Ok(response);
+                }
             }
+            // Answered like any request that cannot be delivered (502/503/504 by cause).
+            Err(crate::session::ReinitError::Upstream(e)) => result = Err(e),
+            Err(e) if e.is_transient() => return session_unavailable(&app, &method, &body, &e),
             Err(e) => tracing::warn!(
                 error = %crate::secret::scrub(&e.to_string()),
-                "the upstream forgot a client's session and re-initializing it failed; passing its answer on"
+                "the upstream forgot a client's session and will not re-make it; passing its answer on"
             ),
         }
     }
@@ -289,6 +301,32 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             error_response(status, id, code, &format!("mcp-sidecar: {cause}"), reason)
         }
     }
+}
+
+/// The answer when a session the upstream forgot could not be re-made for a reason that may
+/// pass: 503 with a JSON-RPC error, never the upstream's 404, which would tell the client its
+/// session is gone for good.
+fn session_unavailable(
+    app: &App,
+    method: &Method,
+    body: &Bytes,
+    error: &crate::session::ReinitError,
+) -> Response {
+    app.readiness.trigger();
+    let cause = crate::secret::scrub(&error.to_string());
+    let reason = "session_reinit_failed";
+    tracing::warn!(%method, reason, error = %cause, "the upstream forgot a client's session and re-making it failed; the client may retry");
+    app.metrics
+        .record_request(method, Outcome::upstream_unreachable);
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        jsonrpc::request_id(body),
+        Code::UpstreamUnreachable,
+        &format!(
+            "mcp-sidecar: the upstream lost this session and re-initializing it failed ({cause}); retry"
+        ),
+        reason,
+    )
 }
 
 /// The 403 for a request the guard refuses (Host, Origin, client token).

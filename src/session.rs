@@ -45,15 +45,45 @@ pub struct Session {
     order: u64,
 }
 
-/// Why a re-initialization failed; the client then gets the upstream's original 404.
+/// Why a re-initialization failed. The caller branches on [`ReinitError::is_transient`]: a
+/// fault that may pass is answered 502/503 (the client retries, its session intact); only a
+/// session the upstream will not re-make gets the upstream's 404.
 #[derive(Debug, thiserror::Error)]
 pub enum ReinitError {
+    /// The replay could not be delivered (upstream down, credential refused, ...).
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// A replayed step was answered with an HTTP error status.
+    #[error("the replayed {step} was answered HTTP {status}")]
+    Status {
+        step: &'static str,
+        status: http::StatusCode,
+    },
+    /// The upstream answered the replayed initialize, but not with a session to use.
     #[error("{0}")]
     Refused(String),
     #[error("the replayed initialize did not complete in time")]
     TimedOut,
+    /// The retry under the re-made session was told again that the session is unknown.
+    #[error("the upstream forgot the re-made session at once")]
+    ForgottenAgain,
+}
+
+impl ReinitError {
+    /// Whether a later attempt may succeed: the upstream is down, slow, overloaded, restarting
+    /// (a 404 to an initialize, which carries no session, is a route not served yet), or lost
+    /// the new session at once. A 404 for any of these would tell the client its session is
+    /// gone, and Claude Code re-initializes once after a 404 and then leaves the server dead
+    /// (anthropics/claude-code#94273).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Upstream(_) | Self::TimedOut | Self::ForgottenAgain => true,
+            Self::Status { status, .. } => {
+                status.is_server_error() || matches!(status.as_u16(), 404 | 408 | 425 | 429)
+            }
+            Self::Refused(_) => false,
+        }
+    }
 }
 
 impl Default for Sessions {
@@ -157,10 +187,10 @@ impl Session {
             )
             .await?;
         if !response.status().is_success() {
-            return Err(ReinitError::Refused(format!(
-                "the replayed initialize was answered HTTP {}",
-                response.status()
-            )));
+            return Err(ReinitError::Status {
+                step: "initialize",
+                status: response.status(),
+            });
         }
         let new_id = response
             .headers()
@@ -176,7 +206,11 @@ impl Session {
             .unwrap_or(Value::Null);
         let reply = crate::handshake::read_reply(response, &id, "replayed initialize")
             .await
-            .map_err(|e| ReinitError::Refused(e.to_string()))?;
+            .map_err(|e| match e {
+                // The reply broke off: the upstream went away mid-answer.
+                crate::handshake::HandshakeError::Upstream(e) => ReinitError::Upstream(e),
+                e => ReinitError::Refused(e.to_string()),
+            })?;
         let version = reply
             .pointer("/result/protocolVersion")
             .and_then(Value::as_str)
@@ -199,10 +233,10 @@ impl Session {
             )
             .await?;
         if !response.status().is_success() {
-            return Err(ReinitError::Refused(format!(
-                "notifications/initialized after the replay was answered HTTP {}",
-                response.status()
-            )));
+            return Err(ReinitError::Status {
+                step: "notifications/initialized",
+                status: response.status(),
+            });
         }
         tracing::info!("upstream forgot a client's session; re-initialized it transparently");
         *current = new_id.clone();

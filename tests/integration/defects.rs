@@ -255,3 +255,211 @@ async fn a_replayed_initialize_keeps_the_clients_query() {
         );
     }
 }
+
+/// How [`flaky`] answers an `initialize` once the test has set it.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+enum Replay {
+    /// Makes a session, like any server.
+    #[default]
+    Works,
+    /// Answers this status (a server restarting behind a gateway, or refusing the request).
+    Status(u16),
+    /// Accepts the request and never answers.
+    Hangs,
+    /// Makes the session and forgets it right after `notifications/initialized`.
+    ForgetsAtOnce,
+    /// Starts a reply and breaks off (the server died mid-answer).
+    BreaksOff,
+}
+
+#[derive(Default)]
+struct Flaky {
+    sessions: Mutex<std::collections::HashSet<String>>,
+    made: std::sync::atomic::AtomicUsize,
+    replay: Mutex<Replay>,
+}
+
+/// An MCP upstream (2025-11-25, JSON replies) whose `initialize` fails on command.
+async fn flaky(
+    axum::extract::State(state): axum::extract::State<Arc<Flaky>>,
+    method: axum::http::Method,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    if let Some(id) = &session
+        && !state.sessions.lock().unwrap().contains(id)
+    {
+        return (StatusCode::NOT_FOUND, "session not found").into_response();
+    }
+    if method == axum::http::Method::DELETE {
+        state
+            .sessions
+            .lock()
+            .unwrap()
+            .remove(session.as_deref().unwrap_or(""));
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    if method != axum::http::Method::POST {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let id = message.get("id").cloned().unwrap_or(Value::Null);
+    let replay = *state.replay.lock().unwrap();
+    match message["method"].as_str().unwrap_or("") {
+        "initialize" => {
+            match replay {
+                Replay::Status(code) => {
+                    return (StatusCode::from_u16(code).unwrap(), "no").into_response();
+                }
+                Replay::Hangs => return std::future::pending::<Response>().await,
+                Replay::BreaksOff => {
+                    let chunks = futures_util::stream::iter([
+                        Ok(axum::body::Bytes::from_static(b"{\"jsonrpc\":")),
+                        Err(std::io::Error::other("killed")),
+                    ]);
+                    return (
+                        [
+                            ("mcp-session-id", "flaky-broken"),
+                            ("content-type", "application/json"),
+                        ],
+                        axum::body::Body::from_stream(chunks),
+                    )
+                        .into_response();
+                }
+                Replay::Works | Replay::ForgetsAtOnce => {}
+            }
+            let n = state.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let new = format!("flaky-{n}");
+            state.sessions.lock().unwrap().insert(new.clone());
+            (
+                [("mcp-session-id", new)],
+                axum::Json(json!({"jsonrpc":"2.0","id":id,"result":{
+                    "protocolVersion":"2025-11-25","capabilities":{},
+                    "serverInfo":{"name":"flaky","version":"1"}}})),
+            )
+                .into_response()
+        }
+        "notifications/initialized" => {
+            if replay == Replay::ForgetsAtOnce {
+                state.sessions.lock().unwrap().clear();
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
+        _ => axum::Json(json!({"jsonrpc":"2.0","id":id,"result":{"content":[]}})).into_response(),
+    }
+}
+
+/// A flaky upstream, a sidecar in front of it, and a client session made through both.
+async fn flaky_session(extra: &[(&str, &str)]) -> (Arc<Flaky>, Sidecar, String) {
+    let state = Arc::new(Flaky::default());
+    let router = Router::new()
+        .route("/mcp", axum::routing::any(flaky))
+        .with_state(state.clone());
+    let addr = serve(router).await;
+    let upstream = format!("http://{addr}/mcp");
+    let mut env = vec![
+        ("UPSTREAM_URL", upstream.as_str()),
+        ("TOKEN", TOKEN),
+        ("READY_INTERVAL", "300s"),
+    ];
+    env.extend_from_slice(extra);
+    let sidecar = Sidecar::start(&env).await;
+    sidecar.wait_reason("ready").await;
+    let session = initialize(&reqwest::Client::new(), &sidecar.url("/mcp")).await;
+    (state, sidecar, session)
+}
+
+async fn call_in(sidecar: &Sidecar, session: &str, id: u64) -> reqwest::Response {
+    mcp_post(
+        &reqwest::Client::new(),
+        &sidecar.url("/mcp"),
+        call(id, "echo", json!({})),
+    )
+    .header("mcp-session-id", session)
+    .send()
+    .await
+    .unwrap()
+}
+
+/// The answer a client may retry: 502/503/504 with a JSON-RPC error carrying its id.
+async fn assert_retryable(response: reqwest::Response, id: u64, reason: &str, case: &str) {
+    let status = response.status().as_u16();
+    assert!(
+        matches!(status, 502..=504),
+        "{case}: HTTP {status}, never a 404 for a fault that passes"
+    );
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["jsonrpc"], "2.0", "{case}");
+    assert_eq!(body["id"], id, "{case}");
+    assert_eq!(body["error"]["data"]["reason"], reason, "{case}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forgotten_session_that_cannot_be_remade_yet_is_never_a_404() {
+    for (replay, case) in [
+        (Replay::Status(503), "replayed initialize answered 503"),
+        (
+            Replay::Status(502),
+            "replayed initialize answered 502 by a gateway",
+        ),
+        (Replay::Status(404), "initialize route not served yet"),
+        (Replay::Status(429), "replayed initialize rate-limited"),
+        (Replay::ForgetsAtOnce, "re-made session forgotten at once"),
+    ] {
+        let (state, sidecar, session) = flaky_session(&[]).await;
+        state.sessions.lock().unwrap().clear();
+        *state.replay.lock().unwrap() = replay;
+        let response = call_in(&sidecar, &session, 7).await;
+        assert_retryable(response, 7, "session_reinit_failed", case).await;
+
+        // Once the upstream works again, the same client session carries on.
+        *state.replay.lock().unwrap() = Replay::Works;
+        let response = call_in(&sidecar, &session, 8).await;
+        assert_eq!(response.status(), 200, "{case}: recovered afterwards");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_initialize_that_hangs_is_a_503_not_a_404() {
+    let (state, sidecar, session) = flaky_session(&[("READY_TIMEOUT", "1s")]).await;
+    state.sessions.lock().unwrap().clear();
+    *state.replay.lock().unwrap() = Replay::Hangs;
+    let response = call_in(&sidecar, &session, 9).await;
+    assert_retryable(response, 9, "session_reinit_failed", "replay hangs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replayed_initialize_whose_reply_breaks_off_is_a_502_not_a_404() {
+    let (state, sidecar, session) = flaky_session(&[]).await;
+    state.sessions.lock().unwrap().clear();
+    *state.replay.lock().unwrap() = Replay::BreaksOff;
+    let response = call_in(&sidecar, &session, 6).await;
+    assert_retryable(response, 6, "upstream_unreachable", "reply broke off").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_down_under_a_session_is_a_502_not_a_404() {
+    let mut mock = MockUpstream::start(TOKEN, Mode::Legacy);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    sidecar.wait_reason("ready").await;
+    let session = initialize(&reqwest::Client::new(), &sidecar.url("/mcp")).await;
+    mock.stop();
+    let response = call_in(&sidecar, &session, 3).await;
+    assert_retryable(response, 3, "upstream_unreachable", "upstream down").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_the_upstream_will_not_remake_gets_its_404() {
+    // The replayed initialize is refused as a bad request: the session cannot be recovered, and
+    // the client must learn that its session is gone (the spec's 404) to start a new one.
+    let (state, sidecar, session) = flaky_session(&[]).await;
+    state.sessions.lock().unwrap().clear();
+    *state.replay.lock().unwrap() = Replay::Status(400);
+    assert_eq!(call_in(&sidecar, &session, 4).await.status(), 404);
+    // A session id the sidecar never saw is unknown to it too: nothing to replay.
+    assert_eq!(call_in(&sidecar, "never-seen", 5).await.status(), 404);
+}
