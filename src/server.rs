@@ -95,7 +95,7 @@ pub async fn serve(
         upstream: upstream.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
-        sessions: Sessions::new(),
+        sessions: Sessions::new(config.sessions),
         legacy: crate::legacy::Endpoints::new(),
         sse_keepalive: config.sse_keepalive,
         reinit_timeout: config.ready.timeout,

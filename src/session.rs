@@ -9,27 +9,108 @@
 //!
 //! Re-initialization is single-flight per session: concurrent 404s for one session cause one
 //! replay, the other requests retry with its result.
+//!
+//! What is remembered is bounded three ways ([`SessionLimits`]): a count, a byte budget over the
+//! stored initialize requests (each may be up to `MAX_BODY_BYTES`), and an idle time. Sessions
+//! are kept in order of last use, so making room takes the least recently used from the front
+//! of that order instead of scanning every session under the lock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 use serde_json::Value;
 
+pub use crate::config::SessionLimits;
 use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use crate::upstream::{Upstream, UpstreamError};
 
-/// How many sessions are remembered; beyond this the least recently created is forgotten (its
-/// client then sees the upstream's 404, as without the sidecar).
-const MAX_SESSIONS: usize = 10_000;
+/// What one remembered session costs besides the bytes counted ([`Session::cost`]): the map
+/// entry, the order entry, the `Arc` and its mutex. An estimate; it keeps a flood of tiny
+/// sessions inside the budget too.
+const SESSION_OVERHEAD: usize = 256;
 
+/// The sessions the sidecar can re-make, least recently used first out. A session forgotten
+/// here (evicted, idle too long) is one whose client sees the upstream's 404, as without the
+/// sidecar.
 pub struct Sessions {
-    map: Mutex<HashMap<String, Arc<Session>>>,
-    created: AtomicU64,
+    store: Mutex<Store>,
+    limits: SessionLimits,
+    /// Whether an initialize too large to remember was reported: once, as a client can send
+    /// any number of them.
+    too_large_said: AtomicBool,
+}
+
+#[derive(Default)]
+struct Store {
+    map: HashMap<String, Entry>,
+    /// Client session ids by the tick of their last use, oldest first: eviction and expiry take
+    /// from the front, O(log n) each.
+    order: BTreeMap<u64, String>,
+    /// The sum of every entry's `cost`.
+    bytes: usize,
+    tick: u64,
+}
+
+struct Entry {
+    session: Arc<Session>,
+    /// Its key in `order`.
+    tick: u64,
+    used: Instant,
+    cost: usize,
+}
+
+impl Store {
+    fn touch(&mut self, client_id: &str, now: Instant) -> Option<Arc<Session>> {
+        self.tick += 1;
+        let tick = self.tick;
+        let entry = self.map.get_mut(client_id)?;
+        let old = std::mem::replace(&mut entry.tick, tick);
+        entry.used = now;
+        let session = entry.session.clone();
+        if let Some(id) = self.order.remove(&old) {
+            self.order.insert(tick, id);
+        }
+        Some(session)
+    }
+
+    fn remove(&mut self, client_id: &str) -> Option<Entry> {
+        let entry = self.map.remove(client_id)?;
+        self.order.remove(&entry.tick);
+        self.bytes -= entry.cost;
+        Some(entry)
+    }
+
+    /// Forgets the least recently used session; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, id)) = self.order.pop_first() else {
+            return false;
+        };
+        if let Some(entry) = self.map.remove(&id) {
+            self.bytes -= entry.cost;
+        }
+        true
+    }
+
+    /// Forgets sessions unused for longer than `idle`: they are at the front of the order.
+    fn expire(&mut self, now: Instant, idle: std::time::Duration) {
+        while let Some((_, id)) = self.order.first_key_value() {
+            let expired = self
+                .map
+                .get(id)
+                .is_none_or(|e| now.saturating_duration_since(e.used) >= idle);
+            if !expired {
+                break;
+            }
+            self.evict_oldest();
+        }
+    }
 }
 
 pub struct Session {
@@ -42,7 +123,6 @@ pub struct Session {
     query: Option<String>,
     /// The session id the upstream currently knows this client by.
     upstream_id: tokio::sync::Mutex<String>,
-    order: u64,
 }
 
 /// Why a re-initialization failed. The caller branches on [`ReinitError::is_transient`]: a
@@ -86,22 +166,23 @@ impl ReinitError {
     }
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Sessions {
-    pub fn new() -> Self {
+    pub fn new(limits: SessionLimits) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
-            created: AtomicU64::new(0),
+            store: Mutex::new(Store::default()),
+            limits,
+            too_large_said: AtomicBool::new(false),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How many sessions are remembered, and the bytes they are counted as.
+    pub fn usage(&self) -> (usize, usize) {
+        let store = self.lock();
+        (store.map.len(), store.bytes)
     }
 
     /// Records a session the upstream just created for a client's `initialize`, sent with
@@ -113,28 +194,59 @@ impl Sessions {
         headers: &HeaderMap,
         query: Option<&str>,
     ) {
-        let replay_headers = crate::headers::replayed(headers);
-        let session = Arc::new(Session {
-            initialize,
-            headers: replay_headers,
+        let session = Session {
+            // A copy of exactly its length: the request buffer it came in may have grown to
+            // twice that, and a slice of it would keep all of it alive, uncounted.
+            initialize: Bytes::copy_from_slice(&initialize),
+            headers: crate::headers::replayed(headers),
             query: query.map(str::to_string),
             upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
-            order: self.created.fetch_add(1, Ordering::Relaxed),
-        });
-        let mut map = self.lock();
-        if map.len() >= MAX_SESSIONS
-            && let Some(oldest) = map
-                .iter()
-                .min_by_key(|(_, s)| s.order)
-                .map(|(k, _)| k.clone())
-        {
-            map.remove(&oldest);
+        };
+        let cost = session.cost(client_id);
+        let now = Instant::now();
+        let mut store = self.lock();
+        store.remove(client_id);
+        store.expire(now, self.limits.idle_timeout);
+        if cost > self.limits.max_bytes {
+            drop(store);
+            if self.too_large_said.swap(true, Ordering::Relaxed) {
+                tracing::debug!(bytes = cost, "an initialize too large to remember");
+            } else {
+                tracing::warn!(
+                    bytes = cost,
+                    "a client's initialize is larger than MCP_SIDECAR_MAX_SESSION_BYTES; its session is not remembered and will not survive an upstream restart (said once)"
+                );
+            }
+            return;
         }
-        map.insert(client_id.to_string(), session);
+        while store.map.len() >= self.limits.max_sessions
+            || store.bytes + cost > self.limits.max_bytes
+        {
+            if !store.evict_oldest() {
+                break;
+            }
+        }
+        store.tick += 1;
+        let tick = store.tick;
+        store.order.insert(tick, client_id.to_string());
+        store.bytes += cost;
+        store.map.insert(
+            client_id.to_string(),
+            Entry {
+                session: Arc::new(session),
+                tick,
+                used: now,
+                cost,
+            },
+        );
     }
 
+    /// The session, marked as used now; `None` when unknown or idle past `SESSION_IDLE_TIMEOUT`.
     pub fn get(&self, client_id: &str) -> Option<Arc<Session>> {
-        self.lock().get(client_id).cloned()
+        let now = Instant::now();
+        let mut store = self.lock();
+        store.expire(now, self.limits.idle_timeout);
+        store.touch(client_id, now)
     }
 
     pub fn forget(&self, client_id: &str) {
@@ -143,6 +255,22 @@ impl Sessions {
 }
 
 impl Session {
+    /// The bytes this session is counted as against `MAX_SESSION_BYTES`.
+    fn cost(&self, client_id: &str) -> usize {
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum();
+        // The id is stored twice: the map key and the order entry (and once more as the
+        // upstream id).
+        SESSION_OVERHEAD
+            + self.initialize.len()
+            + headers
+            + self.query.as_ref().map_or(0, String::len)
+            + 3 * client_id.len()
+    }
+
     /// The query the client's initialize carried: what every request the sidecar sends on this
     /// session's behalf appends to the upstream URL.
     pub fn query(&self) -> Option<&str> {
@@ -318,4 +446,129 @@ pub fn is_initialize(body: &[u8]) -> bool {
         return false;
     }
     crate::jsonrpc::request_method(body).as_deref() == Some("initialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn limits(max_sessions: usize, max_bytes: usize, idle: Duration) -> SessionLimits {
+        SessionLimits {
+            max_sessions,
+            max_bytes,
+            idle_timeout: idle,
+        }
+    }
+
+    fn headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "accept",
+            "application/json, text/event-stream".parse().unwrap(),
+        );
+        h.insert("mcp-session-id", "dropped".parse().unwrap());
+        h
+    }
+
+    fn body(len: usize) -> Bytes {
+        Bytes::from(vec![b'x'; len])
+    }
+
+    #[tokio::test]
+    async fn a_hundred_large_initializes_stay_under_the_byte_budget() {
+        let defaults = SessionLimits::default();
+        let sessions = Sessions::new(defaults);
+        for i in 0..100 {
+            sessions.remember(&format!("s{i}"), body(4_000_000), &headers(), None);
+            let (_, bytes) = sessions.usage();
+            assert!(bytes <= defaults.max_bytes, "{bytes} after {i}");
+        }
+        let (count, bytes) = sessions.usage();
+        assert_eq!(count, 8, "32 MiB holds eight 4 MB sessions ({bytes} bytes)");
+        assert!(sessions.get("s99").is_some(), "the newest is kept");
+        assert!(sessions.get("s0").is_none(), "the oldest made room");
+    }
+
+    #[tokio::test]
+    async fn the_stored_initialize_holds_only_its_own_bytes() {
+        // A request buffer grown past its content: the session must not pin the rest.
+        let mut buffer = bytes::BytesMut::with_capacity(1 << 20);
+        buffer.extend_from_slice(b"{\"method\":\"initialize\"}");
+        let sessions = Sessions::new(SessionLimits::default());
+        let frozen = buffer.freeze();
+        let pinned = frozen.as_ptr();
+        sessions.remember("s", frozen, &headers(), None);
+        let session = sessions.get("s").unwrap();
+        assert_eq!(session.initialize.len(), 23);
+        assert_ne!(
+            session.initialize.as_ptr(),
+            pinned,
+            "a copy, not a view of the 1 MiB buffer"
+        );
+        assert!(!session.headers.contains_key(&MCP_SESSION_ID));
+    }
+
+    #[tokio::test]
+    async fn the_least_recently_used_goes_first() {
+        // Room for two sessions of this size.
+        let sessions = Sessions::new(limits(100, 2 * 1_500, Duration::from_secs(3600)));
+        sessions.remember("a", body(1_000), &headers(), None);
+        sessions.remember("b", body(1_000), &headers(), None);
+        assert!(sessions.get("a").is_some(), "a is used, b is not");
+        sessions.remember("c", body(1_000), &headers(), None);
+        assert!(sessions.get("b").is_none());
+        assert!(sessions.get("a").is_some());
+        assert!(sessions.get("c").is_some());
+        assert_eq!(sessions.usage().0, 2);
+    }
+
+    #[tokio::test]
+    async fn the_count_is_capped_too() {
+        let sessions = Sessions::new(limits(3, usize::MAX, Duration::from_secs(3600)));
+        for id in ["a", "b", "c", "d"] {
+            sessions.remember(id, body(10), &headers(), None);
+        }
+        assert_eq!(sessions.usage().0, 3);
+        assert!(sessions.get("a").is_none());
+        assert!(sessions.get("d").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn sessions_idle_past_the_timeout_are_forgotten() {
+        let idle = Duration::from_secs(600);
+        let sessions = Sessions::new(limits(100, usize::MAX, idle));
+        sessions.remember("busy", body(10), &headers(), None);
+        sessions.remember("idle", body(10), &headers(), None);
+        tokio::time::advance(idle / 2).await;
+        assert!(sessions.get("busy").is_some());
+        tokio::time::advance(idle / 2).await;
+        assert!(
+            sessions.get("idle").is_none(),
+            "unused for the whole timeout"
+        );
+        assert!(sessions.get("busy").is_some(), "used half a timeout ago");
+        assert_eq!(sessions.usage().0, 1, "the idle one's bytes are released");
+    }
+
+    #[tokio::test]
+    async fn remembering_again_and_forgetting_keep_the_count_of_bytes_exact() {
+        let sessions = Sessions::new(limits(100, usize::MAX, Duration::from_secs(3600)));
+        sessions.remember("a", body(1_000), &headers(), Some("tenant=a"));
+        let (_, once) = sessions.usage();
+        sessions.remember("a", body(1_000), &headers(), Some("tenant=a"));
+        assert_eq!(sessions.usage(), (1, once));
+        assert_eq!(sessions.get("a").unwrap().query(), Some("tenant=a"));
+        sessions.forget("a");
+        assert_eq!(sessions.usage(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_session_larger_than_the_budget_is_not_remembered_and_evicts_nothing() {
+        let sessions = Sessions::new(limits(100, 10_000, Duration::from_secs(3600)));
+        sessions.remember("small", body(100), &headers(), None);
+        sessions.remember("huge", body(20_000), &headers(), None);
+        assert!(sessions.get("huge").is_none());
+        assert!(sessions.get("small").is_some());
+    }
 }

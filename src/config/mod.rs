@@ -38,6 +38,15 @@ pub const DEFAULT_PATH: &str = "/mcp";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 /// MCP messages are JSON-RPC requests; a body beyond this is a mistake or an attack.
 const MAX_MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Sessions remembered at most, whatever their size.
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+/// Room for 10,000 sessions of a typical initialize (1-2 KiB with headers), and for a few of the
+/// largest bodies `MAX_BODY_BYTES` lets in, not for a hundred of them.
+pub const DEFAULT_MAX_SESSION_BYTES: usize = 32 * 1024 * 1024;
+/// Most `MAX_SESSION_BYTES` may be: beyond it the budget no longer bounds anything sensible.
+const MAX_MAX_SESSION_BYTES: usize = 1024 * 1024 * 1024;
+/// An agent left overnight keeps its session; a client gone without a DELETE is forgotten.
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 /// Most client connections `MAX_CONNECTIONS` may allow: far beyond any open-files limit.
 const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// Longest accepted duration: beyond a day every setting here is a mistake, and huge values would
@@ -64,6 +73,8 @@ const KNOWN_KEYS: &[&str] = &[
     "ready_interval",
     "ready_timeout",
     "max_body_bytes",
+    "max_session_bytes",
+    "session_idle_timeout",
     "sse_keepalive",
     "shutdown_grace",
     "header_timeout",
@@ -116,6 +127,8 @@ pub struct Config {
     pub auth: AuthConfig,
     pub ready: ReadyConfig,
     pub max_body_bytes: usize,
+    /// How much of the clients' sessions is remembered to re-make them upstream.
+    pub sessions: SessionLimits,
     /// Silence on an SSE stream after which a `:` comment is sent between events.
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
@@ -148,6 +161,27 @@ impl UpstreamConfig {
         crate::net::ClientSettings {
             connect_timeout: self.connect_timeout,
             ca_file: self.ca_file.as_deref(),
+        }
+    }
+}
+
+/// Bounds on the sessions the sidecar remembers (see [`crate::session`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SessionLimits {
+    /// At most this many sessions; the least recently used goes first.
+    pub max_sessions: usize,
+    /// Budget over every remembered `initialize` with its headers (`MAX_SESSION_BYTES`).
+    pub max_bytes: usize,
+    /// A session unused for this long is forgotten (`SESSION_IDLE_TIMEOUT`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_bytes: DEFAULT_MAX_SESSION_BYTES,
+            idle_timeout: DEFAULT_SESSION_IDLE_TIMEOUT,
         }
     }
 }
@@ -758,6 +792,15 @@ impl Reader {
         if max_body_bytes > MAX_MAX_BODY_BYTES {
             self.problem("max_body_bytes", "must be at most 67108864 (64 MiB)");
         }
+        let max_session_bytes = self.positive_int("max_session_bytes", DEFAULT_MAX_SESSION_BYTES);
+        if max_session_bytes > MAX_MAX_SESSION_BYTES {
+            self.problem("max_session_bytes", "must be at most 1073741824 (1 GiB)");
+        }
+        let sessions = SessionLimits {
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_bytes: max_session_bytes.min(MAX_MAX_SESSION_BYTES),
+            idle_timeout: self.duration("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
+        };
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
         let clients = ClientLimits {
@@ -810,6 +853,7 @@ impl Reader {
             auth: auth?,
             ready,
             max_body_bytes,
+            sessions,
             sse_keepalive,
             shutdown_grace,
             clients,
@@ -1154,6 +1198,11 @@ impl Config {
                 humantime::format_duration(self.ready.timeout).to_string(),
             ),
             ("MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            ("MAX_SESSION_BYTES", self.sessions.max_bytes.to_string()),
+            (
+                "SESSION_IDLE_TIMEOUT",
+                humantime::format_duration(self.sessions.idle_timeout).to_string(),
+            ),
             (
                 "SSE_KEEPALIVE",
                 humantime::format_duration(self.sse_keepalive).to_string(),
@@ -1235,6 +1284,38 @@ mod tests {
         load(sources)
             .expect_err("configuration should be invalid")
             .problems
+    }
+
+    #[test]
+    fn session_limits_parse_and_errors_name_the_key() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert_eq!(config.sessions.max_bytes, 32 * 1024 * 1024);
+        assert_eq!(config.sessions.idle_timeout, Duration::from_secs(24 * 3600));
+        assert_eq!(config.sessions.max_sessions, 10_000);
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("MAX_SESSION_BYTES", "1048576"),
+            ("SESSION_IDLE_TIMEOUT", "2h"),
+        ]))
+        .unwrap();
+        assert_eq!(config.sessions.max_bytes, 1024 * 1024);
+        assert_eq!(config.sessions.idle_timeout, Duration::from_secs(7200));
+        for (bytes, idle) in [("0", "0"), ("lots", "soon"), ("2147483648", "48h")] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("MAX_SESSION_BYTES", bytes),
+                ("SESSION_IDLE_TIMEOUT", idle),
+            ]));
+            let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+            assert_eq!(
+                keys,
+                [
+                    "MCP_SIDECAR_MAX_SESSION_BYTES",
+                    "MCP_SIDECAR_SESSION_IDLE_TIMEOUT"
+                ],
+                "{bytes} {idle}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -463,3 +463,37 @@ async fn a_session_the_upstream_will_not_remake_gets_its_404() {
     // A session id the sidecar never saw is unknown to it too: nothing to replay.
     assert_eq!(call_in(&sidecar, "never-seen", 5).await.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_past_the_byte_budget_are_forgotten_oldest_first() {
+    // 100 initializes of 256 KiB against a 1 MiB budget: only the last few are remembered.
+    let (state, sidecar, first) = flaky_session(&[("MAX_SESSION_BYTES", "1048576")]).await;
+    let client = reqwest::Client::new();
+    let padding = "p".repeat(256 * 1024);
+    let mut last = String::new();
+    for i in 0..100 {
+        let body = json!({"jsonrpc":"2.0","id":i,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},
+            "clientInfo":{"name":"big","version":"1","padding":padding}}});
+        let response = mcp_post(&client, &sidecar.url("/mcp"), body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        last = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+    }
+    state.sessions.lock().unwrap().clear();
+    assert_eq!(
+        call_in(&sidecar, &last, 1).await.status(),
+        200,
+        "the newest session is re-made"
+    );
+    assert_eq!(
+        call_in(&sidecar, &first, 2).await.status(),
+        404,
+        "the oldest was forgotten to stay within MAX_SESSION_BYTES: nothing to replay"
+    );
+}
