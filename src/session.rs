@@ -20,12 +20,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use tokio::time::Instant;
-
 use bytes::Bytes;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 use serde_json::Value;
+use tokio::time::Instant;
 
 pub use crate::config::SessionLimits;
 use crate::mcp::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
