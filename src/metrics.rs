@@ -40,6 +40,8 @@ pub enum Outcome {
     upstream_unreachable,
     upstream_auth_rejected,
     auth_required,
+    /// The upstream answered, but not like a working MCP endpoint (a redirect).
+    handshake_failed,
     /// The sidecar refused the request (Host, Origin, client token, body size, method).
     refused,
 }
@@ -80,11 +82,12 @@ pub struct Totals {
     pub open_streams: i64,
 }
 
-const OUTCOMES: [Outcome; 5] = [
+const OUTCOMES: [Outcome; 6] = [
     Outcome::forwarded,
     Outcome::upstream_unreachable,
     Outcome::upstream_auth_rejected,
     Outcome::auth_required,
+    Outcome::handshake_failed,
     Outcome::refused,
 ];
 const METHODS: [HttpMethod; 4] = [

@@ -28,7 +28,6 @@ use crate::app::App;
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
-use crate::upstream::UpstreamError;
 
 /// Where a request goes upstream.
 enum Target {
@@ -223,51 +222,19 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         Err(error) => {
             app.readiness.trigger();
             let id = jsonrpc::request_id(&body);
-            let (status, code, outcome, reason) = match &error {
-                // A broken HEADERS_FILE usually holds a credential (an API key): like a missing
-                // token, the sidecar has nothing valid to send.
-                UpstreamError::NoCredential(crate::token::TokenError::Temporary(_)) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "token_endpoint_unavailable",
-                ),
-                UpstreamError::NoCredential(_) | UpstreamError::Headers(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::AuthRequired,
-                    Outcome::auth_required,
-                    "auth_required",
-                ),
-                UpstreamError::Unreachable(_) | UpstreamError::ConnectionRefused(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_unreachable",
-                ),
-                UpstreamError::TimedOut(_) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_timeout",
-                ),
-                UpstreamError::Redirected { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_redirected",
-                ),
-                UpstreamError::AuthRejected { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamAuthRejected,
-                    Outcome::upstream_auth_rejected,
-                    "upstream_auth_rejected",
-                ),
-            };
+            let failure = error.failure();
+            let reason = failure.reason();
             // The cause may quote the upstream, which may echo a secret.
             let cause = crate::secret::scrub(&error.to_string());
             tracing::warn!(%method, reason, error = %cause, "could not proxy a request");
-            app.metrics.record_request(&method, outcome);
-            error_response(status, id, code, &format!("mcp-sidecar: {cause}"), reason)
+            app.metrics.record_request(&method, failure.outcome());
+            error_response(
+                failure.status(),
+                id,
+                failure.code(),
+                &format!("mcp-sidecar: {cause}"),
+                reason,
+            )
         }
     }
 }

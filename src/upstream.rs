@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::challenge::BearerChallenge;
 use crate::config::UpstreamConfig;
+use crate::failure::Failure;
 use crate::secret::{Secret, SecretSource};
 use crate::token::{AccessToken, TokenError, TokenSource};
 
@@ -45,6 +46,21 @@ pub enum UpstreamError {
         "the upstream redirected (HTTP {status}) to {location}; set MCP_SIDECAR_UPSTREAM_URL to the final URL"
     )]
     Redirected { status: u16, location: String },
+}
+
+impl UpstreamError {
+    /// What this means to the client, `/ready` and the metrics.
+    pub fn failure(&self) -> Failure {
+        match self {
+            // The authorization server is down or slow: nobody needs to log in.
+            Self::NoCredential(TokenError::Temporary(_)) => Failure::TokenEndpointUnavailable,
+            Self::NoCredential(_) | Self::Headers(_) => Failure::AuthRequired,
+            Self::Unreachable(_) | Self::ConnectionRefused(_) => Failure::UpstreamUnreachable,
+            Self::TimedOut(_) => Failure::UpstreamTimeout,
+            Self::Redirected { .. } => Failure::UpstreamRedirected,
+            Self::AuthRejected { .. } => Failure::UpstreamAuthRejected,
+        }
+    }
 }
 
 /// Follows only what cannot hurt: same-origin 307/308 (method and body kept, so an MCP POST

@@ -1146,6 +1146,22 @@ async fn same_origin_307_308_are_followed_other_redirects_explained_never_passed
             .unwrap()
             .contains("MCP_SIDECAR_UPSTREAM_URL")
     );
+    // Classified once: the JSON-RPC code and the metrics outcome are /ready's handshake_failed,
+    // not "unreachable".
+    assert_eq!(body["error"]["code"], -32005);
+    let metrics = client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"mcp_sidecar_requests_total{method="POST",outcome="handshake_failed"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
