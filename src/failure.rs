@@ -65,11 +65,16 @@ pub enum Failure {
     HandshakeFailed,
     /// The upstream refused the sidecar's credential, also after a fresh one.
     UpstreamAuthRejected,
+    /// The upstream answered 403 without a Bearer challenge (`invalid_token`,
+    /// `insufficient_scope`): a tool denied, a policy, an Origin rule. Not about the sidecar's
+    /// credential, so it is neither marked rejected nor does it make `/ready` look again; the
+    /// client gets the upstream's answer, never a bare 403.
+    UpstreamForbidden,
 }
 
 impl Failure {
     /// Every variant, for the agreement test and for pre-registering metric series.
-    pub const ALL: [Failure; 9] = [
+    pub const ALL: [Failure; 10] = [
         Failure::AuthRequired,
         Failure::TokenEndpointUnavailable,
         Failure::UpstreamUnreachable,
@@ -79,6 +84,7 @@ impl Failure {
         Failure::UpstreamRedirected,
         Failure::HandshakeFailed,
         Failure::UpstreamAuthRejected,
+        Failure::UpstreamForbidden,
     ];
 
     /// The specific reason: `data.reason` of the sidecar's JSON-RPC error, and `reason` in the
@@ -94,7 +100,14 @@ impl Failure {
             Self::UpstreamRedirected => "upstream_redirected",
             Self::HandshakeFailed => "handshake_failed",
             Self::UpstreamAuthRejected => "upstream_auth_rejected",
+            Self::UpstreamForbidden => "upstream_forbidden",
         }
+    }
+
+    /// Whether a proxied request failing this way says something about the upstream's health or
+    /// the credential, so `/ready` should look again at once. A refusal of one request does not.
+    pub fn affects_readiness(self) -> bool {
+        !matches!(self, Self::UpstreamForbidden)
     }
 
     /// What `/ready` says while the handshake fails this way.
@@ -106,7 +119,10 @@ impl Failure {
             | Self::UpstreamTimeout
             | Self::GatewayUnavailable
             | Self::HandshakeTimeout => Reason::UpstreamUnreachable,
-            Self::UpstreamRedirected | Self::HandshakeFailed => Reason::HandshakeFailed,
+            // Only when the handshake itself is refused: the server will not serve the sidecar.
+            Self::UpstreamRedirected | Self::HandshakeFailed | Self::UpstreamForbidden => {
+                Reason::HandshakeFailed
+            }
             Self::UpstreamAuthRejected => Reason::UpstreamAuthRejected,
         }
     }
@@ -114,6 +130,9 @@ impl Failure {
     /// The metrics `outcome` label of a proxied request that failed this way: the `/ready`
     /// reason's name, so a dashboard and `/ready` tell the same story.
     pub fn outcome(self) -> Outcome {
+        if self == Self::UpstreamForbidden {
+            return Outcome::upstream_forbidden;
+        }
         match self.ready_reason() {
             Reason::AuthRequired => Outcome::auth_required,
             Reason::UpstreamUnreachable => Outcome::upstream_unreachable,
@@ -123,8 +142,12 @@ impl Failure {
         }
     }
 
-    /// The JSON-RPC error code of the sidecar's reply: one per `/ready` reason.
+    /// The JSON-RPC error code of the sidecar's reply: one per `/ready` reason, and one for a
+    /// refusal whose body was not a JSON-RPC error (one that was is passed on with its own code).
     pub fn code(self) -> Code {
+        if self == Self::UpstreamForbidden {
+            return Code::UpstreamForbidden;
+        }
         match self.ready_reason() {
             Reason::AuthRequired => Code::AuthRequired,
             Reason::UpstreamUnreachable => Code::UpstreamUnreachable,
@@ -137,8 +160,16 @@ impl Failure {
     /// own OAuth, or mark the server as needing authentication), never 404 (it would give the
     /// server up, PROTOCOL.md). 503 when waiting helps (a credential to come), 504 for silence,
     /// 502 for everything else about the upstream.
-    pub fn status(self) -> StatusCode {
+    ///
+    /// A refusal of one request ([`Failure::UpstreamForbidden`]) is answered as an MCP server
+    /// answers a tool-level refusal: 200 with the JSON-RPC error when the request carried an id
+    /// (`has_id`); without one (a notification, GET, DELETE) 400, the status the transport
+    /// prescribes for input a server cannot accept. A 5xx would read as a broken server and make
+    /// clients reconnect.
+    pub fn status(self, has_id: bool) -> StatusCode {
         match self {
+            Self::UpstreamForbidden if has_id => StatusCode::OK,
+            Self::UpstreamForbidden => StatusCode::BAD_REQUEST,
             Self::AuthRequired | Self::TokenEndpointUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamTimeout | Self::HandshakeTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamUnreachable
@@ -155,17 +186,37 @@ mod tests {
     use super::*;
 
     /// The derived values agree for every variant: the metrics label and the JSON-RPC code are
-    /// those of the `/ready` reason, no failure reports `ready`, no status makes a client start
-    /// its own OAuth or give the server up, and each reason names one failure.
+    /// those of the `/ready` reason (for failures that affect it), no failure reports `ready`, no
+    /// status makes a client start its own OAuth or give the server up, and each reason names
+    /// one failure.
     #[test]
     fn derived_values_agree_for_every_variant() {
         let mut reasons = std::collections::HashSet::new();
         for failure in Failure::ALL {
+            assert!(
+                reasons.insert(failure.reason()),
+                "{failure:?}: reason reused"
+            );
             let ready = failure.ready_reason();
             assert!(
                 !matches!(ready, Reason::Ready | Reason::Starting),
                 "{failure:?} is a failure"
             );
+            for has_id in [true, false] {
+                let status = failure.status(has_id).as_u16();
+                assert!(
+                    ![401, 403, 404].contains(&status),
+                    "{failure:?}: {status} would make a client start OAuth or give up"
+                );
+            }
+            if !failure.affects_readiness() {
+                // Its own outcome and code, not those of a /ready reason it does not cause.
+                assert_eq!(format!("{:?}", failure.outcome()), failure.reason());
+                assert_eq!(failure.code() as i32, -32006);
+                assert_eq!(failure.status(true), StatusCode::OK);
+                assert!(failure.status(false).is_client_error());
+                continue;
+            }
             assert_eq!(
                 format!("{:?}", failure.outcome()),
                 ready.as_str(),
@@ -178,14 +229,10 @@ mod tests {
                 _ => -32005,
             };
             assert_eq!(failure.code() as i32, code, "{failure:?}: JSON-RPC code");
-            let status = failure.status();
+            let status = failure.status(true);
             assert!(
-                status.is_server_error(),
+                status.is_server_error() && status == failure.status(false),
                 "{failure:?}: {status} is the upstream's fault, not the client's"
-            );
-            assert!(
-                reasons.insert(failure.reason()),
-                "{failure:?}: reason reused"
             );
         }
         // The wire names the README documents stay as they were.
@@ -194,7 +241,7 @@ mod tests {
             "token_endpoint_unavailable"
         );
         assert_eq!(
-            Failure::UpstreamTimeout.status(),
+            Failure::UpstreamTimeout.status(true),
             StatusCode::GATEWAY_TIMEOUT
         );
         assert_eq!(

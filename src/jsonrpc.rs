@@ -20,6 +20,9 @@ pub enum Code {
     /// The upstream answered, but not like a working MCP endpoint (a redirect the sidecar does
     /// not follow): `/ready` says `handshake_failed`.
     UpstreamFailed = -32005,
+    /// The upstream refused the request (403 without a Bearer challenge) with a body that was
+    /// not a JSON-RPC error; its text is in the message.
+    UpstreamForbidden = -32006,
 }
 
 /// The `id` of a JSON-RPC request body, or `null` when the body has none (notifications,

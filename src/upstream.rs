@@ -46,6 +46,11 @@ pub enum UpstreamError {
         "the upstream redirected (HTTP {status}) to {location}; set MCP_SIDECAR_UPSTREAM_URL to the final URL"
     )]
     Redirected { status: u16, location: String },
+    /// A 403 without a Bearer challenge (`invalid_token`, `insufficient_scope`): the upstream
+    /// refused this request (a tool denied, a policy), not the credential. The response is kept
+    /// so that its answer can be passed on.
+    #[error("the upstream refused the request (HTTP {})", .0.status().as_u16())]
+    Forbidden(Box<reqwest::Response>),
 }
 
 impl UpstreamError {
@@ -59,6 +64,7 @@ impl UpstreamError {
             Self::TimedOut(_) => Failure::UpstreamTimeout,
             Self::Redirected { .. } => Failure::UpstreamRedirected,
             Self::AuthRejected { .. } => Failure::UpstreamAuthRejected,
+            Self::Forbidden(_) => Failure::UpstreamForbidden,
         }
     }
 }
@@ -183,6 +189,7 @@ impl Upstream {
         let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
             None => return Ok(response),
+            Some(AuthFailure::Forbidden) => return Err(UpstreamError::Forbidden(response.into())),
             Some(AuthFailure::Refreshable(challenge)) => challenge,
             Some(AuthFailure::Final(challenge)) => {
                 return self
@@ -266,6 +273,8 @@ impl Upstream {
         let response = self.refuse_redirect(response)?;
         match auth_failure(&response) {
             None => Ok(response),
+            // The new credential got through; this request is refused for another reason.
+            Some(AuthFailure::Forbidden) => Err(UpstreamError::Forbidden(response.into())),
             Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
                 Err(rejected(response.status(), c))
             }
@@ -355,8 +364,11 @@ impl Upstream {
 enum AuthFailure {
     /// A fresh token may help: 401, or 403 with `error="invalid_token"`.
     Refreshable(Option<BearerChallenge>),
-    /// A fresh token of the same kind will not help: any other 403.
+    /// A fresh token of the same kind will not help: 403 `insufficient_scope` (a token with
+    /// more scopes may).
     Final(Option<BearerChallenge>),
+    /// A 403 without a Bearer challenge about the token: not about the credential at all.
+    Forbidden,
 }
 
 fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
@@ -369,8 +381,13 @@ fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
         || challenge.as_ref().is_some_and(|c| c.is_invalid_token())
     {
         Some(AuthFailure::Refreshable(challenge))
-    } else {
+    } else if challenge
+        .as_ref()
+        .is_some_and(|c| c.error.as_deref() == Some("insufficient_scope"))
+    {
         Some(AuthFailure::Final(challenge))
+    } else {
+        Some(AuthFailure::Forbidden)
     }
 }
 
