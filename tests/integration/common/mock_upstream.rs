@@ -96,6 +96,8 @@ pub struct MockState {
     /// When set, every request of the test's client (not the readiness handshake) is refused
     /// with this 403, as a server denying a tool or applying a policy does.
     pub forbid: Mutex<Option<Forbid>>,
+    /// Refuse the readiness handshake's requests too.
+    pub forbid_everyone: AtomicBool,
 }
 
 /// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
@@ -203,6 +205,7 @@ impl MockUpstream {
             forced: Mutex::new(HashSet::new()),
             also_accepted: Mutex::new(HashSet::new()),
             forbid: Mutex::new(None),
+            forbid_everyone: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -335,7 +338,7 @@ async fn handle(
                 .into_response();
         }
     }
-    if headers.contains_key("x-test")
+    if (headers.contains_key("x-test") || state.forbid_everyone.load(Ordering::SeqCst))
         && let Some(forbid) = state.forbid.lock().unwrap().clone()
     {
         let mut response = (
