@@ -65,6 +65,11 @@ pub enum Failure {
     HandshakeFailed,
     /// The upstream refused the sidecar's credential, also after a fresh one.
     UpstreamAuthRejected,
+    /// The upstream forgot a client's session and re-making it failed in a way that may pass
+    /// (the replay answered 5xx, 404, 408, 425 or 429, timed out, or the new session was
+    /// forgotten at once). Never the upstream's 404: that would tell the client its session is
+    /// gone for good (see [`crate::session::ReinitError::is_transient`]).
+    SessionReinitFailed,
     /// The upstream answered 403 without a Bearer challenge (`invalid_token`,
     /// `insufficient_scope`): a tool denied, a policy, an Origin rule. Not about the sidecar's
     /// credential, so it is neither marked rejected nor does it make `/ready` look again; the
@@ -74,7 +79,7 @@ pub enum Failure {
 
 impl Failure {
     /// Every variant, for the agreement test and for pre-registering metric series.
-    pub const ALL: [Failure; 10] = [
+    pub const ALL: [Failure; 11] = [
         Failure::AuthRequired,
         Failure::TokenEndpointUnavailable,
         Failure::UpstreamUnreachable,
@@ -85,6 +90,7 @@ impl Failure {
         Failure::HandshakeFailed,
         Failure::UpstreamAuthRejected,
         Failure::UpstreamForbidden,
+        Failure::SessionReinitFailed,
     ];
 
     /// The specific reason: `data.reason` of the sidecar's JSON-RPC error, and `reason` in the
@@ -101,6 +107,7 @@ impl Failure {
             Self::HandshakeFailed => "handshake_failed",
             Self::UpstreamAuthRejected => "upstream_auth_rejected",
             Self::UpstreamForbidden => "upstream_forbidden",
+            Self::SessionReinitFailed => "session_reinit_failed",
         }
     }
 
@@ -118,7 +125,8 @@ impl Failure {
             | Self::UpstreamUnreachable
             | Self::UpstreamTimeout
             | Self::GatewayUnavailable
-            | Self::HandshakeTimeout => Reason::UpstreamUnreachable,
+            | Self::HandshakeTimeout
+            | Self::SessionReinitFailed => Reason::UpstreamUnreachable,
             // Only when the handshake itself is refused: the server will not serve the sidecar.
             Self::UpstreamRedirected | Self::HandshakeFailed | Self::UpstreamForbidden => {
                 Reason::HandshakeFailed
@@ -170,7 +178,10 @@ impl Failure {
         match self {
             Self::UpstreamForbidden if has_id => StatusCode::OK,
             Self::UpstreamForbidden => StatusCode::BAD_REQUEST,
-            Self::AuthRequired | Self::TokenEndpointUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            // The session is re-made once the upstream is back: retrying helps.
+            Self::AuthRequired | Self::TokenEndpointUnavailable | Self::SessionReinitFailed => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamTimeout | Self::HandshakeTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::UpstreamUnreachable
             | Self::GatewayUnavailable

@@ -184,9 +184,11 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                     result = Ok(response);
                 }
             }
-            // Answered like any request that cannot be delivered (502/503/504 by cause).
-            Err(crate::session::ReinitError::Upstream(e)) => result = Err(e),
-            Err(e) if e.is_transient() => return session_unavailable(&app, &method, &body, &e),
+            Err(e) if e.is_transient() => match e {
+                // Answered like any request that cannot be delivered (502/503/504 by cause).
+                crate::session::ReinitError::Upstream(e) => result = Err(e),
+                e => return session_unavailable(&app, &method, &body, &e),
+            },
             Err(e) => tracing::warn!(
                 error = %crate::secret::scrub(&e.to_string()),
                 "the upstream forgot a client's session and will not re-make it; passing its answer on"
@@ -260,8 +262,8 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
 }
 
 /// The answer when a session the upstream forgot could not be re-made for a reason that may
-/// pass: 503 with a JSON-RPC error, never the upstream's 404, which would tell the client its
-/// session is gone for good.
+/// pass ([`crate::failure::Failure::SessionReinitFailed`]): 503 with a JSON-RPC error, never the
+/// upstream's 404, which would tell the client its session is gone for good.
 fn session_unavailable(
     app: &App,
     method: &Method,
@@ -269,15 +271,16 @@ fn session_unavailable(
     error: &crate::session::ReinitError,
 ) -> Response {
     app.readiness.trigger();
+    let failure = error.failure();
+    let reason = failure.reason();
     let cause = crate::secret::scrub(&error.to_string());
-    let reason = "session_reinit_failed";
     tracing::warn!(%method, reason, error = %cause, "the upstream forgot a client's session and re-making it failed; the client may retry");
-    app.metrics
-        .record_request(method, Outcome::upstream_unreachable);
+    app.metrics.record_request(method, failure.outcome());
+    let id = jsonrpc::request_id(body);
     error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        jsonrpc::request_id(body),
-        Code::UpstreamUnreachable,
+        failure.status(!id.is_null()),
+        id,
+        failure.code(),
         &format!(
             "mcp-sidecar: the upstream lost this session and re-initializing it failed ({cause}); retry"
         ),

@@ -156,11 +156,22 @@ impl ReinitError {
     /// (anthropics/claude-code#94273).
     pub fn is_transient(&self) -> bool {
         match self {
+            // A 403 that is not about the credential: the upstream will not make this session.
+            Self::Upstream(UpstreamError::Forbidden(_)) => false,
             Self::Upstream(_) | Self::TimedOut | Self::ForgottenAgain => true,
             Self::Status { status, .. } => {
                 status.is_server_error() || matches!(status.as_u16(), 404 | 408 | 425 | 429)
             }
             Self::Refused(_) => false,
+        }
+    }
+
+    /// How a transient failure is answered: an undeliverable replay like any undeliverable
+    /// request (unreachable, credential refused, ...), the rest as [`crate::failure::Failure::SessionReinitFailed`].
+    pub fn failure(&self) -> crate::failure::Failure {
+        match self {
+            Self::Upstream(e) => e.failure(),
+            _ => crate::failure::Failure::SessionReinitFailed,
         }
     }
 }
