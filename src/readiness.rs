@@ -98,6 +98,13 @@ impl Cause {
 /// How soon after one triggered check another may run, so a burst of failing requests causes one
 /// handshake, not one per request. A trigger after a scheduled check runs at once.
 const MIN_TRIGGERED_SPACING: Duration = Duration::from_secs(1);
+/// Tells the token source that its current token was just accepted by the upstream.
+async fn confirm_current_token(upstream: &crate::upstream::Upstream) {
+    if let Ok(Some(token)) = upstream.tokens().token().await {
+        upstream.tokens().accepted(&token);
+    }
+}
+
 /// Retry interval while the upstream refuses connections.
 const REFUSED_RETRY: Duration = Duration::from_millis(100);
 /// Retry schedule while not ready: fast at first, never slower than this.
@@ -207,6 +214,12 @@ impl Readiness {
             );
             let (reason, detail, server) = classify(outcome, self.config.timeout);
             metrics.record_handshake(reason == Reason::Ready);
+            if reason == Reason::Ready {
+                // The token works: a token obtained after a rejection is confirmed, so a later
+                // 401 may force a refresh again. The proxy no longer resends a token the source
+                // could not replace, which is where it used to be confirmed.
+                confirm_current_token(&upstream).await;
+            }
             let login = (reason == Reason::AuthRequired)
                 .then(|| upstream.tokens().login())
                 .flatten();
