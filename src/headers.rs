@@ -5,8 +5,9 @@
 //! [`add_extra`]) and the sidecar's own `Authorization` ([`bearer`]); a session's replayed
 //! `initialize` carries what the client's did ([`replayed`], [`replay_request`]). Back to the
 //! client: the upstream's headers minus hop-by-hop ones ([`client_response_headers`]), scrubbed
-//! on error answers ([`scrub_values`]). Keeping the lists together means a header cannot be
-//! stripped one way and forwarded another by accident.
+//! on every answer ([`scrub_values`]), on error answers of short values too
+//! ([`scrub_error_values`]). Keeping the lists together means a header cannot be stripped one
+//! way and forwarded another by accident.
 
 use http::HeaderMap;
 use http::header::{self, ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -93,6 +94,19 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
         headers.append(name.clone(), value.clone());
     }
     headers
+}
+
+/// An error answer's header values with every registered form scrubbed, short ones included
+/// (4 bytes and up, like the error body): [`scrub_values`] searches only the forms long enough
+/// for bodies.
+pub fn scrub_error_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
+        if scrubbed != value.as_bytes() {
+            *value = HeaderValue::from_bytes(&scrubbed)
+                .unwrap_or_else(|_| HeaderValue::from_static(crate::secret::REDACTION));
+        }
+    }
 }
 
 /// Scrubs every known secret out of header values (an error answer's `X-Debug-Authorization`, a

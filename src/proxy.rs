@@ -419,6 +419,11 @@ fn forward_response(
         }
         Err(plain) => futures_util::future::Either::Right(plain),
     };
+    if !status.is_success() {
+        // An error answer's headers (an `X-Debug-Authorization`, a quoting `Warning`) lose short
+        // values too, as its body does.
+        crate::headers::scrub_error_values(&mut headers);
+    }
     let body = if is_sse && get_stream {
         // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
         // carries no reply to a request, so at shutdown it ends at the next event boundary

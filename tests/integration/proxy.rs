@@ -1866,3 +1866,38 @@ async fn a_403_without_a_bearer_challenge_carries_the_upstreams_answer() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["data"]["reason"], "upstream_auth_rejected");
 }
+
+/// An error answer's headers lose every registered form, short ones too (as its body does): the
+/// body scrubber's forms start at 8 bytes, and with no form that long it scrubs no header.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answer_header_quoting_a_short_header_value_is_scrubbed() {
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        axum::response::Response::builder()
+            .status(500)
+            .header("content-type", "text/plain")
+            .header("x-debug-api-key", key)
+            .body(axum::body::Body::from("internal error"))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream),
+        ("AUTH", "none"),
+        ("HEADERS", "X-Api-Key: k7Qz9w"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-debug-api-key"], "<redacted>");
+}
