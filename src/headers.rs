@@ -60,8 +60,8 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::AUTHORIZATION
-            // Compressed upstream responses tend to be buffered by the compressor; asking for
-            // identity keeps SSE events flowing one by one.
+            // Compressed upstream responses tend to be buffered by the compressor (and cannot be
+            // scrubbed); identity is asked for below, which keeps SSE events flowing one by one.
             || name == header::ACCEPT_ENCODING
             || CLIENT_SIDE.contains(&name.as_str())
         {
@@ -69,6 +69,12 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
         }
         out.append(name.clone(), value.clone());
     }
+    // Without the header any coding is acceptable (RFC 9110 12.5.3), and a coded body cannot be
+    // scrubbed of secrets as it streams.
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out
 }
 
@@ -275,7 +281,11 @@ mod tests {
         assert!(!names.contains(&"connection"));
         assert!(!names.contains(&"x-private"));
         assert!(!names.contains(&"host"));
-        assert!(!names.contains(&"accept-encoding"));
+        assert_eq!(
+            out[header::ACCEPT_ENCODING],
+            "identity",
+            "the client's gzip is not asked for"
+        );
         for kept in [
             "mcp-session-id",
             "last-event-id",

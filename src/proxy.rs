@@ -219,7 +219,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
             let rename = client_session.as_deref().zip(sent_session.as_deref());
-            forward_response(&app, upstream, rename, get_stream)
+            forward_response(&app, upstream, rename, get_stream, &body)
         }
         Err(crate::upstream::UpstreamError::Forbidden(refused)) => {
             relay_forbidden(&app, &method, jsonrpc::request_id(&body), *refused).await
@@ -368,9 +368,32 @@ fn forward_response(
     upstream: reqwest::Response,
     rename: Option<(&str, &str)>,
     get_stream: bool,
+    request: &Bytes,
 ) -> Response {
     let status = upstream.status();
     let mut headers = crate::headers::client_response_headers(upstream.headers());
+    // The sidecar asks for `identity`; a body coded all the same cannot be searched for secrets
+    // (the client would decode what the scrubber never saw), so it is not passed on.
+    if let Some(coding) = headers
+        .get(header::CONTENT_ENCODING)
+        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        && !crate::secret::patterns().0.is_empty()
+    {
+        let coding = String::from_utf8_lossy(coding.as_bytes()).into_owned();
+        tracing::warn!(
+            coding = %crate::secret::scrub(&coding),
+            "the upstream sent a coded body although identity was asked for; it cannot be scrubbed, so it is not passed on"
+        );
+        let failure = crate::failure::Failure::HandshakeFailed;
+        let id = jsonrpc::request_id(request);
+        return error_response(
+            failure.status(!id.is_null()),
+            id,
+            failure.code(),
+            "mcp-sidecar: the upstream sent a compressed body (Content-Encoding) although identity was asked for; it cannot be scrubbed of secrets and was withheld",
+            failure.reason(),
+        );
+    }
     if let Some((client_id, sent_id)) = rename
         && headers.get(&MCP_SESSION_ID).is_some_and(|v| v == sent_id)
         && let Ok(value) = HeaderValue::try_from(client_id)
