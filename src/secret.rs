@@ -127,6 +127,11 @@ impl Patterns {
         self.finders.is_empty()
     }
 
+    /// The length of the longest form.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
     /// The byte ranges of `bytes` where a form occurs, sorted, overlapping ones merged.
     pub fn matches(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
