@@ -221,6 +221,18 @@ mod tests {
         assert_eq!(text, "a <redacted> b \"<redacted>\" c");
     }
 
+    /// The C# MCP SDK writes JSON with `System.Text.Json`'s default encoder, which escapes `+`
+    /// (and `&`) as `\u002B`: a base64 token quoted in a tool result comes back that way.
+    #[test]
+    fn a_token_escaped_by_the_dotnet_json_encoder_is_redacted() {
+        crate::secret::register(CANARY);
+        let dotnet = CANARY.replace('&', "\\u0026").replace('+', "\\u002B");
+        let body = format!("{{\"echo\":\"Bearer {dotnet}\"}}");
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(3).collect();
+        let (_, joined) = run(&chunks);
+        assert_eq!(joined, b"{\"echo\":\"Bearer <redacted>\"}");
+    }
+
     #[test]
     fn events_without_secrets_pass_at_once_and_without_a_copy() {
         crate::secret::register(CANARY);
