@@ -534,6 +534,15 @@ async fn relay_forbidden(
         Err(e) => Bytes::from(crate::net::describe_reqwest_error(&e)),
     };
     if is_jsonrpc_error(&body) {
+        // Its strings are scrubbed again once decoded: JSON may escape any character
+        // (`\u0063` for `c`), and the client decodes them all.
+        let body = match serde_json::from_slice::<Value>(&body) {
+            Ok(mut message) => {
+                scrub_json_strings(&mut message);
+                Bytes::from(message.to_string())
+            }
+            Err(_) => body,
+        };
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
@@ -549,6 +558,22 @@ async fn relay_forbidden(
         format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
     };
     error_response(status, id, failure.code(), &message, failure.reason())
+}
+
+/// Every string in `value` (object keys too) with every known secret scrubbed.
+fn scrub_json_strings(value: &mut Value) {
+    match value {
+        Value::String(text) => *text = crate::secret::scrub(text),
+        Value::Array(items) => items.iter_mut().for_each(scrub_json_strings),
+        Value::Object(members) => {
+            let taken = std::mem::take(members);
+            for (key, mut member) in taken {
+                scrub_json_strings(&mut member);
+                members.insert(crate::secret::scrub(&key), member);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
