@@ -137,11 +137,15 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         .as_deref()
         .and_then(|id| app.sessions.get(id));
     let mut sent_session = None;
+    let mut sent_generation = 0;
     if let Some(session) = &session {
+        // The generation first: ids labelled with an older one are never forwarded again.
+        sent_generation = session.generation();
         let id = session.upstream_id().await;
         if let Ok(value) = HeaderValue::try_from(id.as_str()) {
             headers.insert(MCP_SESSION_ID.clone(), value);
         }
+        crate::stream::map_last_event_id(&mut headers, sent_generation);
         sent_session = Some(id);
     }
     let send = |headers: HeaderMap| {
@@ -182,10 +186,14 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             .await
             .unwrap_or(Err(crate::session::ReinitError::TimedOut))
         {
-            Ok(fresh) => {
+            Ok(_) => {
+                let (fresh, generation) = session.current().await;
                 if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                     headers.insert(MCP_SESSION_ID.clone(), value);
                 }
+                // It names an event of the session that is gone.
+                headers.remove(&crate::stream::LAST_EVENT_ID);
+                sent_generation = generation;
                 result = send(headers.clone()).await;
                 // The retry went out under the new id; a response echoing it is renamed.
                 sent_session = Some(fresh);
@@ -201,6 +209,27 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         && method == Method::DELETE
     {
         app.sessions.forget(id);
+    }
+
+    // A GET stream of a known session outlives an upstream that is down: the client's stream
+    // opens now and is attached once the upstream is back.
+    let mut follow = match (&session, &target) {
+        (Some(session), Target::Endpoint) if method == Method::GET => Some(crate::stream::Follow {
+            upstream: app.upstream.clone(),
+            session: session.clone(),
+            headers: headers.clone(),
+            query: parts.uri.query().map(str::to_string),
+            generation: sent_generation,
+            reinit_timeout: app.reinit_timeout,
+        }),
+        _ => None,
+    };
+    if upstream_is_away(&result)
+        && let Some(follow) = follow.take()
+    {
+        app.readiness.trigger();
+        app.metrics.record_request(&method, Outcome::forwarded);
+        return away_stream_response(&app, client_session.as_deref(), follow);
     }
 
     match result {
@@ -231,10 +260,16 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             {
                 app.sessions.remember(id, body.clone(), &headers);
             }
+            if status.is_success()
+                && method == Method::POST
+                && let Some(session) = &session
+            {
+                session.subscriptions.observe(&body);
+            }
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
             let rename = client_session.as_deref().zip(sent_session.as_deref());
-            forward_response(&app, upstream, rename, get_stream)
+            forward_response(&app, upstream, rename, get_stream, follow)
         }
         Err(error) => {
             app.readiness.trigger();
@@ -465,6 +500,7 @@ fn forward_response(
     upstream: reqwest::Response,
     rename: Option<(&str, &str)>,
     get_stream: bool,
+    follow: Option<crate::stream::Follow>,
 ) -> Response {
     let status = upstream.status();
     let listed = connection_listed(upstream.headers());
@@ -492,8 +528,6 @@ fn forward_response(
     let readiness = app.readiness.clone();
     let guard = is_sse.then(|| app.metrics.stream_guard());
     let chunks = upstream.bytes_stream().map(move |chunk| {
-        // The guard lives as long as the stream, counting open SSE streams.
-        let _ = &guard;
         match &chunk {
             Err(e) if e.is_timeout() => tracing::warn!(
                 "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
@@ -509,7 +543,18 @@ fn forward_response(
         }
         chunk
     });
-    let body = if is_sse && get_stream {
+    // The guard lives as long as the client's stream, counting open SSE streams.
+    let chunks = chunks.map(move |chunk| {
+        let _ = &guard;
+        chunk
+    });
+    let body = if is_sse
+        && get_stream
+        && status.is_success()
+        && let Some(follow) = follow
+    {
+        followed_body(app, Some(Box::pin(chunks)), follow, None)
+    } else if is_sse && get_stream {
         // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
         // carries no reply to a request, so at shutdown it ends at the next event boundary
         // (the client resumes elsewhere with Last-Event-ID) instead of holding the drain.
@@ -548,6 +593,64 @@ fn forward_response(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    response
+}
+
+/// The client's GET stream of a known session: followed through upstream outages
+/// ([`crate::stream`]), with keepalives, ended at an event boundary at shutdown.
+fn followed_body(
+    app: &Arc<App>,
+    first: Option<crate::stream::Chunks>,
+    follow: crate::stream::Follow,
+    guard: Option<crate::metrics::StreamGuard>,
+) -> Body {
+    let stream = with_keepalives(
+        crate::stream::follow(first, follow),
+        app.sse_keepalive,
+        Some(app.shutdown.clone()),
+    );
+    Body::from_stream(stream.map(move |chunk| {
+        let _ = &guard;
+        chunk
+    }))
+}
+
+/// Whether a GET found the upstream away (down, silent or restarting) rather than refusing it.
+fn upstream_is_away(result: &Result<reqwest::Response, UpstreamError>) -> bool {
+    match result {
+        Ok(response) => matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        Err(e) => matches!(
+            e,
+            UpstreamError::Unreachable(_)
+                | UpstreamError::ConnectionRefused(_)
+                | UpstreamError::TimedOut(_)
+        ),
+    }
+}
+
+/// The answer to a GET of a known session while the upstream is away: an event stream that
+/// carries keepalives until the upstream stream is attached.
+fn away_stream_response(
+    app: &Arc<App>,
+    client_session: Option<&str>,
+    follow: crate::stream::Follow,
+) -> Response {
+    tracing::info!("the upstream is away; holding a client's GET stream open until it is back");
+    let guard = app.metrics.stream_guard();
+    let mut response = Response::new(followed_body(app, None, follow, Some(guard)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+    if let Some(value) = client_session.and_then(|id| HeaderValue::try_from(id).ok()) {
+        headers.insert(MCP_SESSION_ID.clone(), value);
+    }
     response
 }
 

@@ -39,6 +39,11 @@ pub struct Session {
     headers: HeaderMap,
     /// The session id the upstream currently knows this client by.
     upstream_id: tokio::sync::Mutex<String>,
+    /// How many times the sidecar re-made this session upstream: event ids and `Last-Event-ID`
+    /// are tied to it ([`crate::stream`]).
+    generation: AtomicU64,
+    /// The client's resource subscriptions, replayed into a re-made session.
+    pub subscriptions: crate::subscriptions::Subscriptions,
     order: u64,
 }
 
@@ -83,6 +88,8 @@ impl Sessions {
             initialize,
             headers: replay_headers,
             upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
+            generation: AtomicU64::new(0),
+            subscriptions: Default::default(),
             order: self.created.fetch_add(1, Ordering::Relaxed),
         });
         let mut map = self.lock();
@@ -110,6 +117,18 @@ impl Session {
     /// The id to send upstream in place of the client's.
     pub async fn upstream_id(&self) -> String {
         self.upstream_id.lock().await.clone()
+    }
+
+    /// The upstream id and the generation it belongs to, read together (a re-initialization
+    /// changes both under the same lock).
+    pub async fn current(&self) -> (String, u64) {
+        let id = self.upstream_id.lock().await;
+        (id.clone(), self.generation.load(Ordering::SeqCst))
+    }
+
+    /// How many times the sidecar re-made this session upstream (0: the client's own).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The upstream answered 404 to a request sent with `stale`: obtain a new upstream session,
@@ -172,7 +191,7 @@ impl Session {
             .send(
                 Method::POST,
                 None,
-                headers,
+                headers.clone(),
                 Bytes::from_static(crate::mcp::INITIALIZED_NOTIFICATION),
             )
             .await?;
@@ -183,6 +202,9 @@ impl Session {
             )));
         }
         tracing::info!("upstream forgot a client's session; re-initialized it transparently");
+        self.subscriptions.replay(upstream, &headers).await;
+        // Before the id changes: a reader that sees the new generation also sees the new id.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         *current = new_id.clone();
         Ok(new_id)
     }

@@ -7,3 +7,4 @@ mod cli;
 mod oauth;
 mod proxy;
 mod readiness;
+mod streams;
