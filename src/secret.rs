@@ -323,8 +323,12 @@ pub enum SecretError {
     Empty { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is not valid UTF-8")]
     NotUtf8 { key: &'static str, path: PathBuf },
-    #[error("{key}: {path} is a directory, not a file")]
-    NotAFile { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is a {kind}, not a file")]
+    NotAFile {
+        key: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
     #[error("{key}: {path} is larger than {limit} bytes; a secret file holds one value")]
     TooLarge {
         key: &'static str,
@@ -460,26 +464,51 @@ impl SecretFile {
 
     fn metadata(&self) -> Result<std::fs::Metadata, SecretError> {
         let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
-        if meta.is_dir() {
-            return Err(self.forget(SecretError::NotAFile {
-                key: self.key,
-                path: self.path.clone(),
-            }));
-        }
+        self.regular(&meta)?;
         if meta.len() > MAX_SECRET_FILE_BYTES {
             return Err(self.too_large());
         }
         Ok(meta)
     }
 
+    /// Only regular files are secrets: opening a FIFO blocks until a writer comes (holding the
+    /// thread that reads it), and a device may never end.
+    fn regular(&self, meta: &std::fs::Metadata) -> Result<(), SecretError> {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        let kind = if kind.is_file() {
+            return Ok(());
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "device"
+        };
+        Err(self.forget(SecretError::NotAFile {
+            key: self.key,
+            path: self.path.clone(),
+            kind,
+        }))
+    }
+
     fn load(&self, stamp: FileStamp, bridge: bool) -> Result<Secret, SecretError> {
         use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut bytes = Vec::new();
-        std::fs::File::open(&self.path)
-            .and_then(|file| {
-                // Bounded even if the file grew after the `stat`.
-                file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes)
-            })
+        // Non-blocking, and checked again on the open descriptor: the path may have been
+        // replaced by a FIFO since the `stat`.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+            .map_err(|source| self.unreadable(source))?;
+        self.regular(&file.metadata().map_err(|source| self.unreadable(source))?)?;
+        // Bounded even if the file grew after the `stat`.
+        file.take(MAX_SECRET_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(|source| self.unreadable(source))?;
         if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
             return Err(self.too_large());
@@ -888,6 +917,27 @@ mod tests {
             .read()
             .unwrap_err();
         assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(!err.is_pending());
+    }
+
+    /// A FIFO (or a device) at a secret's path would block `open` until a writer comes, holding
+    /// a runtime thread, or stream without end: only regular files are read.
+    #[test]
+    fn a_fifo_is_refused_at_once_never_opened_for_a_blocking_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo (coreutils)");
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(SecretFile::new("TOKEN_FILE", &path).read().map(|_| ()));
+        });
+        let err = wait
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO returned (it must not block)")
+            .unwrap_err();
+        assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(err.to_string().contains("is a FIFO, not a file"), "{err}");
         assert!(!err.is_pending());
     }
 
