@@ -567,7 +567,10 @@ fn away_stream_response(
         HeaderValue::from_static("text/event-stream"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+    headers.insert(
+        crate::headers::X_ACCEL_BUFFERING.clone(),
+        HeaderValue::from_static("no"),
+    );
     if let Some(value) = client_session.and_then(|id| HeaderValue::try_from(id).ok()) {
         headers.insert(MCP_SESSION_ID.clone(), value);
     }
