@@ -44,6 +44,8 @@ pub struct Session {
     generation: AtomicU64,
     /// The client's resource subscriptions, replayed into a re-made session.
     pub subscriptions: crate::subscriptions::Subscriptions,
+    /// The client ended it (DELETE): a GET stream still following it must not re-make it.
+    ended: std::sync::atomic::AtomicBool,
     order: u64,
 }
 
@@ -85,6 +87,7 @@ impl Sessions {
             upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
             generation: AtomicU64::new(0),
             subscriptions: Default::default(),
+            ended: Default::default(),
             order: self.created.fetch_add(1, Ordering::Relaxed),
         });
         let mut map = self.lock();
@@ -104,7 +107,9 @@ impl Sessions {
     }
 
     pub fn forget(&self, client_id: &str) {
-        self.lock().remove(client_id);
+        if let Some(session) = self.lock().remove(client_id) {
+            session.ended.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -119,6 +124,11 @@ impl Session {
     pub async fn current(&self) -> (String, u64) {
         let id = self.upstream_id.lock().await;
         (id.clone(), self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Whether the client ended this session (DELETE).
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
     }
 
     /// How many times the sidecar re-made this session upstream (0: the client's own).

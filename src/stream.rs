@@ -40,6 +40,8 @@ pub const REATTACH_WITHIN: Duration = Duration::from_secs(120);
 /// Waits between attempts: from the first, doubling up to the last.
 const FIRST_DELAY: Duration = Duration::from_millis(100);
 const MAX_DELAY: Duration = Duration::from_secs(2);
+/// An attachment shorter than this does not reset the wait before the next one.
+const SHORT_ATTACHMENT: Duration = Duration::from_secs(5);
 /// Bytes of one unfinished event held back; a longer event passes through as it comes, and a
 /// break inside it then ends the stream (the client drops the unfinished event).
 const MAX_PENDING: usize = 1024 * 1024;
@@ -112,6 +114,8 @@ pub fn follow(
         current: first,
         framer: Framer::default(),
         last_id: None,
+        attached_at: None,
+        delay: Duration::ZERO,
     };
     futures_util::stream::unfold(state, |mut state| async move {
         loop {
@@ -133,7 +137,7 @@ pub fn follow(
             match current.next().await {
                 Some(Ok(chunk)) => {
                     if let Some(out) = state.framer.push(&chunk) {
-                        let out = state.label(out);
+                        let out = label(out, state.generation, &mut state.last_id);
                         return Some((Ok(out), state));
                     }
                 }
@@ -163,44 +167,33 @@ struct State {
     generation: u64,
     /// The upstream's own id of the last event passed on from `generation`.
     last_id: Option<String>,
+    /// When the current upstream stream was attached by [`State::reattach`], and the wait
+    /// before the attempt that attached it.
+    attached_at: Option<Instant>,
+    delay: Duration,
 }
 
 impl State {
-    /// Notes the upstream's event ids and writes them in the client's form.
-    fn label(&mut self, events: Bytes) -> Bytes {
-        let mut out = BytesMut::with_capacity(events.len());
-        let mut changed = false;
-        for (line, end) in lines(&events) {
-            if let Some(id) = id_value(line) {
-                self.last_id = (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned());
-                if self.generation > 0 && !id.is_empty() {
-                    out.extend_from_slice(b"id: ");
-                    out.extend_from_slice(ID_PREFIX.as_bytes());
-                    out.extend_from_slice(self.generation.to_string().as_bytes());
-                    out.extend_from_slice(b":");
-                    out.extend_from_slice(id);
-                    out.extend_from_slice(end);
-                    changed = true;
-                    continue;
-                }
-            }
-            out.extend_from_slice(line);
-            out.extend_from_slice(end);
-        }
-        if changed { out.freeze() } else { events }
-    }
-
     /// Re-opens the upstream GET stream, re-initializing the session when the upstream forgot
     /// it. Bounded by [`REATTACH_WITHIN`]; `Err` says why it gave up.
     async fn reattach(&mut self) -> Result<Chunks, &'static str> {
         let deadline = Instant::now() + REATTACH_WITHIN;
-        let mut delay = Duration::ZERO;
+        // An upstream that ends every stream right after it opened does not get a reconnect
+        // loop: the wait keeps growing until an attachment lasts.
+        let mut delay = match self.attached_at {
+            Some(at) if at.elapsed() < SHORT_ATTACHMENT => self.delay,
+            _ => Duration::ZERO,
+        };
         loop {
+            if self.follow.session.is_ended() {
+                return Err("the client ended its session");
+            }
             if Instant::now() + delay >= deadline {
                 return Err("the upstream did not take the stream back in time");
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).clamp(FIRST_DELAY, MAX_DELAY);
+            self.delay = delay;
 
             let (id, generation) = self.follow.session.current().await;
             if generation != self.generation {
@@ -241,12 +234,16 @@ impl State {
                     generation,
                     "re-attached a client's GET stream to the upstream"
                 );
+                self.attached_at = Some(Instant::now());
                 return Ok(Box::pin(response.bytes_stream()));
             }
             let (forgotten, response) =
                 crate::session::forgotten(response, self.follow.reinit_timeout).await;
             drop(response);
             if forgotten {
+                if self.follow.session.is_ended() {
+                    return Err("the client ended its session");
+                }
                 let reinit = self.follow.session.reinitialize(&self.follow.upstream, &id);
                 match tokio::time::timeout(self.follow.reinit_timeout, reinit).await {
                     Ok(Ok(_)) => delay = Duration::ZERO,
@@ -273,6 +270,28 @@ impl State {
             }
         }
     }
+}
+
+/// Notes the upstream's event ids in `last_id` and writes them in the client's form: as they
+/// are for the client's own session (generation 0), prefixed with the generation after that.
+fn label(events: Bytes, generation: u64, last_id: &mut Option<String>) -> Bytes {
+    let mut out = BytesMut::with_capacity(events.len() + 24);
+    let mut changed = false;
+    for (line, end) in lines(&events) {
+        if let Some(id) = id_value(line) {
+            *last_id = (!id.is_empty()).then(|| String::from_utf8_lossy(id).into_owned());
+            if generation > 0 && !id.is_empty() {
+                out.extend_from_slice(format!("id: {ID_PREFIX}{generation}:").as_bytes());
+                out.extend_from_slice(id);
+                out.extend_from_slice(end);
+                changed = true;
+                continue;
+            }
+        }
+        out.extend_from_slice(line);
+        out.extend_from_slice(end);
+    }
+    if changed { out.freeze() } else { events }
 }
 
 /// The `id` field's value if `line` is an `id` line.
@@ -397,6 +416,23 @@ mod tests {
         assert!(f.mid_event);
         assert_eq!(f.push(b"\n\n").as_deref(), Some(&b"\n\n"[..]));
         assert!(!f.mid_event);
+    }
+
+    #[test]
+    fn ids_of_a_remade_session_are_labelled_and_remembered_raw() {
+        let mut last = None;
+        let events = Bytes::from_static(b"id: 7\ndata: a\n\nid:8\r\ndata: b\r\n\r\n");
+        assert_eq!(label(events.clone(), 0, &mut last), events);
+        assert_eq!(last.as_deref(), Some("8"));
+        let out = label(events, 3, &mut last);
+        assert_eq!(
+            &out[..],
+            b"id: mcp-sidecar:3:7\ndata: a\n\nid: mcp-sidecar:3:8\r\ndata: b\r\n\r\n"
+        );
+        assert_eq!(last.as_deref(), Some("8"));
+        assert_eq!(upstream_last_event_id("mcp-sidecar:3:8", 3), Some("8"));
+        label(Bytes::from_static(b"id\ndata: c\n\n"), 3, &mut last);
+        assert_eq!(last, None, "an empty id resets it, as in the client");
     }
 
     #[test]

@@ -317,3 +317,43 @@ async fn a_stream_that_cannot_be_reattached_ends_at_an_event_boundary() {
     boundary.observe(seen.as_bytes());
     assert!(boundary.at_boundary(), "it ends between events: {seen:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_of_a_session_the_client_ended_is_not_remade() {
+    let (mut mock, sidecar) = streaming_pair().await;
+    let port = mock.addr.port();
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let session = initialize(&client, &url).await;
+    let mut stream = open_get(&client, &url, &session).send().await.unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut stream, &mut seen, &format!("id: {session}-0\n")).await);
+    let deleted = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .header("x-test", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    mock.stop();
+    let mock = MockUpstream::start_streaming_on(port, TOKEN);
+
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends: {seen:?}");
+    let remade: Vec<_> = mock
+        .state
+        .client_requests()
+        .into_iter()
+        .filter(|r| r.rpc_method().as_deref() == Some("initialize"))
+        .collect();
+    assert!(
+        remade.is_empty(),
+        "an ended session is not re-made upstream"
+    );
+}
