@@ -97,14 +97,30 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
 
 /// Scrubs every known secret out of header values (an error answer's `X-Debug-Authorization`, a
 /// quoting `Warning`) before they reach the client.
+/// Allocates nothing for a value that holds no secret (every response passes here).
 pub fn scrub_values(headers: &mut HeaderMap) {
+    let (patterns, _) = crate::secret::patterns();
+    if patterns.is_empty() {
+        return;
+    }
     for value in headers.values_mut() {
-        let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
-        if scrubbed != value.as_bytes()
-            && let Ok(clean) = HeaderValue::from_bytes(&scrubbed)
-        {
-            *value = clean;
+        let found = patterns.matches(value.as_bytes());
+        if found.is_empty() {
+            continue;
         }
+        let bytes = value.as_bytes();
+        let mut scrubbed = Vec::with_capacity(bytes.len());
+        let mut last = 0;
+        for range in found {
+            scrubbed.extend_from_slice(&bytes[last..range.start]);
+            scrubbed.extend_from_slice(crate::secret::REDACTION.as_bytes());
+            last = range.end;
+        }
+        scrubbed.extend_from_slice(&bytes[last..]);
+        // The redaction is printable ASCII, so this cannot fail; if it did, nothing of the
+        // value would be kept.
+        *value = HeaderValue::from_bytes(&scrubbed)
+            .unwrap_or_else(|_| HeaderValue::from_static(crate::secret::REDACTION));
     }
 }
 

@@ -40,6 +40,7 @@ pub mod net;
 pub mod output;
 pub mod proxy;
 pub mod readiness;
+pub mod scrubber;
 pub mod secret;
 pub mod server;
 pub mod session;

@@ -470,6 +470,17 @@ fn forward_response(
         }
         chunk
     });
+    // A success body may echo the credential too (a tool quoting the request): it is scrubbed
+    // as it streams, and its headers with it.
+    let chunks = match crate::scrubber::scrub_stream(chunks) {
+        Ok(scrubbed) => {
+            crate::headers::scrub_values(&mut headers);
+            // A redaction changes the length; the stream ends by itself.
+            headers.remove(header::CONTENT_LENGTH);
+            futures_util::future::Either::Left(scrubbed)
+        }
+        Err(plain) => futures_util::future::Either::Right(plain),
+    };
     // The guard lives as long as the client's stream, counting open SSE streams.
     let chunks = chunks.map(move |chunk| {
         let _ = &guard;
@@ -504,8 +515,6 @@ fn forward_response(
         // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
         // is buffered, up to a bound no error page reaches.
         headers.remove(header::CONTENT_LENGTH);
-        // Its headers too (an `X-Debug-Authorization`, a quoting `Warning`).
-        crate::headers::scrub_values(&mut headers);
         Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)

@@ -14,7 +14,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -79,9 +80,107 @@ impl Registry {
             .collect();
         patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         patterns.dedup();
+        let snapshot = Arc::new(Patterns::new(&patterns));
+        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        GENERATION.fetch_add(1, Ordering::Release);
         self.patterns = patterns;
     }
 }
+
+/// The registry's forms, prepared for searching bodies as they stream ([`crate::scrubber`]):
+/// read without the registry's lock, replaced whole when a secret is registered.
+pub struct Patterns {
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Bytes some form starts with: only where one of these sits near a chunk's end can a secret
+    /// be cut in two by the chunk boundary.
+    starts: [bool; 256],
+    longest: usize,
+}
+
+/// Bodies are data, not messages: a short value (a `HEADERS` tenant name) would blank out
+/// ordinary words of tool results, and no credential is this short.
+const MIN_STREAM_SCRUBBED_LEN: usize = 8;
+
+impl Patterns {
+    fn new(forms: &[String]) -> Self {
+        let forms: Vec<&String> = forms
+            .iter()
+            .filter(|f| f.len() >= MIN_STREAM_SCRUBBED_LEN)
+            .collect();
+        let mut starts = [false; 256];
+        for form in &forms {
+            if let Some(&first) = form.as_bytes().first() {
+                starts[usize::from(first)] = true;
+            }
+        }
+        Self {
+            finders: forms
+                .iter()
+                .map(|f| memchr::memmem::Finder::new(f.as_bytes()).into_owned())
+                .collect(),
+            starts,
+            longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.finders.is_empty()
+    }
+
+    /// The byte ranges of `bytes` where a form occurs, sorted, overlapping ones merged.
+    pub fn matches(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for finder in &self.finders {
+            let len = finder.needle().len();
+            ranges.extend(finder.find_iter(bytes).map(|at| at..at + len));
+        }
+        if ranges.len() > 1 {
+            ranges.sort_unstable_by_key(|r| r.start);
+            let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                match merged.last_mut() {
+                    Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                    _ => merged.push(range),
+                }
+            }
+            ranges = merged;
+        }
+        ranges
+    }
+
+    /// Where, at or after `from`, the longest tail of `bytes` begins that is the start of a form
+    /// (it may be completed by the next chunk); `bytes.len()` when there is none.
+    pub fn cut_tail(&self, bytes: &[u8], from: usize) -> usize {
+        let from = from.max(bytes.len().saturating_sub(self.longest.saturating_sub(1)));
+        (from..bytes.len())
+            .find(|&at| {
+                self.starts[usize::from(bytes[at])]
+                    && self.finders.iter().any(|f| {
+                        f.needle().len() > bytes.len() - at && f.needle().starts_with(&bytes[at..])
+                    })
+            })
+            .unwrap_or(bytes.len())
+    }
+}
+
+static SNAPSHOT: std::sync::LazyLock<RwLock<Arc<Patterns>>> =
+    std::sync::LazyLock::new(|| RwLock::new(Arc::new(Patterns::new(&[]))));
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The current forms, and their generation (it changes whenever a secret is registered, so a
+/// long stream can tell cheaply that it should take the new ones).
+pub fn patterns() -> (Arc<Patterns>, u64) {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let snapshot = SNAPSHOT.read().unwrap_or_else(|p| p.into_inner()).clone();
+    (snapshot, generation)
+}
+
+pub fn patterns_generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The text that replaces a secret.
+pub const REDACTION: &str = REDACTED;
 
 /// Remembers `value` for [`scrub`]. Called for every [`Secret`], every `HEADERS` value, and every
 /// credential the sidecar derives from one before sending it (a `Basic` credential).

@@ -235,7 +235,12 @@ impl State {
                     "re-attached a client's GET stream to the upstream"
                 );
                 self.attached_at = Some(Instant::now());
-                return Ok(Box::pin(response.bytes_stream()));
+                // Scrubbed like the first stream (proxy.rs): a notification may quote a secret.
+                let chunks: Chunks = Box::pin(response.bytes_stream());
+                return Ok(match crate::scrubber::scrub_stream(chunks) {
+                    Ok(scrubbed) => Box::pin(scrubbed),
+                    Err(plain) => plain,
+                });
             }
             let (forgotten, response) =
                 crate::session::forgotten(response, self.follow.reinit_timeout).await;

@@ -8,7 +8,12 @@ use serde_json::{Value, json};
 use crate::common::mock_upstream::{MockUpstream, Recorded};
 use crate::common::{DEADLINE, Sidecar, mcp_post, poll, read_until};
 
-const TOKEN: &str = "upstream-token-1";
+/// A canary (TESTING.md: `+ / = &`, over 200 characters): it must never reach the client.
+const TOKEN: &str = concat!(
+    "stream-canary+/=&-0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz",
+    "-0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdefghijklmnopqrstuvwxyz-0123456789abcdef",
+    "ghijklmnopqrstuvwxyz-end"
+);
 
 async fn streaming_pair() -> (MockUpstream, Sidecar) {
     let mock = MockUpstream::start_streaming_on(0, TOKEN);
@@ -155,6 +160,17 @@ async fn a_get_stream_outlives_an_upstream_restart_and_carries_the_new_sessions_
         .collect();
     assert_eq!(texts, ["before", "after"]);
 
+    // The re-attached stream is scrubbed like the first one.
+    mock.state.push(&format!(
+        "event: message\ndata: {}\n\n",
+        notification(&format!("leak {TOKEN}"))
+    ));
+    assert!(
+        read_until(&mut stream, &mut seen, "leak <redacted>").await,
+        "{seen:?}"
+    );
+    assert!(!seen.contains(TOKEN));
+
     let requests = mock.state.client_requests();
     let replayed = requests
         .iter()
@@ -173,7 +189,10 @@ async fn a_get_stream_outlives_an_upstream_restart_and_carries_the_new_sessions_
         !last.headers.contains_key("last-event-id"),
         "no id of the dead session goes to the new one"
     );
-    assert_eq!(last.authorization(), Some("Bearer upstream-token-1"));
+    assert_eq!(
+        last.authorization(),
+        Some(format!("Bearer {TOKEN}").as_str())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
