@@ -29,6 +29,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod failure;
 pub mod guard;
 pub mod handshake;
 pub mod headers;
