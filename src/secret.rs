@@ -127,6 +127,11 @@ impl Patterns {
         self.finders.is_empty()
     }
 
+    /// The length of the longest form.
+    pub fn longest(&self) -> usize {
+        self.longest
+    }
+
     /// The byte ranges of `bytes` where a form occurs, sorted, overlapping ones merged.
     pub fn matches(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
         let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
@@ -299,6 +304,7 @@ fn forms(value: &str) -> Vec<String> {
             .replace('<', "\\u003c")
             .replace('>', "\\u003e"),
         ascii_json(&json),
+        dotnet_json(value),
         json,
     ];
     let html = value
@@ -358,6 +364,34 @@ fn ascii_json(json: &str) -> String {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// The JSON string literal of `value` (without quotes) as .NET's `System.Text.Json` writes it by
+/// default (`JavaScriptEncoder.Default`, what the C# MCP SDK uses): HTML-sensitive characters
+/// (`" & ' + < >` and the backtick) and every non-ASCII character as `\uXXXX` in upper-case hex,
+/// so a base64 token's `+` comes back as `\u002B`.
+fn dotnet_json(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for c in value.chars() {
+        match c {
+            '"' | '&' | '\'' | '+' | '<' | '>' | '`' => {
+                out.push_str(&format!("\\u{:04X}", u32::from(c)));
+            }
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => {
+                let escaped = serde_json::Value::String(c.to_string()).to_string();
+                out.push_str(&escaped[1..escaped.len() - 1]);
+            }
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
             }
         }
     }
@@ -815,6 +849,17 @@ mod tests {
                     .replace('>', "\\u003e"),
             ),
             ("json, ASCII only", json.replace('é', "\\u00e9")),
+            (
+                "json, .NET default encoder",
+                secret
+                    .replace('&', "\\u0026")
+                    .replace('+', "\\u002B")
+                    .replace('"', "\\u0022")
+                    .replace('<', "\\u003C")
+                    .replace('>', "\\u003E")
+                    .replace('\'', "\\u0027")
+                    .replace('é', "\\u00E9"),
+            ),
             (
                 "html",
                 secret

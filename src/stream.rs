@@ -229,6 +229,17 @@ impl State {
                 Ok(Ok(response)) => response,
             };
             let status = response.status();
+            // A coded body cannot be scrubbed (proxy.rs withholds one too).
+            if response
+                .headers()
+                .get(http::header::CONTENT_ENCODING)
+                .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+                && !crate::secret::patterns().0.is_empty()
+            {
+                return Err(
+                    "the upstream sent a coded (Content-Encoding) stream, which cannot be scrubbed",
+                );
+            }
             if status.is_success() && crate::sse::is_event_stream(response.headers()) {
                 tracing::info!(
                     generation,
