@@ -376,3 +376,36 @@ async fn a_stream_of_a_session_the_client_ended_is_not_remade() {
         "an ended session is not re-made upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reattached_stream_that_cannot_be_scrubbed_is_not_passed_on() {
+    let (mut mock, sidecar) = streaming_pair().await;
+    let port = mock.addr.port();
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let session = initialize(&client, &url).await;
+    let mut stream = open_get(&client, &url, &session).send().await.unwrap();
+    let mut seen = String::new();
+    assert!(read_until(&mut stream, &mut seen, &format!("id: {session}-0\n")).await);
+    mock.stop();
+    // Back, but its streams claim a coding the scrubber cannot read through.
+    let mock = MockUpstream::start_coded_streaming_on(port, TOKEN);
+
+    let ended = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends: {seen:?}");
+    assert!(
+        gets(&mock)
+            .iter()
+            .any(|r| r.headers.contains_key("mcp-session-id")),
+        "the sidecar did try to re-attach"
+    );
+    assert!(
+        !seen.contains("mcp-sidecar:1:"),
+        "nothing of the coded stream reached the client: {seen:?}"
+    );
+}

@@ -99,6 +99,8 @@ pub struct MockState {
     pub get_streams: AtomicBool,
     /// Raw bytes for every open GET stream ([`MockState::push`]).
     pushed: tokio::sync::broadcast::Sender<Bytes>,
+    /// GET streams claim `Content-Encoding: gzip`.
+    pub coded_get_streams: AtomicBool,
     /// When set, every request of the test's client (not the readiness handshake) is refused
     /// with this 403, as a server denying a tool or applying a policy does.
     pub forbid: Mutex<Option<Forbid>>,
@@ -203,16 +205,22 @@ impl MockUpstream {
 
     /// Starts on a given port (0 for any), for tests where the upstream comes up late.
     pub fn start_on(port: u16, token: &str, mode: Mode) -> Self {
-        Self::start_with(port, token, mode, false)
+        Self::start_with(port, token, mode, false, false)
     }
 
     /// A Legacy-mode upstream that serves GET streams from its first request on (`port` 0 for
     /// any; the port of a stopped one to bring it back).
     pub fn start_streaming_on(port: u16, token: &str) -> Self {
-        Self::start_with(port, token, Mode::Legacy, true)
+        Self::start_with(port, token, Mode::Legacy, true, false)
     }
 
-    fn start_with(port: u16, token: &str, mode: Mode, get_streams: bool) -> Self {
+    /// Like [`MockUpstream::start_streaming_on`], with GET streams sent `Content-Encoding: gzip`
+    /// (an upstream that ignores the sidecar's `Accept-Encoding: identity`).
+    pub fn start_coded_streaming_on(port: u16, token: &str) -> Self {
+        Self::start_with(port, token, Mode::Legacy, true, true)
+    }
+
+    fn start_with(port: u16, token: &str, mode: Mode, get_streams: bool, coded: bool) -> Self {
         let state = Arc::new(MockState {
             token: Mutex::new(token.to_string()),
             reject_next: AtomicUsize::new(0),
@@ -232,6 +240,7 @@ impl MockUpstream {
             also_accepted: Mutex::new(HashSet::new()),
             get_streams: AtomicBool::new(get_streams),
             pushed: tokio::sync::broadcast::channel(64).0,
+            coded_get_streams: AtomicBool::new(coded),
             forbid: Mutex::new(None),
             forbid_everyone: AtomicBool::new(false),
         });
@@ -657,7 +666,13 @@ fn get_stream(state: &Arc<MockState>, headers: &HeaderMap) -> Response {
     let stream = futures_util::stream::once(async move { Bytes::from(first) })
         .chain(pushed)
         .map(Ok::<_, std::convert::Infallible>);
-    sse(Body::from_stream(stream))
+    let mut response = sse(Body::from_stream(stream));
+    if state.coded_get_streams.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+    }
+    response
 }
 
 /// GET on the SSE URL of an HTTP+SSE server: announce the message endpoint, then relay replies.
