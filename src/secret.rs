@@ -52,6 +52,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     patterns: Vec::new(),
 });
 const ROTATING_SIZE: usize = 256;
+/// How many of the newest rotating values streamed bodies are searched for: a few rotations'
+/// worth (each brings an access and a refresh token).
+const STREAM_ROTATING: usize = 16;
 const EPHEMERAL_SIZE: usize = 16;
 /// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
 const MIN_SCRUBBED_LEN: usize = 4;
@@ -69,7 +72,33 @@ impl Registry {
             .any(|k| k == value)
     }
 
+    /// The forms streamed bodies are searched for. Each is searched once per chunk, so the set
+    /// stays small however long the process has rotated tokens: what the upstream can echo is
+    /// what it was sent, and an access token rotated out long ago has expired. Values made for
+    /// one token request (assertions) never go to the upstream.
+    fn streamed_forms(&self) -> Vec<String> {
+        let mut streamed: Vec<String> = self
+            .pinned
+            .iter()
+            .chain(self.rotating.iter().rev().take(STREAM_ROTATING))
+            .flat_map(|value| forms(value))
+            .filter(|form| form.len() >= MIN_SCRUBBED_LEN)
+            .collect();
+        streamed.sort_unstable();
+        streamed.dedup();
+        streamed
+    }
+
     fn rebuild(&mut self) {
+        let patterns = self.message_forms();
+        let snapshot = Arc::new(Patterns::new(&self.streamed_forms()));
+        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        GENERATION.fetch_add(1, Ordering::Release);
+        self.patterns = patterns;
+    }
+
+    /// Every form of every value remembered, longest first: what messages are scrubbed of.
+    fn message_forms(&self) -> Vec<String> {
         let mut patterns: Vec<String> = self
             .pinned
             .iter()
@@ -80,10 +109,7 @@ impl Registry {
             .collect();
         patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         patterns.dedup();
-        let snapshot = Arc::new(Patterns::new(&patterns));
-        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
-        GENERATION.fetch_add(1, Ordering::Release);
-        self.patterns = patterns;
+        patterns
     }
 }
 
@@ -1038,6 +1064,35 @@ mod tests {
             file.read().unwrap_err(),
             SecretError::Empty { .. }
         ));
+    }
+
+    /// A process that has rotated tokens for weeks searches bodies for the newest few, not
+    /// for all 256 it remembers (each form costs one search per chunk).
+    #[test]
+    fn streamed_bodies_are_searched_for_the_newest_rotated_values_only() {
+        let mut registry = Registry {
+            pinned: vec!["pinned-client-secret-value".into()],
+            rotating: VecDeque::new(),
+            ephemeral: VecDeque::from(vec!["an-assertion-for-the-idp-only".to_string()]),
+            sealed: true,
+            patterns: Vec::new(),
+        };
+        for n in 0..ROTATING_SIZE {
+            registry.rotating.push_back(format!("rotated-token-{n:04}"));
+        }
+        let forms = registry.streamed_forms();
+        let newest = format!("rotated-token-{:04}", ROTATING_SIZE - 1);
+        assert!(forms.contains(&newest));
+        assert!(forms.contains(&"pinned-client-secret-value".to_string()));
+        assert!(!forms.contains(&"rotated-token-0000".to_string()));
+        assert!(!forms.iter().any(|f| f.contains("assertion")));
+        assert_eq!(forms.len(), 1 + STREAM_ROTATING, "{forms:?}");
+        // Messages are still scrubbed of every value remembered.
+        assert!(
+            registry
+                .message_forms()
+                .contains(&"rotated-token-0000".to_string())
+        );
     }
 
     #[test]
