@@ -11,7 +11,8 @@
 //! - [`upstream`]: the connection to the MCP server and the refresh-and-retry rule;
 //!   [`challenge`]: `WWW-Authenticate` parsing.
 //! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
-//!   upstream forgot; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
+//!   upstream forgot; [`stream`]: GET streams kept open and re-attached through an upstream
+//!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
@@ -46,6 +47,8 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod sse;
+pub mod stream;
+pub mod subscriptions;
 pub mod telemetry;
 pub mod time;
 pub mod token;

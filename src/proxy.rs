@@ -122,11 +122,15 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         .as_deref()
         .and_then(|id| app.sessions.get(id));
     let mut sent_session = None;
+    let mut sent_generation = 0;
     if let Some(session) = &session {
+        // The generation first: ids labelled with an older one are never forwarded again.
+        sent_generation = session.generation();
         let id = session.upstream_id().await;
         if let Ok(value) = HeaderValue::try_from(id.as_str()) {
             headers.insert(MCP_SESSION_ID.clone(), value);
         }
+        crate::stream::map_last_event_id(&mut headers, sent_generation);
         sent_session = Some(id);
     }
     let send = |headers: HeaderMap| {
@@ -167,10 +171,14 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             .await
             .unwrap_or(Err(crate::session::ReinitError::TimedOut))
         {
-            Ok(fresh) => {
+            Ok(_) => {
+                let (fresh, generation) = session.current().await;
                 if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                     headers.insert(MCP_SESSION_ID.clone(), value);
                 }
+                // It names an event of the session that is gone.
+                headers.remove(&crate::stream::LAST_EVENT_ID);
+                sent_generation = generation;
                 result = send(headers.clone()).await;
                 // The retry went out under the new id; a response echoing it is renamed.
                 sent_session = Some(fresh);
@@ -200,6 +208,27 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         && method == Method::DELETE
     {
         app.sessions.forget(id);
+    }
+
+    // A GET stream of a known session outlives an upstream that is down: the client's stream
+    // opens now and is attached once the upstream is back.
+    let mut follow = match (&session, &target) {
+        (Some(session), Target::Endpoint) if method == Method::GET => Some(crate::stream::Follow {
+            upstream: app.upstream.clone(),
+            session: session.clone(),
+            headers: headers.clone(),
+            query: parts.uri.query().map(str::to_string),
+            generation: sent_generation,
+            reinit_timeout: app.reinit_timeout,
+        }),
+        _ => None,
+    };
+    if upstream_is_away(&result)
+        && let Some(follow) = follow.take()
+    {
+        app.readiness.trigger();
+        app.metrics.record_request(&method, Outcome::forwarded);
+        return away_stream_response(&app, client_session.as_deref(), follow);
     }
 
     match result {
@@ -233,10 +262,16 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                 app.sessions
                     .remember(id, body.clone(), &headers, parts.uri.query());
             }
+            if status.is_success()
+                && method == Method::POST
+                && let Some(session) = &session
+            {
+                session.subscriptions.observe(&body);
+            }
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
             let rename = client_session.as_deref().zip(sent_session.as_deref());
-            forward_response(&app, upstream, rename, get_stream, &body)
+            forward_response(&app, upstream, rename, get_stream, &body, follow)
         }
         Err(crate::upstream::UpstreamError::Forbidden(refused)) => {
             relay_forbidden(&app, &method, jsonrpc::request_id(&body), *refused).await
@@ -413,6 +448,7 @@ fn forward_response(
     rename: Option<(&str, &str)>,
     get_stream: bool,
     request: &Bytes,
+    follow: Option<crate::stream::Follow>,
 ) -> Response {
     let status = upstream.status();
     let mut headers = crate::headers::client_response_headers(upstream.headers());
@@ -458,8 +494,6 @@ fn forward_response(
     let readiness = app.readiness.clone();
     let guard = is_sse.then(|| app.metrics.stream_guard());
     let chunks = upstream.bytes_stream().map(move |chunk| {
-        // The guard lives as long as the stream, counting open SSE streams.
-        let _ = &guard;
         match &chunk {
             Err(e) if e.is_timeout() => tracing::warn!(
                 "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
@@ -491,7 +525,18 @@ fn forward_response(
         // values too, as its body does.
         crate::headers::scrub_error_values(&mut headers);
     }
-    let body = if is_sse && get_stream {
+    // The guard lives as long as the client's stream, counting open SSE streams.
+    let chunks = chunks.map(move |chunk| {
+        let _ = &guard;
+        chunk
+    });
+    let body = if is_sse
+        && get_stream
+        && status.is_success()
+        && let Some(follow) = follow
+    {
+        followed_body(app, Some(Box::pin(chunks)), follow, None)
+    } else if is_sse && get_stream {
         // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
         // carries no reply to a request, so at shutdown it ends at the next event boundary
         // (the client resumes elsewhere with Last-Event-ID) instead of holding the drain.
@@ -521,6 +566,67 @@ fn forward_response(
     let mut response = Response::new(body);
     *response.status_mut() = status;
     *response.headers_mut() = headers;
+    response
+}
+
+/// The client's GET stream of a known session: followed through upstream outages
+/// ([`crate::stream`]), with keepalives, ended at an event boundary at shutdown.
+fn followed_body(
+    app: &Arc<App>,
+    first: Option<crate::stream::Chunks>,
+    follow: crate::stream::Follow,
+    guard: Option<crate::metrics::StreamGuard>,
+) -> Body {
+    let stream = with_keepalives(
+        crate::stream::follow(first, follow),
+        app.sse_keepalive,
+        Some(app.shutdown.clone()),
+    );
+    Body::from_stream(stream.map(move |chunk| {
+        let _ = &guard;
+        chunk
+    }))
+}
+
+/// Whether a GET found the upstream away (down, silent or restarting) rather than refusing it.
+fn upstream_is_away(result: &Result<reqwest::Response, crate::upstream::UpstreamError>) -> bool {
+    match result {
+        Ok(response) => matches!(
+            response.status(),
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        Err(e) => matches!(
+            e,
+            crate::upstream::UpstreamError::Unreachable(_)
+                | crate::upstream::UpstreamError::ConnectionRefused(_)
+                | crate::upstream::UpstreamError::TimedOut(_)
+        ),
+    }
+}
+
+/// The answer to a GET of a known session while the upstream is away: an event stream that
+/// carries keepalives until the upstream stream is attached.
+fn away_stream_response(
+    app: &Arc<App>,
+    client_session: Option<&str>,
+    follow: crate::stream::Follow,
+) -> Response {
+    tracing::info!("the upstream is away; holding a client's GET stream open until it is back");
+    let guard = app.metrics.stream_guard();
+    let mut response = Response::new(followed_body(app, None, follow, Some(guard)));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert(
+        crate::headers::X_ACCEL_BUFFERING.clone(),
+        HeaderValue::from_static("no"),
+    );
+    if let Some(value) = client_session.and_then(|id| HeaderValue::try_from(id).ok()) {
+        headers.insert(MCP_SESSION_ID.clone(), value);
+    }
     response
 }
 

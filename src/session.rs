@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use http::header::HeaderValue;
@@ -122,6 +122,13 @@ pub struct Session {
     query: Option<String>,
     /// The session id the upstream currently knows this client by.
     upstream_id: tokio::sync::Mutex<String>,
+    /// How many times the sidecar re-made this session upstream: event ids and `Last-Event-ID`
+    /// are tied to it ([`crate::stream`]).
+    generation: AtomicU64,
+    /// The client's resource subscriptions, replayed into a re-made session.
+    pub subscriptions: crate::subscriptions::Subscriptions,
+    /// The client ended it (DELETE): a GET stream still following it must not re-make it.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 /// Why a re-initialization failed. The caller branches on [`ReinitError::is_transient`]: a
@@ -211,6 +218,9 @@ impl Sessions {
             headers: crate::headers::replayed(headers),
             query: query.map(str::to_string),
             upstream_id: tokio::sync::Mutex::new(client_id.to_string()),
+            generation: AtomicU64::new(0),
+            subscriptions: Default::default(),
+            ended: Default::default(),
         };
         let cost = session.cost(client_id);
         let now = Instant::now();
@@ -260,7 +270,9 @@ impl Sessions {
     }
 
     pub fn forget(&self, client_id: &str) {
-        self.lock().remove(client_id);
+        if let Some(entry) = self.lock().remove(client_id) {
+            entry.session.ended.store(true, Ordering::SeqCst);
+        }
     }
 }
 
@@ -290,6 +302,23 @@ impl Session {
     /// The id to send upstream in place of the client's.
     pub async fn upstream_id(&self) -> String {
         self.upstream_id.lock().await.clone()
+    }
+
+    /// The upstream id and the generation it belongs to, read together (a re-initialization
+    /// changes both under the same lock).
+    pub async fn current(&self) -> (String, u64) {
+        let id = self.upstream_id.lock().await;
+        (id.clone(), self.generation.load(Ordering::SeqCst))
+    }
+
+    /// Whether the client ended this session (DELETE).
+    pub fn is_ended(&self) -> bool {
+        self.ended.load(Ordering::SeqCst)
+    }
+
+    /// How many times the sidecar re-made this session upstream (0: the client's own).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The upstream answered 404 to a request sent with `stale`: obtain a new upstream session,
@@ -354,7 +383,7 @@ impl Session {
             .send(
                 Method::POST,
                 self.query.as_deref(),
-                headers,
+                headers.clone(),
                 Bytes::from_static(crate::mcp::INITIALIZED_NOTIFICATION),
             )
             .await?;
@@ -365,6 +394,9 @@ impl Session {
             });
         }
         tracing::info!("upstream forgot a client's session; re-initialized it transparently");
+        self.subscriptions.replay(upstream, &headers).await;
+        // Before the id changes: a reader that sees the new generation also sees the new id.
+        self.generation.fetch_add(1, Ordering::SeqCst);
         *current = new_id.clone();
         Ok(new_id)
     }

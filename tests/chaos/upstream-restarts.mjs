@@ -10,8 +10,8 @@
 //     notifications travel on the call's own SSE response;
 //   - lost stream notifications: `toggle-simulated-logging` starts server-sent log messages (every
 //     5 s, at level debug so none is filtered) that reach the client only over its standalone GET
-//     stream; a restart after which none arrives within 12 s counts as lost. PROTOCOL.md explains
-//     why this fails today (a resumed GET stream's Last-Event-ID names the dead upstream session).
+//     stream; a restart after which none arrives within 12 s counts as lost (the sidecar keeps the
+//     client's GET stream open and re-attaches it to the session it re-makes: src/stream.rs).
 // stdout: progress lines, then one JSON line {"result":{...}}. Exit 0 when the run completed (the
 // figures are judged by the caller), 1 when it could not (the server did not come back, say).
 import { spawn } from 'node:child_process';

@@ -8,3 +8,4 @@ mod defects;
 mod oauth;
 mod proxy;
 mod readiness;
+mod streams;

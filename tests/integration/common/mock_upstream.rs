@@ -61,6 +61,8 @@ impl Recorded {
     }
 }
 
+static NEXT_SESSION: AtomicUsize = AtomicUsize::new(1);
+
 pub struct MockState {
     /// The bearer token the mock accepts.
     pub token: Mutex<String>,
@@ -93,6 +95,12 @@ pub struct MockState {
     pub also_accepted: Mutex<HashSet<String>>,
     /// `x-force-401` values already answered with a 401: each value forces exactly one refresh.
     forced: Mutex<HashSet<String>>,
+    /// Serve GET streams (server-to-client messages) to sessions instead of answering 405.
+    pub get_streams: AtomicBool,
+    /// Raw bytes for every open GET stream ([`MockState::push`]).
+    pushed: tokio::sync::broadcast::Sender<Bytes>,
+    /// GET streams claim `Content-Encoding: gzip`.
+    pub coded_get_streams: AtomicBool,
     /// When set, every request of the test's client (not the readiness handshake) is refused
     /// with this 403, as a server denying a tool or applying a policy does.
     pub forbid: Mutex<Option<Forbid>>,
@@ -168,6 +176,16 @@ impl MockState {
         self.sessions.lock().unwrap().clear();
     }
 
+    /// Writes `raw` (any bytes, whole events or not) into every open GET stream.
+    pub fn push(&self, raw: &str) {
+        let _ = self.pushed.send(Bytes::from(raw.to_string()));
+    }
+
+    /// How many GET streams are open.
+    pub fn open_get_streams(&self) -> usize {
+        self.pushed.receiver_count()
+    }
+
     pub fn set_token(&self, token: &str) {
         *self.token.lock().unwrap() = token.to_string();
     }
@@ -187,6 +205,22 @@ impl MockUpstream {
 
     /// Starts on a given port (0 for any), for tests where the upstream comes up late.
     pub fn start_on(port: u16, token: &str, mode: Mode) -> Self {
+        Self::start_with(port, token, mode, false, false)
+    }
+
+    /// A Legacy-mode upstream that serves GET streams from its first request on (`port` 0 for
+    /// any; the port of a stopped one to bring it back).
+    pub fn start_streaming_on(port: u16, token: &str) -> Self {
+        Self::start_with(port, token, Mode::Legacy, true, false)
+    }
+
+    /// Like [`MockUpstream::start_streaming_on`], with GET streams sent `Content-Encoding: gzip`
+    /// (an upstream that ignores the sidecar's `Accept-Encoding: identity`).
+    pub fn start_coded_streaming_on(port: u16, token: &str) -> Self {
+        Self::start_with(port, token, Mode::Legacy, true, true)
+    }
+
+    fn start_with(port: u16, token: &str, mode: Mode, get_streams: bool, coded: bool) -> Self {
         let state = Arc::new(MockState {
             token: Mutex::new(token.to_string()),
             reject_next: AtomicUsize::new(0),
@@ -204,6 +238,9 @@ impl MockUpstream {
             prm_resource: Mutex::new(None),
             forced: Mutex::new(HashSet::new()),
             also_accepted: Mutex::new(HashSet::new()),
+            get_streams: AtomicBool::new(get_streams),
+            pushed: tokio::sync::broadcast::channel(64).0,
+            coded_get_streams: AtomicBool::new(coded),
             forbid: Mutex::new(None),
             forbid_everyone: AtomicBool::new(false),
         });
@@ -392,6 +429,9 @@ async fn respond(
         };
     }
     match method {
+        Method::GET if state.get_streams.load(Ordering::SeqCst) => {
+            return get_stream(&state, &headers);
+        }
         Method::GET => {
             return (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -438,7 +478,8 @@ async fn respond(
                 .into_response(),
             Mode::SseTransport => unreachable!("HTTP+SSE mode answers before this match"),
             Mode::Legacy | Mode::LegacySse => {
-                let session = format!("session-{}", state.requests.lock().unwrap().len());
+                // Unique across mocks too: a restarted mock must not hand out the dead one's ids.
+                let session = format!("session-{}", NEXT_SESSION.fetch_add(1, Ordering::SeqCst));
                 // Some servers name the session on every response; this one does on initialize.
                 state.sessions.lock().unwrap().insert(session.clone());
                 let result = json!({
@@ -606,6 +647,32 @@ fn ticking(id: Value) -> Response {
         }
     });
     sse(Body::from_stream(stream))
+}
+
+/// A session's GET stream: a priming event whose id names the session, then whatever the test
+/// pushes.
+fn get_stream(state: &Arc<MockState>, headers: &HeaderMap) -> Response {
+    let session = headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_string();
+    let rx = state.pushed.subscribe();
+    let first = format!("id: {session}-0\ndata:\n\n");
+    let pushed = futures_util::stream::unfold(rx, |mut rx| async move {
+        let raw = rx.recv().await.ok()?;
+        Some((raw, rx))
+    });
+    let stream = futures_util::stream::once(async move { Bytes::from(first) })
+        .chain(pushed)
+        .map(Ok::<_, std::convert::Infallible>);
+    let mut response = sse(Body::from_stream(stream));
+    if state.coded_get_streams.load(Ordering::SeqCst) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+    }
+    response
 }
 
 /// GET on the SSE URL of an HTTP+SSE server: announce the message endpoint, then relay replies.
