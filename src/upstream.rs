@@ -285,14 +285,13 @@ impl Upstream {
         token: Option<&AccessToken>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = headers.clone();
-        for (name, value) in self.extra_headers()?.iter() {
-            headers.insert(name.clone(), value.clone());
+        if let Some(extra) = self.extra_headers()? {
+            for (name, value) in extra.iter() {
+                headers.insert(name.clone(), value.clone());
+            }
         }
         if let Some(token) = token {
-            let mut value = HeaderValue::try_from(format!("Bearer {}", token.secret().expose()))
-                .map_err(|_| UpstreamError::NoCredential(TokenError::NotAHeaderValue))?;
-            value.set_sensitive(true);
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, token.authorization()?);
         }
         let mut request = self
             .client
@@ -313,10 +312,11 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// The `HEADERS` to add, re-parsed only when their text (a rotated `HEADERS_FILE`) changed.
-    fn extra_headers(&self) -> Result<ExtraHeaders, UpstreamError> {
+    /// The `HEADERS` to add, re-parsed only when their text (a rotated `HEADERS_FILE`) changed;
+    /// `None` (no allocation) when none are configured.
+    fn extra_headers(&self) -> Result<Option<ExtraHeaders>, UpstreamError> {
         let Some(source) = &self.headers else {
-            return Ok(Arc::from([]));
+            return Ok(None);
         };
         let text = source
             .read()
@@ -328,14 +328,14 @@ impl Upstream {
         if let Some((cached, parsed)) = cache.as_ref()
             && *cached == text
         {
-            return Ok(parsed.clone());
+            return Ok(Some(parsed.clone()));
         }
         // Read errors already name HEADERS_FILE; parse errors give only the line.
         let parsed: ExtraHeaders = parse_extra_headers(text.expose())
             .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?
             .into();
         *cache = Some((text, parsed.clone()));
-        Ok(parsed)
+        Ok(Some(parsed))
     }
 }
 

@@ -1058,9 +1058,13 @@ fn host_is_loopback(url: &Url) -> bool {
 
 /// Names that always resolve to this machine.
 pub fn is_loopback_name(host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
+    // Compared in place, not lower-cased into a new string: the guard calls this per request.
+    const SUFFIX: &[u8] = b".localhost";
+    let host = host.trim_end_matches('.');
+    let bytes = host.as_bytes();
+    host.eq_ignore_ascii_case("localhost")
+        || (bytes.len() >= SUFFIX.len()
+            && bytes[bytes.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
