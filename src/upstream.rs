@@ -136,6 +136,8 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
+        // Borrowed without a query: the only copy of the URL per request is the one reqwest
+        // takes.
         let url = match query {
             Some(q) if !q.is_empty() => {
                 let mut url = self.url.clone();
@@ -144,11 +146,11 @@ impl Upstream {
                     None => q.to_string(),
                 };
                 url.set_query(Some(&joined));
-                url
+                std::borrow::Cow::Owned(url)
             }
-            _ => self.url.clone(),
+            _ => std::borrow::Cow::Borrowed(&self.url),
         };
-        self.send_to(method, url, headers, body).await
+        self.send_url(method, &url, headers, body).await
     }
 
     /// Like [`Upstream::send`], to another URL on the upstream's origin (a legacy SSE server's
@@ -160,9 +162,19 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.send_url(method, &url, headers, body).await
+    }
+
+    async fn send_url(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let token = self.tokens.token().await?;
         let response = self
-            .send_once(&method, &url, &headers, &body, token.as_ref())
+            .send_once(&method, url, &headers, &body, token.as_ref())
             .await?;
         let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
@@ -172,7 +184,7 @@ impl Upstream {
                 return self
                     .step_up(
                         &method,
-                        &url,
+                        url,
                         &headers,
                         &body,
                         token.as_ref(),
@@ -202,7 +214,7 @@ impl Upstream {
             tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
         }
         let response = self
-            .send_once(&method, &url, &headers, &body, fresh.as_ref())
+            .send_once(&method, url, &headers, &body, fresh.as_ref())
             .await?;
         let response = self.retried(response)?;
         if let Some(fresh) = &fresh {
