@@ -958,7 +958,7 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let (level, bare) = match directive.rsplit_once('=') {
             Some((_, level)) => (level.trim(), false),
-            // `target[span{field=value}]` forms are left to tracing's own parser.
+            // `target[{field}]` forms are left to tracing's own parser.
             None if directive.contains('[') => continue,
             None => (directive, true),
         };
@@ -983,7 +983,10 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
         };
         return Err(format!("{level:?} is not a log level{hint}{also}"));
     }
-    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+    if filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .is_err()
+    {
         return Err(LOG_EXPECTED.into());
     }
     Ok(())
