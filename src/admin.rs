@@ -20,7 +20,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::server::App;
+use crate::app::App;
 
 pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
@@ -98,7 +98,7 @@ pub async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
     let body = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "started_at": crate::time::rfc3339(app.started_at),
-        "upstream": crate::upstream::display_url(app.upstream.url()),
+        "upstream": crate::net::display_url(app.upstream.url()),
         "path": app.path,
         "ready": app.readiness.report(),
         "handshake": {

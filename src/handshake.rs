@@ -22,8 +22,8 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::mcp::{
-    INITIALIZED_NOTIFICATION, LEGACY_VERSION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID,
-    MODERN_VERSION,
+    INITIALIZED_NOTIFICATION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_VERSION,
+    initialize_request, request_id,
 };
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -363,25 +363,6 @@ async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, Handsh
     }))
 }
 
-/// An `initialize` body, for probes that only want the server's reaction to an unauthenticated
-/// request (authorization discovery).
-pub fn initialize_body() -> String {
-    initialize_request(&Value::String(request_id("initialize"))).to_string()
-}
-
-fn initialize_request(id: &Value) -> Value {
-    json!({
-        "jsonrpc": "2.0",
-        "id": id,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": LEGACY_VERSION,
-            "capabilities": {},
-            "clientInfo": { "name": "mcp-sidecar-readiness", "version": env!("CARGO_PKG_VERSION") },
-        },
-    })
-}
-
 /// Reads SSE events with data from a response, up to [`MAX_REPLY_BYTES`].
 struct Events {
     stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
@@ -421,7 +402,7 @@ impl Events {
                     return Err(HandshakeError::Upstream(UpstreamError::Unreachable(
                         format!(
                             "{step} reply stream broke: {}",
-                            crate::upstream::describe_reqwest_error(&e)
+                            crate::net::describe_reqwest_error(&e)
                         ),
                     )));
                 }
@@ -439,15 +420,6 @@ fn post_headers() -> HeaderMap {
         HeaderValue::from_static("application/json, text/event-stream"),
     );
     headers
-}
-
-fn request_id(method: &str) -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    format!(
-        "mcp-sidecar-{method}-{}",
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn check_gateway(status: StatusCode, step: &str) -> Result<(), HandshakeError> {
@@ -547,7 +519,7 @@ async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| crate::upstream::describe_reqwest_error(&e))?;
+        let chunk = chunk.map_err(|e| crate::net::describe_reqwest_error(&e))?;
         body.extend_from_slice(&chunk);
         if body.len() > MAX_REPLY_BYTES {
             return Err(format!("reply larger than {MAX_REPLY_BYTES} bytes"));

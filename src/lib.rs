@@ -6,19 +6,23 @@
 //! - [`config`]: sources, validation, every problem at once; [`secret`]: unprintable secrets and
 //!   re-read secret files.
 //! - [`token`]: the `TokenSource` abstraction and one provider per file.
-//! - [`upstream`]: the shared HTTP client and the refresh-and-retry rule; [`challenge`]:
-//!   `WWW-Authenticate` parsing.
+//! - [`net`]: HTTP client construction, trust roots (`CA_FILE`), network error and URL wording
+//!   (a leaf); [`headers`]: which headers cross the sidecar in each direction, and `HEADERS`.
+//! - [`upstream`]: the connection to the MCP server and the refresh-and-retry rule;
+//!   [`challenge`]: `WWW-Authenticate` parsing.
 //! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
 //!   upstream forgot; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
-//! - [`server`]: wiring and graceful shutdown; [`cli`] and [`commands`]: the binary's commands;
-//!   [`demo`]: the built-in demo upstream.
+//! - [`app`]: the state handlers share; [`server`]: wiring, the router and graceful shutdown.
+//! - [`cli`]: parsing and dispatch; [`commands`]: the binary's commands; [`output`]: their exit
+//!   codes and printing; [`demo`]: the built-in demo upstream.
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod app;
 pub mod challenge;
 pub mod cli;
 pub mod commands;
@@ -26,12 +30,16 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod handshake;
+pub mod headers;
 pub mod jsonrpc;
 pub mod legacy;
 pub mod mcp;
 pub mod metrics;
+pub mod net;
+pub mod output;
 pub mod proxy;
 pub mod readiness;
+pub mod scrubber;
 pub mod secret;
 pub mod server;
 pub mod session;

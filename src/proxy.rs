@@ -18,33 +18,17 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::Value;
 
+use crate::app::App;
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
-use crate::server::App;
 use crate::upstream::UpstreamError;
-
-/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1), plus the
-/// de-facto ones proxies also drop.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
-
-static X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
 
 /// Where a request goes upstream.
 enum Target {
@@ -126,7 +110,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         }
     };
 
-    let mut headers = upstream_request_headers(&parts.headers);
+    let mut headers = crate::headers::upstream_request_headers(&parts.headers);
     let client_session = parts
         .headers
         .get(&MCP_SESSION_ID)
@@ -405,59 +389,6 @@ async fn drain(mut chunks: axum::body::BodyDataStream) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-/// Headers that describe the client's side of the sidecar and mean nothing (or the wrong thing)
-/// upstream: the sidecar checked the browser Origin itself and is the upstream's real client. A
-/// local tool's `Origin: http://localhost:6274` would make a spec-compliant upstream answer 403,
-/// and a client's `X-Forwarded-Host` could steer URLs the upstream builds.
-const CLIENT_SIDE: &[&str] = &[
-    "origin",
-    "referer",
-    "forwarded",
-    "x-forwarded-for",
-    "x-forwarded-host",
-    "x-forwarded-proto",
-    "x-forwarded-port",
-    "x-forwarded-prefix",
-    "x-real-ip",
-    "expect",
-];
-
-/// The client's headers as the upstream should see them: everything except hop-by-hop headers,
-/// the ones the HTTP client sets itself, client-side ones ([`CLIENT_SIDE`]), and the client's own
-/// `Authorization` (replaced by the sidecar's credential, or the client token meant only for the
-/// sidecar).
-fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(client.len());
-    let listed = connection_listed(client);
-    for (name, value) in client {
-        if HOP_BY_HOP.contains(name)
-            || listed.contains(name)
-            || name == header::HOST
-            || name == header::CONTENT_LENGTH
-            || name == header::AUTHORIZATION
-            // Compressed upstream responses tend to be buffered by the compressor; asking for
-            // identity keeps SSE events flowing one by one.
-            || name == header::ACCEPT_ENCODING
-            || CLIENT_SIDE.contains(&name.as_str())
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-/// Header names a `Connection` header declares hop-by-hop.
-fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect()
-}
-
 /// `rename` is (the client's session id, the upstream id the sidecar sent in its place): a
 /// response naming that upstream session (some servers echo it) shows the client its own id.
 fn forward_response(
@@ -467,14 +398,7 @@ fn forward_response(
     get_stream: bool,
 ) -> Response {
     let status = upstream.status();
-    let listed = connection_listed(upstream.headers());
-    let mut headers = HeaderMap::with_capacity(upstream.headers().len() + 1);
-    for (name, value) in upstream.headers() {
-        if HOP_BY_HOP.contains(name) || listed.contains(name) {
-            continue;
-        }
-        headers.append(name.clone(), value.clone());
-    }
+    let mut headers = crate::headers::client_response_headers(upstream.headers());
     if let Some((client_id, sent_id)) = rename
         && headers.get(&MCP_SESSION_ID).is_some_and(|v| v == sent_id)
         && let Ok(value) = HeaderValue::try_from(client_id)
@@ -484,7 +408,10 @@ fn forward_response(
     let is_sse = crate::sse::is_event_stream(&headers);
     if is_sse {
         // Tells nginx-style intermediaries between agent and sidecar not to hold events back.
-        headers.insert(X_ACCEL_BUFFERING.clone(), HeaderValue::from_static("no"));
+        headers.insert(
+            crate::headers::X_ACCEL_BUFFERING.clone(),
+            HeaderValue::from_static("no"),
+        );
         // Keepalives and the endpoint rewrite change the length; the stream ends by itself.
         headers.remove(header::CONTENT_LENGTH);
     }
@@ -500,7 +427,7 @@ fn forward_response(
             ),
             Err(e) => {
                 tracing::warn!(
-                    error = %crate::upstream::describe_reqwest_error(e),
+                    error = %crate::net::describe_reqwest_error(e),
                     "upstream response broke off mid-stream"
                 );
                 readiness.trigger();
@@ -509,6 +436,17 @@ fn forward_response(
         }
         chunk
     });
+    // A success body may echo the credential too (a tool quoting the request): it is scrubbed
+    // as it streams, and its headers with it.
+    let chunks = match crate::scrubber::scrub_stream(chunks) {
+        Ok(scrubbed) => {
+            crate::headers::scrub_values(&mut headers);
+            // A redaction changes the length; the stream ends by itself.
+            headers.remove(header::CONTENT_LENGTH);
+            futures_util::future::Either::Left(scrubbed)
+        }
+        Err(plain) => futures_util::future::Either::Right(plain),
+    };
     let body = if is_sse && get_stream {
         // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
         // carries no reply to a request, so at shutdown it ends at the next event boundary
@@ -532,15 +470,6 @@ fn forward_response(
         // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
         // is buffered, up to a bound no error page reaches.
         headers.remove(header::CONTENT_LENGTH);
-        // Its headers too (an `X-Debug-Authorization`, a quoting `Warning`).
-        for value in headers.values_mut() {
-            let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
-            if scrubbed != value.as_bytes()
-                && let Ok(clean) = HeaderValue::from_bytes(&scrubbed)
-            {
-                *value = clean;
-            }
-        }
         Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
     } else {
         Body::from_stream(chunks)
@@ -659,41 +588,4 @@ pub fn error_response(
         axum::Json(jsonrpc::error_body(id, code, message, reason)),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn request_headers_drop_hop_by_hop_auth_and_connection_listed() {
-        let mut client = HeaderMap::new();
-        client.insert(header::AUTHORIZATION, "Bearer client".parse().unwrap());
-        client.insert(header::CONNECTION, "keep-alive, X-Private".parse().unwrap());
-        client.insert("x-private", "1".parse().unwrap());
-        client.insert(header::HOST, "localhost:4510".parse().unwrap());
-        client.insert(header::ACCEPT_ENCODING, "gzip".parse().unwrap());
-        client.insert("mcp-session-id", "s1".parse().unwrap());
-        client.insert("last-event-id", "e5".parse().unwrap());
-        client.insert("mcp-param-region", "eu".parse().unwrap());
-        client.insert(
-            header::ACCEPT,
-            "application/json, text/event-stream".parse().unwrap(),
-        );
-        let out = upstream_request_headers(&client);
-        let names: Vec<&str> = out.keys().map(|k| k.as_str()).collect();
-        assert!(!names.contains(&"authorization"));
-        assert!(!names.contains(&"connection"));
-        assert!(!names.contains(&"x-private"));
-        assert!(!names.contains(&"host"));
-        assert!(!names.contains(&"accept-encoding"));
-        for kept in [
-            "mcp-session-id",
-            "last-event-id",
-            "mcp-param-region",
-            "accept",
-        ] {
-            assert!(names.contains(&kept), "{kept} must be forwarded");
-        }
-    }
 }

@@ -14,7 +14,8 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -79,9 +80,107 @@ impl Registry {
             .collect();
         patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         patterns.dedup();
+        let snapshot = Arc::new(Patterns::new(&patterns));
+        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        GENERATION.fetch_add(1, Ordering::Release);
         self.patterns = patterns;
     }
 }
+
+/// The registry's forms, prepared for searching bodies as they stream ([`crate::scrubber`]):
+/// read without the registry's lock, replaced whole when a secret is registered.
+pub struct Patterns {
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    /// Bytes some form starts with: only where one of these sits near a chunk's end can a secret
+    /// be cut in two by the chunk boundary.
+    starts: [bool; 256],
+    longest: usize,
+}
+
+/// Bodies are data, not messages: a short value (a `HEADERS` tenant name) would blank out
+/// ordinary words of tool results, and no credential is this short.
+const MIN_STREAM_SCRUBBED_LEN: usize = 8;
+
+impl Patterns {
+    fn new(forms: &[String]) -> Self {
+        let forms: Vec<&String> = forms
+            .iter()
+            .filter(|f| f.len() >= MIN_STREAM_SCRUBBED_LEN)
+            .collect();
+        let mut starts = [false; 256];
+        for form in &forms {
+            if let Some(&first) = form.as_bytes().first() {
+                starts[usize::from(first)] = true;
+            }
+        }
+        Self {
+            finders: forms
+                .iter()
+                .map(|f| memchr::memmem::Finder::new(f.as_bytes()).into_owned())
+                .collect(),
+            starts,
+            longest: forms.iter().map(|f| f.len()).max().unwrap_or(0),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.finders.is_empty()
+    }
+
+    /// The byte ranges of `bytes` where a form occurs, sorted, overlapping ones merged.
+    pub fn matches(&self, bytes: &[u8]) -> Vec<std::ops::Range<usize>> {
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for finder in &self.finders {
+            let len = finder.needle().len();
+            ranges.extend(finder.find_iter(bytes).map(|at| at..at + len));
+        }
+        if ranges.len() > 1 {
+            ranges.sort_unstable_by_key(|r| r.start);
+            let mut merged: Vec<std::ops::Range<usize>> = Vec::with_capacity(ranges.len());
+            for range in ranges {
+                match merged.last_mut() {
+                    Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+                    _ => merged.push(range),
+                }
+            }
+            ranges = merged;
+        }
+        ranges
+    }
+
+    /// Where, at or after `from`, the longest tail of `bytes` begins that is the start of a form
+    /// (it may be completed by the next chunk); `bytes.len()` when there is none.
+    pub fn cut_tail(&self, bytes: &[u8], from: usize) -> usize {
+        let from = from.max(bytes.len().saturating_sub(self.longest.saturating_sub(1)));
+        (from..bytes.len())
+            .find(|&at| {
+                self.starts[usize::from(bytes[at])]
+                    && self.finders.iter().any(|f| {
+                        f.needle().len() > bytes.len() - at && f.needle().starts_with(&bytes[at..])
+                    })
+            })
+            .unwrap_or(bytes.len())
+    }
+}
+
+static SNAPSHOT: std::sync::LazyLock<RwLock<Arc<Patterns>>> =
+    std::sync::LazyLock::new(|| RwLock::new(Arc::new(Patterns::new(&[]))));
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+
+/// The current forms, and their generation (it changes whenever a secret is registered, so a
+/// long stream can tell cheaply that it should take the new ones).
+pub fn patterns() -> (Arc<Patterns>, u64) {
+    let generation = GENERATION.load(Ordering::Acquire);
+    let snapshot = SNAPSHOT.read().unwrap_or_else(|p| p.into_inner()).clone();
+    (snapshot, generation)
+}
+
+pub fn patterns_generation() -> u64 {
+    GENERATION.load(Ordering::Acquire)
+}
+
+/// The text that replaces a secret.
+pub const REDACTION: &str = REDACTED;
 
 /// Remembers `value` for [`scrub`]. Called for every [`Secret`], every `HEADERS` value, and every
 /// credential the sidecar derives from one before sending it (a `Basic` credential).
@@ -323,8 +422,12 @@ pub enum SecretError {
     Empty { key: &'static str, path: PathBuf },
     #[error("{key}: {path} is not valid UTF-8")]
     NotUtf8 { key: &'static str, path: PathBuf },
-    #[error("{key}: {path} is a directory, not a file")]
-    NotAFile { key: &'static str, path: PathBuf },
+    #[error("{key}: {path} is a {kind}, not a file")]
+    NotAFile {
+        key: &'static str,
+        path: PathBuf,
+        kind: &'static str,
+    },
     #[error("{key}: {path} is larger than {limit} bytes; a secret file holds one value")]
     TooLarge {
         key: &'static str,
@@ -460,26 +563,51 @@ impl SecretFile {
 
     fn metadata(&self) -> Result<std::fs::Metadata, SecretError> {
         let meta = std::fs::metadata(&self.path).map_err(|source| self.unreadable(source))?;
-        if meta.is_dir() {
-            return Err(self.forget(SecretError::NotAFile {
-                key: self.key,
-                path: self.path.clone(),
-            }));
-        }
+        self.regular(&meta)?;
         if meta.len() > MAX_SECRET_FILE_BYTES {
             return Err(self.too_large());
         }
         Ok(meta)
     }
 
+    /// Only regular files are secrets: opening a FIFO blocks until a writer comes (holding the
+    /// thread that reads it), and a device may never end.
+    fn regular(&self, meta: &std::fs::Metadata) -> Result<(), SecretError> {
+        use std::os::unix::fs::FileTypeExt;
+        let kind = meta.file_type();
+        let kind = if kind.is_file() {
+            return Ok(());
+        } else if kind.is_dir() {
+            "directory"
+        } else if kind.is_fifo() {
+            "FIFO"
+        } else if kind.is_socket() {
+            "socket"
+        } else {
+            "device"
+        };
+        Err(self.forget(SecretError::NotAFile {
+            key: self.key,
+            path: self.path.clone(),
+            kind,
+        }))
+    }
+
     fn load(&self, stamp: FileStamp, bridge: bool) -> Result<Secret, SecretError> {
         use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let mut bytes = Vec::new();
-        std::fs::File::open(&self.path)
-            .and_then(|file| {
-                // Bounded even if the file grew after the `stat`.
-                file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes)
-            })
+        // Non-blocking, and checked again on the open descriptor: the path may have been
+        // replaced by a FIFO since the `stat`.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&self.path)
+            .map_err(|source| self.unreadable(source))?;
+        self.regular(&file.metadata().map_err(|source| self.unreadable(source))?)?;
+        // Bounded even if the file grew after the `stat`.
+        file.take(MAX_SECRET_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
             .map_err(|source| self.unreadable(source))?;
         if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
             return Err(self.too_large());
@@ -888,6 +1016,27 @@ mod tests {
             .read()
             .unwrap_err();
         assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(!err.is_pending());
+    }
+
+    /// A FIFO (or a device) at a secret's path would block `open` until a writer comes, holding
+    /// a runtime thread, or stream without end: only regular files are read.
+    #[test]
+    fn a_fifo_is_refused_at_once_never_opened_for_a_blocking_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo (coreutils)");
+        let (done, wait) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(SecretFile::new("TOKEN_FILE", &path).read().map(|_| ()));
+        });
+        let err = wait
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO returned (it must not block)")
+            .unwrap_err();
+        assert!(matches!(err, SecretError::NotAFile { .. }), "{err}");
+        assert!(err.to_string().contains("is a FIFO, not a file"), "{err}");
         assert!(!err.is_pending());
     }
 

@@ -25,35 +25,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
+use crate::app::App;
 use crate::config::{ClientLimits, Config};
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::session::Sessions;
 use crate::upstream::Upstream;
-
-/// State shared by every handler.
-pub struct App {
-    pub path: String,
-    pub max_body_bytes: usize,
-    pub guard: Guard,
-    pub upstream: Arc<Upstream>,
-    pub readiness: Arc<Readiness>,
-    pub metrics: Arc<Metrics>,
-    pub sessions: Sessions,
-    pub legacy: Arc<crate::legacy::Endpoints>,
-    pub sse_keepalive: Duration,
-    /// Bound on replaying a forgotten session's initialize (other requests of it wait meanwhile).
-    pub reinit_timeout: Duration,
-    /// Becomes true when shutdown begins (GET streams end at their next event boundary).
-    pub shutdown: watch::Receiver<bool>,
-    pub started_at: SystemTime,
-    /// With `AUTH=authorization_code`: the manager and the grant behind `/oauth/*`.
-    pub login: Option<(
-        Arc<crate::token::Manager>,
-        Arc<crate::token::AuthorizationCode>,
-    )>,
-}
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
@@ -137,7 +115,7 @@ pub async fn serve(
     tracing::info!(
         listen = %local,
         path = %config.path,
-        upstream = %crate::upstream::display_url(upstream.url()),
+        upstream = %crate::net::display_url(upstream.url()),
         auth = upstream.tokens().status().source,
         version = env!("CARGO_PKG_VERSION"),
         "mcp-sidecar listening"

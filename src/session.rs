@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
+use http::header::HeaderValue;
 use http::{HeaderMap, Method};
 use serde_json::Value;
 
@@ -73,12 +73,7 @@ impl Sessions {
 
     /// Records a session the upstream just created for a client's `initialize`.
     pub fn remember(&self, client_id: &str, initialize: Bytes, headers: &HeaderMap) {
-        let mut replay_headers = HeaderMap::new();
-        for (name, value) in headers {
-            if name != MCP_SESSION_ID {
-                replay_headers.append(name.clone(), value.clone());
-            }
-        }
+        let replay_headers = crate::headers::replayed(headers);
         let session = Arc::new(Session {
             initialize,
             headers: replay_headers,
@@ -123,14 +118,7 @@ impl Session {
         if *current != stale {
             return Ok(current.clone());
         }
-        let mut headers = self.headers.clone();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if !headers.contains_key(ACCEPT) {
-            headers.insert(
-                ACCEPT,
-                HeaderValue::from_static("application/json, text/event-stream"),
-            );
-        }
+        let mut headers = crate::headers::replay_request(&self.headers);
         let response = upstream
             .send(Method::POST, None, headers.clone(), self.initialize.clone())
             .await?;

@@ -5,7 +5,6 @@
 //! source for a fresh token once and sends the request once more. Keeping that rule here means the
 //! readiness handshake exercises exactly the path that client requests take.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -91,7 +90,8 @@ type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
-        let mut builder = http_client_builder(config, redirect_policy())?;
+        let mut builder =
+            crate::net::http_client_builder(&config.client_settings(), redirect_policy())?;
         // Per read, reset by every byte: the response head and each body chunk (reqwest applies
         // it to the body too), so a stream that sends anything, comments included, lives on.
         if let Some(timeout) = config.read_timeout {
@@ -280,7 +280,7 @@ impl Upstream {
             .get(http::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|l| response.url().join(l).ok())
-            .map(|url| display_url(&url))
+            .map(|url| crate::net::display_url(&url))
             .unwrap_or_else(|| "(no Location)".into());
         Err(UpstreamError::Redirected {
             status: response.status().as_u16(),
@@ -298,9 +298,7 @@ impl Upstream {
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = headers.clone();
         if let Some(extra) = self.extra_headers()? {
-            for (name, value) in extra.iter() {
-                headers.insert(name.clone(), value.clone());
-            }
+            crate::headers::add_extra(&mut headers, &extra);
         }
         if let Some(token) = token {
             headers.insert(AUTHORIZATION, token.authorization()?);
@@ -315,10 +313,10 @@ impl Upstream {
         request.send().await.map_err(|e| match self.read_timeout {
             // A connect timeout is an unreachable upstream; only a silent one is this.
             Some(timeout) if e.is_timeout() && !e.is_connect() => UpstreamError::TimedOut(timeout),
-            _ if e.is_connect() && is_connection_refused(&e) => {
-                UpstreamError::ConnectionRefused(describe_reqwest_error(&e))
+            _ if e.is_connect() && crate::net::is_connection_refused(&e) => {
+                UpstreamError::ConnectionRefused(crate::net::describe_reqwest_error(&e))
             }
-            _ => UpstreamError::Unreachable(describe_reqwest_error(&e)),
+            _ => UpstreamError::Unreachable(crate::net::describe_reqwest_error(&e)),
         })
     }
 }
@@ -343,7 +341,7 @@ impl Upstream {
             return Ok(Some(parsed.clone()));
         }
         // Read errors already name HEADERS_FILE; parse errors give only the line.
-        let parsed: ExtraHeaders = parse_extra_headers(text.expose())
+        let parsed: ExtraHeaders = crate::headers::parse_extra_headers(text.expose())
             .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?
             .into();
         *cache = Some((text, parsed.clone()));
@@ -378,230 +376,5 @@ fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamE
         status: status.as_u16(),
         // The upstream's own words, which may quote the token it was given.
         detail: crate::secret::scrub(&challenge.map(|c| c.explain()).unwrap_or_default()),
-    }
-}
-
-/// An HTTP client with the sidecar's trust roots (`CA_FILE` too) and connect timeout. The
-/// authorization server gets its own client that follows no redirects: a token request that is
-/// redirected would carry the client's credentials to wherever the redirect points.
-pub fn http_client(
-    config: &UpstreamConfig,
-    redirect: reqwest::redirect::Policy,
-) -> Result<reqwest::Client, String> {
-    http_client_builder(config, redirect)?
-        .build()
-        .map_err(|e| format!("cannot build the HTTP client: {e}"))
-}
-
-/// What [`http_client`] builds, for a caller that tunes it further (the token side's pool).
-pub fn http_client_builder(
-    config: &UpstreamConfig,
-    redirect: reqwest::redirect::Policy,
-) -> Result<reqwest::ClientBuilder, String> {
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .tcp_keepalive(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .redirect(redirect)
-        .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
-    if let Some(path) = &config.ca_file {
-        for cert in load_ca_file(path)? {
-            builder = builder.add_root_certificate(cert);
-        }
-    }
-    Ok(builder)
-}
-
-/// Whether nothing listened at the address: a refused connect, found anywhere in the error's
-/// chain of causes.
-pub fn is_connection_refused(e: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// A readable cause from a reqwest error, without its URL (which may carry a query string).
-pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
-    let mut parts = Vec::new();
-    if e.is_timeout() {
-        parts.push("timed out".to_string());
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        // hyper-util's wrapper says only "client error (Connect)"; its source says what happened.
-        if !text.starts_with("client error (") && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
-    if parts.is_empty() {
-        parts.push(e.without_url_display());
-    }
-    parts.join(": ")
-}
-
-trait WithoutUrlDisplay {
-    fn without_url_display(&self) -> String;
-}
-
-impl WithoutUrlDisplay for reqwest::Error {
-    fn without_url_display(&self) -> String {
-        let mut text = self.to_string();
-        if let Some(url) = self.url() {
-            text = text.replace(url.as_str(), &display_url(url));
-        }
-        text
-    }
-}
-
-/// The upstream URL as logs and `/status` show it: no user info, no query, no fragment.
-pub fn display_url(url: &Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_query(None);
-    shown.set_fragment(None);
-    shown.to_string()
-}
-
-/// Headers the sidecar must own: the connection's framing, the target, and the credential.
-const RESERVED_HEADERS: &[&str] = &[
-    // MCP's own headers and content negotiation belong to the client's request.
-    "mcp-session-id",
-    "mcp-protocol-version",
-    "last-event-id",
-    "content-type",
-    "accept",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "upgrade",
-    "te",
-    "trailer",
-    "proxy-authorization",
-    "proxy-authenticate",
-];
-
-/// Parses `HEADERS`: one `Name: value` per line, blank lines and `#` comments ignored. Values are
-/// marked sensitive so they never show in debug output. Errors name the line, never the value.
-pub fn parse_extra_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
-    let mut out = Vec::new();
-    for (index, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let n = index + 1;
-        let Some((name, value)) = line.split_once(':') else {
-            return Err(format!("line {n}: expected 'Name: value'"));
-        };
-        // The name is not quoted back: a mistyped line may have its value on the left.
-        let name = HeaderName::try_from(name.trim())
-            .map_err(|_| format!("line {n}: the header name is not valid"))?;
-        if RESERVED_HEADERS.contains(&name.as_str()) {
-            return Err(format!(
-                "line {n}: header {name} is managed by the sidecar and cannot be set"
-            ));
-        }
-        // `, Name: value` (a colon and a space after a token) is a second header pasted onto the
-        // line; `read, repo:write` is an ordinary list value.
-        let joined = value.split(',').skip(1).any(|part| {
-            part.split_once(": ").is_some_and(|(n, _)| {
-                let n = n.trim();
-                !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-            })
-        });
-        if joined {
-            return Err(format!(
-                "line {n}: the value looks like several headers joined by commas; put each on its own line"
-            ));
-        }
-        let value = value.trim();
-        // A valid name may still be a credential typed on the wrong side of the colon, so from
-        // here on messages give the line only.
-        let mut header = HeaderValue::try_from(value)
-            .map_err(|_| format!("line {n}: the value has characters not allowed in a header"))?;
-        header.set_sensitive(true);
-        // For scrubbing upstream text that quotes it: the value, and an Authorization value's
-        // credential without its scheme.
-        crate::secret::register(value);
-        if let Some((_scheme, credential)) = value.split_once(' ') {
-            crate::secret::register(credential.trim());
-        }
-        out.push((name, header));
-    }
-    Ok(out)
-}
-
-/// Reads extra trust roots (PEM, one or more certificates).
-pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} contains no PEM certificate", path.display()));
-    }
-    Ok(certs)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn extra_headers_parse_and_are_sensitive() {
-        let parsed = parse_extra_headers("# comment\nX-Api-Key: abc\n\nX-Tenant:  t1 \n").unwrap();
-        assert_eq!(parsed.len(), 2);
-        assert_eq!(parsed[0].0, "x-api-key");
-        assert!(parsed[0].1.is_sensitive());
-        assert_eq!(parsed[1].1, "t1");
-    }
-
-    #[test]
-    fn extra_header_errors_name_the_line_not_the_value() {
-        let err = parse_extra_headers("X-Ok: 1\nno colon canary").unwrap_err();
-        assert_eq!(err, "line 2: expected 'Name: value'");
-        let err = parse_extra_headers("Host: evil").unwrap_err();
-        assert!(err.contains("managed by the sidecar"));
-        let err = parse_extra_headers("X-Key: canary\u{7}").unwrap_err();
-        assert!(!err.contains("canary"));
-        let err = parse_extra_headers("X-Auth=user-canary:pass").unwrap_err();
-        assert!(!err.contains("canary"), "{err}");
-        let err = parse_extra_headers("X-Api-Key: k1, X-Tenant: t1").unwrap_err();
-        assert!(err.contains("own line"), "{err}");
-        assert!(parse_extra_headers("X-List: a, b, c").is_ok());
-        assert!(parse_extra_headers("X-Scopes: read, repo:write").is_ok());
-        let err = parse_extra_headers("abc123canary: x\u{7}").unwrap_err();
-        assert!(
-            !err.contains("canary"),
-            "a credential left of the colon is not quoted: {err}"
-        );
-    }
-
-    #[test]
-    fn header_values_are_registered_for_scrubbing() {
-        parse_extra_headers("X-Api-Key: sk-live-canary-31\nAuthorization: Basic dXNlcjpjYW5hcnk=")
-            .unwrap();
-        assert_eq!(
-            crate::secret::scrub("invalid key sk-live-canary-31, bad dXNlcjpjYW5hcnk="),
-            "invalid key <redacted>, bad <redacted>"
-        );
-    }
-
-    #[test]
-    fn display_url_drops_query_and_credentials() {
-        let url = Url::parse("https://u:p@mcp.example.com/mcp?api_key=canary#x").unwrap();
-        assert_eq!(display_url(&url), "https://mcp.example.com/mcp");
     }
 }

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{errln, exit, outln};
 use crate::config::{self, Sources};
+use crate::output::{errln, exit, outln};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
     match config::load(&Sources::from_process(config_file)) {

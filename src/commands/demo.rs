@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::cli::{errln, exit, outln};
 use crate::config::{self, ENV_PREFIX, Sources};
+use crate::output::{errln, exit, outln};
 use crate::secret::{Secret, SecretFile, SecretSource};
 
 pub fn run(

@@ -10,8 +10,8 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::cli::{errln, exit};
 use crate::config::{self, AuthConfig, Sources};
+use crate::output::{errln, exit};
 use crate::token::{self, Login};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {

@@ -1,4 +1,4 @@
-//! One module per subcommand. Each `run` returns the process exit code ([`crate::cli::exit`]).
+//! One module per subcommand. Each `run` returns the process exit code ([`crate::output::exit`]).
 
 pub mod check_config;
 pub mod demo;
@@ -9,8 +9,8 @@ pub mod wait;
 
 use std::path::PathBuf;
 
-use crate::cli::errln;
 use crate::config::{self, Sources};
+use crate::output::errln;
 
 /// The local URL of one of the sidecar's endpoints, from the listen address the running sidecar
 /// uses (its TOML file and environment). `probe` and `wait` run in the sidecar's container (or the
@@ -38,7 +38,7 @@ pub fn target_url(
         Some(url) => Ok(url),
         None => local_url(config_file, path).map_err(|e| {
             errln!("mcp-sidecar {command}: {e}");
-            crate::cli::exit::CONFIG
+            crate::output::exit::CONFIG
         }),
     }
 }
@@ -100,10 +100,10 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
 
 /// Why a request to the sidecar failed; a refused connection says that nothing listens there.
 pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
-    if crate::upstream::is_connection_refused(e) {
+    if crate::net::is_connection_refused(e) {
         return format!("no sidecar answers at {url} (connection refused)");
     }
-    format!("{url}: {}", crate::upstream::describe_reqwest_error(e))
+    format!("{url}: {}", crate::net::describe_reqwest_error(e))
 }
 
 /// Headers for the client-side commands: the sidecar's `CLIENT_TOKEN` when its configuration

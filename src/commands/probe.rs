@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cli::{errln, exit};
+use crate::output::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>, live: bool, url: Option<String>, timeout: Duration) -> u8 {
     let headers = super::client_headers(config_file.clone());

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use crate::cli::{errln, exit};
 use crate::config::{self, Sources};
+use crate::output::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
     let config = match config::load(&Sources::from_process(config_file)) {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::cli::{errln, exit};
+use crate::output::{errln, exit};
 
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
 

@@ -597,7 +597,7 @@ fn duration(d: Duration) -> String {
 
 fn or_discovered(url: &Option<Url>) -> String {
     url.as_ref()
-        .map(crate::upstream::display_url)
+        .map(crate::net::display_url)
         .unwrap_or_else(|| "(discovered)".into())
 }
 

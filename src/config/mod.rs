@@ -142,6 +142,16 @@ pub struct UpstreamConfig {
     pub read_timeout: Option<Duration>,
 }
 
+impl UpstreamConfig {
+    /// What [`crate::net::http_client_builder`] takes from this configuration.
+    pub fn client_settings(&self) -> crate::net::ClientSettings<'_> {
+        crate::net::ClientSettings {
+            connect_timeout: self.connect_timeout,
+            ca_file: self.ca_file.as_deref(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
     /// How long a client may take to send a request's head (`HEADER_TIMEOUT`).
@@ -715,7 +725,7 @@ impl Reader {
                 SecretSource::File(_) => "headers_file",
             };
             if let Ok(text) = source.read()
-                && let Err(message) = crate::upstream::parse_extra_headers(text.expose())
+                && let Err(message) = crate::headers::parse_extra_headers(text.expose())
             {
                 self.problem(header_key, message);
             }
@@ -723,7 +733,7 @@ impl Reader {
 
         if let (Some(AuthConfig::Bearer(_)), Some(source)) = (&auth, &headers)
             && let Ok(text) = source.read()
-            && crate::upstream::parse_extra_headers(text.expose())
+            && crate::headers::parse_extra_headers(text.expose())
                 .is_ok_and(|hs| hs.iter().any(|(n, _)| n == http::header::AUTHORIZATION))
         {
             self.problem(
@@ -734,7 +744,7 @@ impl Reader {
 
         let ca_file = self.text("ca_file").map(PathBuf::from);
         if let Some(path) = &ca_file
-            && let Err(message) = crate::upstream::load_ca_file(path)
+            && let Err(message) = crate::net::load_ca_file(path)
         {
             self.problem("ca_file", message);
         }
@@ -886,7 +896,7 @@ impl Reader {
                 format!("value of header {name} must be a string"),
             );
         }
-        if let Err(message) = crate::upstream::parse_extra_headers(&text) {
+        if let Err(message) = crate::headers::parse_extra_headers(&text) {
             self.problem("headers", message);
         }
         Some(SecretSource::Inline(Secret::new(text)))
@@ -1104,10 +1114,7 @@ impl Config {
                 .unwrap_or_else(|| "(not set)".into())
         };
         let mut rows = vec![
-            (
-                "UPSTREAM_URL",
-                crate::upstream::display_url(&self.upstream.url),
-            ),
+            ("UPSTREAM_URL", crate::net::display_url(&self.upstream.url)),
             ("LISTEN", self.listen.to_string()),
             ("PATH", self.path.clone()),
             (
@@ -1204,7 +1211,7 @@ impl Config {
             Some(source @ SecretSource::Inline(_)) => source
                 .read()
                 .ok()
-                .and_then(|s| crate::upstream::parse_extra_headers(s.expose()).ok())
+                .and_then(|s| crate::headers::parse_extra_headers(s.expose()).ok())
                 .map(|hs| {
                     hs.iter()
                         .map(|(n, _)| format!("{n}: <redacted>"))

@@ -156,7 +156,7 @@ async fn protected_resource(
         .timeout(config.token_timeout)
         .header(http::header::ACCEPT, "application/json, text/event-stream")
         .header(http::header::CONTENT_TYPE, "application/json")
-        .body(crate::handshake::initialize_body())
+        .body(crate::mcp::initialize_body())
         .send()
         .await;
     let challenge = match &probe {
@@ -229,7 +229,7 @@ async fn protected_resource(
     let first = match probe {
         Err(e) => format!(
             "the upstream is unreachable: {}",
-            crate::upstream::describe_reqwest_error(&e)
+            crate::net::describe_reqwest_error(&e)
         ),
         Ok(_) => format!("no protected resource metadata was found ({last})"),
     };
@@ -303,7 +303,7 @@ async fn get_json_timeout(
         .header(http::header::ACCEPT, "application/json")
         .send()
         .await
-        .map_err(|e| format!("{url}: {}", crate::upstream::describe_reqwest_error(&e)))?;
+        .map_err(|e| format!("{url}: {}", crate::net::describe_reqwest_error(&e)))?;
     if !response.status().is_success() {
         return Err(format!("{url}: HTTP {}", response.status().as_u16()));
     }
@@ -366,7 +366,7 @@ pub async fn register(
         .map_err(|e| {
             GrantError::Temporary(format!(
                 "the registration endpoint is unreachable: {}",
-                crate::upstream::describe_reqwest_error(&e)
+                crate::net::describe_reqwest_error(&e)
             ))
         })?;
     match read_reply(response, "registration endpoint").await? {

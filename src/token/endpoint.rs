@@ -317,8 +317,8 @@ impl OAuthClient {
         let response = request.form(&params).send().await.map_err(|e| {
             GrantError::Temporary(crate::secret::scrub(&format!(
                 "the {what} ({}) is unreachable: {}",
-                crate::upstream::display_url(url),
-                crate::upstream::describe_reqwest_error(&e)
+                crate::net::display_url(url),
+                crate::net::describe_reqwest_error(&e)
             )))
         })?;
         read_reply(response, &what).await
@@ -414,7 +414,7 @@ pub async fn read_reply(response: reqwest::Response, what: &str) -> Result<Reply
 /// Why an answer's body could not be read.
 #[derive(Debug, thiserror::Error)]
 enum BodyError {
-    #[error("{}", crate::upstream::describe_reqwest_error(.0))]
+    #[error("{}", crate::net::describe_reqwest_error(.0))]
     Read(#[source] reqwest::Error),
     #[error("larger than {0} bytes")]
     TooLarge(usize),

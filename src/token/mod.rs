@@ -76,9 +76,7 @@ impl AccessToken {
 }
 
 fn bearer_header(secret: &Secret) -> Option<http::HeaderValue> {
-    let text = format!("Bearer {}", secret.expose());
-    let mut value = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()?;
-    value.set_sensitive(true);
+    let value = crate::headers::bearer(secret.expose())?;
     // `Bytes` from a `Vec` moves to a shared allocation on its first clone; clone once here so
     // that the requests' clones only count references (tests/alloc.rs checks this).
     drop(value.clone());
@@ -294,12 +292,14 @@ pub fn build(
             // refresh sent on one the server is closing fails after it may have reached the
             // server, and cannot be retried safely, because that would spend a rotating refresh
             // token twice. A new connection per request costs a handshake a few times an hour.
-            let http =
-                crate::upstream::http_client_builder(upstream, reqwest::redirect::Policy::none())
-                    .map_err(BuildError::TrustRoots)?
-                    .pool_max_idle_per_host(0)
-                    .build()
-                    .map_err(BuildError::HttpClient)?;
+            let http = crate::net::http_client_builder(
+                &upstream.client_settings(),
+                reqwest::redirect::Policy::none(),
+            )
+            .map_err(BuildError::TrustRoots)?
+            .pool_max_idle_per_host(0)
+            .build()
+            .map_err(BuildError::HttpClient)?;
             let oauth = Arc::new(endpoint::OAuthClient::new(
                 http,
                 config.clone(),
@@ -311,7 +311,7 @@ pub fn build(
                 .as_ref()
                 .or(config.issuer.as_ref())
                 .map(|u| u.to_string())
-                .unwrap_or_else(|| crate::upstream::display_url(&upstream.url));
+                .unwrap_or_else(|| crate::net::display_url(&upstream.url));
             let store_name =
                 store::state_name(name, &anchor, config.client_id.as_deref().unwrap_or(""));
             let store = match store::Store::open(state_dir, &store_name) {

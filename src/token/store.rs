@@ -53,6 +53,19 @@ pub enum StoreError {
         mode: u32,
         fix: String,
     },
+    /// Anyone may rename entries of the parent: the directory itself could be swapped.
+    #[error(
+        "MCP_SIDECAR_STATE_DIR {} is inside {}, which anyone may write to and which has no sticky bit (mode {mode:04o}): another user could move the state directory away and put their own in its place, so tokens are not stored there. Fix: chmod +t {} (as /tmp is) or chmod o-w {}, or set MCP_SIDECAR_STATE_DIR to a directory elsewhere",
+        dir.display(),
+        parent.display(),
+        parent.display(),
+        parent.display()
+    )]
+    InsecureParent {
+        dir: PathBuf,
+        parent: PathBuf,
+        mode: u32,
+    },
     #[error("cannot open {}: {source}", path.display())]
     Open {
         path: PathBuf,
@@ -377,6 +390,31 @@ fn check_dir(dir: &Path, euid: Option<u32>) -> Result<(), StoreError> {
             format!("chmod 700 {shown}, {subdir}"),
         ));
     }
+    check_parent(dir)
+}
+
+/// In a directory that others may write to, without the sticky bit that `/tmp` has, anyone may
+/// rename the state directory and plant their own (with a symlink to their files) in its place,
+/// between two of the sidecar's writes. Group-writable parents are allowed: user-private groups
+/// make them common, and the group is then the user.
+fn check_parent(dir: &Path) -> Result<(), StoreError> {
+    let Ok(full) = std::fs::canonicalize(dir) else {
+        return Ok(()); // just checked by `metadata`; a race here is caught by the next open
+    };
+    let Some(parent) = full.parent() else {
+        return Ok(()); // `/` has no parent to swap it in
+    };
+    let Ok(meta) = std::fs::metadata(parent) else {
+        return Ok(());
+    };
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        return Err(StoreError::InsecureParent {
+            dir: dir.to_path_buf(),
+            parent: parent.to_path_buf(),
+            mode,
+        });
+    }
     Ok(())
 }
 
@@ -675,6 +713,33 @@ mod tests {
                 "nothing created in it"
             );
         }
+    }
+
+    #[test]
+    fn a_state_dir_inside_a_world_writable_parent_without_sticky_bit_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let top = tempfile::tempdir().expect("temp dir");
+        let shared = top.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let dir = shared.join("state");
+        let err = Store::open(&dir, "tokens-test").expect_err("refused");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::InsecureParent { .. }), "{text}");
+        for needed in [
+            "MCP_SIDECAR_STATE_DIR",
+            "anyone may write",
+            "0777",
+            "chmod +t",
+        ] {
+            assert!(text.contains(needed), "{needed} missing: {text}");
+        }
+        // With the sticky bit (as /tmp has), others cannot rename what is not theirs.
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        Store::open(&dir, "tokens-test").expect("a sticky parent is safe");
+        // Group-writable is allowed (user-private groups).
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o775)).unwrap();
+        Store::open(&dir, "tokens-test").expect("a group-writable parent is allowed");
     }
 
     #[test]

@@ -1594,6 +1594,83 @@ async fn an_upstream_error_page_quoting_the_token_has_it_scrubbed() {
     assert!(body.contains("authorization: Bearer <redacted>"), "{body}");
 }
 
+/// A hostile or debugging upstream that answers 200 with the request quoted (a tool returning
+/// its headers, an echo endpoint): the agent gets neither the token nor a prefix of it, in a JSON
+/// body, in an SSE event cut in the middle of the token, or in a header.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_success_answer_quoting_the_token_has_it_scrubbed() {
+    let secret = format!("canary-{}-end", "k+l/m=n&o".repeat(25));
+    let app = axum::Router::new().fallback(
+        |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+            let presented = headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let text = serde_json::to_string(&presented).unwrap();
+            let sse = String::from_utf8_lossy(&body).contains("\"sse\"");
+            if sse {
+                // The token split over two chunks, at its middle, then a clean event.
+                let event = format!("event: message\ndata: {{\"echo\":{text}}}\n\n");
+                let (a, b) = event.split_at(event.len() / 2);
+                let chunks: Vec<Result<String, std::convert::Infallible>> = vec![
+                    Ok(a.to_string()),
+                    Ok(b.to_string()),
+                    Ok("event: message\ndata: {\"clean\":true}\n\n".to_string()),
+                ];
+                axum::response::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    .body(axum::body::Body::from_stream(futures_util::stream::iter(
+                        chunks,
+                    )))
+                    .unwrap()
+            } else {
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .header("x-seen-authorization", presented.clone())
+                    .body(axum::body::Body::from(format!(
+                        "{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"echo\":{text}}}}}"
+                    )))
+                    .unwrap()
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let json_escaped = serde_json::to_string(&secret).unwrap();
+
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["x-seen-authorization"],
+        "Bearer <redacted>"
+    );
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&secret[..40]), "{body}");
+    assert!(!body.contains(&json_escaped[1..41]), "{body}");
+    let parsed: Value = serde_json::from_str(&body).expect("still JSON");
+    assert_eq!(parsed["result"]["echo"], "Bearer <redacted>");
+
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(2, "sse", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(!body.contains(&json_escaped[1..41]), "{body}");
+    assert!(
+        body.contains("data: {\"echo\":\"Bearer <redacted>\"}\n\n"),
+        "{body}"
+    );
+    assert!(body.contains("data: {\"clean\":true}\n\n"), "{body}");
+}
+
 /// HTTP/2 has no header timer in hyper: the idle timeout bounds a connection whose request head
 /// never completes, even when the peer never answers the GOAWAY's ping either.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,134 @@
+//! The network edge shared by every outbound client: HTTP client construction with the
+//! sidecar's trust roots (`CA_FILE`) and timeouts, and the words used for network failures and
+//! URLs in logs and errors.
+//!
+//! It is a leaf (it imports no other module of the crate) so that `config` (which checks
+//! `CA_FILE` and shows URLs), `token` (the authorization server's client) and `upstream` (the MCP
+//! server's client) can all use it without depending on one another.
+
+use std::path::Path;
+use std::time::Duration;
+
+use url::Url;
+
+/// What an HTTP client needs from the configuration, so this module need not know the
+/// configuration's types (see `UpstreamConfig::client_settings`).
+#[derive(Debug, Clone, Copy)]
+pub struct ClientSettings<'a> {
+    pub connect_timeout: Duration,
+    pub ca_file: Option<&'a Path>,
+}
+
+/// An HTTP client with the sidecar's trust roots (`CA_FILE` too) and connect timeout. The
+/// authorization server gets its own client that follows no redirects: a token request that is
+/// redirected would carry the client's credentials to wherever the redirect points.
+pub fn http_client(
+    config: &ClientSettings,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
+    http_client_builder(config, redirect)?
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
+/// What [`http_client`] builds, for a caller that tunes it further (the token side's pool).
+pub fn http_client_builder(
+    config: &ClientSettings,
+    redirect: reqwest::redirect::Policy,
+) -> Result<reqwest::ClientBuilder, String> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .tcp_keepalive(Duration::from_secs(30))
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(90))
+        .redirect(redirect)
+        .user_agent(concat!("mcp-sidecar/", env!("CARGO_PKG_VERSION")));
+    if let Some(path) = &config.ca_file {
+        for cert in load_ca_file(path)? {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    Ok(builder)
+}
+
+/// Whether nothing listened at the address: a refused connect, found anywhere in the error's
+/// chain of causes.
+pub fn is_connection_refused(e: &reqwest::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// A readable cause from a reqwest error, without its URL (which may carry a query string).
+pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
+    let mut parts = Vec::new();
+    if e.is_timeout() {
+        parts.push("timed out".to_string());
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper-util's wrapper says only "client error (Connect)"; its source says what happened.
+        if !text.starts_with("client error (") && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    if parts.is_empty() {
+        parts.push(e.without_url_display());
+    }
+    parts.join(": ")
+}
+
+trait WithoutUrlDisplay {
+    fn without_url_display(&self) -> String;
+}
+
+impl WithoutUrlDisplay for reqwest::Error {
+    fn without_url_display(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(url.as_str(), &display_url(url));
+        }
+        text
+    }
+}
+
+/// The upstream URL as logs and `/status` show it: no user info, no query, no fragment.
+pub fn display_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// Reads extra trust roots (PEM, one or more certificates).
+pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} contains no PEM certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_url_drops_query_and_credentials() {
+        let url = Url::parse("https://u:p@mcp.example.com/mcp?api_key=canary#x").unwrap();
+        assert_eq!(display_url(&url), "https://mcp.example.com/mcp");
+    }
+}
