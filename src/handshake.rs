@@ -21,6 +21,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde::Serialize;
 use serde_json::{Value, json};
 
+use crate::failure::Failure;
 use crate::mcp::{
     INITIALIZED_NOTIFICATION, MCP_METHOD, MCP_PROTOCOL_VERSION, MCP_SESSION_ID, MODERN_VERSION,
     initialize_request, request_id,
@@ -67,6 +68,17 @@ pub enum HandshakeError {
     /// A gateway in front of the server answered 502/503/504: the server itself is not reachable.
     #[error("{0}")]
     GatewayUnavailable(String),
+}
+
+impl HandshakeError {
+    /// What this means to `/ready` and the metrics.
+    pub fn failure(&self) -> Failure {
+        match self {
+            Self::Upstream(e) => e.failure(),
+            Self::Failed(_) => Failure::HandshakeFailed,
+            Self::GatewayUnavailable(_) => Failure::GatewayUnavailable,
+        }
+    }
 }
 
 /// Runs the handshake. `mode` is what worked last time and is updated on success.

@@ -17,6 +17,12 @@ pub enum Code {
     AuthRequired = -32003,
     /// The request was refused by the sidecar itself (Host, Origin, client token, size).
     Refused = -32004,
+    /// The upstream answered, but not like a working MCP endpoint (a redirect the sidecar does
+    /// not follow): `/ready` says `handshake_failed`.
+    UpstreamFailed = -32005,
+    /// The upstream refused the request (403 without a Bearer challenge) with a body that was
+    /// not a JSON-RPC error; its text is in the message.
+    UpstreamForbidden = -32006,
 }
 
 /// The `id` of a JSON-RPC request body, or `null` when the body has none (notifications,

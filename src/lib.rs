@@ -28,6 +28,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod failure;
 pub mod guard;
 pub mod handshake;
 pub mod headers;

@@ -40,6 +40,11 @@ pub enum Outcome {
     upstream_unreachable,
     upstream_auth_rejected,
     auth_required,
+    /// The upstream answered, but not like a working MCP endpoint (a redirect).
+    handshake_failed,
+    /// The upstream refused the request itself (403 without a Bearer challenge); its answer was
+    /// passed on as a JSON-RPC error.
+    upstream_forbidden,
     /// The sidecar refused the request (Host, Origin, client token, body size, method).
     refused,
 }
@@ -80,11 +85,13 @@ pub struct Totals {
     pub open_streams: i64,
 }
 
-const OUTCOMES: [Outcome; 5] = [
+const OUTCOMES: [Outcome; 7] = [
     Outcome::forwarded,
     Outcome::upstream_unreachable,
     Outcome::upstream_auth_rejected,
     Outcome::auth_required,
+    Outcome::handshake_failed,
+    Outcome::upstream_forbidden,
     Outcome::refused,
 ];
 const METHODS: [HttpMethod; 4] = [

@@ -11,7 +11,9 @@
 //! idle SSE streams get `:` comment keepalives between events.
 //!
 //! Failures the client cannot act on (unreachable upstream, refused credential) come back as a
-//! JSON-RPC error with the request's id and status 502/503, never 401 or a bare 403.
+//! JSON-RPC error with the request's id and status 502/503, never 401 or a bare 403; what they
+//! mean is decided once, in [`crate::failure`]. A 403 that is not about the credential carries the
+//! upstream's own answer (`relay_forbidden`).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,7 +30,6 @@ use crate::app::App;
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
-use crate::upstream::UpstreamError;
 
 /// Where a request goes upstream.
 enum Target {
@@ -220,54 +221,25 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             let rename = client_session.as_deref().zip(sent_session.as_deref());
             forward_response(&app, upstream, rename, get_stream)
         }
+        Err(crate::upstream::UpstreamError::Forbidden(refused)) => {
+            relay_forbidden(&app, &method, jsonrpc::request_id(&body), *refused).await
+        }
         Err(error) => {
             app.readiness.trigger();
             let id = jsonrpc::request_id(&body);
-            let (status, code, outcome, reason) = match &error {
-                // A broken HEADERS_FILE usually holds a credential (an API key): like a missing
-                // token, the sidecar has nothing valid to send.
-                UpstreamError::NoCredential(crate::token::TokenError::Temporary(_)) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "token_endpoint_unavailable",
-                ),
-                UpstreamError::NoCredential(_) | UpstreamError::Headers(_) => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    Code::AuthRequired,
-                    Outcome::auth_required,
-                    "auth_required",
-                ),
-                UpstreamError::Unreachable(_) | UpstreamError::ConnectionRefused(_) => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_unreachable",
-                ),
-                UpstreamError::TimedOut(_) => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_timeout",
-                ),
-                UpstreamError::Redirected { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamUnreachable,
-                    Outcome::upstream_unreachable,
-                    "upstream_redirected",
-                ),
-                UpstreamError::AuthRejected { .. } => (
-                    StatusCode::BAD_GATEWAY,
-                    Code::UpstreamAuthRejected,
-                    Outcome::upstream_auth_rejected,
-                    "upstream_auth_rejected",
-                ),
-            };
+            let failure = error.failure();
+            let reason = failure.reason();
             // The cause may quote the upstream, which may echo a secret.
             let cause = crate::secret::scrub(&error.to_string());
             tracing::warn!(%method, reason, error = %cause, "could not proxy a request");
-            app.metrics.record_request(&method, outcome);
-            error_response(status, id, code, &format!("mcp-sidecar: {cause}"), reason)
+            app.metrics.record_request(&method, failure.outcome());
+            error_response(
+                failure.status(!id.is_null()),
+                id,
+                failure.code(),
+                &format!("mcp-sidecar: {cause}"),
+                reason,
+            )
         }
     }
 }
@@ -504,6 +476,77 @@ where
     Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
 }
 
+/// The most of a refusing upstream's text quoted in the sidecar's JSON-RPC error message.
+const FORBIDDEN_TEXT_LIMIT: usize = 500;
+
+/// Answers a request the upstream refused with a 403 that is not about the credential
+/// ([`crate::failure::Failure::UpstreamForbidden`]). The client never sees the bare 403 (Claude
+/// Code would take it as "needs authentication"), but it gets the upstream's answer: its JSON-RPC
+/// error as it is, scrubbed, when the body is one; else the text, scrubbed and then cut, in the
+/// sidecar's own JSON-RPC error. The credential is not marked rejected and `/ready` is not asked
+/// to look again: the upstream works, it refused this one request.
+async fn relay_forbidden(
+    app: &App,
+    method: &Method,
+    id: Value,
+    refused: reqwest::Response,
+) -> Response {
+    let failure = crate::failure::Failure::UpstreamForbidden;
+    let upstream_status = refused.status().as_u16();
+    let status = failure.status(!id.is_null());
+    tracing::warn!(
+        %method,
+        reason = failure.reason(),
+        upstream_status,
+        "the upstream refused a request (no Bearer challenge: not about the credential); passing its answer on"
+    );
+    app.metrics.record_request(method, failure.outcome());
+    let body = match scrubbed_error_body(refused.bytes_stream()).await {
+        Ok(body) => body,
+        Err(e) => Bytes::from(crate::net::describe_reqwest_error(&e)),
+    };
+    if is_jsonrpc_error(&body) {
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        return response;
+    }
+    let text = excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
+    let message = if text.is_empty() {
+        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
+    } else {
+        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
+    };
+    error_response(status, id, failure.code(), &message, failure.reason())
+}
+
+/// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
+fn is_jsonrpc_error(body: &[u8]) -> bool {
+    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+        && message
+            .get("error")
+            .is_some_and(|e| e.get("code").is_some_and(Value::is_i64) && e["message"].is_string())
+}
+
+/// At most `limit` bytes of `text`, cut at a character boundary, with an ellipsis when cut.
+/// Callers scrub first: a secret cut in half would no longer be recognized.
+fn excerpt(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
 /// silent for `every` while between events, so load balancers and proxies between agent and
 /// sidecar do not cut an idle stream. Clients ignore comment lines; mid-event nothing is inserted.
@@ -588,4 +631,32 @@ pub fn error_response(
         axum::Json(jsonrpc::error_body(id, code, message, reason)),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_jsonrpc_error_counts_as_one() {
+        assert!(is_jsonrpc_error(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"denied"}}"#
+        ));
+        assert!(!is_jsonrpc_error(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+        ));
+        assert!(!is_jsonrpc_error(br#"{"error":{"code":1,"message":"x"}}"#));
+        assert!(!is_jsonrpc_error(b"Forbidden"));
+        assert!(!is_jsonrpc_error(
+            br#"[{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}]"#
+        ));
+    }
+
+    #[test]
+    fn excerpt_cuts_at_a_character_boundary() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("abcdef", 3), "abc...");
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(excerpt("aé", 2), "a...");
+    }
 }

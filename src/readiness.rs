@@ -19,34 +19,9 @@ use tokio::sync::{Notify, watch};
 use crate::config::ReadyConfig;
 use crate::handshake::{self, HandshakeError, Mode, ServerInfo};
 use crate::metrics::Metrics;
-use crate::token::TokenError;
 use crate::upstream::{Upstream, UpstreamError};
 
-/// The reasons of DESIGN.md, plus `ready`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Reason {
-    Ready,
-    Starting,
-    AuthRequired,
-    UpstreamUnreachable,
-    UpstreamAuthRejected,
-    HandshakeFailed,
-}
-
-impl Reason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Ready => "ready",
-            Self::Starting => "starting",
-            Self::AuthRequired => "auth_required",
-            Self::UpstreamUnreachable => "upstream_unreachable",
-            Self::UpstreamAuthRejected => "upstream_auth_rejected",
-            Self::HandshakeFailed => "handshake_failed",
-        }
-    }
-}
-
+pub use crate::failure::Reason;
 pub use crate::token::Login;
 
 /// The body of `/ready`.
@@ -353,7 +328,7 @@ fn classify(
 ) -> (Reason, String, Option<ServerInfo>) {
     match outcome {
         Err(_) => (
-            Reason::UpstreamUnreachable,
+            crate::failure::Failure::HandshakeTimeout.ready_reason(),
             format!(
                 "the handshake did not complete within {}s",
                 timeout.as_secs_f32()
@@ -374,28 +349,7 @@ fn classify(
             (Reason::Ready, detail, Some(server))
         }
         Ok(Err(e)) => {
-            let reason = match &e {
-                // The authorization server is down or slow: nobody needs to log in.
-                HandshakeError::Upstream(UpstreamError::NoCredential(TokenError::Temporary(_))) => {
-                    Reason::UpstreamUnreachable
-                }
-                HandshakeError::Upstream(
-                    UpstreamError::NoCredential(_) | UpstreamError::Headers(_),
-                ) => Reason::AuthRequired,
-                HandshakeError::Upstream(UpstreamError::Redirected { .. }) => {
-                    Reason::HandshakeFailed
-                }
-                HandshakeError::Upstream(
-                    UpstreamError::Unreachable(_)
-                    | UpstreamError::ConnectionRefused(_)
-                    | UpstreamError::TimedOut(_),
-                )
-                | HandshakeError::GatewayUnavailable(_) => Reason::UpstreamUnreachable,
-                HandshakeError::Upstream(UpstreamError::AuthRejected { .. }) => {
-                    Reason::UpstreamAuthRejected
-                }
-                HandshakeError::Failed(_) => Reason::HandshakeFailed,
-            };
+            let reason = e.failure().ready_reason();
             let detail = match e {
                 // The reason already says "unreachable"; the detail says why.
                 HandshakeError::Upstream(

@@ -23,30 +23,48 @@ use crate::secret::{Patterns, REDACTION};
 /// Wraps a body stream so every registered secret is replaced by `<redacted>` before it leaves.
 pub struct Scrubbed<S> {
     inner: S,
-    patterns: Arc<Patterns>,
-    generation: u64,
-    held: BytesMut,
+    scrubber: Scrubber,
     done: bool,
 }
 
-/// `inner` scrubbed; `None` (pass `inner` on as it is) when no secret is registered yet.
+/// `inner` scrubbed; `Err(inner)` (pass it on as it is) when no secret is registered yet.
 pub fn scrub_stream<S>(inner: S) -> Result<Scrubbed<S>, S> {
-    let (patterns, generation) = crate::secret::patterns();
-    if patterns.is_empty() {
-        return Err(inner);
+    match Scrubber::new() {
+        Some(scrubber) => Ok(Scrubbed {
+            inner,
+            scrubber,
+            done: false,
+        }),
+        None => Err(inner),
     }
-    Ok(Scrubbed {
-        inner,
-        patterns,
-        generation,
-        held: BytesMut::new(),
-        done: false,
-    })
 }
 
-impl<S> Scrubbed<S> {
+/// The chunk-by-chunk state of one body: the forms to search for and what is held back.
+pub struct Scrubber {
+    patterns: Arc<Patterns>,
+    generation: u64,
+    held: BytesMut,
+}
+
+impl Scrubber {
+    /// `None` when no secret is registered: there is nothing to search for.
+    pub fn new() -> Option<Self> {
+        let (patterns, generation) = crate::secret::patterns();
+        (!patterns.is_empty()).then(|| Self {
+            patterns,
+            generation,
+            held: BytesMut::new(),
+        })
+    }
+
+    /// The rest, at the body's end: a held tail is no secret (it was never completed, and every
+    /// whole form in it was found), so it goes out as it is.
+    pub fn finish(&mut self) -> Bytes {
+        self.held.split().freeze()
+    }
+
     /// What of `chunk` (after what was held) may go to the client now; the rest is held.
-    fn push(&mut self, chunk: Bytes) -> Bytes {
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
         let generation = crate::secret::patterns_generation();
         if generation != self.generation {
             (self.patterns, self.generation) = crate::secret::patterns();
@@ -91,21 +109,19 @@ where
             match Pin::new(&mut this.inner).poll_next(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(chunk))) => {
-                    let out = this.push(chunk);
+                    let out = this.scrubber.push(chunk);
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(out)));
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
                     // What is held is a secret's possible start: an end mid-way drops it.
-                    this.held.clear();
+                    this.scrubber.held.clear();
                     return Poll::Ready(Some(Err(e)));
                 }
                 Poll::Ready(None) => {
                     this.done = true;
-                    // The body ended: a held tail is no secret (it was never completed, and
-                    // every whole form in it was found), so it goes out as it is.
-                    let rest = this.held.split().freeze();
+                    let rest = this.scrubber.finish();
                     if !rest.is_empty() {
                         return Poll::Ready(Some(Ok(rest)));
                     }

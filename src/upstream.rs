@@ -15,6 +15,7 @@ use url::Url;
 
 use crate::challenge::BearerChallenge;
 use crate::config::UpstreamConfig;
+use crate::failure::Failure;
 use crate::secret::{Secret, SecretSource};
 use crate::token::{AccessToken, TokenError, TokenSource};
 
@@ -45,6 +46,27 @@ pub enum UpstreamError {
         "the upstream redirected (HTTP {status}) to {location}; set MCP_SIDECAR_UPSTREAM_URL to the final URL"
     )]
     Redirected { status: u16, location: String },
+    /// A 403 without a Bearer challenge (`invalid_token`, `insufficient_scope`): the upstream
+    /// refused this request (a tool denied, a policy), not the credential. The response is kept
+    /// so that its answer can be passed on.
+    #[error("the upstream refused the request (HTTP {})", .0.status().as_u16())]
+    Forbidden(Box<reqwest::Response>),
+}
+
+impl UpstreamError {
+    /// What this means to the client, `/ready` and the metrics.
+    pub fn failure(&self) -> Failure {
+        match self {
+            // The authorization server is down or slow: nobody needs to log in.
+            Self::NoCredential(TokenError::Temporary(_)) => Failure::TokenEndpointUnavailable,
+            Self::NoCredential(_) | Self::Headers(_) => Failure::AuthRequired,
+            Self::Unreachable(_) | Self::ConnectionRefused(_) => Failure::UpstreamUnreachable,
+            Self::TimedOut(_) => Failure::UpstreamTimeout,
+            Self::Redirected { .. } => Failure::UpstreamRedirected,
+            Self::AuthRejected { .. } => Failure::UpstreamAuthRejected,
+            Self::Forbidden(_) => Failure::UpstreamForbidden,
+        }
+    }
 }
 
 /// Follows only what cannot hurt: same-origin 307/308 (method and body kept, so an MCP POST
@@ -179,6 +201,7 @@ impl Upstream {
         let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
             None => return Ok(response),
+            Some(AuthFailure::Forbidden) => return Err(UpstreamError::Forbidden(response.into())),
             Some(AuthFailure::Refreshable(challenge)) => challenge,
             Some(AuthFailure::Final(challenge)) => {
                 return self
@@ -262,6 +285,8 @@ impl Upstream {
         let response = self.refuse_redirect(response)?;
         match auth_failure(&response) {
             None => Ok(response),
+            // The new credential got through; this request is refused for another reason.
+            Some(AuthFailure::Forbidden) => Err(UpstreamError::Forbidden(response.into())),
             Some(AuthFailure::Refreshable(c) | AuthFailure::Final(c)) => {
                 Err(rejected(response.status(), c))
             }
@@ -352,8 +377,11 @@ impl Upstream {
 enum AuthFailure {
     /// A fresh token may help: 401, or 403 with `error="invalid_token"`.
     Refreshable(Option<BearerChallenge>),
-    /// A fresh token of the same kind will not help: any other 403.
+    /// A fresh token of the same kind will not help: 403 `insufficient_scope` (a token with
+    /// more scopes may).
     Final(Option<BearerChallenge>),
+    /// A 403 without a Bearer challenge about the token: not about the credential at all.
+    Forbidden,
 }
 
 fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
@@ -366,8 +394,13 @@ fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
         || challenge.as_ref().is_some_and(|c| c.is_invalid_token())
     {
         Some(AuthFailure::Refreshable(challenge))
-    } else {
+    } else if challenge
+        .as_ref()
+        .is_some_and(|c| c.error.as_deref() == Some("insufficient_scope"))
+    {
         Some(AuthFailure::Final(challenge))
+    } else {
+        Some(AuthFailure::Forbidden)
     }
 }
 

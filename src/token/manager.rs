@@ -97,6 +97,8 @@ struct Stats {
     last_error: Option<(bool, String)>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// When the last attempt failed (see [`STARVED_RETRY`]).
+    failed_at: Option<Instant>,
     /// A token obtained because the upstream rejected the one before, not yet seen to work;
     /// when it was obtained, and whether its rejection was already logged.
     unconfirmed: Option<(AccessToken, Instant, bool)>,
@@ -131,6 +133,11 @@ pub struct Manager {
 
 /// Longest pause between attempts after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// The longest pause after a temporary failure while calls are waiting and no unexpired token
+/// is held: every such call fails until a token comes, so once the authorization server heals
+/// the next call should find out within this, not after the rest of a backoff grown during a
+/// long outage (up to a minute). Only asked-for attempts come this often, one at a time.
+const STARVED_RETRY: Duration = Duration::from_secs(3);
 /// How many scopes step-up requests may add in total: a server that keeps asking for more is
 /// not answered forever.
 const MAX_EXTRA_SCOPES: usize = 8;
@@ -458,11 +465,9 @@ impl Manager {
         {
             return Ok(rejected.clone());
         }
-        if let Some(error) = self.backing_off() {
-            return self
-                .unexpired()
-                .filter(|t| Some(t) != rejected)
-                .ok_or(error);
+        let usable = self.unexpired().filter(|t| Some(t) != rejected);
+        if let Some(error) = self.backing_off(usable.is_none()) {
+            return usable.ok_or(error);
         }
         let _file = match &self.store {
             Some(store) => Some(
@@ -584,6 +589,7 @@ impl Manager {
             stats.failures = stats.failures.saturating_add(1);
             let delay = backoff(stats.failures);
             stats.retry_at = Some(Instant::now() + delay);
+            stats.failed_at = Some(Instant::now());
             tracing::warn!(
                 source = self.name,
                 error = %message,
@@ -600,9 +606,18 @@ impl Manager {
         error
     }
 
-    /// The last error while a backoff is running.
-    fn backing_off(&self) -> Option<TokenError> {
+    /// The last error while a backoff is running. `starved`: a call is waiting and no usable
+    /// token is held, which cuts a temporary failure's backoff to [`STARVED_RETRY`].
+    fn backing_off(&self, starved: bool) -> Option<TokenError> {
         let stats = self.stats();
+        if starved
+            && matches!(stats.last_error, Some((true, _)))
+            && stats
+                .failed_at
+                .is_some_and(|at| at.elapsed() >= STARVED_RETRY)
+        {
+            return None;
+        }
         match (stats.retry_at, &stats.last_error) {
             (Some(at), Some((true, message))) if Instant::now() < at => {
                 Some(TokenError::Temporary(message.clone()))
@@ -1045,6 +1060,38 @@ mod tests {
             grant.obtains.load(Ordering::SeqCst) >= 2,
             "a refresh was tried"
         );
+    }
+
+    /// After a long outage the backoff has grown to a minute; once the token has expired every
+    /// call fails until a new one comes, so a call asks again after STARVED_RETRY at most.
+    #[tokio::test]
+    async fn an_expired_token_cuts_a_long_backoff_short_once_the_server_heals() {
+        let lifetime = Duration::from_secs(100);
+        let (grant, manager) = gated(lifetime);
+        assert_eq!(token(&manager).await, "canary-manager-1");
+        age(&manager, lifetime, Duration::ZERO);
+        {
+            // As after six failed attempts: the next one not due for most of a minute.
+            let mut stats = manager.stats();
+            stats.failures = 6;
+            stats.last_error = Some((true, "HTTP 500".into()));
+            stats.retry_at = Some(Instant::now() + Duration::from_secs(50));
+            stats.failed_at = Some(Instant::now() - STARVED_RETRY);
+        }
+        grant.gate.add_permits(1);
+        assert_eq!(token(&manager).await, "canary-manager-2");
+
+        // A failure just now keeps the backoff: one attempt per STARVED_RETRY, not per call.
+        age(&manager, lifetime, Duration::ZERO);
+        {
+            let mut stats = manager.stats();
+            stats.last_error = Some((true, "HTTP 500".into()));
+            stats.retry_at = Some(Instant::now() + Duration::from_secs(50));
+            stats.failed_at = Some(Instant::now());
+        }
+        let before = grant.obtains.load(Ordering::SeqCst);
+        assert!(manager.token().await.is_err(), "still backing off");
+        assert_eq!(grant.obtains.load(Ordering::SeqCst), before, "no attempt");
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 
-use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::mock_upstream::{Forbid, MockUpstream, Mode};
 use crate::common::{Sidecar, call, mcp_post, read_until};
 
 const TOKEN: &str = "upstream-token-1";
@@ -1146,6 +1146,22 @@ async fn same_origin_307_308_are_followed_other_redirects_explained_never_passed
             .unwrap()
             .contains("MCP_SIDECAR_UPSTREAM_URL")
     );
+    // Classified once: the JSON-RPC code and the metrics outcome are /ready's handshake_failed,
+    // not "unreachable".
+    assert_eq!(body["error"]["code"], -32005);
+    let metrics = client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .contains(r#"mcp_sidecar_requests_total{method="POST",outcome="handshake_failed"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1731,4 +1747,122 @@ async fn an_upstream_error_body_too_large_to_scrub_is_withheld() {
         "{}",
         &body[..body.len().min(200)]
     );
+}
+
+/// Issue 11, defect 1: a 403 without a Bearer challenge (a tool denied, a policy) is the upstream
+/// refusing one request, not the credential: the client gets the upstream's answer as a JSON-RPC
+/// error (never a bare 403), the credential is not marked rejected and `/ready` stays ready. A 403
+/// with a Bearer `insufficient_scope` challenge keeps its meaning.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_403_without_a_bearer_challenge_carries_the_upstreams_answer() {
+    let token = canary("forbidden");
+    let mock = MockUpstream::start(&token, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", &token),
+        ("READY_INTERVAL", "1h"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+
+    // A JSON-RPC error body: passed on as it is, with 200 since the request carried an id.
+    let denial = json!({"jsonrpc":"2.0","id":7,"error":{"code":-32001,"message":"tool echo is not allowed for this user"}});
+    *mock.state.forbid.lock().unwrap() = Some(Forbid {
+        challenge: None,
+        content_type: "application/json",
+        body: denial.to_string(),
+    });
+    let response = mcp_post(&client, &url, call(7, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        200,
+        "an MCP server's answer to a refused call"
+    );
+    assert_eq!(response.json::<Value>().await.unwrap(), denial);
+
+    // A text body quoting the credential: scrubbed, then cut, in the sidecar's JSON-RPC error.
+    *mock.state.forbid.lock().unwrap() = Some(Forbid {
+        challenge: None,
+        content_type: "text/plain",
+        body: format!(
+            "Forbidden by policy: key {token} may not call echo. {}",
+            "padding ".repeat(500)
+        ),
+    });
+    let response = mcp_post(&client, &url, call(8, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 8);
+    assert_eq!(body["error"]["code"], -32006);
+    assert_eq!(body["error"]["data"]["reason"], "upstream_forbidden");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("may not call echo"), "{message}");
+    assert!(message.contains("HTTP 403"), "{message}");
+    assert!(
+        !body.to_string().contains(&token),
+        "the token is scrubbed: {body}"
+    );
+    assert!(
+        !body.to_string().contains(&token[..40]),
+        "no prefix of it either"
+    );
+    assert!(message.len() < 700, "cut: {} bytes", message.len());
+
+    // Without an id (a notification) there is nothing to attach a result to: 400, still not 403.
+    let response = mcp_post(
+        &client,
+        &url,
+        json!({"jsonrpc":"2.0","method":"notifications/roots/list_changed"}).to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "upstream_forbidden");
+
+    // Not the credential's fault: /ready stays ready, and the metrics name the refusal.
+    let ready = client.get(sidecar.url("/ready")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let metrics = client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            r#"mcp_sidecar_requests_total{method="POST",outcome="upstream_forbidden"} 3"#
+        ),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains(r#"outcome="upstream_auth_rejected"} 1"#),
+        "{metrics}"
+    );
+
+    // A 403 WITH a Bearer insufficient_scope challenge is about the credential, as before: a
+    // static token cannot be stepped up, so the credential is reported rejected.
+    *mock.state.forbid.lock().unwrap() = Some(Forbid {
+        challenge: Some(r#"Bearer error="insufficient_scope", scope="admin""#.into()),
+        content_type: "text/plain",
+        body: "insufficient scope".into(),
+    });
+    let response = mcp_post(&client, &url, call(9, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "upstream_auth_rejected");
 }

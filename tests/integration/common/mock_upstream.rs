@@ -93,6 +93,19 @@ pub struct MockState {
     pub also_accepted: Mutex<HashSet<String>>,
     /// `x-force-401` values already answered with a 401: each value forces exactly one refresh.
     forced: Mutex<HashSet<String>>,
+    /// When set, every request of the test's client (not the readiness handshake) is refused
+    /// with this 403, as a server denying a tool or applying a policy does.
+    pub forbid: Mutex<Option<Forbid>>,
+    /// Refuse the readiness handshake's requests too.
+    pub forbid_everyone: AtomicBool,
+}
+
+/// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
+#[derive(Debug, Clone)]
+pub struct Forbid {
+    pub challenge: Option<String>,
+    pub content_type: &'static str,
+    pub body: String,
 }
 
 impl MockState {
@@ -191,6 +204,8 @@ impl MockUpstream {
             prm_resource: Mutex::new(None),
             forced: Mutex::new(HashSet::new()),
             also_accepted: Mutex::new(HashSet::new()),
+            forbid: Mutex::new(None),
+            forbid_everyone: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -322,6 +337,22 @@ async fn handle(
             )
                 .into_response();
         }
+    }
+    if (headers.contains_key("x-test") || state.forbid_everyone.load(Ordering::SeqCst))
+        && let Some(forbid) = state.forbid.lock().unwrap().clone()
+    {
+        let mut response = (
+            StatusCode::FORBIDDEN,
+            [(header::CONTENT_TYPE, forbid.content_type)],
+            forbid.body,
+        )
+            .into_response();
+        if let Some(challenge) = forbid.challenge.and_then(|c| c.parse().ok()) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        return response;
     }
     let session = headers.get("mcp-session-id").and_then(|v| v.to_str().ok());
     if let Some(session) = session
