@@ -5,8 +5,9 @@
 //! [`add_extra`]) and the sidecar's own `Authorization` ([`bearer`]); a session's replayed
 //! `initialize` carries what the client's did ([`replayed`], [`replay_request`]). Back to the
 //! client: the upstream's headers minus hop-by-hop ones ([`client_response_headers`]), scrubbed
-//! on error answers ([`scrub_values`]). Keeping the lists together means a header cannot be
-//! stripped one way and forwarded another by accident.
+//! on every answer ([`scrub_values`]), on error answers of short values too
+//! ([`scrub_error_values`]). Keeping the lists together means a header cannot be stripped one
+//! way and forwarded another by accident.
 
 use http::HeaderMap;
 use http::header::{self, ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
@@ -59,8 +60,8 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
             || name == header::HOST
             || name == header::CONTENT_LENGTH
             || name == header::AUTHORIZATION
-            // Compressed upstream responses tend to be buffered by the compressor; asking for
-            // identity keeps SSE events flowing one by one.
+            // Compressed upstream responses tend to be buffered by the compressor (and cannot be
+            // scrubbed); identity is asked for below, which keeps SSE events flowing one by one.
             || name == header::ACCEPT_ENCODING
             || CLIENT_SIDE.contains(&name.as_str())
         {
@@ -68,6 +69,12 @@ pub fn upstream_request_headers(client: &HeaderMap) -> HeaderMap {
         }
         out.append(name.clone(), value.clone());
     }
+    // Without the header any coding is acceptable (RFC 9110 12.5.3), and a coded body cannot be
+    // scrubbed of secrets as it streams.
+    out.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     out
 }
 
@@ -93,6 +100,19 @@ pub fn client_response_headers(upstream: &HeaderMap) -> HeaderMap {
         headers.append(name.clone(), value.clone());
     }
     headers
+}
+
+/// An error answer's header values with every registered form scrubbed, short ones included
+/// (4 bytes and up, like the error body): [`scrub_values`] searches only the forms long enough
+/// for bodies.
+pub fn scrub_error_values(headers: &mut HeaderMap) {
+    for value in headers.values_mut() {
+        let scrubbed = crate::secret::scrub_bytes(value.as_bytes());
+        if scrubbed != value.as_bytes() {
+            *value = HeaderValue::from_bytes(&scrubbed)
+                .unwrap_or_else(|_| HeaderValue::from_static(crate::secret::REDACTION));
+        }
+    }
 }
 
 /// Scrubs every known secret out of header values (an error answer's `X-Debug-Authorization`, a
@@ -261,7 +281,11 @@ mod tests {
         assert!(!names.contains(&"connection"));
         assert!(!names.contains(&"x-private"));
         assert!(!names.contains(&"host"));
-        assert!(!names.contains(&"accept-encoding"));
+        assert_eq!(
+            out[header::ACCEPT_ENCODING],
+            "identity",
+            "the client's gzip is not asked for"
+        );
         for kept in [
             "mcp-session-id",
             "last-event-id",

@@ -234,7 +234,9 @@ impl<S> Rewriter<S> {
             out.push_str(&format!("id: {id}\n"));
         }
         out.push_str(&format!("data: {rewritten}\n\n"));
-        Some(out.into_bytes())
+        // The URL was parsed and printed anew after the body scrubber saw the event: the parser
+        // drops tabs and line breaks, so a token split over two `data:` lines comes out whole.
+        Some(crate::secret::scrub(&out).into_bytes())
     }
 }
 
@@ -304,6 +306,29 @@ mod tests {
             let out = run(input, split, &endpoints).await;
             assert_eq!(out.as_bytes(), input, "split at {split}");
             assert!(!endpoints.is_open("/messages"));
+        }
+    }
+
+    /// The endpoint URL is parsed (WHATWG: tabs and line breaks are removed) and printed anew,
+    /// after the body scrubber saw the event: a token split over two `data:` lines, which no
+    /// scrubber finds, comes out whole unless the rewritten event is scrubbed too.
+    #[tokio::test]
+    async fn a_token_the_url_parser_joins_is_scrubbed_from_the_rewritten_endpoint() {
+        let secret = "legacy-canary-0123456789abcdefghij";
+        crate::secret::register(secret);
+        let input = format!(
+            "event: endpoint\ndata: /messages?k={}\ndata: {}\n\n",
+            &secret[..16],
+            &secret[16..]
+        );
+        for split in 0..input.len() {
+            let endpoints = Endpoints::new();
+            let out = run(input.as_bytes(), split, &endpoints).await;
+            assert!(!out.contains(secret), "split at {split}: {out}");
+            assert!(
+                out.contains("data: /mcp/legacy/messages?k=<redacted>\n\n"),
+                "{out}"
+            );
         }
     }
 

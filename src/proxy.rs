@@ -219,7 +219,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             app.metrics.record_request(&method, Outcome::forwarded);
             let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
             let rename = client_session.as_deref().zip(sent_session.as_deref());
-            forward_response(&app, upstream, rename, get_stream)
+            forward_response(&app, upstream, rename, get_stream, &body)
         }
         Err(crate::upstream::UpstreamError::Forbidden(refused)) => {
             relay_forbidden(&app, &method, jsonrpc::request_id(&body), *refused).await
@@ -368,9 +368,32 @@ fn forward_response(
     upstream: reqwest::Response,
     rename: Option<(&str, &str)>,
     get_stream: bool,
+    request: &Bytes,
 ) -> Response {
     let status = upstream.status();
     let mut headers = crate::headers::client_response_headers(upstream.headers());
+    // The sidecar asks for `identity`; a body coded all the same cannot be searched for secrets
+    // (the client would decode what the scrubber never saw), so it is not passed on.
+    if let Some(coding) = headers
+        .get(header::CONTENT_ENCODING)
+        .filter(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"))
+        && !crate::secret::patterns().0.is_empty()
+    {
+        let coding = String::from_utf8_lossy(coding.as_bytes()).into_owned();
+        tracing::warn!(
+            coding = %crate::secret::scrub(&coding),
+            "the upstream sent a coded body although identity was asked for; it cannot be scrubbed, so it is not passed on"
+        );
+        let failure = crate::failure::Failure::HandshakeFailed;
+        let id = jsonrpc::request_id(request);
+        return error_response(
+            failure.status(!id.is_null()),
+            id,
+            failure.code(),
+            "mcp-sidecar: the upstream sent a compressed body (Content-Encoding) although identity was asked for; it cannot be scrubbed of secrets and was withheld",
+            failure.reason(),
+        );
+    }
     if let Some((client_id, sent_id)) = rename
         && headers.get(&MCP_SESSION_ID).is_some_and(|v| v == sent_id)
         && let Ok(value) = HeaderValue::try_from(client_id)
@@ -419,6 +442,11 @@ fn forward_response(
         }
         Err(plain) => futures_util::future::Either::Right(plain),
     };
+    if !status.is_success() {
+        // An error answer's headers (an `X-Debug-Authorization`, a quoting `Warning`) lose short
+        // values too, as its body does.
+        crate::headers::scrub_error_values(&mut headers);
+    }
     let body = if is_sse && get_stream {
         // A GET stream may be a legacy SSE transport whose endpoint event must point here. It
         // carries no reply to a request, so at shutdown it ends at the next event boundary
@@ -506,6 +534,15 @@ async fn relay_forbidden(
         Err(e) => Bytes::from(crate::net::describe_reqwest_error(&e)),
     };
     if is_jsonrpc_error(&body) {
+        // Its strings are scrubbed again once decoded: JSON may escape any character
+        // (`\u0063` for `c`), and the client decodes them all.
+        let body = match serde_json::from_slice::<Value>(&body) {
+            Ok(mut message) => {
+                scrub_json_strings(&mut message);
+                Bytes::from(message.to_string())
+            }
+            Err(_) => body,
+        };
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         response.headers_mut().insert(
@@ -521,6 +558,22 @@ async fn relay_forbidden(
         format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
     };
     error_response(status, id, failure.code(), &message, failure.reason())
+}
+
+/// Every string in `value` (object keys too) with every known secret scrubbed.
+fn scrub_json_strings(value: &mut Value) {
+    match value {
+        Value::String(text) => *text = crate::secret::scrub(text),
+        Value::Array(items) => items.iter_mut().for_each(scrub_json_strings),
+        Value::Object(members) => {
+            let taken = std::mem::take(members);
+            for (key, mut member) in taken {
+                scrub_json_strings(&mut member);
+                members.insert(crate::secret::scrub(&key), member);
+            }
+        }
+        _ => {}
+    }
 }
 
 /// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).

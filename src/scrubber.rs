@@ -57,10 +57,13 @@ impl Scrubber {
         })
     }
 
-    /// The rest, at the body's end: a held tail is no secret (it was never completed, and every
-    /// whole form in it was found), so it goes out as it is.
+    /// The rest, at the body's end: a held tail is no secret's start any more (it was never
+    /// completed), but it may hold a whole shorter form, which is redacted.
     pub fn finish(&mut self) -> Bytes {
-        self.held.split().freeze()
+        let rest = self.held.split().freeze();
+        let found = self.patterns.matches(&rest);
+        let end = rest.len();
+        redact(rest, &found, end)
     }
 
     /// What of `chunk` (after what was held) may go to the client now; the rest is held.
@@ -75,23 +78,54 @@ impl Scrubber {
             self.held.extend_from_slice(&chunk);
             self.held.split().freeze()
         };
-        let found = self.patterns.matches(&bytes);
-        let last_end = found.last().map_or(0, |r| r.end);
-        let cut = self.patterns.cut_tail(&bytes, last_end);
+        let mut found = self.patterns.matches(&bytes);
+        let cut = self.hold_from(&bytes, &mut found);
         self.held.extend_from_slice(&bytes[cut..]);
-        if found.is_empty() {
-            return bytes.slice(..cut); // no copy
-        }
-        let mut out = BytesMut::with_capacity(cut + found.len() * REDACTION.len());
-        let mut last = 0;
-        for range in found {
-            out.extend_from_slice(&bytes[last..range.start]);
-            out.extend_from_slice(REDACTION.as_bytes());
-            last = range.end;
-        }
-        out.extend_from_slice(&bytes[last..cut]);
-        out.freeze()
+        redact(bytes, &found, cut)
     }
+
+    /// Where the held tail begins; `found` keeps the matches before it. The tail that may start
+    /// a form is looked for everywhere near the end, inside a match too: a shorter form found
+    /// whole may be the start of a longer one (another secret, a longer encoding) that the next
+    /// chunk completes, and emitting the shorter one's redaction would let the rest of the
+    /// longer one out. A match the tail overlaps is held with it and found again.
+    fn hold_from(&self, bytes: &[u8], found: &mut Vec<std::ops::Range<usize>>) -> usize {
+        let cut = self.patterns.cut_tail(bytes, 0);
+        match found.iter().position(|r| r.end > cut) {
+            None => cut,
+            Some(at) if found[at].start >= cut => {
+                found.truncate(at);
+                cut
+            }
+            Some(at) if bytes.len() - found[at].start <= 2 * self.patterns.longest() => {
+                let start = found[at].start;
+                found.truncate(at);
+                start
+            }
+            // A run of adjacent matches too long to hold: it goes out redacted, and only what
+            // follows it may be held.
+            Some(_) => self
+                .patterns
+                .cut_tail(bytes, found.last().map_or(0, |r| r.end)),
+        }
+    }
+}
+
+/// `bytes[..end]` with `found` (sorted, disjoint, all before `end`) replaced by the redaction;
+/// without a copy when there is nothing to replace.
+fn redact(bytes: Bytes, found: &[std::ops::Range<usize>], end: usize) -> Bytes {
+    if found.is_empty() {
+        return bytes.slice(..end); // no copy
+    }
+    let mut out = BytesMut::with_capacity(end + found.len() * REDACTION.len());
+    let mut last = 0;
+    for range in found {
+        out.extend_from_slice(&bytes[last..range.start]);
+        out.extend_from_slice(REDACTION.as_bytes());
+        last = range.end;
+    }
+    out.extend_from_slice(&bytes[last..end]);
+    out.freeze()
 }
 
 impl<S, E> Stream for Scrubbed<S>
@@ -187,6 +221,18 @@ mod tests {
         assert_eq!(text, "a <redacted> b \"<redacted>\" c");
     }
 
+    /// The C# MCP SDK writes JSON with `System.Text.Json`'s default encoder, which escapes `+`
+    /// (and `&`) as `\u002B`: a base64 token quoted in a tool result comes back that way.
+    #[test]
+    fn a_token_escaped_by_the_dotnet_json_encoder_is_redacted() {
+        crate::secret::register(CANARY);
+        let dotnet = CANARY.replace('&', "\\u0026").replace('+', "\\u002B");
+        let body = format!("{{\"echo\":\"Bearer {dotnet}\"}}");
+        let chunks: Vec<&[u8]> = body.as_bytes().chunks(3).collect();
+        let (_, joined) = run(&chunks);
+        assert_eq!(joined, b"{\"echo\":\"Bearer <redacted>\"}");
+    }
+
     #[test]
     fn events_without_secrets_pass_at_once_and_without_a_copy() {
         crate::secret::register(CANARY);
@@ -209,6 +255,33 @@ mod tests {
         let (_, joined) = run(&[b"tenant qzx7v ok"]);
         assert_eq!(joined, b"tenant qzx7v ok");
         assert_eq!(crate::secret::scrub("tenant qzx7v"), "tenant <redacted>");
+    }
+
+    /// A secret that starts with another (two `HEADERS` values, a token and a longer one): the
+    /// shorter is whole in the first chunk, the longer is completed by the next one. The rest of
+    /// the longer one must not follow the shorter one's redaction.
+    #[test]
+    fn a_longer_secret_starting_with_a_shorter_one_is_redacted_whole_at_every_cut() {
+        crate::secret::register(CANARY);
+        let short = "overlap-key-0123456789";
+        let long = "overlap-key-0123456789-and-the-rest-of-it";
+        crate::secret::register(short);
+        crate::secret::register(long);
+        let body = format!("x {long} y {short} z");
+        for first in 0..=body.len() {
+            for second in first..=body.len() {
+                let bytes = body.as_bytes();
+                let (_, joined) = run(&[&bytes[..first], &bytes[first..second], &bytes[second..]]);
+                let text = String::from_utf8(joined).unwrap();
+                assert_eq!(
+                    text, "x <redacted> y <redacted> z",
+                    "cut at {first}, {second}"
+                );
+            }
+        }
+        // At the body's end, a held whole form is redacted too.
+        let (_, joined) = run(&[format!("x {short}").as_bytes(), b"-and"]);
+        assert_eq!(joined, b"x <redacted>-and");
     }
 
     #[test]

@@ -52,6 +52,9 @@ static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     patterns: Vec::new(),
 });
 const ROTATING_SIZE: usize = 256;
+/// How many of the newest rotating values streamed bodies are searched for: a few rotations'
+/// worth (each brings an access and a refresh token).
+const STREAM_ROTATING: usize = 16;
 const EPHEMERAL_SIZE: usize = 16;
 /// Shorter values would scrub ordinary words out of messages; they are not credentials anyway.
 const MIN_SCRUBBED_LEN: usize = 4;
@@ -69,7 +72,33 @@ impl Registry {
             .any(|k| k == value)
     }
 
+    /// The forms streamed bodies are searched for. Each is searched once per chunk, so the set
+    /// stays small however long the process has rotated tokens: what the upstream can echo is
+    /// what it was sent, and an access token rotated out long ago has expired. Values made for
+    /// one token request (assertions) never go to the upstream.
+    fn streamed_forms(&self) -> Vec<String> {
+        let mut streamed: Vec<String> = self
+            .pinned
+            .iter()
+            .chain(self.rotating.iter().rev().take(STREAM_ROTATING))
+            .flat_map(|value| forms(value))
+            .filter(|form| form.len() >= MIN_SCRUBBED_LEN)
+            .collect();
+        streamed.sort_unstable();
+        streamed.dedup();
+        streamed
+    }
+
     fn rebuild(&mut self) {
+        let patterns = self.message_forms();
+        let snapshot = Arc::new(Patterns::new(&self.streamed_forms()));
+        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+        GENERATION.fetch_add(1, Ordering::Release);
+        self.patterns = patterns;
+    }
+
+    /// Every form of every value remembered, longest first: what messages are scrubbed of.
+    fn message_forms(&self) -> Vec<String> {
         let mut patterns: Vec<String> = self
             .pinned
             .iter()
@@ -80,10 +109,7 @@ impl Registry {
             .collect();
         patterns.sort_unstable_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
         patterns.dedup();
-        let snapshot = Arc::new(Patterns::new(&patterns));
-        *SNAPSHOT.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
-        GENERATION.fetch_add(1, Ordering::Release);
-        self.patterns = patterns;
+        patterns
     }
 }
 
@@ -125,6 +151,11 @@ impl Patterns {
 
     pub fn is_empty(&self) -> bool {
         self.finders.is_empty()
+    }
+
+    /// The length of the longest form.
+    pub fn longest(&self) -> usize {
+        self.longest
     }
 
     /// The byte ranges of `bytes` where a form occurs, sorted, overlapping ones merged.
@@ -299,6 +330,7 @@ fn forms(value: &str) -> Vec<String> {
             .replace('<', "\\u003c")
             .replace('>', "\\u003e"),
         ascii_json(&json),
+        dotnet_json(value),
         json,
     ];
     let html = value
@@ -358,6 +390,34 @@ fn ascii_json(json: &str) -> String {
             let mut units = [0u16; 2];
             for unit in c.encode_utf16(&mut units) {
                 out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
+/// The JSON string literal of `value` (without quotes) as .NET's `System.Text.Json` writes it by
+/// default (`JavaScriptEncoder.Default`, what the C# MCP SDK uses): HTML-sensitive characters
+/// (`" & ' + < >` and the backtick) and every non-ASCII character as `\uXXXX` in upper-case hex,
+/// so a base64 token's `+` comes back as `\u002B`.
+fn dotnet_json(value: &str) -> String {
+    let mut out = String::with_capacity(value.len() * 2);
+    for c in value.chars() {
+        match c {
+            '"' | '&' | '\'' | '+' | '<' | '>' | '`' => {
+                out.push_str(&format!("\\u{:04X}", u32::from(c)));
+            }
+            '\\' => out.push_str("\\\\"),
+            c if c.is_ascii_control() => {
+                let escaped = serde_json::Value::String(c.to_string()).to_string();
+                out.push_str(&escaped[1..escaped.len() - 1]);
+            }
+            c if c.is_ascii() => out.push(c),
+            c => {
+                let mut units = [0u16; 2];
+                for unit in c.encode_utf16(&mut units) {
+                    out.push_str(&format!("\\u{unit:04X}"));
+                }
             }
         }
     }
@@ -816,6 +876,17 @@ mod tests {
             ),
             ("json, ASCII only", json.replace('é', "\\u00e9")),
             (
+                "json, .NET default encoder",
+                secret
+                    .replace('&', "\\u0026")
+                    .replace('+', "\\u002B")
+                    .replace('"', "\\u0022")
+                    .replace('<', "\\u003C")
+                    .replace('>', "\\u003E")
+                    .replace('\'', "\\u0027")
+                    .replace('é', "\\u00E9"),
+            ),
+            (
                 "html",
                 secret
                     .replace('&', "&amp;")
@@ -993,6 +1064,35 @@ mod tests {
             file.read().unwrap_err(),
             SecretError::Empty { .. }
         ));
+    }
+
+    /// A process that has rotated tokens for weeks searches bodies for the newest few, not
+    /// for all 256 it remembers (each form costs one search per chunk).
+    #[test]
+    fn streamed_bodies_are_searched_for_the_newest_rotated_values_only() {
+        let mut registry = Registry {
+            pinned: vec!["pinned-client-secret-value".into()],
+            rotating: VecDeque::new(),
+            ephemeral: VecDeque::from(vec!["an-assertion-for-the-idp-only".to_string()]),
+            sealed: true,
+            patterns: Vec::new(),
+        };
+        for n in 0..ROTATING_SIZE {
+            registry.rotating.push_back(format!("rotated-token-{n:04}"));
+        }
+        let forms = registry.streamed_forms();
+        let newest = format!("rotated-token-{:04}", ROTATING_SIZE - 1);
+        assert!(forms.contains(&newest));
+        assert!(forms.contains(&"pinned-client-secret-value".to_string()));
+        assert!(!forms.contains(&"rotated-token-0000".to_string()));
+        assert!(!forms.iter().any(|f| f.contains("assertion")));
+        assert_eq!(forms.len(), 1 + STREAM_ROTATING, "{forms:?}");
+        // Messages are still scrubbed of every value remembered.
+        assert!(
+            registry
+                .message_forms()
+                .contains(&"rotated-token-0000".to_string())
+        );
     }
 
     #[test]

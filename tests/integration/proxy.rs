@@ -1866,3 +1866,159 @@ async fn a_403_without_a_bearer_challenge_carries_the_upstreams_answer() {
     let body: Value = response.json().await.unwrap();
     assert_eq!(body["error"]["data"]["reason"], "upstream_auth_rejected");
 }
+
+/// An error answer's headers lose every registered form, short ones too (as its body does): the
+/// body scrubber's forms start at 8 bytes, and with no form that long it scrubs no header.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answer_header_quoting_a_short_header_value_is_scrubbed() {
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let key = headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        axum::response::Response::builder()
+            .status(500)
+            .header("content-type", "text/plain")
+            .header("x-debug-api-key", key)
+            .body(axum::body::Body::from("internal error"))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream),
+        ("AUTH", "none"),
+        ("HEADERS", "X-Api-Key: k7Qz9w"),
+    ])
+    .await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.headers()["x-debug-api-key"], "<redacted>");
+}
+
+/// An upstream that compresses its answer all the same: the scrubber would search compressed
+/// bytes and the client decode the token out of them, so the body is withheld. (Without an
+/// Accept-Encoding any coding is acceptable, RFC 9110 12.5.3: the sidecar asks for identity.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_echo_of_the_token_is_not_passed_on() {
+    let secret = format!("canary-{}-end", "gzipgzip".repeat(10));
+    let asked = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let seen = asked.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+        if headers.contains_key("x-test") {
+            // The proxied request, not the readiness handshake.
+            *seen.lock().unwrap() = headers
+                .get("accept-encoding")
+                .map(|v| v.to_str().unwrap().to_string());
+        }
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body =
+            format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{{\"echo\":\"{presented}\"}}}}");
+        let mut child = std::process::Command::new("gzip")
+            .arg("-c")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(body.as_bytes())
+            .unwrap();
+        let gz = child.wait_with_output().unwrap().stdout;
+        axum::response::Response::builder()
+            .header("content-type", "application/json")
+            .header("content-encoding", "gzip")
+            .body(axum::body::Body::from(gz))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 502);
+    let encoding = response
+        .headers()
+        .get("content-encoding")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = response.bytes().await.unwrap();
+    // What the agent's HTTP client would show it after decoding.
+    let decoded = if encoding.as_deref() == Some("gzip") {
+        let mut child = std::process::Command::new("gzip")
+            .arg("-dc")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(&body).unwrap();
+        child.wait_with_output().unwrap().stdout
+    } else {
+        body.to_vec()
+    };
+    let text = String::from_utf8_lossy(&decoded);
+    assert!(
+        !text.contains(&secret[..20]),
+        "the agent reads the token: {text}"
+    );
+    assert!(text.contains("handshake_failed"), "{text}");
+    assert_eq!(asked.lock().unwrap().as_deref(), Some("identity"));
+}
+
+/// A 403's JSON-RPC error is passed on, and JSON may escape any character: a token quoted with
+/// one letter escaped (`\u0063`) matches no form in the bytes, but the client decodes it whole.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_jsonrpc_error_quoting_an_escaped_token_is_scrubbed_once_decoded() {
+    let secret = format!("canary-{}-end", "escaped".repeat(10));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let escaped = presented.replacen("Bearer c", "Bearer \\u0063", 1);
+        let status = if headers.contains_key("x-test") { 403 } else { 200 };
+        axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(format!(
+                "{{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{{\"code\":-32000,\"message\":\"denied for {escaped}\"}}}}"
+            )))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        !message.contains(&secret[..20]),
+        "the agent reads the token: {message}"
+    );
+    assert_eq!(message, "denied for Bearer <redacted>");
+    assert_eq!(body["error"]["code"], -32000);
+}
