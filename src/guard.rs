@@ -91,19 +91,14 @@ impl Guard {
         headers: &HeaderMap,
     ) -> Result<(), Refusal> {
         let host = request_host(uri, headers)?;
-        if !self.host_allowed(&host, true) {
+        if !self.host_allowed(host, true) {
             return Err(Refusal::NotAllowed(format!(
                 "Host {host:?} is not allowed; add it to MCP_SIDECAR_ALLOWED_HOSTS"
             )));
         }
         if let Some(origin) = headers.get(ORIGIN) {
-            let origin_host = origin
-                .to_str()
-                .ok()
-                .and_then(|o| url::Url::parse(o).ok())
-                .and_then(|u| u.host_str().map(str::to_string));
-            match origin_host {
-                Some(h) if self.host_allowed(&h, false) => {}
+            match origin.to_str().ok().and_then(origin_host) {
+                Some(h) if self.host_allowed(h, false) => {}
                 _ => {
                     let shown = origin.to_str().unwrap_or("(not text)");
                     return Err(Refusal::NotAllowed(format!(
@@ -177,13 +172,19 @@ impl Guard {
     }
 
     /// `is_host`: checking the Host header (IP literals and `*` apply), or an Origin's host.
+    /// Names compare case-insensitively in place: this runs on every request, so it allocates
+    /// nothing.
     fn host_allowed(&self, host: &str, is_host: bool) -> bool {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
-        if is_loopback_name(&host) || self.allowed_hosts.contains(&host) {
+            .trim_end_matches('.');
+        if is_loopback_name(host)
+            || self
+                .allowed_hosts
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(host))
+        {
             return true;
         }
         is_host && (self.allow_any_host || host.parse::<std::net::IpAddr>().is_ok())
@@ -204,8 +205,9 @@ pub fn bearer_credential(value: &str) -> Option<&str> {
 /// The host a request is addressed to: its one Host header, or the authority of an absolute-form
 /// target (HTTP/2's `:authority`, which hyper puts on the URI). When both are present they must
 /// name the same host: a proxy-style `GET http://evil.example/ HTTP/1.1` with `Host: localhost`
-/// is refused rather than judged by either half.
-fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Result<String, Refusal> {
+/// is refused rather than judged by either half. The host comes back as the client wrote it (any
+/// case); callers compare it case-insensitively.
+fn request_host<'a>(uri: &'a http::Uri, headers: &'a HeaderMap) -> Result<&'a str, Refusal> {
     let mut values = headers.get_all(HOST).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -240,7 +242,7 @@ fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Result<String, Refusal>
                 (Some(a), Some(b)) => a == b,
                 _ => true,
             };
-            if target != host || !ports_agree {
+            if !target.eq_ignore_ascii_case(host) || !ports_agree {
                 return Err(Refusal::Malformed(format!(
                     "the request target names {target:?} but its Host header {host:?}"
                 )));
@@ -254,9 +256,9 @@ fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Result<String, Refusal>
 
 /// `host[:port]` as RFC 9110 allows it in Host: a bracketed IPv6 literal or a name (or IPv4
 /// literal) of the characters DNS names use, then at most a numeric port, and nothing else. The
-/// host comes back lower-cased and without brackets. Lenient parsing here is what a rebinding
-/// page would use: `[::1]evil.com` must not pass as `::1`.
-fn parse_authority(text: &str) -> Option<(String, Option<u16>)> {
+/// host comes back as written (a slice of `text`, any case) and without brackets. Lenient parsing
+/// here is what a rebinding page would use: `[::1]evil.com` must not pass as `::1`.
+fn parse_authority(text: &str) -> Option<(&str, Option<u16>)> {
     let (host, rest) = if let Some(inner) = text.strip_prefix('[') {
         let (literal, rest) = inner.split_once(']')?;
         literal.parse::<std::net::Ipv6Addr>().ok()?;
@@ -281,7 +283,20 @@ fn parse_authority(text: &str) -> Option<(String, Option<u16>)> {
     if host.is_empty() || (!text.starts_with('[') && !host.chars().all(is_name_char)) {
         return None;
     }
-    Some((host.to_ascii_lowercase(), port))
+    Some((host, port))
+}
+
+/// The host of a browser `Origin` (`scheme://host[:port]`, RFC 6454), parsed as strictly as a
+/// Host: anything else (`null`, user info, a host with characters DNS names do not use) has no
+/// host and is refused. A path, which browsers never send, is tolerated as a URL parser would.
+fn origin_host(origin: &str) -> Option<&str> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.');
+    if scheme.is_empty() || !scheme.bytes().all(scheme_char) {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    parse_authority(authority).map(|(host, _)| host)
 }
 
 #[cfg(test)]
@@ -471,14 +486,68 @@ mod tests {
             );
         }
         assert!(guard.check(&uri(), &headers(&[("host", "[::1]")])).is_ok());
-        assert_eq!(
-            parse_authority("[::1]:4510"),
-            Some(("::1".into(), Some(4510)))
+        assert_eq!(parse_authority("[::1]:4510"), Some(("::1", Some(4510))));
+        assert_eq!(parse_authority("LocalHost."), Some(("LocalHost.", None)));
+    }
+
+    #[test]
+    fn names_compare_case_insensitively_everywhere() {
+        let guard = Guard::new(vec!["MCP-Sidecar".into(), "agent.internal".into()], None);
+        for host in [
+            "mcp-SIDECAR:4510",
+            "Agent.Internal",
+            "LocalHost:4510",
+            "Tools.LOCALHOST",
+            "localhost.",
+            "[::1]:4510",
+        ] {
+            assert!(
+                guard.check(&uri(), &headers(&[("host", host)])).is_ok(),
+                "{host}"
+            );
+        }
+        for origin in [
+            "HTTP://LocalHost:3000",
+            "https://AGENT.internal",
+            "http://mcp-sidecar",
+            "http://localhost:3000/",
+            "http://[::1]:3000",
+            "http://App.Localhost",
+        ] {
+            let h = headers(&[("host", "localhost"), ("origin", origin)]);
+            assert!(guard.check(&uri(), &h).is_ok(), "{origin}");
+        }
+        for origin in [
+            "http://EVIL.example",
+            "http://localhost@evil.example",
+            "http://localhost.evil.example",
+            "http://evil.example/localhost",
+            "localhost",
+            "://localhost",
+            "http://",
+            "null",
+            "http://loc%61lhost",
+            "http://[::1]evil.example",
+        ] {
+            let h = headers(&[("host", "localhost"), ("origin", origin)]);
+            assert!(guard.check(&uri(), &h).is_err(), "{origin} must be refused");
+        }
+        assert!(
+            guard
+                .check(&uri(), &headers(&[("host", "Evil.Example")]))
+                .is_err()
         );
-        assert_eq!(
-            parse_authority("LocalHost."),
-            Some(("localhost.".into(), None))
+        // The target and the Host header may differ in case only.
+        let target: http::Uri = "http://LocalHost:4510/mcp".parse().unwrap();
+        assert!(
+            guard
+                .check(&target, &headers(&[("host", "localhost:4510")]))
+                .is_ok()
         );
+        let refusal = guard
+            .check(&uri(), &headers(&[("host", "Evil.Example:4510")]))
+            .unwrap_err();
+        assert!(refusal.message().contains("Evil.Example"), "shown as sent");
     }
 
     #[test]

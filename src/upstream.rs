@@ -165,6 +165,8 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
+        // Borrowed without a query: the only copy of the URL per request is the one reqwest
+        // takes.
         let url = match query {
             Some(q) if !q.is_empty() => {
                 let mut url = self.url.clone();
@@ -173,11 +175,11 @@ impl Upstream {
                     None => q.to_string(),
                 };
                 url.set_query(Some(&joined));
-                url
+                std::borrow::Cow::Owned(url)
             }
-            _ => self.url.clone(),
+            _ => std::borrow::Cow::Borrowed(&self.url),
         };
-        self.send_to(method, url, headers, body).await
+        self.send_url(method, &url, headers, body).await
     }
 
     /// Like [`Upstream::send`], to another URL on the upstream's origin (a legacy SSE server's
@@ -189,9 +191,19 @@ impl Upstream {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
+        self.send_url(method, &url, headers, body).await
+    }
+
+    async fn send_url(
+        &self,
+        method: Method,
+        url: &Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
         let token = self.tokens.token().await?;
         let response = self
-            .send_once(&method, &url, &headers, &body, token.as_ref())
+            .send_once(&method, url, &headers, &body, token.as_ref())
             .await?;
         let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
@@ -202,7 +214,7 @@ impl Upstream {
                 return self
                     .step_up(
                         &method,
-                        &url,
+                        url,
                         &headers,
                         &body,
                         token.as_ref(),
@@ -235,7 +247,7 @@ impl Upstream {
         }
         tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
         let response = self
-            .send_once(&method, &url, &headers, &body, fresh.as_ref())
+            .send_once(&method, url, &headers, &body, fresh.as_ref())
             .await?;
         let response = self.retried(response)?;
         if let Some(fresh) = &fresh {
@@ -320,11 +332,11 @@ impl Upstream {
         token: Option<&AccessToken>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = headers.clone();
-        crate::headers::add_extra(&mut headers, &self.extra_headers()?);
+        if let Some(extra) = self.extra_headers()? {
+            crate::headers::add_extra(&mut headers, &extra);
+        }
         if let Some(token) = token {
-            let value = crate::headers::bearer(token.secret().expose())
-                .ok_or(UpstreamError::NoCredential(TokenError::NotAHeaderValue))?;
-            headers.insert(AUTHORIZATION, value);
+            headers.insert(AUTHORIZATION, token.authorization()?);
         }
         let mut request = self
             .client
@@ -345,10 +357,11 @@ impl Upstream {
 }
 
 impl Upstream {
-    /// The `HEADERS` to add, re-parsed only when their text (a rotated `HEADERS_FILE`) changed.
-    fn extra_headers(&self) -> Result<ExtraHeaders, UpstreamError> {
+    /// The `HEADERS` to add, re-parsed only when their text (a rotated `HEADERS_FILE`) changed;
+    /// `None` (no allocation) when none are configured.
+    fn extra_headers(&self) -> Result<Option<ExtraHeaders>, UpstreamError> {
         let Some(source) = &self.headers else {
-            return Ok(Arc::from([]));
+            return Ok(None);
         };
         let text = source
             .read()
@@ -360,14 +373,14 @@ impl Upstream {
         if let Some((cached, parsed)) = cache.as_ref()
             && *cached == text
         {
-            return Ok(parsed.clone());
+            return Ok(Some(parsed.clone()));
         }
         // Read errors already name HEADERS_FILE; parse errors give only the line.
         let parsed: ExtraHeaders = crate::headers::parse_extra_headers(text.expose())
             .map_err(|e| UpstreamError::Headers(format!("HEADERS_FILE: {e}")))?
             .into();
         *cache = Some((text, parsed.clone()));
-        Ok(parsed)
+        Ok(Some(parsed))
     }
 }
 

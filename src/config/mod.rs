@@ -1012,7 +1012,7 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
     for directive in filter.split(',').map(str::trim).filter(|d| !d.is_empty()) {
         let (level, bare) = match directive.rsplit_once('=') {
             Some((_, level)) => (level.trim(), false),
-            // `target[span{field=value}]` forms are left to tracing's own parser.
+            // `target[{field}]` forms are left to tracing's own parser.
             None if directive.contains('[') => continue,
             None => (directive, true),
         };
@@ -1037,7 +1037,10 @@ fn check_log_filter(filter: &str) -> Result<(), String> {
         };
         return Err(format!("{level:?} is not a log level{hint}{also}"));
     }
-    if tracing_subscriber::EnvFilter::try_new(filter).is_err() {
+    if filter
+        .parse::<tracing_subscriber::filter::Targets>()
+        .is_err()
+    {
         return Err(LOG_EXPECTED.into());
     }
     Ok(())
@@ -1112,9 +1115,13 @@ fn host_is_loopback(url: &Url) -> bool {
 
 /// Names that always resolve to this machine.
 pub fn is_loopback_name(host: &str) -> bool {
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
-    host == "localhost"
-        || host.ends_with(".localhost")
+    // Compared in place, not lower-cased into a new string: the guard calls this per request.
+    const SUFFIX: &[u8] = b".localhost";
+    let host = host.trim_end_matches('.');
+    let bytes = host.as_bytes();
+    host.eq_ignore_ascii_case("localhost")
+        || (bytes.len() >= SUFFIX.len()
+            && bytes[bytes.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX))
         || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 

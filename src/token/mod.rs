@@ -37,17 +37,61 @@ use crate::secret::{Secret, SecretError};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// A token to send upstream as `Authorization: Bearer ...`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AccessToken(Secret);
+/// A token to send upstream as `Authorization: Bearer ...`, with that header value built once
+/// when the token is obtained: every request clones the prebuilt value (a reference count)
+/// instead of formatting `Bearer ...` anew. Cloning the token is a reference count too.
+///
+/// The header value is marked sensitive (HTTP/2 never indexes it; `Debug` of the value prints
+/// `Sensitive`) and is held only here, so it is never logged: this type's `Debug` prints neither.
+#[derive(Clone)]
+pub struct AccessToken(Arc<Held>);
+
+struct Held {
+    secret: Secret,
+    /// `None` when the token has characters a header cannot carry (a line break in a token file):
+    /// reported at use, as [`TokenError::NotAHeaderValue`], not when the token is obtained.
+    authorization: Option<http::HeaderValue>,
+}
 
 impl AccessToken {
     pub fn new(secret: Secret) -> Self {
-        Self(secret)
+        let authorization = bearer_header(&secret);
+        Self(Arc::new(Held {
+            secret,
+            authorization,
+        }))
     }
 
     pub fn secret(&self) -> &Secret {
-        &self.0
+        &self.0.secret
+    }
+
+    /// `Authorization: Bearer <token>`, sensitive, ready to insert into a request.
+    pub fn authorization(&self) -> Result<http::HeaderValue, TokenError> {
+        self.0
+            .authorization
+            .clone()
+            .ok_or(TokenError::NotAHeaderValue)
+    }
+}
+
+fn bearer_header(secret: &Secret) -> Option<http::HeaderValue> {
+    let value = crate::headers::bearer(secret.expose())?;
+    // `Bytes` from a `Vec` moves to a shared allocation on its first clone; clone once here so
+    // that the requests' clones only count references (tests/alloc.rs checks this).
+    drop(value.clone());
+    Some(value)
+}
+
+impl PartialEq for AccessToken {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0.secret == other.0.secret
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
     }
 }
 
@@ -345,4 +389,32 @@ pub fn build(
         manager: Some(manager),
         authorization,
     })
+}
+
+#[cfg(test)]
+mod access_token_tests {
+    use super::*;
+
+    #[test]
+    fn the_authorization_holder_is_sensitive_and_redacted() {
+        let canary = format!("{}+/=&{}", "s".repeat(150), "q".repeat(60));
+        let token = AccessToken::new(Secret::new(canary.clone()));
+        let header = token.authorization().unwrap();
+        assert!(header.is_sensitive());
+        assert_eq!(header.as_bytes(), format!("Bearer {canary}").as_bytes());
+        for shown in [
+            format!("{token:?}"),
+            format!("{token:#?}"),
+            format!("{header:?}"),
+            format!("{:?}", Some(token.clone())),
+        ] {
+            assert!(!shown.contains(&canary[..20]), "{shown}");
+        }
+        assert_eq!(token, AccessToken::new(Secret::new(canary)));
+        let line_break = AccessToken::new(Secret::new("abc\ndef-canary"));
+        assert!(matches!(
+            line_break.authorization(),
+            Err(TokenError::NotAHeaderValue)
+        ));
+    }
 }
