@@ -394,7 +394,9 @@ impl Session {
             });
         }
         tracing::info!("upstream forgot a client's session; re-initialized it transparently");
-        self.subscriptions.replay(upstream, &headers).await;
+        self.subscriptions
+            .replay(upstream, self.query.as_deref(), &headers)
+            .await;
         // Before the id changes: a reader that sees the new generation also sees the new id.
         self.generation.fetch_add(1, Ordering::SeqCst);
         *current = new_id.clone();

@@ -103,9 +103,10 @@ impl Subscriptions {
     }
 
     /// Sends every kept subscription into the session `headers` name (they carry the new
-    /// session id and protocol version). A refusal is logged and does not stop the others:
+    /// session id and protocol version), to the client's target (`query`, as the replayed
+    /// `initialize`). A refusal is logged and does not stop the others:
     /// the session itself is fine, one resource may be gone.
-    pub async fn replay(&self, upstream: &Upstream, headers: &HeaderMap) {
+    pub async fn replay(&self, upstream: &Upstream, query: Option<&str>, headers: &HeaderMap) {
         let list = self.lock().list.clone();
         for (n, (_uri, params)) in list.iter().enumerate() {
             let id = Value::String(format!("mcp-sidecar-resubscribe-{n}"));
@@ -115,7 +116,7 @@ impl Subscriptions {
                 let response = upstream
                     .send(
                         Method::POST,
-                        None,
+                        query,
                         headers.clone(),
                         Bytes::from(body.to_string()),
                     )

@@ -91,7 +91,7 @@ async fn a_get_stream_outlives_an_upstream_restart_and_carries_the_new_sessions_
     let (mut mock, sidecar) = streaming_pair().await;
     let port = mock.addr.port();
     let client = reqwest::Client::new();
-    let url = sidecar.url("/mcp");
+    let url = sidecar.url("/mcp?tenant=a");
     let session = initialize(&client, &url).await;
     let subscribe = json!({"jsonrpc":"2.0","id":7,"method":"resources/subscribe","params":{"uri":"test://watched"}});
     let subscribed = mcp_post(&client, &url, subscribe.to_string())
@@ -178,6 +178,11 @@ async fn a_get_stream_outlives_an_upstream_restart_and_carries_the_new_sessions_
         .expect("the client's subscription is replayed into the new session");
     let body: Value = serde_json::from_slice(&replayed.body).unwrap();
     assert_eq!(body["params"]["uri"], "test://watched");
+    assert_eq!(
+        replayed.query.as_deref(),
+        Some("tenant=a"),
+        "to the client's target"
+    );
     let new_session = replayed.headers["mcp-session-id"].to_str().unwrap();
     assert_ne!(new_session, session);
     let attached = gets(&mock);
