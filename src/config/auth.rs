@@ -386,7 +386,7 @@ impl Reader {
                 None
             }
             Err(e) => {
-                self.problem(key, super::describe_url_error(e));
+                self.problem(key, format!("not a valid URL: {e}"));
                 None
             }
         }

@@ -886,7 +886,7 @@ impl Reader {
         let url = match Url::parse(s) {
             Ok(url) => url,
             Err(e) => {
-                self.problem("upstream_url", describe_url_error(e));
+                self.problem("upstream_url", format!("not a valid URL: {e}"));
                 return None;
             }
         };
@@ -1090,15 +1090,6 @@ fn describe(value: &Value) -> &'static str {
 }
 
 /// Secret errors already start with their key; the problem list names the key separately.
-/// Why a URL did not parse. Host names are read as ASCII only (the IDNA tables would cost the
-/// static binary some 150 KB), so a non-ASCII one gets the form to write instead.
-pub(crate) fn describe_url_error(e: url::ParseError) -> String {
-    match e {
-        url::ParseError::IdnaError => "not a valid URL: a host name with non-ASCII characters is not supported; write it in its ASCII (punycode) form, e.g. xn--bcher-kva.example for bücher.example".to_string(),
-        e => format!("not a valid URL: {e}"),
-    }
-}
-
 fn strip_key_prefix(message: &str, key: &str) -> String {
     message
         .strip_prefix(key)
@@ -1332,25 +1323,6 @@ mod tests {
                 "{bytes} {idle}: {found:?}"
             );
         }
-    }
-
-    /// Host names are ASCII only (idna_adapter 1.0, no IDNA tables in the binary): a non-ASCII
-    /// one is refused with the form to write, and that form works.
-    #[test]
-    fn a_non_ascii_host_gets_its_punycode_form_suggested() {
-        let err = load(&env(&[("UPSTREAM_URL", "https://bücher.example/mcp")])).unwrap_err();
-        let text = err.to_string();
-        assert!(text.contains("MCP_SIDECAR_UPSTREAM_URL"), "{text}");
-        assert!(text.contains("punycode"), "{text}");
-        let config = load(&env(&[(
-            "UPSTREAM_URL",
-            "https://xn--bcher-kva.example/mcp",
-        )]))
-        .unwrap();
-        assert_eq!(
-            config.upstream.url.host_str(),
-            Some("xn--bcher-kva.example")
-        );
     }
 
     #[test]
