@@ -9,6 +9,7 @@
 //! ([`scrub_error_values`]). Keeping the lists together means a header cannot be stripped one
 //! way and forwarded another by accident.
 
+use bytes::Bytes;
 use http::HeaderMap;
 use http::header::{self, ACCEPT, CONTENT_TYPE, HeaderName, HeaderValue};
 
@@ -129,14 +130,7 @@ pub fn scrub_values(headers: &mut HeaderMap) {
             continue;
         }
         let bytes = value.as_bytes();
-        let mut scrubbed = Vec::with_capacity(bytes.len());
-        let mut last = 0;
-        for range in found {
-            scrubbed.extend_from_slice(&bytes[last..range.start]);
-            scrubbed.extend_from_slice(crate::secret::REDACTION.as_bytes());
-            last = range.end;
-        }
-        scrubbed.extend_from_slice(&bytes[last..]);
+        let scrubbed = crate::scrubber::redact(Bytes::copy_from_slice(bytes), &found, bytes.len());
         // The redaction is printable ASCII, so this cannot fail; if it did, nothing of the
         // value would be kept.
         *value = HeaderValue::from_bytes(&scrubbed)

@@ -113,7 +113,8 @@ impl Scrubber {
 
 /// `bytes[..end]` with `found` (sorted, disjoint, all before `end`) replaced by the redaction;
 /// without a copy when there is nothing to replace.
-fn redact(bytes: Bytes, found: &[std::ops::Range<usize>], end: usize) -> Bytes {
+/// `bytes[..end]` with each of the `found` ranges (sorted, merged) replaced by the redaction.
+pub(crate) fn redact(bytes: Bytes, found: &[std::ops::Range<usize>], end: usize) -> Bytes {
     if found.is_empty() {
         return bytes.slice(..end); // no copy
     }
