@@ -456,6 +456,9 @@ impl Upstream {
                     "mcp-sidecar/",
                     env!("CARGO_PKG_VERSION")
                 )));
+            // What reqwest sent when a request named none: upstreams may insist on the header.
+            sent.entry(http::header::ACCEPT)
+                .or_insert(HeaderValue::from_static("*/*"));
             let uri = http::Uri::try_from(url.as_str()).map_err(|e| {
                 UpstreamError::Unreachable(format!("the upstream URL is not a valid URI: {e}"))
             })?;
@@ -685,6 +688,42 @@ mod tests {
         let versions: Vec<_> = bodies.iter().map(|(v, _)| *v).collect();
         assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
         bodies.into_iter().map(|(_, b)| b).collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_accept_or_user_agent_gets_them_as_reqwest_sent_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/mcp", listener.local_addr().unwrap())).unwrap();
+        let echo = |request: http::Request<axum::body::Body>| async move {
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            format!("{}|{}", header(http::header::ACCEPT), header(USER_AGENT))
+        };
+        let router = axum::Router::new().route("/mcp", axum::routing::get(echo));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let config = UpstreamConfig {
+            url,
+            headers: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Some(Duration::from_secs(10)),
+        };
+        let upstream = Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap();
+        let response = upstream
+            .send(Method::GET, None, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let text = body.next().await.unwrap().unwrap();
+        assert_eq!(
+            text,
+            format!("*/*|mcp-sidecar/{}", env!("CARGO_PKG_VERSION")).as_bytes()
+        );
     }
 
     #[tokio::test]
