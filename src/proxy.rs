@@ -104,7 +104,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     }
 
     let body = match read_body(body, &parts.headers, app.max_body_bytes).await {
-        Ok(body) => body,
+        Ok(body) => crate::trace::request_body(body),
         Err(response) => {
             app.metrics.record_request(&method, Outcome::refused);
             return response;
@@ -172,6 +172,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             .unwrap_or(Err(crate::session::ReinitError::TimedOut))
         {
             Ok(_) => {
+                crate::trace::note(crate::trace::Note::SessionReinitialized);
                 let (fresh, generation) = session.current().await;
                 if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                     headers.insert(MCP_SESSION_ID.clone(), value);

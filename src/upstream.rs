@@ -246,6 +246,7 @@ impl Upstream {
             return Err(rejected(status, challenge));
         }
         tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
+        crate::trace::note(crate::trace::Note::TokenRefreshed);
         let response = self
             .send_once(&method, url, &headers, &body, fresh.as_ref())
             .await?;
@@ -332,6 +333,7 @@ impl Upstream {
         token: Option<&AccessToken>,
     ) -> Result<reqwest::Response, UpstreamError> {
         let mut headers = headers.clone();
+        crate::trace::inject(&mut headers);
         if let Some(extra) = self.extra_headers()? {
             crate::headers::add_extra(&mut headers, &extra);
         }
