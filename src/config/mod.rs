@@ -1267,7 +1267,6 @@ impl Config {
                 },
             ),
         ]);
-        rows.extend(self.trace.summary());
         rows
     }
 

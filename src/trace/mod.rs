@@ -626,6 +626,9 @@ mod tests {
         assert!(problems.is_empty(), "{problems:?}");
         let pairs = parse_headers(config.headers.unwrap().expose()).unwrap();
         assert_eq!(pairs[0].1, "k+/=".repeat(60));
+        // A collector's or upstream's text quoting the key is scrubbed like any secret's.
+        let echoed = crate::secret::scrub(&format!("denied: {}", "k+/=".repeat(60)));
+        assert!(!echoed.contains("k+/=k+/="), "{echoed}");
 
         let (_, problems) = read(&[(HEADERS, "a=b"), (HEADERS_FILE, "/nonexistent")]);
         assert_eq!(problems[0].0, HEADERS);

@@ -289,3 +289,40 @@ async fn a_proxied_call_is_a_span_under_the_clients_trace_and_its_context_reache
     assert_eq!(proxied["trace_id"], CLIENT_TRACE, "{proxied}");
     assert_eq!(proxied["span_id"], sidecar_span.as_str(), "{proxied}");
 }
+
+#[test]
+fn check_config_shows_the_trace_settings_with_header_values_redacted_and_refuses_bad_ones() {
+    let key = format!("otlp-{}", "k+/=&".repeat(50)).replace('=', "%3D");
+    let run = |extra: &[(&str, &str)]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+            .arg("check-config")
+            .env_clear()
+            .env("MCP_SIDECAR_UPSTREAM_URL", "https://mcp.example.com/mcp")
+            .env("MCP_SIDECAR_TOKEN", "t")
+            .envs(extra.iter().copied())
+            .output()
+            .unwrap()
+    };
+    let output = run(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", &format!("x-api-key={key}")),
+    ]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("x-api-key: <redacted>"), "{stdout}");
+    assert!(
+        stdout.contains("http://127.0.0.1:4318/v1/traces"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("otlp-k+"), "{stdout}");
+
+    let output = run(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "localhost:4317"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", &key),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_ENDPOINT:"), "{stderr}");
+    assert!(stderr.contains("OTEL_EXPORTER_OTLP_HEADERS:"), "{stderr}");
+    assert!(!stderr.contains("otlp-k+"), "{stderr}");
+}
