@@ -23,10 +23,12 @@ use url::Url;
 use crate::secret::{Secret, SecretFile, SecretSource};
 
 mod auth;
+mod store;
 
 pub use auth::{
     AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg, canonical_resource,
 };
+pub use store::FleetStoreConfig;
 
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
@@ -84,6 +86,14 @@ const KNOWN_KEYS: &[&str] = &[
     "log",
     "log_format",
     "state_dir",
+    "state_store",
+    "state_store_password",
+    "state_store_password_file",
+    "state_key_file",
+    "state_store_client_cert_file",
+    "state_store_client_key_file",
+    "state_store_ca_file",
+    "state_lock_ttl",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -138,6 +148,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
+    /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
+    pub state_store: Option<FleetStoreConfig>,
 }
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
@@ -836,6 +848,7 @@ impl Reader {
         if !state_dir.is_absolute() {
             self.problem("state_dir", "expected an absolute path");
         }
+        let state_store = self.state_store(connect_timeout);
 
         Some(Config {
             upstream: UpstreamConfig {
@@ -859,6 +872,7 @@ impl Reader {
             clients,
             log,
             state_dir,
+            state_store,
         })
     }
 
@@ -1241,6 +1255,13 @@ impl Config {
                     .unwrap_or_else(|| "off".into()),
             ),
             ("STATE_DIR", self.state_dir.display().to_string()),
+            (
+                "STATE_STORE",
+                self.state_store
+                    .as_ref()
+                    .map(|s| s.display_url())
+                    .unwrap_or_else(|| "(STATE_DIR)".into()),
+            ),
             ("LOG", self.log.filter.clone()),
             (
                 "LOG_FORMAT",
@@ -1250,6 +1271,9 @@ impl Config {
                 },
             ),
         ]);
+        if let Some(store) = &self.state_store {
+            rows.extend(store.summary());
+        }
         rows
     }
 

@@ -126,7 +126,7 @@ pub enum StoreError {
     },
 }
 
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 /// The file's content. Deliberately not `Debug`: it holds tokens in plain text.
 #[derive(Default, Clone, Serialize, Deserialize)]

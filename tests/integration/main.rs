@@ -5,6 +5,7 @@ mod common;
 
 mod cli;
 mod defects;
+mod fleet;
 mod oauth;
 mod proxy;
 mod readiness;
