@@ -91,6 +91,13 @@ impl Reader {
             }
             return None;
         };
+        if !cfg!(feature = "fleet") {
+            self.problem(
+                "state_store",
+                "this build of mcp-sidecar has no Redis support (built without the `fleet` feature); unset it to keep tokens in STATE_DIR",
+            );
+            return None;
+        }
         let mut url = match Url::parse(&text) {
             Ok(url) if matches!(url.scheme(), "redis" | "rediss") && url.host().is_some() => url,
             // The value may hold a password: never echoed.
@@ -194,7 +201,7 @@ fn percent_decode(text: &str) -> String {
         .unwrap_or_default()
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "fleet"))]
 mod tests {
     use crate::config::{ENV_PREFIX, Sources, load};
 

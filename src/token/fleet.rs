@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, IntoConnectionInfo};
-use serde::Serialize;
 
+use super::state::StoreStatus;
 use super::store::Persisted;
 use crate::config::FleetStoreConfig;
 use crate::seal::{SealError, Sealer};
@@ -69,23 +69,6 @@ impl FleetError {
     }
 }
 
-/// What `/status` shows of the store.
-#[derive(Debug, Clone, Serialize)]
-pub struct StoreStatus {
-    pub kind: &'static str,
-    /// Without a password.
-    pub url: String,
-    /// `None` until the first command.
-    pub healthy: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Who holds the refresh lock, when last seen (`host/pid N`), or `this sidecar`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub lock_holder: Option<String>,
-    /// This sidecar's name in the lock.
-    pub identity: String,
-}
-
 #[derive(Default)]
 struct Health {
     healthy: Option<bool>,
@@ -106,6 +89,16 @@ pub struct FleetStore {
     shown: String,
     identity: String,
     health: Mutex<Health>,
+    /// The entry as last read, sealed: a waiter for the lock that sees it change adopts the new
+    /// state instead of waiting its turn for a lock it no longer needs.
+    last_seen: Mutex<Option<Vec<u8>>>,
+}
+
+/// What waiting for the lock ended with.
+pub enum Acquired {
+    Lock(FleetLock),
+    /// Another sidecar stored a new state meanwhile: read it before asking for the lock again.
+    Changed,
 }
 
 impl std::fmt::Debug for FleetStore {
@@ -192,6 +185,7 @@ impl FleetStore {
             shown,
             identity: identity(),
             health: Mutex::new(Health::default()),
+            last_seen: Mutex::new(None),
         })
     }
 
@@ -275,7 +269,12 @@ impl FleetStore {
     pub async fn load(&self) -> Result<Option<Persisted>, FleetError> {
         let mut get = redis::cmd("GET");
         get.arg(&self.state_key);
-        let Some(sealed): Option<Vec<u8>> = self.query(&get).await? else {
+        let sealed: Option<Vec<u8>> = self.query(&get).await?;
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone_from(&sealed);
+        let Some(sealed) = sealed else {
             return Ok(None);
         };
         let plain = self
@@ -310,8 +309,9 @@ impl FleetStore {
     }
 
     /// Takes the fleet lock, waiting while another sidecar holds it, at most one lock expiry
-    /// and a little more (a holder that died has lost it by then).
-    pub async fn lock(self: &Arc<Self>) -> Result<FleetLock, FleetError> {
+    /// and a little more (a holder that died has lost it by then). Ends early with
+    /// [`Acquired::Changed`] when the stored state changes meanwhile (the holder's result).
+    pub async fn lock(self: &Arc<Self>) -> Result<Acquired, FleetError> {
         let value = format!("{} {}", self.identity, random_hex(12));
         let started = Instant::now();
         let deadline = started + self.lock_ttl + Duration::from_secs(2);
@@ -326,10 +326,16 @@ impl FleetStore {
             let taken: Option<String> = self.query(&set).await?;
             if taken.is_some() {
                 self.health().lock_holder = Some("this sidecar".into());
-                return Ok(FleetLock {
+                return Ok(Acquired::Lock(FleetLock {
                     store: self.clone(),
                     value,
-                });
+                }));
+            }
+            let mut state = redis::cmd("GET");
+            state.arg(&self.state_key);
+            let stored: Option<Vec<u8>> = self.query(&state).await?;
+            if stored != *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) {
+                return Ok(Acquired::Changed);
             }
             let mut get = redis::cmd("GET");
             get.arg(&self.lock_key);

@@ -205,7 +205,7 @@ impl Manager {
         // down at start, and what it holds may change before then anyway.
         let persisted = match &manager.store {
             Some(StateStore::Dir(store)) => store.load().map_err(StateError::from),
-            Some(StateStore::Fleet(_)) | None => Ok(None),
+            _ => Ok(None),
         };
         match persisted {
             Ok(persisted) => manager.apply_persisted(persisted),
@@ -329,11 +329,17 @@ impl Manager {
                 let access = p.access_token.map(AccessToken::new);
                 if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
-                    held.expires_at = p.expires_at.and_then(store::from_unix);
+                    held.expires_at = p
+                        .expires_at_ms
+                        .and_then(store::from_unix_ms)
+                        .or_else(|| p.expires_at.and_then(store::from_unix));
                     held.refresh = p.refresh_token;
                     held.scope = p.scope;
                     held.seed = p.seed;
-                    held.obtained_at = store::from_unix(p.updated_at);
+                    held.obtained_at = p
+                        .obtained_at_ms
+                        .and_then(store::from_unix_ms)
+                        .or_else(|| store::from_unix(p.updated_at));
                 }
             }
             _ => {
@@ -362,6 +368,8 @@ impl Manager {
         let state = Persisted {
             access_token: held.access.map(|a| a.secret().clone()),
             expires_at: held.expires_at.map(store::to_unix),
+            expires_at_ms: held.expires_at.map(store::to_unix_ms),
+            obtained_at_ms: held.obtained_at.map(store::to_unix_ms),
             refresh_token: held.refresh,
             scope: held.scope,
             seed: held.seed,
@@ -460,9 +468,21 @@ impl Manager {
             return usable.ok_or(error);
         }
         let _lock = match &self.store {
-            Some(store) => match store.lock().await {
-                Ok(lock) => Some(lock),
-                Err(e) => return Err(self.unlocked(&e, rejected)),
+            Some(store) => loop {
+                match store.lock().await {
+                    Ok(Some(lock)) => break Some(lock),
+                    // Another sidecar of the fleet stored its result while this one waited:
+                    // adopted at once, rather than after a turn with the lock.
+                    Ok(None) => {
+                        if self.adopt_persisted().await.is_ok()
+                            && !force
+                            && let Some(token) = self.fresh(rejected)
+                        {
+                            return Ok(token);
+                        }
+                    }
+                    Err(e) => return Err(self.unlocked(&e, rejected)),
+                }
             },
             None => None,
         };
@@ -701,10 +721,7 @@ impl Manager {
                     }
                     Ok(Some(issued)) => {
                         let _flight = me.flight.lock().await;
-                        let _file = match &me.store {
-                            Some(store) => store.lock().await.ok(),
-                            None => None,
-                        };
+                        let _lock = me.lock_to_install().await;
                         me.install(issued).await;
                         tracing::info!(source = me.name, "login complete; tokens obtained");
                         break;
@@ -741,11 +758,22 @@ impl Manager {
     /// Takes tokens obtained outside the manager (an authorization-code callback) into use.
     pub async fn accept(&self, issued: Issued) {
         let _flight = self.flight.lock().await;
-        let _file = match &self.store {
-            Some(store) => store.lock().await.ok(),
-            None => None,
-        };
+        let _lock = self.lock_to_install().await;
         self.install(issued).await;
+    }
+
+    /// The store's lock for installing tokens a login produced: they are new whatever the store
+    /// holds, so a change seen while waiting is no reason to stop. `None` when the lock cannot
+    /// be had (the tokens are installed all the same: a person just logged in).
+    async fn lock_to_install(&self) -> Option<super::state::StateLock> {
+        let store = self.store.as_ref()?;
+        loop {
+            match store.lock().await {
+                Ok(Some(lock)) => return Some(lock),
+                Ok(None) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Whether a login is waiting for a person (`/oauth/login` serves only then).

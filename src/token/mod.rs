@@ -13,6 +13,7 @@ mod command;
 mod device_code;
 pub mod discovery;
 pub mod endpoint;
+#[cfg(feature = "fleet")]
 pub mod fleet;
 pub mod manager;
 mod none;
@@ -152,7 +153,7 @@ pub struct TokenStatus {
     pub persisted_in: Option<String>,
     /// The shared store (`STATE_STORE`): its health and the refresh lock's holder.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub store: Option<fleet::StoreStatus>,
+    pub store: Option<state::StoreStatus>,
 }
 
 impl TokenStatus {
@@ -258,6 +259,7 @@ pub enum BuildError {
     #[error("cannot build the authorization server's HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
     /// `STATE_STORE` is set but cannot be used (the key, the certificates).
+    #[cfg(feature = "fleet")]
     #[error("{0}")]
     Store(#[source] fleet::FleetError),
 }
@@ -341,6 +343,7 @@ pub fn build(
             let client_id = config.client_id.as_deref().unwrap_or("");
             let store = match fleet_store {
                 // Keyed by upstream too: unrelated sidecars can share one Redis safely.
+                #[cfg(feature = "fleet")]
                 Some(fleet_config) => {
                     let upstream_shown = crate::net::display_url(&upstream.url);
                     let fleet_name =
@@ -350,6 +353,9 @@ pub fn build(
                             .map_err(BuildError::Store)?,
                     )))
                 }
+                // Without the feature, configuration refuses STATE_STORE (config/store.rs).
+                #[cfg(not(feature = "fleet"))]
+                Some(_) => None,
                 None => open_dir_store(
                     state_dir,
                     &store::state_name(name, &anchor, client_id),
