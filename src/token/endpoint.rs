@@ -220,6 +220,18 @@ impl OAuthClient {
         true
     }
 
+    /// Whether every scope of `challenged` is granted or was already asked for (by
+    /// [`OAuth::add_scopes`] or the configuration).
+    pub fn has_requested(&self, challenged: &str, granted: Option<&str>) -> bool {
+        let extra = self.extra_scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let granted: Vec<&str> = granted.unwrap_or_default().split_whitespace().collect();
+        challenged.split_whitespace().all(|s| {
+            granted.contains(&s)
+                || extra.iter().any(|e| e == s)
+                || self.config.scopes.iter().any(|c| c == s)
+        })
+    }
+
     /// One token request: `params` plus client authentication and `resource`.
     pub async fn token_request(
         &self,
