@@ -612,9 +612,9 @@ scenario_g() {
 # and no revoked grant, the token requests must be about one per lifetime for the whole fleet (not
 # one per sidecar), and no token may be in Redis in clear (every key and value is scanned).
 # FLEET_CHAOS=1 (outside CI): Redis is killed (SIGKILL) halfway and restarted empty, and the lock
-# holder is killed (SIGKILL) up to FLEET_KILLS times (default 20), each replaced by a new sidecar with
-# a new client; the clients of killed sidecars are not counted (their sidecar is gone), the others'
-# are, and invalid_grant is reported. The long run of the issue:
+# holder is killed (SIGKILL) up to FLEET_KILLS times (default 20, one per FLEET_KILL_EVERY=10 s),
+# each replaced by a new sidecar with a new client; the clients of killed sidecars are not counted
+# (their sidecar is gone), the others' are, and invalid_grant is reported. The long run of the issue:
 #   FLEET_SIDECARS=20 FLEET_SECONDS=300 FLEET_CHAOS=1 ONLY=H,H2 bash tests/interop/oauth/run.sh
 redis_up() { # redis_up PORT SECONDS: until redis-server on PORT answers PING
   local deadline=$((SECONDS + $2))
@@ -671,7 +671,7 @@ scenario_fleet() { # scenario_fleet NAME GRANT
     whoami_bg "${names[i]}" "${urls[i]}" --repeat-for "$secs" --every 0.5
     clients+=("$BG_PID")
   done
-  local kills=0 redis_killed=0 state_key lock_key holder pid j
+  local kills=0 redis_killed=0 state_key lock_key holder pid j last_kill=-100
   if [[ ${FLEET_CHAOS:-} == 1 ]]; then
     state_key=$(redis-cli -p "$rport" --scan --pattern 'mcp-sidecar:*:state' | head -n 1)
     lock_key=${state_key%:state}:lock
@@ -684,7 +684,9 @@ scenario_fleet() { # scenario_fleet NAME GRANT
         redis_killed=$((SECONDS - began))
         note "redis-server killed (SIGKILL) and restarted empty at $redis_killed s"
       fi
-      if ((kills < ${FLEET_KILLS:-20})); then
+      # one kill per FLEET_KILL_EVERY (10 s): each costs a lock expiry, and back-to-back kills
+      # of every new holder would keep the lock taken for good
+      if ((kills < ${FLEET_KILLS:-20} && SECONDS - last_kill >= ${FLEET_KILL_EVERY:-10})); then
         holder=$(redis-cli -p "$rport" --raw GET "$lock_key" 2>/dev/null || true)
         pid=${holder#*/pid-}
         pid=${pid%% *}
@@ -693,6 +695,7 @@ scenario_fleet() { # scenario_fleet NAME GRANT
           kill -KILL "$pid" 2>/dev/null || continue
           killed[j]=1
           kills=$((kills + 1))
+          last_kill=$SECONDS
           # a replacement, with a client of its own for the rest of the run
           start_sidecar "$name-r$kills" "${settings[@]}"
           urls+=("$SIDECAR")
