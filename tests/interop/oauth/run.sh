@@ -614,7 +614,7 @@ scenario_g() {
 # FLEET_CHAOS=1 (outside CI): Redis is killed (SIGKILL) halfway and restarted empty, and the lock
 # holder is killed (SIGKILL) up to FLEET_KILLS times (default 20, one per FLEET_KILL_EVERY=10 s),
 # each replaced by a new sidecar with a new client; the clients of killed sidecars are not counted
-# (their sidecar is gone), the others' are, and invalid_grant is reported. The long run of the issue:
+# (their sidecars are gone), the others' are, and invalid_grant is reported. The long run of the issue:
 #   FLEET_SIDECARS=20 FLEET_SECONDS=300 FLEET_CHAOS=1 ONLY=H,H2 bash tests/interop/oauth/run.sh
 redis_up() { # redis_up PORT SECONDS: until redis-server on PORT answers PING
   local deadline=$((SECONDS + $2))
