@@ -44,6 +44,7 @@ pub mod output;
 pub mod proxy;
 pub mod readiness;
 pub mod scrubber;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;

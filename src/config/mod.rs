@@ -23,10 +23,12 @@ use url::Url;
 use crate::secret::{Secret, SecretFile, SecretSource};
 
 mod auth;
+mod store;
 
 pub use auth::{
     AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg, canonical_resource,
 };
+pub use store::FleetStoreConfig;
 
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
@@ -85,6 +87,14 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "state_dir",
     "traces_file",
+    "state_store",
+    "state_store_password",
+    "state_store_password_file",
+    "state_key_file",
+    "state_store_client_cert_file",
+    "state_store_client_key_file",
+    "state_store_ca_file",
+    "state_lock_ttl",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -141,6 +151,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
     pub trace: crate::trace::TraceConfig,
+    /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
+    pub state_store: Option<FleetStoreConfig>,
 }
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
@@ -852,6 +864,7 @@ impl Reader {
         if !state_dir.is_absolute() {
             self.problem("state_dir", "expected an absolute path");
         }
+        let state_store = self.state_store(connect_timeout);
 
         Some(Config {
             upstream: UpstreamConfig {
@@ -876,6 +889,7 @@ impl Reader {
             log,
             state_dir,
             trace: crate::trace::TraceConfig::default(),
+            state_store,
         })
     }
 
@@ -1258,6 +1272,13 @@ impl Config {
                     .unwrap_or_else(|| "off".into()),
             ),
             ("STATE_DIR", self.state_dir.display().to_string()),
+            (
+                "STATE_STORE",
+                self.state_store
+                    .as_ref()
+                    .map(|s| s.display_url())
+                    .unwrap_or_else(|| "(STATE_DIR)".into()),
+            ),
             ("LOG", self.log.filter.clone()),
             (
                 "LOG_FORMAT",
@@ -1267,6 +1288,9 @@ impl Config {
                 },
             ),
         ]);
+        if let Some(store) = &self.state_store {
+            rows.extend(store.summary());
+        }
         rows
     }
 

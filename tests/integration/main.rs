@@ -5,6 +5,8 @@ mod common;
 
 mod cli;
 mod defects;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod oauth;
 mod proxy;
 mod readiness;
