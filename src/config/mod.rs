@@ -77,6 +77,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_timeout",
     "sse_keepalive",
     "shutdown_grace",
+    "stdio_connect_timeout",
     "header_timeout",
     "client_idle_timeout",
     "max_connections",
@@ -133,12 +134,18 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long `mcp-sidecar stdio` holds a host's `initialize` while the upstream is not ready.
+    pub stdio_connect_timeout: Duration,
     /// How many client connections, at what pace: slow and idle clients must not lock others out.
     pub clients: ClientLimits,
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
 }
+
+/// Default `STDIO_CONNECT_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
+/// PROTOCOL.md), so the host sees the sidecar's reason rather than its own timeout.
+pub const DEFAULT_STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
@@ -803,6 +810,8 @@ impl Reader {
         };
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let stdio_connect_timeout =
+            self.duration("stdio_connect_timeout", DEFAULT_STDIO_CONNECT_TIMEOUT);
         let clients = ClientLimits {
             header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
             idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
@@ -856,6 +865,7 @@ impl Reader {
             sessions,
             sse_keepalive,
             shutdown_grace,
+            stdio_connect_timeout,
             clients,
             log,
             state_dir,
@@ -1217,6 +1227,10 @@ impl Config {
             (
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
+            ),
+            (
+                "STDIO_CONNECT_TIMEOUT",
+                humantime::format_duration(self.stdio_connect_timeout).to_string(),
             ),
             (
                 "HEADER_TIMEOUT",

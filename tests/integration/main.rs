@@ -8,4 +8,5 @@ mod defects;
 mod oauth;
 mod proxy;
 mod readiness;
+mod stdio;
 mod streams;
