@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::header::HeaderValue;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
@@ -36,7 +35,7 @@ use crate::failure::Failure;
 use crate::mcp::MCP_SESSION_ID;
 use crate::readiness::Readiness;
 use crate::session::{ReinitError, Session, Sessions};
-use crate::stream::{Chunks, Follow};
+use crate::stream::Follow;
 use crate::upstream::{Upstream, UpstreamError};
 
 /// Where a request goes upstream.
@@ -109,7 +108,8 @@ pub struct Answer {
     /// As the upstream sent them (hop-by-hop ones included: the front decides what passes),
     /// with a session id naming the upstream session renamed to the client's.
     pub headers: HeaderMap,
-    pub body: Chunks,
+    /// Straight from the upstream connection.
+    pub body: crate::upstream::Body,
     /// For a GET stream of a known session: how to re-attach it when the upstream breaks off.
     pub follow: Option<Follow>,
 }
@@ -325,7 +325,7 @@ impl Forwarder {
                 Ok(Forwarded::Answer(Answer {
                     status,
                     headers,
-                    body: upstream.bytes_stream().boxed(),
+                    body: upstream.bytes_stream(),
                     follow,
                 }))
             }
@@ -362,7 +362,7 @@ impl Forwarder {
         &self,
         request: &Prepared,
         headers: HeaderMap,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<crate::upstream::Response, UpstreamError> {
         let method = request.method.clone();
         let body = request.body.clone();
         match &request.target {
@@ -381,7 +381,7 @@ impl Forwarder {
 }
 
 /// Whether a GET found the upstream away (down, silent or restarting) rather than refusing it.
-fn upstream_is_away(result: &Result<reqwest::Response, UpstreamError>) -> bool {
+fn upstream_is_away(result: &Result<crate::upstream::Response, UpstreamError>) -> bool {
     match result {
         Ok(response) => matches!(
             response.status(),
@@ -405,6 +405,7 @@ mod tests {
 
     use axum::extract::State;
     use axum::response::IntoResponse;
+    use futures_util::StreamExt;
     use futures_util::future::BoxFuture;
 
     use crate::secret::Secret;

@@ -30,6 +30,7 @@ use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared};
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
+use crate::upstream::BodyError;
 
 /// Where a request goes upstream.
 enum Target {
@@ -346,7 +347,7 @@ fn forward_response(
             ),
             Err(e) => {
                 tracing::warn!(
-                    error = %crate::net::describe_reqwest_error(e),
+                    error = %e,
                     "upstream response broke off mid-stream"
                 );
                 readiness.trigger();
@@ -466,9 +467,9 @@ const ERROR_BODY_LIMIT: usize = 256 * 1024;
 
 /// An upstream error body with every known secret scrubbed. A longer one is withheld rather
 /// than cut, since a secret straddling the cut would leak its prefix.
-async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, reqwest::Error>
+async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, BodyError>
 where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>>,
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>>,
 {
     let mut chunks = std::pin::pin!(chunks);
     let mut body = Vec::new();
@@ -497,7 +498,7 @@ async fn relay_forbidden(
     app: &App,
     method: &Method,
     id: Value,
-    refused: reqwest::Response,
+    refused: crate::upstream::Response,
 ) -> Response {
     let failure = crate::failure::Failure::UpstreamForbidden;
     let upstream_status = refused.status().as_u16();
@@ -511,7 +512,7 @@ async fn relay_forbidden(
     app.metrics.record_request(method, failure.outcome());
     let body = match scrubbed_error_body(refused.bytes_stream()).await {
         Ok(body) => body,
-        Err(e) => Bytes::from(crate::net::describe_reqwest_error(&e)),
+        Err(e) => Bytes::from(e.to_string()),
     };
     if is_jsonrpc_error(&body) {
         // Its strings are scrubbed again once decoded: JSON may escape any character
@@ -590,9 +591,9 @@ fn with_keepalives<S>(
     chunks: S,
     every: std::time::Duration,
     end_on_shutdown: Option<tokio::sync::watch::Receiver<bool>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send
+) -> impl futures_util::Stream<Item = Result<Bytes, BodyError>> + Send
 where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
 {
     struct State<S> {
         chunks: std::pin::Pin<Box<S>>,

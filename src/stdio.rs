@@ -392,7 +392,7 @@ impl Front {
             }
             // A POST is never held for an absent upstream; only GET streams are.
             Ok(Forwarded::Away(_)) => {}
-            Err(error) => self.failed(&kind, &error).await,
+            Err(error) => self.failed(&kind, &error),
         }
     }
 
@@ -552,7 +552,7 @@ impl Front {
 
     /// The answer to a message that could not be delivered: a JSON-RPC error for a request, a
     /// log line for anything else.
-    async fn failed(&self, kind: &Kind, error: &ForwardError) {
+    fn failed(&self, kind: &Kind, error: &ForwardError) {
         let failure = error.failure();
         let cause = crate::secret::scrub(&error.to_string());
         match kind {
@@ -594,7 +594,8 @@ impl Front {
                     {
                         match answer.follow {
                             Some(follow) => {
-                                let stream = crate::stream::follow(Some(answer.body), follow);
+                                let stream =
+                                    crate::stream::follow(Some(Box::pin(answer.body)), follow);
                                 self.relay_events(Box::pin(stream), false).await;
                             }
                             None => self.relay_events(answer.body, false).await,
