@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -48,6 +49,34 @@ const OUTPUT_QUEUE: usize = 256;
 
 static PROTOCOL_VERSION: header::HeaderName =
     header::HeaderName::from_static("mcp-protocol-version");
+
+/// The `STATE_DIR` default of a stdio process a user's host spawns outside a container:
+/// `$XDG_STATE_HOME/mcp-sidecar`, else `~/.local/state/mcp-sidecar` (the XDG base directory
+/// spec ignores a relative `XDG_STATE_HOME`). A host kills idle stdio servers and respawns them,
+/// so tokens held in memory alone would cost a login each time; `/var/lib/mcp-sidecar` (the
+/// image's volume) is seldom writable by a user. `None` in a container, or without a home.
+pub fn user_state_dir(env: &HashMap<String, String>, in_container: bool) -> Option<PathBuf> {
+    if in_container {
+        return None;
+    }
+    let absolute = |key: &str| {
+        env.get(key)
+            .map(PathBuf::from)
+            .filter(|path| path.is_absolute())
+    };
+    absolute("XDG_STATE_HOME")
+        .or_else(|| absolute("HOME").map(|home| home.join(".local").join("state")))
+        .map(|base| base.join("mcp-sidecar"))
+}
+
+/// Whether this process runs in a container: the files Docker and podman create, or the
+/// variables Kubernetes and podman set.
+pub fn in_container(env: &HashMap<String, String>) -> bool {
+    std::path::Path::new("/.dockerenv").exists()
+        || std::path::Path::new("/run/.containerenv").exists()
+        || env.contains_key("KUBERNETES_SERVICE_HOST")
+        || env.contains_key("container")
+}
 
 /// Why the front could not start.
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +119,7 @@ where
     };
     tracing::info!(
         upstream = %crate::net::display_url(upstream.url()),
+        state_dir = %config.state_dir.display(),
         auth = upstream.tokens().status().source,
         version = env!("CARGO_PKG_VERSION"),
         "mcp-sidecar stdio front started"
@@ -706,4 +736,38 @@ fn excerpt(text: &str, limit: usize) -> String {
 /// The lock, also when a task panicked holding it: the values are plain ids, never half-written.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn the_user_state_dir_follows_xdg_then_home_and_not_in_a_container() {
+        let both = env(&[("XDG_STATE_HOME", "/x/state"), ("HOME", "/home/u")]);
+        assert_eq!(
+            user_state_dir(&both, false),
+            Some(PathBuf::from("/x/state/mcp-sidecar"))
+        );
+        assert_eq!(user_state_dir(&both, true), None);
+        let relative = env(&[("XDG_STATE_HOME", "state"), ("HOME", "/home/u")]);
+        assert_eq!(
+            user_state_dir(&relative, false),
+            Some(PathBuf::from("/home/u/.local/state/mcp-sidecar"))
+        );
+        assert_eq!(user_state_dir(&env(&[]), false), None);
+    }
+
+    #[test]
+    fn ids_of_the_same_value_are_one_key() {
+        assert_eq!(id_key(&json!(5)), id_key(&json!(5)));
+        assert_ne!(id_key(&json!(5)), id_key(&json!("5")));
+    }
 }

@@ -7,7 +7,8 @@ use crate::config::{self, Sources};
 use crate::output::{errln, exit};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
-    let config = match config::load(&Sources::from_process(config_file)) {
+    let sources = Sources::from_process(config_file);
+    let mut config = match config::load(&sources) {
         Ok(config) => config,
         Err(e) => {
             errln!("mcp-sidecar: {e}");
@@ -15,6 +16,12 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         }
     };
     crate::telemetry::init(&config.log);
+    if !config.state_dir_set
+        && let Some(dir) =
+            crate::stdio::user_state_dir(&sources.env, crate::stdio::in_container(&sources.env))
+    {
+        config.state_dir = dir;
+    }
     for pending in config.pending_files() {
         tracing::warn!(
             file = %pending,

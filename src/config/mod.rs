@@ -141,6 +141,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
+    /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
+    pub state_dir_set: bool,
 }
 
 /// Default `STDIO_CONNECT_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
@@ -838,6 +840,7 @@ impl Reader {
             None => None,
         };
         let log = self.log();
+        let state_dir_set = self.text("state_dir").is_some();
         let state_dir = self
             .text("state_dir")
             .map(PathBuf::from)
@@ -869,6 +872,7 @@ impl Reader {
             clients,
             log,
             state_dir,
+            state_dir_set,
         })
     }
 

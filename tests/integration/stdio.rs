@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
+use crate::common::mock_idp::{CLIENT_ID, MockIdp};
 use crate::common::mock_upstream::{MockUpstream, Mode};
 use crate::common::{DEADLINE, poll};
 
@@ -375,4 +376,72 @@ async fn a_closed_stdout_ends_the_process_without_a_panic() {
     }
     assert_eq!(exited.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn initialize(id: u64) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+}
+
+/// Sends `initialize` until its answer satisfies `accept` (a host reconnecting), with a deadline.
+async fn initialize_until(
+    host: &mut Host,
+    first_id: u64,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut id = first_id;
+    loop {
+        host.send(&initialize(id)).await;
+        let answer = host.expect("initialize answer", |m| m["id"] == id).await;
+        if accept(&answer) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        id += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_login_is_in_the_initialize_error_and_a_respawn_needs_no_new_login() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("tokens");
+    let (url, issuer) = (upstream.url(), idp.url(""));
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("AUTH", "device_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", issuer.as_str()),
+        ("STATE_DIR", dir.to_str().unwrap()),
+        ("STDIO_CONNECT_TIMEOUT", "1s"),
+    ];
+    let mut host = Host::spawn(&env);
+    let error = initialize_until(&mut host, 1, |m| m["error"]["data"]["login"].is_object()).await;
+    assert_eq!(error["error"]["code"], -32003, "{error}");
+    assert_eq!(error["error"]["data"]["reason"], "auth_required");
+    let code = error["error"]["data"]["login"]["user_code"]
+        .as_str()
+        .expect("the device code is in the error")
+        .to_string();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&code),
+        "the prompt is in the message: {message}"
+    );
+
+    idp.state.approve(&code);
+    let ready = initialize_until(&mut host, 100, |m| m["result"].is_object()).await;
+    assert_eq!(ready["result"]["protocolVersion"], "2025-11-25", "{ready}");
+    let (exit, _, stderr) = host.close().await;
+    assert_eq!(exit, Some(0), "{stderr}");
+
+    // A host respawning the server: the persisted tokens are used, no new login.
+    let logins = idp.state.device_requests.load(Ordering::SeqCst);
+    let mut host = Host::spawn(&env);
+    let ready = initialize_until(&mut host, 1, |m| m["result"].is_object()).await;
+    assert!(ready["result"].is_object(), "{ready}");
+    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
+    let (exit, _, stderr) = host.close().await;
+    assert_eq!(exit, Some(0), "{stderr}");
 }
