@@ -79,6 +79,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_timeout",
     "sse_keepalive",
     "shutdown_grace",
+    "stdio_connect_timeout",
     "header_timeout",
     "client_idle_timeout",
     "max_connections",
@@ -144,6 +145,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long `mcp-sidecar stdio` holds a host's `initialize` while the upstream is not ready.
+    pub stdio_connect_timeout: Duration,
     /// How many client connections, at what pace: slow and idle clients must not lock others out.
     pub clients: ClientLimits,
     pub log: LogConfig,
@@ -153,7 +156,13 @@ pub struct Config {
     pub trace: crate::trace::TraceConfig,
     /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
     pub state_store: Option<FleetStoreConfig>,
+    /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
+    pub state_dir_set: bool,
 }
+
+/// Default `STDIO_CONNECT_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
+/// PROTOCOL.md), so the host sees the sidecar's reason rather than its own timeout.
+pub const DEFAULT_STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
@@ -831,6 +840,8 @@ impl Reader {
         };
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let stdio_connect_timeout =
+            self.duration("stdio_connect_timeout", DEFAULT_STDIO_CONNECT_TIMEOUT);
         let clients = ClientLimits {
             header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
             idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
@@ -857,6 +868,7 @@ impl Reader {
             None => None,
         };
         let log = self.log();
+        let state_dir_set = self.text("state_dir").is_some();
         let state_dir = self
             .text("state_dir")
             .map(PathBuf::from)
@@ -885,11 +897,13 @@ impl Reader {
             sessions,
             sse_keepalive,
             shutdown_grace,
+            stdio_connect_timeout,
             clients,
             log,
             state_dir,
             trace: crate::trace::TraceConfig::default(),
             state_store,
+            state_dir_set,
         })
     }
 
@@ -1248,6 +1262,10 @@ impl Config {
             (
                 "SHUTDOWN_GRACE",
                 humantime::format_duration(self.shutdown_grace).to_string(),
+            ),
+            (
+                "STDIO_CONNECT_TIMEOUT",
+                humantime::format_duration(self.stdio_connect_timeout).to_string(),
             ),
             (
                 "HEADER_TIMEOUT",

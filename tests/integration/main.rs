@@ -10,5 +10,6 @@ mod fleet;
 mod oauth;
 mod proxy;
 mod readiness;
+mod stdio;
 mod streams;
 mod traces;
