@@ -18,16 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def sbom_crates(bom):
-    """(name, version) of the described crate and every component, nested ones included."""
-    found = set()
+    """(name, version) of the described crate and of every component (crate) it lists. The
+    described crate's own sub-components are its cargo targets (bin, lib), not crates."""
     root = bom.get("metadata", {}).get("component")
-    stack = [root] if root else []
-    stack += bom.get("components", [])
-    while stack:
-        c = stack.pop()
-        found.add((c["name"], c["version"]))
-        stack += c.get("components", [])
-    return found
+    found = {(root["name"], root["version"])} if root else set()
+    return found | {(c["name"], c["version"]) for c in bom.get("components", [])}
 
 
 def linked_crates(triple):
