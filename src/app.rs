@@ -9,7 +9,6 @@ use tokio::sync::watch;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
-use crate::session::Sessions;
 use crate::upstream::Upstream;
 
 /// State shared by every handler.
@@ -20,11 +19,10 @@ pub struct App {
     pub upstream: Arc<Upstream>,
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
-    pub sessions: Sessions,
+    /// The pipeline to the upstream (one per upstream once there are several).
+    pub forwarder: crate::forwarder::Forwarder,
     pub legacy: Arc<crate::legacy::Endpoints>,
     pub sse_keepalive: Duration,
-    /// Bound on replaying a forgotten session's initialize (other requests of it wait meanwhile).
-    pub reinit_timeout: Duration,
     /// Becomes true when shutdown begins (GET streams end at their next event boundary).
     pub shutdown: watch::Receiver<bool>,
     pub started_at: SystemTime,

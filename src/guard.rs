@@ -28,6 +28,72 @@ pub struct Guard {
     allowed_hosts: Vec<String>,
     allow_any_host: bool,
     client_token: Option<SecretSource>,
+    unreadable: UnreadableLog,
+}
+
+/// How often a client token that stays unreadable is logged again.
+const UNREADABLE_RELOG: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Logs a client token that cannot be read when that starts, when the cause changes, then at
+/// most once per [`UNREADABLE_RELOG`] with the count of clients refused meanwhile, and once when
+/// it is readable again. The check runs for every request: a line per request would bury
+/// everything else in the log of a busy agent.
+#[derive(Default)]
+struct UnreadableLog {
+    state: std::sync::Mutex<Option<Unreadable>>,
+    pending: std::sync::atomic::AtomicBool,
+}
+
+struct Unreadable {
+    cause: String,
+    logged: std::time::Instant,
+    refused: u64,
+}
+
+impl UnreadableLog {
+    fn failed(&self, error: &crate::secret::SecretError) {
+        let cause = error.to_string();
+        self.pending
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match state.as_mut() {
+            Some(last) if last.cause == cause && last.logged.elapsed() < UNREADABLE_RELOG => {
+                last.refused += 1;
+            }
+            Some(last) if last.cause == cause => {
+                tracing::error!(
+                    error = %cause,
+                    refused_since = last.refused,
+                    "the client token is still unreadable; refusing clients"
+                );
+                last.logged = std::time::Instant::now();
+                last.refused = 0;
+            }
+            _ => {
+                tracing::error!(error = %cause, "cannot read the client token; refusing clients");
+                *state = Some(Unreadable {
+                    cause,
+                    logged: std::time::Instant::now(),
+                    refused: 0,
+                });
+            }
+        }
+    }
+
+    /// Whether a failure was logged and not yet its end: read without the lock, so a readable
+    /// token costs requests one atomic load.
+    fn pending(&self) -> bool {
+        self.pending.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn read(&self) {
+        self.pending
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.take().is_some() {
+            tracing::info!("the client token is readable again");
+        }
+    }
 }
 
 /// Why a request was refused. The message is shown to the client and names what to configure;
@@ -74,6 +140,7 @@ impl Guard {
             allowed_hosts,
             allow_any_host,
             client_token,
+            unreadable: UnreadableLog::default(),
         }
     }
 
@@ -123,13 +190,15 @@ impl Guard {
                 .get(AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(bearer_credential);
-            let ok = match (presented, expected.read()) {
+            let read = expected.read();
+            match &read {
+                Ok(_) if self.unreadable.pending() => self.unreadable.read(),
+                Ok(_) => {}
+                Err(e) => self.unreadable.failed(e),
+            }
+            let ok = match (presented, read) {
                 (Some(presented), Ok(secret)) => secret.matches(presented.as_bytes()),
-                (_, Err(e)) => {
-                    tracing::error!(error = %e, "cannot read the client token; refusing clients");
-                    false
-                }
-                (None, _) => false,
+                _ => false,
             };
             if !ok {
                 return Err(Refusal::NotAllowed(
@@ -386,6 +455,56 @@ mod tests {
         );
         let page = headers(&[("host", "10.1.2.3:4510"), ("origin", "http://10.9.9.9")]);
         assert!(guard.check(&uri(), &page).is_err());
+    }
+
+    #[test]
+    fn an_unreadable_client_token_is_logged_once_not_per_request() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Lines(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Lines {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client-token");
+        let guard = Guard::new(
+            vec![],
+            Some(SecretSource::File(crate::secret::SecretFile::new(
+                "CLIENT_TOKEN_FILE",
+                &path,
+            ))),
+        );
+        let host = ("host", "localhost");
+        let token = ("authorization", "Bearer client-canary+/=&");
+        tracing::subscriber::with_default(subscriber, || {
+            for _ in 0..100 {
+                assert!(guard.check(&uri(), &headers(&[host, token])).is_err());
+            }
+            std::fs::write(&path, "client-canary+/=&").unwrap();
+            assert!(guard.check(&uri(), &headers(&[host, token])).is_ok());
+            assert!(guard.check(&uri(), &headers(&[host, token])).is_ok());
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text.matches("cannot read the client token").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("CLIENT_TOKEN_FILE"), "{text}");
+        assert_eq!(text.matches("readable again").count(), 1, "{text}");
+        assert!(!text.contains("client-canary"), "{text}");
     }
 
     #[test]

@@ -377,16 +377,16 @@ async fn sse_transport(upstream: &Upstream) -> Result<Option<ServerInfo>, Handsh
 
 /// Reads SSE events with data from a response, up to [`MAX_REPLY_BYTES`].
 struct Events {
-    stream: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    stream: crate::upstream::Body,
     parser: crate::sse::Parser,
     queue: std::collections::VecDeque<crate::sse::Event>,
     total: usize,
 }
 
 impl Events {
-    fn new(response: reqwest::Response) -> Self {
+    fn new(response: crate::upstream::Response) -> Self {
         Self {
-            stream: Box::pin(response.bytes_stream()),
+            stream: response.bytes_stream(),
             parser: crate::sse::Parser::new(),
             queue: Default::default(),
             total: 0,
@@ -412,10 +412,7 @@ impl Events {
                 }
                 Some(Err(e)) => {
                     return Err(HandshakeError::Upstream(UpstreamError::Unreachable(
-                        format!(
-                            "{step} reply stream broke: {}",
-                            crate::net::describe_reqwest_error(&e)
-                        ),
+                        format!("{step} reply stream broke: {e}"),
                     )));
                 }
                 None => return Ok(None),
@@ -473,7 +470,7 @@ fn error_message(reply: &Option<Value>) -> Option<String> {
 /// Reads a successful reply: a JSON body, or an SSE stream in which the event answering `id`
 /// arrives after any number of priming events, notifications and server requests.
 pub(crate) async fn read_reply(
-    response: reqwest::Response,
+    response: crate::upstream::Response,
     id: &Value,
     step: &str,
 ) -> Result<Value, HandshakeError> {
@@ -522,16 +519,16 @@ pub(crate) async fn read_reply(
 }
 
 /// Reads an error reply for its JSON-RPC error, if it has one; never fails.
-async fn read_reply_lenient(response: reqwest::Response) -> Option<Value> {
+async fn read_reply_lenient(response: crate::upstream::Response) -> Option<Value> {
     let body = read_limited(response).await.ok()?;
     serde_json::from_slice(&body).ok()
 }
 
-async fn read_limited(response: reqwest::Response) -> Result<Vec<u8>, String> {
+async fn read_limited(response: crate::upstream::Response) -> Result<Vec<u8>, String> {
     let mut stream = response.bytes_stream();
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| crate::net::describe_reqwest_error(&e))?;
+        let chunk = chunk.map_err(|e| e.to_string())?;
         body.extend_from_slice(&chunk);
         if body.len() > MAX_REPLY_BYTES {
             return Err(format!("reply larger than {MAX_REPLY_BYTES} bytes"));

@@ -242,12 +242,32 @@ pub fn parse_extra_headers(text: &str) -> Result<Vec<(HeaderName, HeaderValue)>,
         // For scrubbing upstream text that quotes it: the value, and an Authorization value's
         // credential without its scheme.
         crate::secret::register(value);
-        if let Some((_scheme, credential)) = value.split_once(' ') {
-            crate::secret::register(credential.trim());
+        if let Some((scheme, credential)) = value.split_once(' ') {
+            let credential = credential.trim();
+            crate::secret::register(credential);
+            if scheme.eq_ignore_ascii_case("basic") {
+                register_basic(credential);
+            }
         }
         out.push((name, header));
     }
     Ok(out)
+}
+
+/// A Basic credential is base64 of `user:password`: a server that names the user it refused,
+/// or quotes the password it compared, shows them decoded.
+fn register_basic(credential: &str) {
+    use base64::Engine;
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(credential) else {
+        return;
+    };
+    let Ok(decoded) = String::from_utf8(decoded) else {
+        return;
+    };
+    crate::secret::register(&decoded);
+    if let Some((_user, password)) = decoded.split_once(':') {
+        crate::secret::register(password);
+    }
 }
 
 #[cfg(test)]
@@ -327,6 +347,23 @@ mod tests {
         assert_eq!(
             crate::secret::scrub("invalid key sk-live-canary-31, bad dXNlcjpjYW5hcnk="),
             "invalid key <redacted>, bad <redacted>"
+        );
+    }
+
+    #[test]
+    fn a_basic_credential_is_registered_decoded_too() {
+        use base64::Engine;
+        let password = format!("pw+/=&{}", "Qx7+/=&k".repeat(30));
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("svc-hdr-basic:{password}"));
+        parse_extra_headers(&format!("Authorization: basic {basic}")).unwrap();
+        assert_eq!(
+            crate::secret::scrub(&format!("user svc-hdr-basic:{password} refused")),
+            "user <redacted> refused"
+        );
+        assert_eq!(
+            crate::secret::scrub(&format!("password {password} does not match")),
+            "password <redacted> does not match"
         );
     }
 }

@@ -10,7 +10,8 @@
 //!   (a leaf); [`headers`]: which headers cross the sidecar in each direction, and `HEADERS`.
 //! - [`upstream`]: the connection to the MCP server and the refresh-and-retry rule;
 //!   [`challenge`]: `WWW-Authenticate` parsing.
-//! - [`proxy`]: the MCP endpoint; [`session`]: transparent re-initialization of sessions the
+//! - [`forwarder`]: one upstream's pipeline, called by every front with a prepared request;
+//!   [`proxy`]: the HTTP front of the MCP endpoint; [`session`]: transparent re-initialization of sessions the
 //!   upstream forgot; [`stream`]: GET streams kept open and re-attached through an upstream
 //!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies.
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod failure;
+pub mod forwarder;
 pub mod guard;
 pub mod handshake;
 pub mod headers;
@@ -52,4 +54,5 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod time;
 pub mod token;
+pub mod trace;
 pub mod upstream;

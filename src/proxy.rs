@@ -1,19 +1,18 @@
-//! The proxied MCP endpoint (`PATH`, POST/GET/DELETE).
+//! The HTTP front of the proxied MCP endpoint (`PATH`, POST/GET/DELETE).
 //!
-//! Requests are checked ([`crate::guard`]), their body read up to the limit (kept for a replay
-//! after a token refresh), and sent upstream with the sidecar's credential. The upstream's answer
-//! goes back unchanged and unbuffered: status, headers (minus hop-by-hop ones), and a body streamed
-//! chunk by chunk, so an SSE event reaches the client the moment the upstream flushes it. When the
+//! It only receives and writes: requests are checked ([`crate::guard`]), their body read up to
+//! the limit, turned into a [`Prepared`] request once, and handed to the upstream's
+//! [`crate::forwarder::Forwarder`], which owns everything between (credential, retries,
+//! sessions, `Last-Event-ID`). The answer goes back unbuffered: status, headers (minus hop-by-hop
+//! ones), and a body streamed chunk by chunk, so an SSE event reaches the client the moment the
+//! upstream flushes it; idle SSE streams get `:` comment keepalives between events. When the
 //! client goes away, axum drops this handler's future or the response body, which drops the
 //! upstream request with it.
-//!
-//! A session the upstream forgot (404) is re-initialized transparently ([`crate::session`]), and
-//! idle SSE streams get `:` comment keepalives between events.
 //!
 //! Failures the client cannot act on (unreachable upstream, refused credential) come back as a
 //! JSON-RPC error with the request's id and status 502/503, never 401 or a bare 403; what they
 //! mean is decided once, in [`crate::failure`]. A 403 that is not about the credential carries the
-//! upstream's own answer (`relay_forbidden`).
+//! upstream's own answer (`relay_forbidden`). Error bodies are scrubbed whole before they go out.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,9 +26,11 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::app::App;
+use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared};
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
+use crate::upstream::BodyError;
 
 /// Where a request goes upstream.
 enum Target {
@@ -83,7 +84,7 @@ pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Res
 async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();
-    let method = parts.method.clone();
+    let method = parts.method;
 
     if let Some(refusal) = refuse(&app, &method, &parts.uri, &parts.headers) {
         return refusal;
@@ -104,223 +105,72 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     }
 
     let body = match read_body(body, &parts.headers, app.max_body_bytes).await {
-        Ok(body) => body,
+        Ok(body) => crate::trace::request_body(body),
         Err(response) => {
             app.metrics.record_request(&method, Outcome::refused);
             return response;
         }
     };
-
-    let mut headers = crate::headers::upstream_request_headers(&parts.headers);
-    let client_session = parts
-        .headers
-        .get(&MCP_SESSION_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    // A session the sidecar re-initialized is known upstream by another id.
-    let session = client_session
-        .as_deref()
-        .and_then(|id| app.sessions.get(id));
-    let mut sent_session = None;
-    let mut sent_generation = 0;
-    if let Some(session) = &session {
-        // The generation first: ids labelled with an older one are never forwarded again.
-        sent_generation = session.generation();
-        let id = session.upstream_id().await;
-        if let Ok(value) = HeaderValue::try_from(id.as_str()) {
-            headers.insert(MCP_SESSION_ID.clone(), value);
-        }
-        crate::stream::map_last_event_id(&mut headers, sent_generation);
-        sent_session = Some(id);
-    }
-    let send = |headers: HeaderMap| {
-        let upstream = app.upstream.clone();
-        let method = method.clone();
-        let body = body.clone();
-        let query = parts.uri.query().map(str::to_string);
-        let target = match &target {
-            Target::Endpoint => None,
-            Target::Legacy(url) => Some(url.clone()),
-        };
-        async move {
-            match target {
-                None => upstream.send(method, query.as_deref(), headers, body).await,
-                Some(url) => upstream.send_to(method, url, headers, body).await,
-            }
-        }
-    };
-    let mut result = send(headers.clone()).await;
-
-    let mut forgotten = false;
-    // A DELETE of a session the upstream already forgot needs no new session to end.
-    if session.is_some()
-        && method != Method::DELETE
-        && let Ok(response) = result
-    {
-        let (gone, response) = crate::session::forgotten(response, app.reinit_timeout).await;
-        forgotten = gone;
-        result = Ok(response);
-    }
-    if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
-        // Bounded: other requests of this session wait for the re-initialization.
-        let reinit = tokio::time::timeout(
-            app.reinit_timeout,
-            session.reinitialize(&app.upstream, stale),
-        );
-        match reinit
-            .await
-            .unwrap_or(Err(crate::session::ReinitError::TimedOut))
-        {
-            Ok(_) => {
-                let (fresh, generation) = session.current().await;
-                if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
-                    headers.insert(MCP_SESSION_ID.clone(), value);
-                }
-                // It names an event of the session that is gone.
-                headers.remove(&crate::stream::LAST_EVENT_ID);
-                sent_generation = generation;
-                result = send(headers.clone()).await;
-                // The retry went out under the new id; a response echoing it is renamed.
-                sent_session = Some(fresh);
-                if let Ok(response) = result {
-                    let (gone, response) =
-                        crate::session::forgotten(response, app.reinit_timeout).await;
-                    if gone {
-                        let error = crate::session::ReinitError::ForgottenAgain;
-                        return session_unavailable(&app, &method, &body, &error);
-                    }
-                    result = Ok(response);
-                }
-            }
-            Err(e) if e.is_transient() => match e {
-                // Answered like any request that cannot be delivered (502/503/504 by cause).
-                crate::session::ReinitError::Upstream(e) => result = Err(e),
-                e => return session_unavailable(&app, &method, &body, &e),
-            },
-            Err(e) => tracing::warn!(
-                error = %crate::secret::scrub(&e.to_string()),
-                "the upstream forgot a client's session and will not re-make it; passing its answer on"
-            ),
-        }
-    }
-
-    if let Some(id) = &client_session
-        && method == Method::DELETE
-    {
-        app.sessions.forget(id);
-    }
-
-    // A GET stream of a known session outlives an upstream that is down: the client's stream
-    // opens now and is attached once the upstream is back.
-    let mut follow = match (&session, &target) {
-        (Some(session), Target::Endpoint) if method == Method::GET => Some(crate::stream::Follow {
-            upstream: app.upstream.clone(),
-            session: session.clone(),
-            headers: headers.clone(),
+    let target = match target {
+        Target::Endpoint => crate::forwarder::Target::Endpoint {
             query: parts.uri.query().map(str::to_string),
-            generation: sent_generation,
-            reinit_timeout: app.reinit_timeout,
-        }),
-        _ => None,
+        },
+        Target::Legacy(url) => crate::forwarder::Target::Legacy(url),
     };
-    if upstream_is_away(&result)
-        && let Some(follow) = follow.take()
-    {
-        app.readiness.trigger();
-        app.metrics.record_request(&method, Outcome::forwarded);
-        return away_stream_response(&app, client_session.as_deref(), follow);
-    }
+    let request = Prepared::new(method, target, &parts.headers, body);
+    let method = &request.method;
 
-    match result {
-        Ok(upstream) => {
-            let status = upstream.status();
-            if status.is_server_error() {
-                app.readiness.trigger();
-            } else if status.is_success() {
-                app.readiness.recovered();
-            }
+    match app.forwarder.forward(&request).await {
+        Ok(Forwarded::Away(follow)) => {
+            app.metrics.record_request(method, Outcome::forwarded);
+            away_stream_response(&app, request.client_session.as_deref(), follow)
+        }
+        Ok(Forwarded::Answer(answer)) => {
             if tracing::enabled!(tracing::Level::DEBUG) {
                 tracing::debug!(
                     %method,
-                    rpc = jsonrpc::request_method(&body).as_deref().unwrap_or("-"),
-                    status = status.as_u16(),
+                    rpc = request.rpc_method().as_deref().unwrap_or("-"),
+                    status = answer.status.as_u16(),
                     elapsed_ms = started.elapsed().as_millis() as u64,
                     "proxied"
                 );
             }
-            if client_session.is_none()
-                && method == Method::POST
-                && status.is_success()
-                && let Some(id) = upstream
-                    .headers()
-                    .get(&MCP_SESSION_ID)
-                    .and_then(|v| v.to_str().ok())
-                && crate::session::is_initialize(&body)
-                // A replay goes to the endpoint; a legacy message URL makes no sessions.
-                && matches!(target, Target::Endpoint)
-            {
-                app.sessions
-                    .remember(id, body.clone(), &headers, parts.uri.query());
-            }
-            if status.is_success()
-                && method == Method::POST
-                && let Some(session) = &session
-            {
-                session.subscriptions.observe(&body);
-            }
-            app.metrics.record_request(&method, Outcome::forwarded);
-            let get_stream = method == Method::GET && matches!(target, Target::Endpoint);
-            let rename = client_session.as_deref().zip(sent_session.as_deref());
-            forward_response(&app, upstream, rename, get_stream, &body, follow)
+            app.metrics.record_request(method, Outcome::forwarded);
+            let get_stream = *method == Method::GET
+                && matches!(request.target, crate::forwarder::Target::Endpoint { .. });
+            forward_response(&app, answer, get_stream, &request)
         }
-        Err(crate::upstream::UpstreamError::Forbidden(refused)) => {
-            relay_forbidden(&app, &method, jsonrpc::request_id(&body), *refused).await
+        Err(ForwardError::Upstream(crate::upstream::UpstreamError::Forbidden(refused))) => {
+            relay_forbidden(&app, method, request.rpc_id(), *refused).await
         }
         Err(error) => {
-            app.readiness.trigger();
-            let id = jsonrpc::request_id(&body);
+            let id = request.rpc_id();
             let failure = error.failure();
             let reason = failure.reason();
             // The cause may quote the upstream, which may echo a secret.
             let cause = crate::secret::scrub(&error.to_string());
-            tracing::warn!(%method, reason, error = %cause, "could not proxy a request");
-            app.metrics.record_request(&method, failure.outcome());
+            let message = match &error {
+                ForwardError::Session(_) => {
+                    tracing::warn!(%method, reason, error = %cause, "the upstream forgot a client's session and re-making it failed; the client may retry");
+                    format!(
+                        "mcp-sidecar: the upstream lost this session and re-initializing it failed ({cause}); retry"
+                    )
+                }
+                ForwardError::Upstream(_) => {
+                    tracing::warn!(%method, reason, error = %cause, "could not proxy a request");
+                    format!("mcp-sidecar: {cause}")
+                }
+            };
+            app.metrics.record_request(method, failure.outcome());
             error_response(
                 failure.status(!id.is_null()),
                 id,
                 failure.code(),
-                &format!("mcp-sidecar: {cause}"),
+                &message,
                 reason,
             )
         }
     }
-}
-
-/// The answer when a session the upstream forgot could not be re-made for a reason that may
-/// pass ([`crate::failure::Failure::SessionReinitFailed`]): 503 with a JSON-RPC error, never the
-/// upstream's 404, which would tell the client its session is gone for good.
-fn session_unavailable(
-    app: &App,
-    method: &Method,
-    body: &Bytes,
-    error: &crate::session::ReinitError,
-) -> Response {
-    app.readiness.trigger();
-    let failure = error.failure();
-    let reason = failure.reason();
-    let cause = crate::secret::scrub(&error.to_string());
-    tracing::warn!(%method, reason, error = %cause, "the upstream forgot a client's session and re-making it failed; the client may retry");
-    app.metrics.record_request(method, failure.outcome());
-    let id = jsonrpc::request_id(body);
-    error_response(
-        failure.status(!id.is_null()),
-        id,
-        failure.code(),
-        &format!(
-            "mcp-sidecar: the upstream lost this session and re-initializing it failed ({cause}); retry"
-        ),
-        reason,
-    )
 }
 
 /// The 403 for a request the guard refuses (Host, Origin, client token).
@@ -440,18 +290,21 @@ async fn drain(mut chunks: axum::body::BodyDataStream) {
     let _ = tokio::time::timeout(DRAIN_TIME, discard).await;
 }
 
-/// `rename` is (the client's session id, the upstream id the sidecar sent in its place): a
-/// response naming that upstream session (some servers echo it) shows the client its own id.
+/// Writes the upstream's answer: headers as the client should see them, the body scrubbed as it
+/// streams, SSE with keepalives, a GET stream of a known session followed through outages.
 fn forward_response(
     app: &Arc<App>,
-    upstream: reqwest::Response,
-    rename: Option<(&str, &str)>,
+    answer: Answer,
     get_stream: bool,
-    request: &Bytes,
-    follow: Option<crate::stream::Follow>,
+    request: &Prepared,
 ) -> Response {
-    let status = upstream.status();
-    let mut headers = crate::headers::client_response_headers(upstream.headers());
+    let Answer {
+        status,
+        headers,
+        body: upstream,
+        follow,
+    } = answer;
+    let mut headers = crate::headers::client_response_headers(&headers);
     // The sidecar asks for `identity`; a body coded all the same cannot be searched for secrets
     // (the client would decode what the scrubber never saw), so it is not passed on.
     if let Some(coding) = headers
@@ -465,7 +318,7 @@ fn forward_response(
             "the upstream sent a coded body although identity was asked for; it cannot be scrubbed, so it is not passed on"
         );
         let failure = crate::failure::Failure::HandshakeFailed;
-        let id = jsonrpc::request_id(request);
+        let id = request.rpc_id();
         return error_response(
             failure.status(!id.is_null()),
             id,
@@ -473,12 +326,6 @@ fn forward_response(
             "mcp-sidecar: the upstream sent a compressed body (Content-Encoding) although identity was asked for; it cannot be scrubbed of secrets and was withheld",
             failure.reason(),
         );
-    }
-    if let Some((client_id, sent_id)) = rename
-        && headers.get(&MCP_SESSION_ID).is_some_and(|v| v == sent_id)
-        && let Ok(value) = HeaderValue::try_from(client_id)
-    {
-        headers.insert(MCP_SESSION_ID.clone(), value);
     }
     let is_sse = crate::sse::is_event_stream(&headers);
     if is_sse {
@@ -493,14 +340,14 @@ fn forward_response(
 
     let readiness = app.readiness.clone();
     let guard = is_sse.then(|| app.metrics.stream_guard());
-    let chunks = upstream.bytes_stream().map(move |chunk| {
+    let chunks = upstream.map(move |chunk| {
         match &chunk {
             Err(e) if e.is_timeout() => tracing::warn!(
                 "the upstream sent nothing for MCP_SIDECAR_READ_TIMEOUT mid-response; ending it"
             ),
             Err(e) => {
                 tracing::warn!(
-                    error = %crate::net::describe_reqwest_error(e),
+                    error = %e,
                     "upstream response broke off mid-stream"
                 );
                 readiness.trigger();
@@ -588,22 +435,6 @@ fn followed_body(
     }))
 }
 
-/// Whether a GET found the upstream away (down, silent or restarting) rather than refusing it.
-fn upstream_is_away(result: &Result<reqwest::Response, crate::upstream::UpstreamError>) -> bool {
-    match result {
-        Ok(response) => matches!(
-            response.status(),
-            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
-        ),
-        Err(e) => matches!(
-            e,
-            crate::upstream::UpstreamError::Unreachable(_)
-                | crate::upstream::UpstreamError::ConnectionRefused(_)
-                | crate::upstream::UpstreamError::TimedOut(_)
-        ),
-    }
-}
-
 /// The answer to a GET of a known session while the upstream is away: an event stream that
 /// carries keepalives until the upstream stream is attached.
 fn away_stream_response(
@@ -636,9 +467,9 @@ const ERROR_BODY_LIMIT: usize = 256 * 1024;
 
 /// An upstream error body with every known secret scrubbed. A longer one is withheld rather
 /// than cut, since a secret straddling the cut would leak its prefix.
-async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, reqwest::Error>
+async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, BodyError>
 where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>>,
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>>,
 {
     let mut chunks = std::pin::pin!(chunks);
     let mut body = Vec::new();
@@ -667,7 +498,7 @@ async fn relay_forbidden(
     app: &App,
     method: &Method,
     id: Value,
-    refused: reqwest::Response,
+    refused: crate::upstream::Response,
 ) -> Response {
     let failure = crate::failure::Failure::UpstreamForbidden;
     let upstream_status = refused.status().as_u16();
@@ -681,7 +512,7 @@ async fn relay_forbidden(
     app.metrics.record_request(method, failure.outcome());
     let body = match scrubbed_error_body(refused.bytes_stream()).await {
         Ok(body) => body,
-        Err(e) => Bytes::from(crate::net::describe_reqwest_error(&e)),
+        Err(e) => Bytes::from(e.to_string()),
     };
     if is_jsonrpc_error(&body) {
         // Its strings are scrubbed again once decoded: JSON may escape any character
@@ -760,9 +591,9 @@ fn with_keepalives<S>(
     chunks: S,
     every: std::time::Duration,
     end_on_shutdown: Option<tokio::sync::watch::Receiver<bool>>,
-) -> impl futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send
+) -> impl futures_util::Stream<Item = Result<Bytes, BodyError>> + Send
 where
-    S: futures_util::Stream<Item = Result<Bytes, reqwest::Error>> + Send + 'static,
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
 {
     struct State<S> {
         chunks: std::pin::Pin<Box<S>>,

@@ -222,6 +222,30 @@ mod tests {
         assert_eq!(text, "a <redacted> b \"<redacted>\" c");
     }
 
+    /// A tool that echoes its request base64-encoded (a debug echo, a JWT-like envelope): the
+    /// secret's characters are cut whatever its offset in the encoded bytes and wherever the
+    /// chunks break.
+    #[test]
+    fn a_secret_inside_base64_is_redacted_across_chunks() {
+        use base64::Engine;
+        crate::secret::register(CANARY);
+        for prefix in ["", "a", "ab"] {
+            let encoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{prefix}Authorization: Bearer {CANARY}\r\n"));
+            let body = format!("{{\"echo\":\"{encoded}\"}}");
+            for size in [1, 7, 64] {
+                let chunks: Vec<&[u8]> = body.as_bytes().chunks(size).collect();
+                let (_, joined) = run(&chunks);
+                let text = String::from_utf8(joined).unwrap();
+                assert!(text.contains("<redacted>"), "{prefix:?}, {size}: {text}");
+                assert!(
+                    text.len() < body.len() - CANARY.len(),
+                    "{prefix:?}, {size}: {text}"
+                );
+            }
+        }
+    }
+
     /// The C# MCP SDK writes JSON with `System.Text.Json`'s default encoder, which escapes `+`
     /// (and `&`) as `\u002B`: a base64 token quoted in a tool result comes back that way.
     #[test]

@@ -306,7 +306,8 @@ pub fn scrub_bytes(bytes: &[u8]) -> Vec<u8> {
 /// The ways `value` travels or comes back: raw (headers, JSON bodies), form-urlencoded as the
 /// token requests send it (`+` or `%20` for spaces, upper- or lower-case hex), percent-encoded
 /// as a URI component (how a server may re-encode a request it echoes), JSON string-escaped
-/// (plain, with `\/`, Go's `\u0026` style, ASCII-only), and HTML-escaped (an echoing error page).
+/// (plain, with `\/`, Go's `\u0026` style, ASCII-only), HTML-escaped (an echoing error page), and
+/// inside base64 text ([`base64_forms`]).
 fn forms(value: &str) -> Vec<String> {
     let form = url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let form_spaces = form.replace('+', "%20");
@@ -340,6 +341,41 @@ fn forms(value: &str) -> Vec<String> {
         .replace('"', "&quot;");
     out.push(html.replace('\'', "&#x27;"));
     out.push(html.replace('\'', "&#39;"));
+    out.extend(base64_forms(value));
+    out
+}
+
+/// Values shorter than this get no base64 forms: their cores would be a few characters that
+/// ordinary base64 data (an image, a hash) contains by chance.
+const MIN_BASE64_LEN: usize = 8;
+
+/// How `value` reads inside base64 text: an upstream that echoes a request base64-encoded, a
+/// JWT or data URL that embeds it, a Basic credential built around it. Where the value starts
+/// relative to the encoder's 3-byte groups changes every character, so there are three forms per
+/// alphabet (standard and URL-safe); each keeps only the characters that depend on the value
+/// alone, so it matches whatever bytes surround the value.
+fn base64_forms(value: &str) -> Vec<String> {
+    use base64::Engine;
+    let bytes = value.as_bytes();
+    if bytes.len() < MIN_BASE64_LEN {
+        return Vec::new();
+    }
+    let mut out = Vec::with_capacity(6);
+    for offset in 0..3usize {
+        let mut framed = vec![0u8; offset];
+        framed.extend_from_slice(bytes);
+        // Two more bytes so the encoding runs past the value's last whole character.
+        framed.extend_from_slice(&[0, 0]);
+        let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&framed);
+        // Character i holds bits [6i, 6i + 6); the value holds bits [8 offset, 8 (offset + len)).
+        let first = (8 * offset).div_ceil(6);
+        let end = 8 * (offset + bytes.len()) / 6;
+        let Some(core) = encoded.get(first..end) else {
+            continue;
+        };
+        out.push(core.replace('+', "-").replace('/', "_"));
+        out.push(core.to_string());
+    }
     out
 }
 
@@ -556,8 +592,10 @@ struct Cache {
     current: Option<(FileStamp, Secret)>,
     /// The last value read whole, which stands in during a rewrite.
     last_good: Option<Secret>,
-    /// When a rewrite (an empty or partial file) was first seen; `None` while the file is whole.
-    rewriting_since: Option<Instant>,
+    /// When the file was last seen empty or partial with a length not seen before, and that
+    /// length; `None` while the file is whole. A writer that makes progress (or starts again)
+    /// is bridged; one that stops mid-write for the grace is reported.
+    rewriting_since: Option<(Instant, usize)>,
 }
 
 /// A secret kept in a file and re-read whenever the file changes.
@@ -685,7 +723,14 @@ impl SecretFile {
             trimmed.len() < good.expose().len() && stamp.is_younger_than(PARTIAL_WINDOW)
         });
         if trimmed.is_empty() || partial {
-            let since = *cache.rewriting_since.get_or_insert_with(Instant::now);
+            let since = match cache.rewriting_since {
+                Some((since, len)) if len == trimmed.len() => since,
+                _ => {
+                    let now = Instant::now();
+                    cache.rewriting_since = Some((now, trimmed.len()));
+                    now
+                }
+            };
             if let Some(good) = cache.last_good.as_ref()
                 && bridge
                 && since.elapsed() < self.grace
@@ -908,6 +953,41 @@ mod tests {
     }
 
     #[test]
+    fn scrub_removes_a_secret_inside_base64_text_at_every_offset() {
+        use base64::Engine;
+        use base64::engine::general_purpose::{STANDARD, URL_SAFE, URL_SAFE_NO_PAD};
+        let secret = canary("b64a");
+        register(&secret);
+        for prefix in ["", "a", "ab", "abc", "Authorization: Bearer "] {
+            let echoed = format!("{prefix}{secret}\r\nHost: upstream\r\n");
+            for (alphabet, engine) in [
+                ("standard", &STANDARD),
+                ("url-safe", &URL_SAFE),
+                ("url-safe, no padding", &URL_SAFE_NO_PAD),
+            ] {
+                let encoded = engine.encode(&echoed);
+                let text = format!("{{\"echo\":\"{encoded}\"}}");
+                // Only the characters that hold bits of the secret alone are cut: the
+                // secret's bytes span bits [8 p, 8 (p + n)) of the encoded input.
+                let first = (8 * prefix.len()).div_ceil(6);
+                let end = 8 * (prefix.len() + secret.len()) / 6;
+                let expected = format!(
+                    "{{\"echo\":\"{}{REDACTED}{}\"}}",
+                    &encoded[..first],
+                    &encoded[end..]
+                );
+                assert_eq!(scrub(&text), expected, "{alphabet}, prefix {prefix:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_value_gets_no_base64_forms() {
+        assert!(base64_forms("qzx7v1").is_empty());
+        assert_eq!(base64_forms("qzx7v1ab").len(), 6);
+    }
+
+    #[test]
     fn scrub_removes_a_registered_basic_credential_and_assertion() {
         use base64::Engine;
         let secret = canary("enc2");
@@ -984,6 +1064,38 @@ mod tests {
             format!("TOKEN_FILE: {} does not exist (yet)", path.display())
         );
         assert!(err.is_pending());
+    }
+
+    #[test]
+    fn a_writer_that_keeps_rewriting_is_bridged_past_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let canary = format!("canary+/=&{}", "y".repeat(200));
+        std::fs::write(&path, format!("{canary}\n")).unwrap();
+        let grace = Duration::from_millis(100);
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(grace);
+        assert_eq!(file.read().unwrap().expose(), canary);
+        // `cmd > token` in a loop on a loaded machine: the file is almost never seen whole,
+        // but every look finds the write moved on. No single write outlasts the grace.
+        let started = Instant::now();
+        let mut step = 0;
+        while started.elapsed() < grace * 3 {
+            step += 1;
+            std::fs::write(&path, &canary[..step % 150]).unwrap();
+            assert_eq!(file.read().unwrap().expose(), canary, "step {step}");
+            std::thread::sleep(grace / 5);
+        }
+        // A writer that stops mid-write is still reported once the grace is over.
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary);
+        let stuck = Instant::now();
+        while stuck.elapsed() <= grace {
+            std::thread::sleep(grace / 5);
+        }
+        assert!(matches!(
+            file.read().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
     }
 
     #[test]
@@ -1086,7 +1198,21 @@ mod tests {
         assert!(forms.contains(&"pinned-client-secret-value".to_string()));
         assert!(!forms.contains(&"rotated-token-0000".to_string()));
         assert!(!forms.iter().any(|f| f.contains("assertion")));
-        assert_eq!(forms.len(), 1 + STREAM_ROTATING, "{forms:?}");
+        let searched: Vec<&String> = registry
+            .pinned
+            .iter()
+            .chain(registry.rotating.iter().rev().take(STREAM_ROTATING))
+            .collect();
+        let allowed: std::collections::BTreeSet<String> = searched
+            .iter()
+            .flat_map(|value| super::forms(value))
+            .collect();
+        assert!(forms.iter().all(|f| allowed.contains(f)), "{forms:?}");
+        let raw = forms
+            .iter()
+            .filter(|f| f.starts_with("rotated-token-"))
+            .count();
+        assert_eq!(raw, STREAM_ROTATING, "{forms:?}");
         // Messages are still scrubbed of every value remembered.
         assert!(
             registry

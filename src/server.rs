@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::app::App;
 use crate::config::{ClientLimits, Config};
+use crate::forwarder::Forwarder;
 use crate::guard::Guard;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
@@ -35,14 +36,14 @@ use crate::upstream::Upstream;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(&app.path, any(crate::proxy::handle))
+        .route(&app.path, crate::trace::layer(any(crate::proxy::handle)))
         .route(
             &format!(
                 "{}{}/{{*endpoint}}",
                 app.path,
                 crate::legacy::LEGACY_SEGMENT
             ),
-            any(crate::proxy::handle_legacy),
+            crate::trace::layer(any(crate::proxy::handle_legacy)),
         )
         .route("/healthz", get(crate::admin::healthz))
         .route("/ready", get(crate::admin::ready))
@@ -95,10 +96,14 @@ pub async fn serve(
         upstream: upstream.clone(),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
-        sessions: Sessions::new(config.sessions),
+        forwarder: Forwarder::new(
+            upstream.clone(),
+            Sessions::new(config.sessions),
+            readiness.clone(),
+            config.ready.timeout,
+        ),
         legacy: crate::legacy::Endpoints::new(),
         sse_keepalive: config.sse_keepalive,
-        reinit_timeout: config.ready.timeout,
         shutdown: stop_rx.clone(),
         started_at: SystemTime::now(),
         login: built.manager.zip(built.authorization),

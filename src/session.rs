@@ -412,16 +412,13 @@ const PEEK_LIMIT: usize = 64 * 1024;
 /// 400 "Bad Request: No valid session ID provided" instead, so a 400 whose body talks about the
 /// session counts too. Reading that body means handing back a rebuilt response.
 pub async fn forgotten(
-    response: reqwest::Response,
+    response: crate::upstream::Response,
     within: std::time::Duration,
-) -> (bool, reqwest::Response) {
+) -> (bool, crate::upstream::Response) {
     match response.status() {
         http::StatusCode::NOT_FOUND => (true, response),
         http::StatusCode::BAD_REQUEST => {
-            let status = response.status();
-            let version = response.version();
-            let headers = response.headers().clone();
-            let mut stream = response.bytes_stream();
+            let (parts, mut stream) = response.into_parts();
             let mut head = Vec::new();
             let mut broken = None;
             let mut complete = false;
@@ -447,9 +444,7 @@ pub async fn forgotten(
             }
             let about_session = complete && says_session_unknown(&head);
             // Give the caller the same response back: the bytes read, then whatever is left.
-            let rest: std::pin::Pin<
-                Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>,
-            > = match broken {
+            let rest: crate::upstream::Chunks = match broken {
                 Some(e) => Box::pin(futures_util::stream::iter([Err(e)])),
                 None if complete => Box::pin(futures_util::stream::empty()),
                 None => Box::pin(stream),
@@ -458,11 +453,11 @@ pub async fn forgotten(
                 futures_util::stream::iter([Ok(Bytes::from(head))]),
                 rest,
             );
-            let mut rebuilt = http::Response::new(reqwest::Body::wrap_stream(body));
-            *rebuilt.status_mut() = status;
-            *rebuilt.version_mut() = version;
-            *rebuilt.headers_mut() = headers;
-            (about_session, reqwest::Response::from(rebuilt))
+            let rebuilt = crate::upstream::Body::from_stream(body);
+            (
+                about_session,
+                crate::upstream::Response::from_parts(parts, rebuilt),
+            )
         }
         _ => (false, response),
     }

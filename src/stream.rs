@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use crate::mcp::MCP_SESSION_ID;
 use crate::session::Session;
 use crate::sse::Boundary;
-use crate::upstream::Upstream;
+use crate::upstream::{BodyError, Upstream};
 
 pub static LAST_EVENT_ID: HeaderName = HeaderName::from_static("last-event-id");
 
@@ -49,7 +49,7 @@ const MAX_PENDING: usize = 1024 * 1024;
 /// What ids of a re-made session start with on the client's side.
 const ID_PREFIX: &str = "mcp-sidecar:";
 
-pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
 
 /// The `Last-Event-ID` to send upstream for the client's `client_id` when the session is in
 /// `generation`: ids the sidecar wrote for that generation map back to the upstream's own; a
@@ -107,7 +107,7 @@ pub struct Follow {
 pub fn follow(
     first: Option<Chunks>,
     follow: Follow,
-) -> impl Stream<Item = Result<Bytes, reqwest::Error>> + Send {
+) -> impl Stream<Item = Result<Bytes, BodyError>> + Send {
     let state = State {
         generation: follow.generation,
         follow,

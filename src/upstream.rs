@@ -4,12 +4,19 @@
 //! request carries the current token: on a 401 (or a 403 `invalid_token`) it asks the token
 //! source for a fresh token once and sends the request once more. Keeping that rule here means the
 //! readiness handshake exercises exactly the path that client requests take.
+//!
+//! The client is hyper's own ([`crate::net::upstream_client`]): HTTP/2 by ALPN when the upstream
+//! offers it, HTTP/1.1 otherwise. A [`Response`]'s body streams straight from that connection
+//! ([`Body`]), with one read-timeout timer per body, moved on lazily.
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use futures_util::Stream;
+use http::header::{AUTHORIZATION, HeaderName, HeaderValue, USER_AGENT};
 use http::{HeaderMap, Method, StatusCode};
 use url::Url;
 
@@ -50,7 +57,152 @@ pub enum UpstreamError {
     /// refused this request (a tool denied, a policy), not the credential. The response is kept
     /// so that its answer can be passed on.
     #[error("the upstream refused the request (HTTP {})", .0.status().as_u16())]
-    Forbidden(Box<reqwest::Response>),
+    Forbidden(Box<Response>),
+}
+
+/// An upstream's answer: its head, and its body still on the connection.
+pub struct Response {
+    head: http::response::Parts,
+    body: Body,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("status", &self.head.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Response {
+    pub fn from_parts(head: http::response::Parts, body: Body) -> Self {
+        Self { head, body }
+    }
+
+    pub fn into_parts(self) -> (http::response::Parts, Body) {
+        (self.head, self.body)
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.head.status
+    }
+
+    pub fn version(&self) -> http::Version {
+        self.head.version
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.head.headers
+    }
+
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.head.headers
+    }
+
+    /// The body, chunk by chunk as the connection delivers it.
+    pub fn bytes_stream(self) -> Body {
+        self.body
+    }
+}
+
+/// Why an upstream body ended before its end.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// Nothing arrived for `READ_TIMEOUT`.
+    #[error("the upstream sent nothing for {}s (MCP_SIDECAR_READ_TIMEOUT)", .0.as_secs_f32())]
+    TimedOut(Duration),
+    /// The connection broke (reset, protocol error, the upstream went away).
+    #[error("{}", crate::net::describe_error(.0))]
+    Broken(#[from] hyper::Error),
+}
+
+impl BodyError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut(_))
+    }
+}
+
+/// A body the sidecar made itself (a response rebuilt after reading its start).
+pub type Chunks = Pin<Box<dyn Stream<Item = Result<Bytes, BodyError>> + Send>>;
+
+/// An upstream body as a stream of data chunks (trailers are dropped: MCP has none).
+pub struct Body(BodyKind);
+
+enum BodyKind {
+    Upstream {
+        body: hyper::body::Incoming,
+        /// `READ_TIMEOUT`: one timer for the whole body. Each chunk only moves `deadline`; the
+        /// timer is re-armed when it fires early or when the body waits.
+        read_timeout: Option<(Duration, tokio::time::Instant, Pin<Box<tokio::time::Sleep>>)>,
+    },
+    Made(Chunks),
+}
+
+impl Body {
+    fn upstream(body: hyper::body::Incoming, read_timeout: Option<Duration>) -> Self {
+        let read_timeout = read_timeout.map(|every| {
+            let deadline = tokio::time::Instant::now() + every;
+            (
+                every,
+                deadline,
+                Box::pin(tokio::time::sleep_until(deadline)),
+            )
+        });
+        Self(BodyKind::Upstream { body, read_timeout })
+    }
+
+    pub fn from_stream<S>(stream: S) -> Self
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send + 'static,
+    {
+        Self(BodyKind::Made(Box::pin(stream)))
+    }
+}
+
+impl Stream for Body {
+    type Item = Result<Bytes, BodyError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let (body, read_timeout) = match &mut self.get_mut().0 {
+            BodyKind::Made(chunks) => return chunks.as_mut().poll_next(cx),
+            BodyKind::Upstream { body, read_timeout } => (body, read_timeout),
+        };
+        loop {
+            match http_body::Body::poll_frame(Pin::new(&mut *body), cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if let Some((every, deadline, _)) = read_timeout {
+                        *deadline = tokio::time::Instant::now() + *every;
+                    }
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(data)));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {
+                    let Some((every, deadline, timer)) = read_timeout else {
+                        return Poll::Pending;
+                    };
+                    loop {
+                        if timer.deadline() != *deadline {
+                            timer.as_mut().reset(*deadline);
+                        }
+                        match timer.as_mut().poll(cx) {
+                            Poll::Pending => return Poll::Pending,
+                            Poll::Ready(()) if timer.deadline() == *deadline => {
+                                return Poll::Ready(Some(Err(BodyError::TimedOut(*every))));
+                            }
+                            Poll::Ready(()) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl UpstreamError {
@@ -69,25 +221,6 @@ impl UpstreamError {
     }
 }
 
-/// Follows only what cannot hurt: same-origin 307/308 (method and body kept, so an MCP POST
-/// survives; the token never leaves the origin), three hops at most. Anything else is reported
-/// (see [`UpstreamError::Redirected`]): passed to the client, the client would follow it past the
-/// sidecar without a token, get a 401 and start its own OAuth.
-fn redirect_policy() -> reqwest::redirect::Policy {
-    reqwest::redirect::Policy::custom(|attempt| {
-        let same_origin = attempt
-            .previous()
-            .first()
-            .is_some_and(|first| first.origin() == attempt.url().origin());
-        let keeps_method = matches!(attempt.status().as_u16(), 307 | 308);
-        if same_origin && keeps_method && attempt.previous().len() <= 3 {
-            attempt.follow()
-        } else {
-            attempt.stop()
-        }
-    })
-}
-
 /// Whether `status` sends the client elsewhere. Not every 3xx does: 300 (a choice of
 /// representations) and 304 (not modified, an answer to a conditional request) carry no
 /// redirect to follow, so they are the upstream's answer and pass on unchanged.
@@ -103,8 +236,11 @@ fn detail_suffix(detail: &str) -> String {
     }
 }
 
+/// How many same-origin 307/308 redirects one request follows.
+const MAX_REDIRECTS: usize = 3;
+
 pub struct Upstream {
-    client: reqwest::Client,
+    client: crate::net::UpstreamClient,
     url: Url,
     headers: Option<SecretSource>,
     /// `headers` parsed, with the text they came from: parsing (and registering the values for
@@ -119,16 +255,7 @@ type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 impl Upstream {
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
-        let mut builder =
-            crate::net::http_client_builder(&config.client_settings(), redirect_policy())?;
-        // Per read, reset by every byte: the response head and each body chunk (reqwest applies
-        // it to the body too), so a stream that sends anything, comments included, lives on.
-        if let Some(timeout) = config.read_timeout {
-            builder = builder.read_timeout(timeout);
-        }
-        let client = builder
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let client = crate::net::upstream_client(&config.client_settings())?;
         Ok(Self {
             client,
             url: config.url.clone(),
@@ -164,9 +291,8 @@ impl Upstream {
         query: Option<&str>,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        // Borrowed without a query: the only copy of the URL per request is the one reqwest
-        // takes.
+    ) -> Result<Response, UpstreamError> {
+        // Borrowed without a query: no copy of the URL per request.
         let url = match query {
             Some(q) if !q.is_empty() => {
                 let mut url = self.url.clone();
@@ -190,7 +316,7 @@ impl Upstream {
         url: Url,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         self.send_url(method, &url, headers, body).await
     }
 
@@ -200,12 +326,11 @@ impl Upstream {
         url: &Url,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let token = self.tokens.token().await?;
         let response = self
             .send_once(&method, url, &headers, &body, token.as_ref())
             .await?;
-        let response = self.refuse_redirect(response)?;
         let challenge = match auth_failure(&response) {
             None => return Ok(response),
             Some(AuthFailure::Forbidden) => return Err(UpstreamError::Forbidden(response.into())),
@@ -246,6 +371,7 @@ impl Upstream {
             return Err(rejected(status, challenge));
         }
         tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
+        crate::trace::note(crate::trace::Note::TokenRefreshed);
         let response = self
             .send_once(&method, url, &headers, &body, fresh.as_ref())
             .await?;
@@ -269,9 +395,9 @@ impl Upstream {
         headers: &HeaderMap,
         body: &Bytes,
         token: Option<&AccessToken>,
-        response: reqwest::Response,
+        response: Response,
         challenge: Option<BearerChallenge>,
-    ) -> Result<reqwest::Response, UpstreamError> {
+    ) -> Result<Response, UpstreamError> {
         let status = response.status();
         let scope = challenge
             .as_ref()
@@ -291,8 +417,7 @@ impl Upstream {
     }
 
     /// The answer to a retry with a new token: a second refusal is final.
-    fn retried(&self, response: reqwest::Response) -> Result<reqwest::Response, UpstreamError> {
-        let response = self.refuse_redirect(response)?;
+    fn retried(&self, response: Response) -> Result<Response, UpstreamError> {
         match auth_failure(&response) {
             None => Ok(response),
             // The new credential got through; this request is refused for another reason.
@@ -303,26 +428,10 @@ impl Upstream {
         }
     }
 
-    fn refuse_redirect(
-        &self,
-        response: reqwest::Response,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        if !is_redirect(response.status()) {
-            return Ok(response);
-        }
-        let location = response
-            .headers()
-            .get(http::header::LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|l| response.url().join(l).ok())
-            .map(|url| crate::net::display_url(&url))
-            .unwrap_or_else(|| "(no Location)".into());
-        Err(UpstreamError::Redirected {
-            status: response.status().as_u16(),
-            location,
-        })
-    }
-
+    /// One request with `token`, following same-origin 307/308 (method and body kept, so an MCP
+    /// POST survives; the token never leaves the origin) [`MAX_REDIRECTS`] times at most. Any
+    /// other redirect is reported ([`UpstreamError::Redirected`]): passed to the client, the
+    /// client would follow it past the sidecar without a token, get a 401 and start its own OAuth.
     async fn send_once(
         &self,
         method: &Method,
@@ -330,29 +439,82 @@ impl Upstream {
         headers: &HeaderMap,
         body: &Bytes,
         token: Option<&AccessToken>,
-    ) -> Result<reqwest::Response, UpstreamError> {
-        let mut headers = headers.clone();
-        if let Some(extra) = self.extra_headers()? {
-            crate::headers::add_extra(&mut headers, &extra);
-        }
-        if let Some(token) = token {
-            headers.insert(AUTHORIZATION, token.authorization()?);
-        }
-        let mut request = self
-            .client
-            .request(method.clone(), url.clone())
-            .headers(headers);
-        if !body.is_empty() {
-            request = request.body(body.clone());
-        }
-        request.send().await.map_err(|e| match self.read_timeout {
-            // A connect timeout is an unreachable upstream; only a silent one is this.
-            Some(timeout) if e.is_timeout() && !e.is_connect() => UpstreamError::TimedOut(timeout),
-            _ if e.is_connect() && crate::net::is_connection_refused(&e) => {
-                UpstreamError::ConnectionRefused(crate::net::describe_reqwest_error(&e))
+    ) -> Result<Response, UpstreamError> {
+        let extra = self.extra_headers()?;
+        let authorization = token.map(AccessToken::authorization).transpose()?;
+        let mut url = std::borrow::Cow::Borrowed(url);
+        let mut followed = 0;
+        loop {
+            let mut sent = headers.clone();
+            crate::trace::inject(&mut sent);
+            if let Some(extra) = &extra {
+                crate::headers::add_extra(&mut sent, extra);
             }
-            _ => UpstreamError::Unreachable(crate::net::describe_reqwest_error(&e)),
-        })
+            if let Some(value) = &authorization {
+                sent.insert(AUTHORIZATION, value.clone());
+            }
+            sent.entry(USER_AGENT)
+                .or_insert(HeaderValue::from_static(concat!(
+                    "mcp-sidecar/",
+                    env!("CARGO_PKG_VERSION")
+                )));
+            // What reqwest sent when a request named none: upstreams may insist on the header.
+            sent.entry(http::header::ACCEPT)
+                .or_insert(HeaderValue::from_static("*/*"));
+            let uri = http::Uri::try_from(url.as_str()).map_err(|e| {
+                UpstreamError::Unreachable(format!("the upstream URL is not a valid URI: {e}"))
+            })?;
+            let mut request = http::Request::new(http_body_util::Full::new(body.clone()));
+            *request.method_mut() = method.clone();
+            *request.uri_mut() = uri;
+            *request.headers_mut() = sent;
+            let answer = self.client.request(request);
+            let answer = match self.read_timeout {
+                // The head must come within it too; a connect timeout is an unreachable upstream.
+                Some(timeout) => tokio::time::timeout(timeout, answer)
+                    .await
+                    .map_err(|_| UpstreamError::TimedOut(timeout))?,
+                None => answer.await,
+            };
+            let answer = answer.map_err(|e| {
+                if e.is_connect() && crate::net::is_refused(&e) {
+                    UpstreamError::ConnectionRefused(crate::net::describe_error(&e))
+                } else {
+                    UpstreamError::Unreachable(crate::net::describe_error(&e))
+                }
+            })?;
+            let status = answer.status();
+            if !is_redirect(status) {
+                let (head, incoming) = answer.into_parts();
+                return Ok(Response::from_parts(
+                    head,
+                    Body::upstream(incoming, self.read_timeout),
+                ));
+            }
+            let location = answer
+                .headers()
+                .get(http::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|l| url.join(l).ok());
+            match location {
+                Some(next)
+                    if matches!(status.as_u16(), 307 | 308)
+                        && followed < MAX_REDIRECTS
+                        && next.origin() == url.origin() =>
+                {
+                    followed += 1;
+                    url = std::borrow::Cow::Owned(next);
+                }
+                location => {
+                    return Err(UpstreamError::Redirected {
+                        status: status.as_u16(),
+                        location: location
+                            .map(|url| crate::net::display_url(&url))
+                            .unwrap_or_else(|| "(no Location)".into()),
+                    });
+                }
+            }
+        }
     }
 }
 
@@ -394,7 +556,7 @@ enum AuthFailure {
     Forbidden,
 }
 
-fn auth_failure(response: &reqwest::Response) -> Option<AuthFailure> {
+fn auth_failure(response: &Response) -> Option<AuthFailure> {
     let status = response.status();
     if status != StatusCode::UNAUTHORIZED && status != StatusCode::FORBIDDEN {
         return None;
@@ -419,5 +581,179 @@ fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamE
         status: status.as_u16(),
         // The upstream's own words, which may quote the token it was given.
         detail: crate::secret::scrub(&challenge.map(|c| c.explain()).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use futures_util::StreamExt;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures")
+            .join(name)
+    }
+
+    /// A TLS upstream offering `alpn` whose every answer is an event stream that stays open
+    /// after its first comment; returns its URL and the count of TCP connections it accepted.
+    async fn tls_upstream(alpn: &[&[u8]]) -> (Url, Arc<AtomicUsize>) {
+        let certs = CertificateDer::pem_file_iter(fixture("tls-cert.pem"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("tls-key.pem")).unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(|_request| async {
+                        let events = futures_util::stream::once(async {
+                            Ok::<_, std::convert::Infallible>(http_body::Frame::data(
+                                Bytes::from_static(b": open\n\n"),
+                            ))
+                        })
+                        .chain(futures_util::stream::pending());
+                        http::Response::builder()
+                            .header(http::header::CONTENT_TYPE, "text/event-stream")
+                            .body(http_body_util::StreamBody::new(events))
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+                });
+            }
+        });
+        let url = Url::parse(&format!("https://localhost:{port}/mcp")).unwrap();
+        (url, accepted)
+    }
+
+    fn upstream(url: Url) -> Upstream {
+        let config = UpstreamConfig {
+            url,
+            headers: None,
+            ca_file: Some(fixture("tls-ca.pem")),
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: None,
+        };
+        Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap()
+    }
+
+    /// Opens `count` GET streams one after another and holds them, each past its first chunk.
+    async fn open_streams(upstream: &Upstream, count: usize) -> Vec<Body> {
+        let mut streams = Vec::new();
+        for _ in 0..count {
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
+            let response = upstream
+                .send(Method::GET, None, headers, Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            streams.push((response.version(), response.bytes_stream()));
+        }
+        let mut bodies = Vec::new();
+        for (version, mut body) in streams {
+            assert_eq!(body.next().await.unwrap().unwrap(), &b": open\n\n"[..]);
+            bodies.push((version, body));
+        }
+        let versions: Vec<_> = bodies.iter().map(|(v, _)| *v).collect();
+        assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+        bodies.into_iter().map(|(_, b)| b).collect()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_accept_or_user_agent_gets_them_as_reqwest_sent_them() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = Url::parse(&format!("http://{}/mcp", listener.local_addr().unwrap())).unwrap();
+        let echo = |request: http::Request<axum::body::Body>| async move {
+            let header = |name| {
+                request
+                    .headers()
+                    .get(name)
+                    .map(|v: &HeaderValue| v.to_str().unwrap().to_string())
+                    .unwrap_or_default()
+            };
+            format!("{}|{}", header(http::header::ACCEPT), header(USER_AGENT))
+        };
+        let router = axum::Router::new().route("/mcp", axum::routing::get(echo));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        let config = UpstreamConfig {
+            url,
+            headers: None,
+            ca_file: None,
+            connect_timeout: Duration::from_secs(10),
+            read_timeout: Some(Duration::from_secs(10)),
+        };
+        let upstream = Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap();
+        let response = upstream
+            .send(Method::GET, None, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        let mut body = response.bytes_stream();
+        let text = body.next().await.unwrap().unwrap();
+        assert_eq!(
+            text,
+            format!("*/*|mcp-sidecar/{}", env!("CARGO_PKG_VERSION")).as_bytes()
+        );
+    }
+
+    #[tokio::test]
+    async fn idle_get_streams_share_one_http2_connection_when_the_upstream_offers_h2() {
+        let (url, accepted) = tls_upstream(&[b"h2", b"http/1.1"]).await;
+        let upstream = upstream(url);
+        let response = upstream
+            .send(Method::GET, None, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        let streams = open_streams(&upstream, 5).await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        drop((response, streams));
+    }
+
+    #[tokio::test]
+    async fn an_upstream_without_h2_gets_http1_one_connection_per_open_stream() {
+        let (url, accepted) = tls_upstream(&[b"http/1.1"]).await;
+        let upstream = upstream(url);
+        let response = upstream
+            .send(Method::GET, None, HeaderMap::new(), Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_11);
+        let streams = open_streams(&upstream, 3).await;
+        // The first stream is still open too: each holds its connection.
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        drop((response, streams));
     }
 }

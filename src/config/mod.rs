@@ -84,6 +84,7 @@ const KNOWN_KEYS: &[&str] = &[
     "log",
     "log_format",
     "state_dir",
+    "traces_file",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -138,6 +139,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
+    /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
+    pub trace: crate::trace::TraceConfig,
 }
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
@@ -298,8 +301,21 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             problems: reader.problems,
         });
     }
-    let config = reader.validate();
+    let mut config = reader.validate();
+    let traces_file = reader
+        .text("traces_file")
+        .map(|path| (PathBuf::from(path), reader.label("traces_file")));
+    let mut trace_problems = Vec::new();
+    let trace = crate::trace::TraceConfig::from_env(&sources.env, traces_file, &mut trace_problems);
+    if let Some(config) = &mut config {
+        config.trace = trace;
+    }
     let mut problems = reader.problems;
+    problems.extend(
+        trace_problems
+            .into_iter()
+            .map(|(key, message)| Problem { key, message }),
+    );
     if problems.is_empty() {
         // `validate` returns `None` only after recording a problem.
         config.ok_or_else(|| ConfigError {
@@ -859,6 +875,7 @@ impl Reader {
             clients,
             log,
             state_dir,
+            trace: crate::trace::TraceConfig::default(),
         })
     }
 

@@ -220,6 +220,18 @@ impl OAuthClient {
         true
     }
 
+    /// Whether every scope of `challenged` is granted or was already asked for (by
+    /// [`OAuth::add_scopes`] or the configuration).
+    pub fn has_requested(&self, challenged: &str, granted: Option<&str>) -> bool {
+        let extra = self.extra_scopes.lock().unwrap_or_else(|p| p.into_inner());
+        let granted: Vec<&str> = granted.unwrap_or_default().split_whitespace().collect();
+        challenged.split_whitespace().all(|s| {
+            granted.contains(&s)
+                || extra.iter().any(|e| e == s)
+                || self.config.scopes.iter().any(|c| c == s)
+        })
+    }
+
     /// One token request: `params` plus client authentication and `resource`.
     pub async fn token_request(
         &self,
@@ -236,7 +248,19 @@ impl OAuthClient {
         // Before the request: `expires_in` counts from when the server issued the token, which
         // is somewhere between sending and the reply, so the send time is the safe base.
         let sent = SystemTime::now();
-        match self.post(endpoints, &token_url, params).await? {
+        let grant = params
+            .iter()
+            .find(|(k, _)| *k == "grant_type")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let reply = self.post(endpoints, &token_url, params);
+        match crate::trace::token_request(&grant, reply, |r| match r {
+            Ok(Reply::Json(_)) => "issued",
+            Ok(Reply::Error(_)) => "refused",
+            Err(_) => "failed",
+        })
+        .await?
+        {
             Reply::Json(body) => parse_token(&body, sent),
             Reply::Error(e) => {
                 if e.code == "invalid_client"

@@ -868,6 +868,17 @@ impl TokenSource for Manager {
             };
             let granted = self.held().scope.clone();
             if !oauth.add_scopes(scope, granted.as_deref(), MAX_EXTRA_SCOPES) {
+                // Requests refused together share one step-up: the first adds the scopes and
+                // asks for a token, the others find nothing to add and take that token (waiting
+                // while it is in flight). Without one, the scopes were asked for and not granted,
+                // and asking again would be refused the same way.
+                if oauth.has_requested(scope, granted.as_deref()) {
+                    if let Some(token) = self.fresh(rejected) {
+                        return Ok(Some(token));
+                    }
+                    let _flight = self.flight.lock().await;
+                    return Ok(self.fresh(rejected));
+                }
                 return Ok(None);
             }
             if self.held().refresh.is_some() || self.interactive.is_some() {

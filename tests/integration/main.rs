@@ -9,3 +9,4 @@ mod oauth;
 mod proxy;
 mod readiness;
 mod streams;
+mod traces;

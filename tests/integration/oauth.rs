@@ -698,12 +698,45 @@ async fn token_command_output_is_cached_and_rerun_after_a_401() {
 #[tokio::test(flavor = "multi_thread")]
 async fn insufficient_scope_is_answered_with_a_bounded_step_up() {
     let (upstream, idp) = linked();
-    let sidecar = client_credentials(&upstream, &idp, &[("SCOPES", "mcp:tools")]).await;
+    let sidecar = client_credentials(
+        &upstream,
+        &idp,
+        &[("SCOPES", "mcp:tools"), ("READY_INTERVAL", "1h")],
+    )
+    .await;
     sidecar.wait_reason("ready").await;
+    let before = idp.state.token_requests.load(Ordering::SeqCst);
+    let sent = upstream.state.requests.lock().unwrap().len();
     *upstream.state.required_scope.lock().unwrap() = Some("admin".into());
+    // Requests refused while the step-up is in flight share it: each is answered, with one
+    // token request for all of them.
+    idp.state.hold.store(true, Ordering::SeqCst);
+    let sidecar = std::sync::Arc::new(sidecar);
+    let tasks: Vec<_> = (100..108)
+        .map(|id| {
+            let sidecar = sidecar.clone();
+            tokio::spawn(async move { echo(&sidecar, id).await.status() })
+        })
+        .collect();
+    poll(
+        || async {
+            let refused = upstream.state.requests.lock().unwrap().len() - sent;
+            Some((refused, idp.state.held.load(Ordering::SeqCst)))
+        },
+        |(refused, held)| *refused >= 8 && *held >= 1,
+    )
+    .await
+    .expect("all eight refused, the step-up held at the IdP");
+    idp.state.hold.store(false, Ordering::SeqCst);
+    idp.state.release.notify_waiters();
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), 200);
+    }
     assert_eq!(echo(&sidecar, 1).await.status(), 200);
     let last = idp.state.requests().last().cloned().unwrap();
     assert_eq!(last.form["scope"], "mcp:tools admin");
+    let after = idp.state.token_requests.load(Ordering::SeqCst);
+    assert_eq!(after - before, 1, "one step-up for every request refused");
 
     // A scope the server will not grant is asked for once, not forever.
     *upstream.state.required_scope.lock().unwrap() = Some("root".into());
