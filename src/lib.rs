@@ -55,4 +55,5 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod time;
 pub mod token;
+pub mod trace;
 pub mod upstream;

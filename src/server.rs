@@ -36,14 +36,14 @@ use crate::upstream::Upstream;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(&app.path, any(crate::proxy::handle))
+        .route(&app.path, crate::trace::layer(any(crate::proxy::handle)))
         .route(
             &format!(
                 "{}{}/{{*endpoint}}",
                 app.path,
                 crate::legacy::LEGACY_SEGMENT
             ),
-            any(crate::proxy::handle_legacy),
+            crate::trace::layer(any(crate::proxy::handle_legacy)),
         )
         .route("/healthz", get(crate::admin::healthz))
         .route("/ready", get(crate::admin::ready))

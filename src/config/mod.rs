@@ -94,6 +94,7 @@ const KNOWN_KEYS: &[&str] = &[
     "state_store_client_key_file",
     "state_store_ca_file",
     "state_lock_ttl",
+    "traces_file",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -150,6 +151,8 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
     pub state_store: Option<FleetStoreConfig>,
+    /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
+    pub trace: crate::trace::TraceConfig,
 }
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
@@ -310,8 +313,21 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             problems: reader.problems,
         });
     }
-    let config = reader.validate();
+    let mut config = reader.validate();
+    let traces_file = reader
+        .text("traces_file")
+        .map(|path| (PathBuf::from(path), reader.label("traces_file")));
+    let mut trace_problems = Vec::new();
+    let trace = crate::trace::TraceConfig::from_env(&sources.env, traces_file, &mut trace_problems);
+    if let Some(config) = &mut config {
+        config.trace = trace;
+    }
     let mut problems = reader.problems;
+    problems.extend(
+        trace_problems
+            .into_iter()
+            .map(|(key, message)| Problem { key, message }),
+    );
     if problems.is_empty() {
         // `validate` returns `None` only after recording a problem.
         config.ok_or_else(|| ConfigError {
@@ -873,6 +889,7 @@ impl Reader {
             log,
             state_dir,
             state_store,
+            trace: crate::trace::TraceConfig::default(),
         })
     }
 

@@ -11,3 +11,4 @@ mod oauth;
 mod proxy;
 mod readiness;
 mod streams;
+mod traces;
