@@ -59,6 +59,9 @@ pub enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Serve MCP on stdin/stdout (for hosts that spawn servers), forwarding to the upstream with
+    /// the same configuration, credentials and sessions as `serve`.
+    Stdio,
     /// Validate the configuration and print it with secrets redacted; exit 64 on any problem.
     CheckConfig,
     /// Log in interactively (device code, or authorization code with the redirected URL pasted
@@ -110,6 +113,7 @@ pub fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => crate::commands::serve::run(cli.config),
+        Command::Stdio => crate::commands::stdio::run(cli.config),
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
         Command::Login => crate::commands::login::run(cli.config),
         Command::Probe {

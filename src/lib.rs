@@ -14,7 +14,7 @@
 //!   [`proxy`]: the HTTP front of the MCP endpoint; [`session`]: transparent re-initialization of sessions the
 //!   upstream forgot; [`stream`]: GET streams kept open and re-attached through an upstream
 //!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
-//!   sidecar's own error replies.
+//!   sidecar's own error replies; [`stdio`]: the stdio front (MCP over stdin/stdout).
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
@@ -44,11 +44,13 @@ pub mod output;
 pub mod proxy;
 pub mod readiness;
 pub mod scrubber;
+pub mod seal;
 pub mod secret;
 pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod sse;
+pub mod stdio;
 pub mod stream;
 pub mod subscriptions;
 pub mod telemetry;

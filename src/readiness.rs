@@ -151,6 +151,11 @@ impl Readiness {
         }
     }
 
+    /// Changes of [`Readiness::state`], for a front that waits for the upstream (`stdio`).
+    pub fn subscribe(&self) -> watch::Receiver<State> {
+        self.state.subscribe()
+    }
+
     pub fn state(&self) -> State {
         self.state.borrow().clone()
     }

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod login;
 pub mod probe;
 pub mod serve;
+pub mod stdio;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -23,10 +23,12 @@ use url::Url;
 use crate::secret::{Secret, SecretFile, SecretSource};
 
 mod auth;
+mod store;
 
 pub use auth::{
     AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg, canonical_resource,
 };
+pub use store::FleetStoreConfig;
 
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
@@ -77,6 +79,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_timeout",
     "sse_keepalive",
     "shutdown_grace",
+    "stdio_connect_timeout",
     "header_timeout",
     "client_idle_timeout",
     "max_connections",
@@ -85,6 +88,14 @@ const KNOWN_KEYS: &[&str] = &[
     "log_format",
     "state_dir",
     "traces_file",
+    "state_store",
+    "state_store_password",
+    "state_store_password_file",
+    "state_key_file",
+    "state_store_client_cert_file",
+    "state_store_client_key_file",
+    "state_store_ca_file",
+    "state_lock_ttl",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -134,6 +145,8 @@ pub struct Config {
     pub sse_keepalive: Duration,
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// How long `mcp-sidecar stdio` holds a host's `initialize` while the upstream is not ready.
+    pub stdio_connect_timeout: Duration,
     /// How many client connections, at what pace: slow and idle clients must not lock others out.
     pub clients: ClientLimits,
     pub log: LogConfig,
@@ -141,7 +154,15 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
     pub trace: crate::trace::TraceConfig,
+    /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
+    pub state_store: Option<FleetStoreConfig>,
+    /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
+    pub state_dir_set: bool,
 }
+
+/// Default `STDIO_CONNECT_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
+/// PROTOCOL.md), so the host sees the sidecar's reason rather than its own timeout.
+pub const DEFAULT_STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
@@ -819,6 +840,8 @@ impl Reader {
         };
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let stdio_connect_timeout =
+            self.duration("stdio_connect_timeout", DEFAULT_STDIO_CONNECT_TIMEOUT);
         let clients = ClientLimits {
             header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
             idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
@@ -845,6 +868,7 @@ impl Reader {
             None => None,
         };
         let log = self.log();
+        let state_dir_set = self.text("state_dir").is_some();
         let state_dir = self
             .text("state_dir")
             .map(PathBuf::from)
@@ -852,6 +876,7 @@ impl Reader {
         if !state_dir.is_absolute() {
             self.problem("state_dir", "expected an absolute path");
         }
+        let state_store = self.state_store(connect_timeout);
 
         Some(Config {
             upstream: UpstreamConfig {
@@ -872,10 +897,13 @@ impl Reader {
             sessions,
             sse_keepalive,
             shutdown_grace,
+            stdio_connect_timeout,
             clients,
             log,
             state_dir,
             trace: crate::trace::TraceConfig::default(),
+            state_store,
+            state_dir_set,
         })
     }
 
@@ -1236,6 +1264,10 @@ impl Config {
                 humantime::format_duration(self.shutdown_grace).to_string(),
             ),
             (
+                "STDIO_CONNECT_TIMEOUT",
+                humantime::format_duration(self.stdio_connect_timeout).to_string(),
+            ),
+            (
                 "HEADER_TIMEOUT",
                 humantime::format_duration(self.clients.header_timeout).to_string(),
             ),
@@ -1258,6 +1290,13 @@ impl Config {
                     .unwrap_or_else(|| "off".into()),
             ),
             ("STATE_DIR", self.state_dir.display().to_string()),
+            (
+                "STATE_STORE",
+                self.state_store
+                    .as_ref()
+                    .map(|s| s.display_url())
+                    .unwrap_or_else(|| "(STATE_DIR)".into()),
+            ),
             ("LOG", self.log.filter.clone()),
             (
                 "LOG_FORMAT",
@@ -1267,6 +1306,9 @@ impl Config {
                 },
             ),
         ]);
+        if let Some(store) = &self.state_store {
+            rows.extend(store.summary());
+        }
         rows
     }
 

@@ -13,6 +13,9 @@
 #   F  traces: the SDK client -> sidecar (OTLP) -> server-everything under the OpenTelemetry Node
 #      SDK; one trace holds both spans, parent-linked (receiver: lib/otlp-receiver.py, decoding
 #      with PyPI's opentelemetry-proto, pinned in requirements-otel.txt, venv .venv-otel)
+#   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
+#      server-everything: tools, progress, a server-to-client roots/list answered by the client,
+#      and the upstream session ended when the client closes (stdio.mjs)
 #
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
 # npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),
@@ -486,12 +489,31 @@ scenario_f() {
   note "token and OTLP header canaries absent from every export and the sidecar's log"
 }
 
+scenario_g() {
+  local se_port
+  se_port=$(free_port)
+  start everything-g env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
+  mkdir -p "$WORK/state-g"
+  if ! node "$HERE/stdio.mjs" "$SIDECAR_BIN" "http://127.0.0.1:$se_port/mcp" "$WORK/state-g/tokens" \
+    >"$WORK/client-g.out" 2>"$WORK/client-g.log"; then
+    sed 's/^/  /' "$WORK/client-g.out"
+    fail "stdio.mjs spawning mcp-sidecar stdio (its log in client-g.log)"
+  fi
+  sed 's/^/  /' "$WORK/client-g.out"
+  grep -q "ended the upstream session" "$WORK/client-g.log" ||
+    fail "mcp-sidecar stdio did not end the upstream session when the client closed"
+  note "the stdio process ended the upstream session (DELETE) when the client closed"
+}
+
 run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
 run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
+run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
 MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/oauth/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
 
 echo

@@ -1,0 +1,61 @@
+//! `mcp-sidecar stdio`: load the configuration as `serve` does and run the stdio front
+//! ([`crate::stdio`]) on this process's stdin and stdout until EOF or SIGTERM/SIGINT.
+
+use std::path::PathBuf;
+
+use crate::config::{self, Sources};
+use crate::output::{errln, exit};
+
+pub fn run(config_file: Option<PathBuf>) -> u8 {
+    let sources = Sources::from_process(config_file);
+    let mut config = match config::load(&sources) {
+        Ok(config) => config,
+        Err(e) => {
+            errln!("mcp-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
+    crate::telemetry::init(&config.log);
+    if !config.state_dir_set
+        && let Some(dir) =
+            crate::stdio::user_state_dir(&sources.env, crate::stdio::in_container(&sources.env))
+    {
+        config.state_dir = dir;
+    }
+    for pending in config.pending_files() {
+        tracing::warn!(
+            file = %pending,
+            "a secret file is not there yet; reporting auth_required until it is written"
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the async runtime");
+            return exit::FAILURE;
+        }
+    };
+    let code = runtime.block_on(async move {
+        let shutdown = match crate::shutdown::signal() {
+            Ok(signal) => signal,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot install signal handlers");
+                return exit::FAILURE;
+            }
+        };
+        let input = tokio::io::BufReader::new(tokio::io::stdin());
+        match crate::stdio::run(config, input, tokio::io::stdout(), shutdown).await {
+            Ok(()) => exit::OK,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start the stdio front");
+                exit::FAILURE
+            }
+        }
+    });
+    // A blocked read of stdin (tokio reads it on a blocking thread) must not hold the exit.
+    runtime.shutdown_background();
+    code
+}

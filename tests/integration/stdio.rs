@@ -1,0 +1,447 @@
+//! `mcp-sidecar stdio` as a host runs it: the built binary with piped stdin/stdout in front of
+//! the mock upstream. Every stdout line must be one JSON-RPC message; no secret canary may reach
+//! stdout or stderr.
+
+use std::process::Stdio;
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::common::mock_idp::{CLIENT_ID, MockIdp};
+use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::{DEADLINE, poll};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mcp-sidecar");
+
+/// Longer than 200 characters, with the characters that encodings and scrubbers trip on.
+fn canary() -> String {
+    format!("stdio-canary+/=&{}", "x7+/=&".repeat(40))
+}
+
+/// A host's view of one `mcp-sidecar stdio` process.
+struct Host {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: Option<Lines<BufReader<ChildStdout>>>,
+    /// Every stdout line read so far.
+    seen: Vec<String>,
+    state_home: tempfile::TempDir,
+}
+
+impl Host {
+    fn spawn(env: &[(&str, &str)]) -> Self {
+        let state_home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("stdio")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", state_home.path())
+            .env("XDG_STATE_HOME", state_home.path().join("state"))
+            .env("MCP_SIDECAR_STATE_DIR", state_home.path().join("sidecar"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for (k, v) in env {
+            cmd.env(format!("MCP_SIDECAR_{k}"), v);
+        }
+        let mut child = cmd.spawn().expect("spawn mcp-sidecar stdio");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().map(|out| BufReader::new(out).lines());
+        Self {
+            child,
+            stdin,
+            stdout,
+            seen: Vec::new(),
+            state_home,
+        }
+    }
+
+    async fn send(&mut self, message: &Value) {
+        self.send_raw(&message.to_string()).await;
+    }
+
+    async fn send_raw(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin.write_all(line.as_bytes()).await.unwrap();
+        stdin.write_all(b"\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Reads stdout lines until one satisfies `accept`; each must be a JSON-RPC message.
+    async fn expect(&mut self, what: &str, accept: impl Fn(&Value) -> bool) -> Value {
+        let stdout = self.stdout.as_mut().expect("stdout open");
+        let found = tokio::time::timeout(DEADLINE, async {
+            while let Some(line) = stdout.next_line().await.unwrap() {
+                self.seen.push(line.clone());
+                let message: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON ({e}): {line}"));
+                assert_eq!(message["jsonrpc"], "2.0", "{line}");
+                if accept(&message) {
+                    return Some(message);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(message)) => message,
+            _ => panic!("no {what} on stdout; saw {:#?}", self.seen),
+        }
+    }
+
+    async fn initialize(&mut self) {
+        self.send(
+            &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{"roots":{}},
+            "clientInfo":{"name":"test-host","version":"1"}}}),
+        )
+        .await;
+        let reply = self.expect("initialize reply", |m| m["id"] == 1).await;
+        assert_eq!(reply["result"]["protocolVersion"], "2025-11-25", "{reply}");
+        self.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+            .await;
+    }
+
+    /// Closes stdin (what a host does to stop a server) and waits for the exit; returns the
+    /// exit code, the rest of stdout and stderr.
+    async fn close(mut self) -> (Option<i32>, String, String) {
+        drop(self.stdin.take());
+        self.finish().await
+    }
+
+    async fn finish(mut self) -> (Option<i32>, String, String) {
+        let mut rest = self.seen.join("\n");
+        if let Some(mut stdout) = self.stdout.take() {
+            while let Ok(Some(line)) = stdout.next_line().await {
+                rest.push('\n');
+                rest.push_str(&line);
+            }
+        }
+        let output = tokio::time::timeout(DEADLINE, self.child.wait_with_output())
+            .await
+            .expect("the process exits")
+            .unwrap();
+        drop(self.state_home);
+        (
+            output.status.code(),
+            rest,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+}
+
+fn call(id: u64, tool: &str, arguments: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":tool,"arguments":arguments}})
+}
+
+/// The requests the stdio front sent (the readiness handshake sends no protocol header after
+/// its own initialize, but its requests carry no client payloads; match on the body).
+fn bodies(mock: &MockUpstream) -> Vec<(http::Method, Option<String>, Value)> {
+    mock.state
+        .requests()
+        .into_iter()
+        .map(|r| {
+            let session = r
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
+            let body = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+            (r.method, session, body)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_tools_call_goes_through_and_eof_ends_the_session() {
+    let secret = canary();
+    let mock = MockUpstream::start(&secret, Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", &secret)]);
+    host.initialize().await;
+    host.send(&call(
+        2,
+        "echo",
+        json!({"text": format!("quoted {secret}")}),
+    ))
+    .await;
+    let reply = host.expect("tools/call reply", |m| m["id"] == 2).await;
+    let text = reply["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(text.starts_with("quoted "), "{reply}");
+    assert!(!text.contains(&secret), "the echoed token is scrubbed");
+
+    let requests = mock.state.requests();
+    let call = requests
+        .iter()
+        .find(|r| r.rpc_method().as_deref() == Some("tools/call"))
+        .expect("the call reached the upstream");
+    assert_eq!(
+        call.authorization(),
+        Some(format!("Bearer {secret}").as_str())
+    );
+    assert_eq!(
+        call.headers
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok()),
+        Some("2025-11-25")
+    );
+    let session = call
+        .headers
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("the front holds the upstream session")
+        .to_string();
+
+    let (code, stdout, stderr) = host.close().await;
+    assert_eq!(
+        code,
+        Some(0),
+        "stdin EOF is a clean exit; stderr:\n{stderr}"
+    );
+    assert!(
+        bodies(&mock)
+            .iter()
+            .any(|(m, s, _)| *m == http::Method::DELETE && s.as_deref() == Some(&session)),
+        "the upstream session was ended with DELETE"
+    );
+    assert!(!stdout.contains(&secret), "no canary on stdout:\n{stdout}");
+    assert!(!stderr.contains(&secret), "no canary on stderr:\n{stderr}");
+    assert!(
+        !stdout.contains(&session),
+        "the host never sees the session id"
+    );
+}
+
+#[tokio::test]
+async fn sse_events_arrive_as_they_come_and_calls_run_concurrently() {
+    let mock = MockUpstream::start("t0ken", Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    host.initialize().await;
+    host.send(&call(2, "gated", json!({}))).await;
+    let progress = host
+        .expect("progress notification", |m| {
+            m["method"] == "notifications/progress"
+        })
+        .await;
+    assert_eq!(progress["params"]["progress"], 1);
+    // The gated call is still open: another call must not wait for it.
+    host.send(&call(3, "echo", json!({"text": "meanwhile"})))
+        .await;
+    let reply = host
+        .expect("the second call's reply", |m| m.get("id").is_some())
+        .await;
+    assert_eq!(
+        reply["id"], 3,
+        "the second call overtook the first: {reply}"
+    );
+    mock.state.gate.notify_one();
+    let reply = host
+        .expect("the gated call's reply", |m| m["id"] == 2)
+        .await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let (code, _, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_server_request_on_the_get_stream_is_answered_by_the_host() {
+    let mock = MockUpstream::start_streaming_on(0, "t0ken");
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    host.initialize().await;
+    let streams = poll(
+        || async { Some(mock.state.open_get_streams()) },
+        |n| *n >= 1,
+    )
+    .await;
+    assert!(streams.is_some(), "the front opened the GET stream");
+    mock.state.push(&format!(
+        "event: message\nid: 7\ndata: {}\n\n",
+        json!({"jsonrpc":"2.0","id":"s-1","method":"roots/list"})
+    ));
+    let request = host
+        .expect("the server's request", |m| m["method"] == "roots/list")
+        .await;
+    assert_eq!(request["id"], "s-1");
+    host.send(&json!({"jsonrpc":"2.0","id":"s-1","result":{"roots":[]}}))
+        .await;
+    let answered = poll(
+        || async {
+            bodies(&mock)
+                .into_iter()
+                .find(|(m, s, b)| *m == http::Method::POST && s.is_some() && b["id"] == "s-1")
+        },
+        |_| true,
+    )
+    .await;
+    let (_, _, body) = answered.expect("the host's answer was POSTed upstream in the session");
+    assert_eq!(body["result"]["roots"], json!([]));
+    let (code, _, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[tokio::test]
+async fn cancellation_ends_the_upstream_request_and_is_forwarded() {
+    let mock = MockUpstream::start("t0ken", Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    host.initialize().await;
+    host.send(&call(5, "hang", json!({}))).await;
+    host.expect("progress of the hanging call", |m| {
+        m["method"] == "notifications/progress"
+    })
+    .await;
+    host.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+        "params":{"requestId":5,"reason":"user"}}))
+        .await;
+    let dropped = poll(
+        || async { Some(mock.state.hang_dropped.load(Ordering::SeqCst)) },
+        |d| *d,
+    )
+    .await;
+    assert!(dropped.is_some(), "the upstream request was dropped");
+    let forwarded = poll(
+        || async {
+            bodies(&mock)
+                .into_iter()
+                .find(|(_, _, b)| b["method"] == "notifications/cancelled")
+        },
+        |_| true,
+    )
+    .await;
+    assert!(forwarded.is_some(), "the cancellation reached the upstream");
+    let (code, stdout, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stdout.lines().any(|l| l.contains(r#""id":5"#)),
+        "a cancelled request gets no answer: {stdout}"
+    );
+}
+
+#[tokio::test]
+async fn an_upstream_that_is_down_fails_initialize_in_bounded_time() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let mut host = Host::spawn(&[
+        ("UPSTREAM_URL", &url),
+        ("TOKEN", "t0ken"),
+        ("STDIO_CONNECT_TIMEOUT", "1s"),
+    ]);
+    // Framing first: a broken line is answered, not fatal.
+    host.send_raw("{not json").await;
+    let parse = host
+        .expect("parse error", |m| m["error"]["code"] == -32700)
+        .await;
+    assert_eq!(parse["id"], Value::Null);
+    host.send(
+        &json!({"jsonrpc":"2.0","id":"init","method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}),
+    )
+    .await;
+    let error = host.expect("initialize error", |m| m["id"] == "init").await;
+    assert_eq!(error["error"]["code"], -32001, "{error}");
+    assert_eq!(error["error"]["data"]["reason"], "upstream_unreachable");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("not ready"), "{message}");
+
+    let pid = host.child.id().unwrap().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(0), "SIGTERM is a clean exit: {stderr}");
+}
+
+#[tokio::test]
+async fn a_closed_stdout_ends_the_process_without_a_panic() {
+    let mock = MockUpstream::start("t0ken", Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    drop(host.stdout.take());
+    // Its parse error cannot be written: the host is gone.
+    host.send_raw("{not json").await;
+    let exited = tokio::time::timeout(DEADLINE, host.child.wait())
+        .await
+        .expect("the process exits once stdout is closed")
+        .unwrap();
+    let mut stderr = String::new();
+    if let Some(mut err) = host.child.stderr.take() {
+        use tokio::io::AsyncReadExt;
+        err.read_to_string(&mut stderr).await.unwrap();
+    }
+    assert_eq!(exited.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn initialize(id: u64) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+}
+
+/// Sends `initialize` until its answer satisfies `accept` (a host reconnecting), with a deadline.
+async fn initialize_until(
+    host: &mut Host,
+    first_id: u64,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut id = first_id;
+    loop {
+        host.send(&initialize(id)).await;
+        let answer = host.expect("initialize answer", |m| m["id"] == id).await;
+        if accept(&answer) || std::time::Instant::now() > deadline {
+            return answer;
+        }
+        id += 1;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_login_is_in_the_initialize_error_and_a_respawn_needs_no_new_login() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("tokens");
+    let (url, issuer) = (upstream.url(), idp.url(""));
+    let env = [
+        ("UPSTREAM_URL", url.as_str()),
+        ("AUTH", "device_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", issuer.as_str()),
+        ("STATE_DIR", dir.to_str().unwrap()),
+        ("STDIO_CONNECT_TIMEOUT", "1s"),
+    ];
+    let mut host = Host::spawn(&env);
+    let error = initialize_until(&mut host, 1, |m| m["error"]["data"]["login"].is_object()).await;
+    assert_eq!(error["error"]["code"], -32003, "{error}");
+    assert_eq!(error["error"]["data"]["reason"], "auth_required");
+    let code = error["error"]["data"]["login"]["user_code"]
+        .as_str()
+        .expect("the device code is in the error")
+        .to_string();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains(&code),
+        "the prompt is in the message: {message}"
+    );
+
+    idp.state.approve(&code);
+    let ready = initialize_until(&mut host, 100, |m| m["result"].is_object()).await;
+    assert_eq!(ready["result"]["protocolVersion"], "2025-11-25", "{ready}");
+    let (exit, _, stderr) = host.close().await;
+    assert_eq!(exit, Some(0), "{stderr}");
+
+    // A host respawning the server: the persisted tokens are used, no new login.
+    let logins = idp.state.device_requests.load(Ordering::SeqCst);
+    let mut host = Host::spawn(&env);
+    let ready = initialize_until(&mut host, 1, |m| m["result"].is_object()).await;
+    assert!(ready["result"].is_object(), "{ready}");
+    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
+    let (exit, _, stderr) = host.close().await;
+    assert_eq!(exit, Some(0), "{stderr}");
+}

@@ -1,0 +1,119 @@
+// Scenario F client: the official TypeScript SDK client with StdioClientTransport spawning
+// `mcp-sidecar stdio` (the way stdio-only hosts run servers) in front of server-everything.
+// It checks what a host's user would see and exits non-zero with a message on the first mismatch.
+//
+//   node stdio.mjs SIDECAR_BIN UPSTREAM_URL STATE_DIR
+//
+// stdout: one line per check. stderr: the sidecar's own log (its stderr is passed through).
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import {
+  ListRootsRequestSchema,
+  LoggingMessageNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
+
+const [bin, upstream, stateDir] = process.argv.slice(2);
+if (!bin || !upstream || !stateDir) {
+  console.error('usage: node stdio.mjs SIDECAR_BIN UPSTREAM_URL STATE_DIR');
+  process.exit(2);
+}
+
+const ROOT = { uri: 'file:///interop-stdio', name: 'interop' };
+const overall = setTimeout(() => fail('gave up after 60 s'), 60_000);
+function fail(msg) {
+  console.error(`stdio client: FAIL: ${msg}`);
+  console.log(`FAIL ${msg}`);
+  process.exit(1);
+}
+function ok(msg) {
+  console.log(`ok   ${msg}`);
+}
+/** Polls `check` until it holds, for at most `ms`. */
+async function until(check, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    if (check()) return true;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return check();
+}
+
+const transport = new StdioClientTransport({
+  command: bin,
+  args: ['stdio'],
+  env: {
+    MCP_SIDECAR_UPSTREAM_URL: upstream,
+    MCP_SIDECAR_AUTH: 'none',
+    MCP_SIDECAR_STATE_DIR: stateDir,
+    MCP_SIDECAR_LOG: 'debug',
+  },
+  stderr: 'inherit',
+});
+const client = new Client(
+  { name: 'mcp-sidecar-interop-stdio', version: '0.0.0' },
+  { capabilities: { roots: { listChanged: true } } },
+);
+let rootsAsked = 0;
+const logs = [];
+client.setRequestHandler(ListRootsRequestSchema, async () => {
+  rootsAsked += 1;
+  return { roots: [ROOT] };
+});
+client.setNotificationHandler(LoggingMessageNotificationSchema, (n) => {
+  logs.push(String(n.params.data));
+});
+const transportErrors = [];
+client.onerror = (err) => transportErrors.push(String(err?.message ?? err));
+
+try {
+  await client.connect(transport);
+  const server = client.getServerVersion();
+  if (!server?.name) fail(`initialize: no serverInfo (${JSON.stringify(server)})`);
+  ok(`initialize over stdio: server ${server.name} ${server.version}`);
+
+  const { tools } = await client.listTools();
+  const names = tools.map((t) => t.name);
+  for (const want of ['echo', 'trigger-long-running-operation', 'get-roots-list']) {
+    if (!names.includes(want)) fail(`tools/list: no tool ${want} in ${JSON.stringify(names)}`);
+  }
+  ok(`tools/list: ${names.length} tools`);
+
+  const text = `stdio-${process.pid}-${Date.now()}`;
+  const echoed = await client.callTool({ name: 'echo', arguments: { message: text } });
+  if (echoed.content?.[0]?.text !== `Echo: ${text}`) fail(`echo: ${JSON.stringify(echoed)}`);
+  ok(`tools/call echo: "${echoed.content[0].text}"`);
+
+  const events = [];
+  const result = await client.callTool(
+    { name: 'trigger-long-running-operation', arguments: { duration: 2, steps: 2 } },
+    undefined,
+    { onprogress: (p) => events.push(`progress ${p.progress}/${p.total}`), timeout: 50_000 },
+  );
+  events.push('result');
+  if (!(result.content?.[0]?.text ?? '').includes('Long running operation completed')) {
+    fail(`long-running: ${JSON.stringify(result)}`);
+  }
+  const progress = events.filter((e) => e.startsWith('progress')).length;
+  if (progress < 2 || events[events.length - 1] !== 'result') {
+    fail(`long-running: expected 2 progress notifications before the result: ${JSON.stringify(events)}`);
+  }
+  ok(`progress notifications arrived before the result: ${JSON.stringify(events)}`);
+
+  // server-everything asks a client with the roots capability for its roots once connected (a
+  // server-to-client request), then sends a log notification saying how many it got.
+  if (!(await until(() => rootsAsked > 0, 20_000))) fail('server-everything never asked for roots/list');
+  if (!(await until(() => logs.some((l) => l.includes('Roots updated: 1 root')), 20_000))) {
+    fail(`no notification that the roots arrived; log notifications: ${JSON.stringify(logs)}`);
+  }
+  ok(`roots/list from the server answered by the client; notification: "${logs.find((l) => l.includes('Roots updated'))}"`);
+  const listed = await client.callTool({ name: 'get-roots-list', arguments: {} });
+  if (!JSON.stringify(listed).includes(ROOT.uri)) fail(`get-roots-list: ${JSON.stringify(listed)}`);
+  ok('get-roots-list shows the root the client answered with');
+
+  await client.close();
+  if (transportErrors.length) fail(`transport errors: ${JSON.stringify(transportErrors)}`);
+  clearTimeout(overall);
+  ok('all checks passed');
+} catch (err) {
+  fail(`${err?.stack ?? err}`);
+}
