@@ -326,3 +326,80 @@ fn check_config_shows_the_trace_settings_with_header_values_redacted_and_refuses
     assert!(stderr.contains("OTEL_EXPORTER_OTLP_HEADERS:"), "{stderr}");
     assert!(!stderr.contains("otlp-k+"), "{stderr}");
 }
+
+/// TRACES_FILE alone turns traces on; text log lines carry the ids too.
+#[tokio::test(flavor = "multi_thread")]
+async fn with_only_a_traces_file_text_log_lines_carry_the_trace_and_span_ids() {
+    let token = format!("tok-{}", "a+b/c=d&e".repeat(30));
+    let mock = MockUpstream::start(&token, Mode::Legacy);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("traces.jsonl");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"))
+        .arg("serve")
+        .env_clear()
+        .env("MCP_SIDECAR_UPSTREAM_URL", mock.url())
+        .env("MCP_SIDECAR_TOKEN", &token)
+        .env("MCP_SIDECAR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("MCP_SIDECAR_STATE_DIR", dir.path())
+        .env("MCP_SIDECAR_LOG", "debug")
+        .env("MCP_SIDECAR_TRACES_FILE", &file)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let ready = poll(
+        || async {
+            let r = client.get(format!("{base}/ready")).send().await.ok()?;
+            Some(r.status().as_u16())
+        },
+        |status| *status == 200,
+    )
+    .await;
+    assert_eq!(ready, Some(200), "the sidecar turns ready");
+    let response = mcp_post(&client, &format!("{base}/mcp"), call(9, "echo", json!({})))
+        .header("traceparent", format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let span = poll(
+        || async {
+            let text = std::fs::read_to_string(&file).ok()?;
+            text.lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .find(|s| s["name"] == "tools/call echo")
+        },
+        |_| true,
+    )
+    .await
+    .expect("the span is written to TRACES_FILE");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut logs)
+        .await
+        .unwrap();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("proxied") && l.contains("tools/call"))
+        .unwrap_or_else(|| panic!("no proxied line in {logs}"));
+    let ids = format!(
+        "trace_id={CLIENT_TRACE} span_id={}",
+        span["span_id"].as_str().unwrap()
+    );
+    assert!(line.ends_with(&ids), "{line}");
+    assert!(!logs.contains(&token[..40]), "{logs}");
+}
