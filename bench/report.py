@@ -109,6 +109,15 @@ def main() -> int:
                 if values[c] is not None:
                     sign = "+" if values[c] >= 0 else ""
                     readme[fig][c] = f"{sign}{fmt_us(values[c])}"
+    # Traces on (always_on, TRACES_FILE) against off: the same glibc binary, in the same run.
+    traced = lat(figure("load1", "mcp-sidecar-traced"), "p50_us")
+    base, off = lat(load_runs[1]["direct"], "p50_us"), lat(load_runs[1]["mcp-sidecar"], "p50_us")
+    if traced is not None and base is not None and off is not None:
+        fig = "added latency p50, JSON tools/call, 1 conn, traces on (always_on) vs off"
+        rows.append((fig, LABELS["mcp-sidecar"],
+                     f"on {fmt_us(traced - base)}, off {fmt_us(off - base)} "
+                     f"({fmt_us(traced)} / {fmt_us(off)} total, on/off {ratio(traced, off)})",
+                     "", ""))
     rps = {c: (d or {}).get("rps") for c, d in load_runs[64].items()}
     add("throughput, 64 conn (req/s)", rps, lambda v: "n/a" if v is None else f"{v:,.0f}")
     sse_p50 = {c: lat(d, "p50_us") for c, d in sse_post.items()}

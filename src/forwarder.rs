@@ -228,6 +228,7 @@ impl Forwarder {
         if let (true, Some(session), Some(stale)) = (forgotten, &session, &sent_session) {
             match self.reinitialize(session, stale).await {
                 Ok(()) => {
+                    crate::trace::note(crate::trace::Note::SessionReinitialized);
                     let (fresh, generation) = session.current().await;
                     if let Ok(value) = HeaderValue::try_from(fresh.as_str()) {
                         headers.insert(MCP_SESSION_ID.clone(), value);

@@ -144,6 +144,7 @@ impl Metrics {
     }
 
     pub fn record_request(&self, method: &http::Method, outcome: Outcome) {
+        crate::trace::outcome(&outcome);
         self.requests
             .get_or_create(&RequestLabels {
                 method: HttpMethod::of(method),

@@ -105,7 +105,7 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     }
 
     let body = match read_body(body, &parts.headers, app.max_body_bytes).await {
-        Ok(body) => body,
+        Ok(body) => crate::trace::request_body(body),
         Err(response) => {
             app.metrics.record_request(&method, Outcome::refused);
             return response;

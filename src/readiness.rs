@@ -208,9 +208,13 @@ impl Readiness {
             self.recovery.store(false, Ordering::Release);
             tracing::debug!(cause = cause.as_str(), "readiness check");
             let started = Instant::now();
-            let outcome =
-                tokio::time::timeout(self.config.timeout, handshake::run(&upstream, &mut mode))
-                    .await;
+            let outcome = tokio::time::timeout(
+                self.config.timeout,
+                crate::trace::handshake(handshake::run(&upstream, &mut mode), |r| {
+                    if r.is_ok() { "ready" } else { "failed" }
+                }),
+            )
+            .await;
             let refused = matches!(
                 outcome,
                 Ok(Err(HandshakeError::Upstream(

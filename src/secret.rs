@@ -592,8 +592,10 @@ struct Cache {
     current: Option<(FileStamp, Secret)>,
     /// The last value read whole, which stands in during a rewrite.
     last_good: Option<Secret>,
-    /// When a rewrite (an empty or partial file) was first seen; `None` while the file is whole.
-    rewriting_since: Option<Instant>,
+    /// When the file was last seen empty or partial with a length not seen before, and that
+    /// length; `None` while the file is whole. A writer that makes progress (or starts again)
+    /// is bridged; one that stops mid-write for the grace is reported.
+    rewriting_since: Option<(Instant, usize)>,
 }
 
 /// A secret kept in a file and re-read whenever the file changes.
@@ -721,7 +723,14 @@ impl SecretFile {
             trimmed.len() < good.expose().len() && stamp.is_younger_than(PARTIAL_WINDOW)
         });
         if trimmed.is_empty() || partial {
-            let since = *cache.rewriting_since.get_or_insert_with(Instant::now);
+            let since = match cache.rewriting_since {
+                Some((since, len)) if len == trimmed.len() => since,
+                _ => {
+                    let now = Instant::now();
+                    cache.rewriting_since = Some((now, trimmed.len()));
+                    now
+                }
+            };
             if let Some(good) = cache.last_good.as_ref()
                 && bridge
                 && since.elapsed() < self.grace
@@ -1055,6 +1064,38 @@ mod tests {
             format!("TOKEN_FILE: {} does not exist (yet)", path.display())
         );
         assert!(err.is_pending());
+    }
+
+    #[test]
+    fn a_writer_that_keeps_rewriting_is_bridged_past_the_grace() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        let canary = format!("canary+/=&{}", "y".repeat(200));
+        std::fs::write(&path, format!("{canary}\n")).unwrap();
+        let grace = Duration::from_millis(100);
+        let file = SecretFile::new("TOKEN_FILE", &path).with_rewrite_grace(grace);
+        assert_eq!(file.read().unwrap().expose(), canary);
+        // `cmd > token` in a loop on a loaded machine: the file is almost never seen whole,
+        // but every look finds the write moved on. No single write outlasts the grace.
+        let started = Instant::now();
+        let mut step = 0;
+        while started.elapsed() < grace * 3 {
+            step += 1;
+            std::fs::write(&path, &canary[..step % 150]).unwrap();
+            assert_eq!(file.read().unwrap().expose(), canary, "step {step}");
+            std::thread::sleep(grace / 5);
+        }
+        // A writer that stops mid-write is still reported once the grace is over.
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(file.read().unwrap().expose(), canary);
+        let stuck = Instant::now();
+        while stuck.elapsed() <= grace {
+            std::thread::sleep(grace / 5);
+        }
+        assert!(matches!(
+            file.read().unwrap_err(),
+            SecretError::Empty { .. }
+        ));
     }
 
     #[test]

@@ -36,14 +36,14 @@ use crate::upstream::Upstream;
 
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
-        .route(&app.path, any(crate::proxy::handle))
+        .route(&app.path, crate::trace::layer(any(crate::proxy::handle)))
         .route(
             &format!(
                 "{}{}/{{*endpoint}}",
                 app.path,
                 crate::legacy::LEGACY_SEGMENT
             ),
-            any(crate::proxy::handle_legacy),
+            crate::trace::layer(any(crate::proxy::handle_legacy)),
         )
         .route("/healthz", get(crate::admin::healthz))
         .route("/ready", get(crate::admin::ready))
@@ -81,8 +81,13 @@ pub async fn serve(
     let open_files = raise_open_files_limit();
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let built = crate::token::build(config.auth, &config.upstream, &config.state_dir)
-        .map_err(|e| ServeError::Setup(e.to_string()))?;
+    let built = crate::token::build(
+        config.auth,
+        &config.upstream,
+        &config.state_dir,
+        config.state_store.as_ref(),
+    )
+    .map_err(|e| ServeError::Setup(e.to_string()))?;
     built.source.clone().start();
     let upstream =
         Arc::new(Upstream::new(&config.upstream, built.source).map_err(ServeError::Setup)?);

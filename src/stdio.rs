@@ -99,8 +99,13 @@ where
 {
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let built = crate::token::build(config.auth, &config.upstream, &config.state_dir)
-        .map_err(|e| StdioError::Setup(e.to_string()))?;
+    let built = crate::token::build(
+        config.auth,
+        &config.upstream,
+        &config.state_dir,
+        config.state_store.as_ref(),
+    )
+    .map_err(|e| StdioError::Setup(e.to_string()))?;
     built.source.clone().start();
     let upstream =
         Arc::new(Upstream::new(&config.upstream, built.source).map_err(StdioError::Setup)?);

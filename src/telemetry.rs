@@ -1,5 +1,8 @@
 //! Logging: human-readable lines by default, one JSON object per line with `LOG_FORMAT=json`.
 //!
+//! While a traced request or handshake runs ([`crate::trace`]), each line also carries its
+//! `trace_id` and `span_id`, so a log line leads to its trace and back.
+//!
 //! Nothing here filters secrets: secrets are unprintable by type ([`crate::secret::Secret`]) and
 //! header values carrying them are marked sensitive, so there is nothing to filter.
 //!
@@ -8,7 +11,10 @@
 //! static binary (issue 11's 6 MiB budget) and compiled its patterns at every start.
 
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogConfig, LogFormat};
@@ -28,17 +34,65 @@ pub fn init(config: &LogConfig) {
             .json()
             .flatten_event(true)
             .with_current_span(false)
+            .map_event_format(|inner| WithTraceIds { inner, json: true })
             .finish()
             .with(filter)
             .try_init(),
         LogFormat::Text => builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .map_event_format(|inner| WithTraceIds { inner, json: false })
             .finish()
             .with(filter)
             .try_init(),
     };
     // A subscriber is already installed only in tests that start several servers in one process.
     let _ = result;
+}
+
+/// A line format plus `trace_id`/`span_id` when a span is active: appended as two more fields
+/// (`"trace_id":"..."` in JSON, ` trace_id=...` in text). Without a span (always, when tracing
+/// is off) the line is the inner format's, written straight through.
+struct WithTraceIds<F> {
+    inner: F,
+    json: bool,
+}
+
+impl<S, N, F> FormatEvent<S, N> for WithTraceIds<F>
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = crate::trace::current_ids() else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        // Formatted into a buffer to add the fields at the end of the line. The buffer has no
+        // ANSI colours: such lines are plain even on a terminal.
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        let newline = line.ends_with('\n');
+        let body = line.trim_end_matches('\n');
+        let extra = if self.json {
+            format!(r#","trace_id":"{trace_id}","span_id":"{span_id}""#)
+        } else {
+            format!(" trace_id={trace_id} span_id={span_id}")
+        };
+        match (self.json, body.strip_suffix('}')) {
+            (true, Some(object)) => write!(writer, "{object}{extra}}}")?,
+            _ => write!(writer, "{body}{extra}")?,
+        }
+        if newline {
+            writeln!(writer)?;
+        }
+        Ok(())
+    }
 }
 
 /// `LOG` as per-target levels. It was validated with the configuration; `info` rather than a

@@ -371,6 +371,7 @@ impl Upstream {
             return Err(rejected(status, challenge));
         }
         tracing::info!(%reason, "upstream rejected the token; obtained a new one, retrying");
+        crate::trace::note(crate::trace::Note::TokenRefreshed);
         let response = self
             .send_once(&method, url, &headers, &body, fresh.as_ref())
             .await?;
@@ -445,6 +446,7 @@ impl Upstream {
         let mut followed = 0;
         loop {
             let mut sent = headers.clone();
+            crate::trace::inject(&mut sent);
             if let Some(extra) = &extra {
                 crate::headers::add_extra(&mut sent, extra);
             }

@@ -18,6 +18,15 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
                     break;
                 }
             }
+            // A block of their own: the OTEL_* names are the standard ones, not MCP_SIDECAR_*.
+            let traces = config.trace.summary();
+            let width = traces.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+            outln!("traces (OTEL_* variables as named; TRACES_FILE is MCP_SIDECAR_TRACES_FILE):");
+            for (key, value) in traces {
+                if !outln!("  {key:width$}  {value}") {
+                    break;
+                }
+            }
             for pending in config.pending_files() {
                 errln!(
                     "mcp-sidecar: note: {pending}; the sidecar serves and reports auth_required until it is written"

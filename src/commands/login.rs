@@ -33,7 +33,12 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
     };
     runtime.block_on(async move {
         crate::secret::seal();
-        let built = match token::build(config.auth, &config.upstream, &config.state_dir) {
+        let built = match token::build(
+            config.auth,
+            &config.upstream,
+            &config.state_dir,
+            config.state_store.as_ref(),
+        ) {
             Ok(built) => built,
             Err(e) => {
                 errln!("mcp-sidecar login: {e}");

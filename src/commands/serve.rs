@@ -30,7 +30,16 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
             return exit::FAILURE;
         }
     };
-    runtime.block_on(async move {
+    let mut traces = None;
+    let code = runtime.block_on(async {
+        // Started here, inside the runtime its exporter's HTTP client needs.
+        traces = match start_traces(&config) {
+            Ok(traces) => traces,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start traces");
+                return exit::CONFIG;
+            }
+        };
         let shutdown = match crate::shutdown::signal() {
             Ok(signal) => signal,
             Err(e) => {
@@ -52,5 +61,29 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
                 exit::FAILURE
             }
         }
-    })
+    });
+    // Off the runtime's workers, which its last export still needs.
+    if let Some(traces) = traces {
+        traces.shutdown();
+    }
+    code
+}
+
+fn start_traces(config: &config::Config) -> Result<Option<crate::trace::Traces>, String> {
+    if !config.trace.is_enabled() {
+        return Ok(None);
+    }
+    let client = crate::net::http_client(
+        &config.upstream.client_settings(),
+        reqwest::redirect::Policy::none(),
+    )?;
+    let upstream = match (
+        config.upstream.url.host_str(),
+        config.upstream.url.port_or_known_default(),
+    ) {
+        (Some(host), Some(port)) => format!("{host}:{port}"),
+        (Some(host), None) => host.to_string(),
+        _ => String::new(),
+    };
+    crate::trace::start(&config.trace, client, &upstream)
 }

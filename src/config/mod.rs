@@ -23,10 +23,12 @@ use url::Url;
 use crate::secret::{Secret, SecretFile, SecretSource};
 
 mod auth;
+mod store;
 
 pub use auth::{
     AuthConfig, ClientAuth, CommandConfig, GrantKind, OAuthConfig, SigningAlg, canonical_resource,
 };
+pub use store::FleetStoreConfig;
 
 /// Prefix of every environment variable the sidecar reads.
 pub const ENV_PREFIX: &str = "MCP_SIDECAR_";
@@ -85,6 +87,15 @@ const KNOWN_KEYS: &[&str] = &[
     "log",
     "log_format",
     "state_dir",
+    "traces_file",
+    "state_store",
+    "state_store_password",
+    "state_store_password_file",
+    "state_key_file",
+    "state_store_client_cert_file",
+    "state_store_client_key_file",
+    "state_store_ca_file",
+    "state_lock_ttl",
     "token_command",
     "token_command_ttl",
     "token_command_timeout",
@@ -143,6 +154,10 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
     pub state_dir_set: bool,
+    /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
+    pub trace: crate::trace::TraceConfig,
+    /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
+    pub state_store: Option<FleetStoreConfig>,
 }
 
 /// Default `STDIO_READY_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
@@ -307,8 +322,21 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
             problems: reader.problems,
         });
     }
-    let config = reader.validate();
+    let mut config = reader.validate();
+    let traces_file = reader
+        .text("traces_file")
+        .map(|path| (PathBuf::from(path), reader.label("traces_file")));
+    let mut trace_problems = Vec::new();
+    let trace = crate::trace::TraceConfig::from_env(&sources.env, traces_file, &mut trace_problems);
+    if let Some(config) = &mut config {
+        config.trace = trace;
+    }
     let mut problems = reader.problems;
+    problems.extend(
+        trace_problems
+            .into_iter()
+            .map(|(key, message)| Problem { key, message }),
+    );
     if problems.is_empty() {
         // `validate` returns `None` only after recording a problem.
         config.ok_or_else(|| ConfigError {
@@ -847,6 +875,7 @@ impl Reader {
         if !state_dir.is_absolute() {
             self.problem("state_dir", "expected an absolute path");
         }
+        let state_store = self.state_store(connect_timeout);
 
         Some(Config {
             upstream: UpstreamConfig {
@@ -872,6 +901,8 @@ impl Reader {
             log,
             state_dir,
             state_dir_set,
+            trace: crate::trace::TraceConfig::default(),
+            state_store,
         })
     }
 
@@ -1258,6 +1289,13 @@ impl Config {
                     .unwrap_or_else(|| "off".into()),
             ),
             ("STATE_DIR", self.state_dir.display().to_string()),
+            (
+                "STATE_STORE",
+                self.state_store
+                    .as_ref()
+                    .map(|s| s.display_url())
+                    .unwrap_or_else(|| "(STATE_DIR)".into()),
+            ),
             ("LOG", self.log.filter.clone()),
             (
                 "LOG_FORMAT",
@@ -1267,6 +1305,9 @@ impl Config {
                 },
             ),
         ]);
+        if let Some(store) = &self.state_store {
+            rows.extend(store.summary());
+        }
         rows
     }
 

@@ -248,7 +248,19 @@ impl OAuthClient {
         // Before the request: `expires_in` counts from when the server issued the token, which
         // is somewhere between sending and the reply, so the send time is the safe base.
         let sent = SystemTime::now();
-        match self.post(endpoints, &token_url, params).await? {
+        let grant = params
+            .iter()
+            .find(|(k, _)| *k == "grant_type")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let reply = self.post(endpoints, &token_url, params);
+        match crate::trace::token_request(&grant, reply, |r| match r {
+            Ok(Reply::Json(_)) => "issued",
+            Ok(Reply::Error(_)) => "refused",
+            Err(_) => "failed",
+        })
+        .await?
+        {
             Reply::Json(body) => parse_token(&body, sent),
             Reply::Error(e) => {
                 if e.code == "invalid_client"

@@ -27,7 +27,8 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::store::{self, Persisted, Store};
+use super::state::{StateError, StateStore};
+use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
 use crate::secret::{Secret, SecretSource};
@@ -48,15 +49,6 @@ pub type Prompt = dyn Fn(Option<Login>) + Send + Sync;
 /// Whether tokens arrived some other way meanwhile (another process, `mcp-sidecar login`), so a
 /// running login can stop. A future: answering it reads the state file, on the blocking pool.
 pub type Satisfied = dyn Fn() -> BoxFuture<'static, bool> + Send + Sync;
-
-/// Why the state file could not be read or written. The store's own error is kept as the source.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error(transparent)]
-    Store(Box<dyn std::error::Error + Send + Sync>),
-    #[error("the state file task did not finish: {0}")]
-    Task(#[from] tokio::task::JoinError),
-}
 
 /// A login that needs a person; runs in the background until it yields tokens.
 pub trait Interactive: Send + Sync {
@@ -111,7 +103,7 @@ pub struct Manager {
     grant: Box<dyn Grant>,
     interactive: Option<Arc<dyn Interactive>>,
     oauth: Option<Arc<OAuthClient>>,
-    store: Option<Store>,
+    store: Option<StateStore>,
     seed: Option<SecretSource>,
     skew: Duration,
     held: Mutex<Held>,
@@ -174,7 +166,7 @@ pub struct Parts {
     pub grant: Box<dyn Grant>,
     pub interactive: Option<Arc<dyn Interactive>>,
     pub oauth: Option<Arc<OAuthClient>>,
-    pub store: Option<Store>,
+    pub store: Option<StateStore>,
     pub seed: Option<SecretSource>,
     pub skew: Duration,
 }
@@ -208,10 +200,12 @@ impl Manager {
             generation: tokio::sync::watch::Sender::new(0),
             me: me.clone(),
         });
-        // Read once here, synchronously: the manager is built before anything is served.
+        // Read once here, synchronously: the manager is built before anything is served. The
+        // fleet store is read at the first token request instead, under its lock: Redis may be
+        // down at start, and what it holds may change before then anyway.
         let persisted = match &manager.store {
-            Some(store) => store.load().map_err(|e| StateError::Store(e.into())),
-            None => Ok(None),
+            Some(StateStore::Dir(store)) => store.load().map_err(StateError::from),
+            _ => Ok(None),
         };
         match persisted {
             Ok(persisted) => manager.apply_persisted(persisted),
@@ -222,7 +216,7 @@ impl Manager {
         manager
     }
 
-    pub fn store(&self) -> Option<&Store> {
+    pub fn store(&self) -> Option<&StateStore> {
         self.store.as_ref()
     }
 
@@ -287,18 +281,17 @@ impl Manager {
         (left > Duration::ZERO).then(|| left.saturating_sub(LAST_RESORT).min(self.refresh_wait))
     }
 
-    /// Reads the state file (on the blocking pool) and adopts it; see
-    /// [`Manager::apply_persisted`].
-    async fn adopt_persisted(&self) -> Result<(), StateError> {
-        let Some(store) = self.store.clone() else {
+    /// Reads the stored state (the state file on the blocking pool) and adopts it; see
+    /// [`Manager::apply_persisted`]. `Ok(false)`: nothing is stored.
+    async fn adopt_persisted(&self) -> Result<bool, StateError> {
+        let Some(store) = &self.store else {
             self.apply_persisted(None);
-            return Ok(());
+            return Ok(false);
         };
-        let persisted = tokio::task::spawn_blocking(move || store.load())
-            .await?
-            .map_err(|e| StateError::Store(e.into()))?;
+        let persisted = store.load().await?;
+        let found = persisted.is_some();
         self.apply_persisted(persisted);
-        Ok(())
+        Ok(found)
     }
 
     /// Adopts the state file's content when it is another process's newer result, or ours
@@ -336,11 +329,17 @@ impl Manager {
                 let access = p.access_token.map(AccessToken::new);
                 if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
-                    held.expires_at = p.expires_at.and_then(store::from_unix);
+                    held.expires_at = p
+                        .expires_at_ms
+                        .and_then(store::from_unix_ms)
+                        .or_else(|| p.expires_at.and_then(store::from_unix));
                     held.refresh = p.refresh_token;
                     held.scope = p.scope;
                     held.seed = p.seed;
-                    held.obtained_at = store::from_unix(p.updated_at);
+                    held.obtained_at = p
+                        .obtained_at_ms
+                        .and_then(store::from_unix_ms)
+                        .or_else(|| store::from_unix(p.updated_at));
                 }
             }
             _ => {
@@ -369,16 +368,15 @@ impl Manager {
         let state = Persisted {
             access_token: held.access.map(|a| a.secret().clone()),
             expires_at: held.expires_at.map(store::to_unix),
+            expires_at_ms: held.expires_at.map(store::to_unix_ms),
+            obtained_at_ms: held.obtained_at.map(store::to_unix_ms),
             refresh_token: held.refresh,
             scope: held.scope,
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
             ..Persisted::default()
         };
-        let result = match tokio::task::spawn_blocking(move || store.save(&state)).await {
-            Ok(saved) => saved.map_err(|e| StateError::Store(e.into())),
-            Err(e) => Err(StateError::Task(e)),
-        };
+        let result = store.save(state).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
         }
@@ -469,20 +467,52 @@ impl Manager {
         if let Some(error) = self.backing_off(usable.is_none()) {
             return usable.ok_or(error);
         }
-        let _file = match &self.store {
-            Some(store) => Some(
-                store
-                    .lock()
-                    .await
-                    .map_err(|e| TokenError::Temporary(e.to_string()))?,
-            ),
+        let _lock = match &self.store {
+            Some(store) => loop {
+                match store.lock().await {
+                    Ok(Some(lock)) => break Some(lock),
+                    // Another sidecar of the fleet stored its result while this one waited:
+                    // adopted at once, rather than after a turn with the lock.
+                    Ok(None) => {
+                        if self.adopt_persisted().await.is_ok()
+                            && !force
+                            && let Some(token) = self.fresh(rejected)
+                        {
+                            return Ok(token);
+                        }
+                    }
+                    Err(e) => return Err(self.unlocked(&e, rejected)),
+                }
+            },
             None => None,
         };
         if self.held().unpersisted {
             self.persist().await;
         }
-        if let Err(e) = self.adopt_persisted().await {
-            tracing::warn!(error = %e, "cannot read the persisted token state");
+        match self.adopt_persisted().await {
+            Ok(true) => {}
+            // A fleet store that restarted empty (or a new fleet): the first sidecar holding a
+            // credential puts it back, so the others adopt it rather than start over.
+            Ok(false) if self.store.as_ref().is_some_and(StateStore::is_fleet) => {
+                let has = {
+                    let held = self.held();
+                    held.refresh.is_some() || held.access.is_some()
+                };
+                if has {
+                    tracing::info!(
+                        source = self.name,
+                        "the shared state store holds no state for this credential; storing the one held here"
+                    );
+                    self.persist().await;
+                }
+            }
+            Ok(false) => {}
+            // Without the fleet's stored state a refresh could spend a refresh token another
+            // sidecar already spent: none is sent.
+            Err(e) if self.store.as_ref().is_some_and(StateStore::is_fleet) => {
+                return Err(self.unlocked(&e, rejected));
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read the persisted token state"),
         }
         if !force && let Some(token) = self.fresh(rejected) {
             return Ok(token);
@@ -515,6 +545,32 @@ impl Manager {
                 }
             }
         }
+    }
+
+    /// The answer when the store's lock or state cannot be had: the held token while it has not
+    /// expired, else `auth_required` naming the cause once the fleet store's outage outlives it
+    /// (a refresh without the fleet lock could spend a rotating refresh token twice).
+    fn unlocked(&self, e: &StateError, rejected: Option<&AccessToken>) -> TokenError {
+        let message = e.to_string();
+        let expired = self.unexpired().filter(|t| Some(t) != rejected).is_none();
+        let error = if e.is_outage() && expired {
+            TokenError::AuthRequired(format!(
+                "the token expired while the shared state store is unavailable, and no token is requested without the fleet's lock (a rotating refresh token must never be spent twice): {message}"
+            ))
+        } else {
+            TokenError::Temporary(message.clone())
+        };
+        let mut stats = self.stats();
+        let changed = stats.last_error.as_ref().map(|(_, m)| m) != Some(&message);
+        stats.last_attempt = Some(SystemTime::now());
+        stats.last_outcome = Some(format!("failed: {message}"));
+        stats.last_error = Some((matches!(error, TokenError::Temporary(_)), message));
+        drop(stats);
+        if changed {
+            tracing::warn!(source = self.name, error = %e, "cannot take the state store's lock or read it; no token request is sent");
+            self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        }
+        error
     }
 
     /// Whether `rejected` is a token obtained because the upstream rejected the previous one,
@@ -665,10 +721,7 @@ impl Manager {
                     }
                     Ok(Some(issued)) => {
                         let _flight = me.flight.lock().await;
-                        let _file = match &me.store {
-                            Some(store) => store.lock().await.ok(),
-                            None => None,
-                        };
+                        let _lock = me.lock_to_install().await;
                         me.install(issued).await;
                         tracing::info!(source = me.name, "login complete; tokens obtained");
                         break;
@@ -705,11 +758,22 @@ impl Manager {
     /// Takes tokens obtained outside the manager (an authorization-code callback) into use.
     pub async fn accept(&self, issued: Issued) {
         let _flight = self.flight.lock().await;
-        let _file = match &self.store {
-            Some(store) => store.lock().await.ok(),
-            None => None,
-        };
+        let _lock = self.lock_to_install().await;
         self.install(issued).await;
+    }
+
+    /// The store's lock for installing tokens a login produced: they are new whatever the store
+    /// holds, so a change seen while waiting is no reason to stop. `None` when the lock cannot
+    /// be had (the tokens are installed all the same: a person just logged in).
+    async fn lock_to_install(&self) -> Option<super::state::StateLock> {
+        let store = self.store.as_ref()?;
+        loop {
+            match store.lock().await {
+                Ok(Some(lock)) => return Some(lock),
+                Ok(None) => continue,
+                Err(_) => return None,
+            }
+        }
     }
 
     /// Whether a login is waiting for a person (`/oauth/login` serves only then).
@@ -931,9 +995,10 @@ impl TokenSource for Manager {
             persisted_in: Some(
                 self.store
                     .as_ref()
-                    .map(|s| s.path().display().to_string())
+                    .map(StateStore::describe)
                     .unwrap_or_else(|| "memory only".into()),
             ),
+            store: self.store.as_ref().and_then(StateStore::status),
         }
     }
 }

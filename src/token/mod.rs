@@ -13,10 +13,13 @@ mod command;
 mod device_code;
 pub mod discovery;
 pub mod endpoint;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod manager;
 mod none;
 mod on_disk;
 mod refresh;
+pub mod state;
 pub mod store;
 mod token_exchange;
 
@@ -148,6 +151,9 @@ pub struct TokenStatus {
     /// The state file, or `memory only`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persisted_in: Option<String>,
+    /// The shared store (`STATE_STORE`): its health and the refresh lock's holder.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub store: Option<state::StoreStatus>,
 }
 
 impl TokenStatus {
@@ -166,6 +172,7 @@ impl TokenStatus {
             has_refresh_token: None,
             scope: None,
             persisted_in: None,
+            store: None,
         }
     }
 }
@@ -251,6 +258,26 @@ pub enum BuildError {
     TrustRoots(String),
     #[error("cannot build the authorization server's HTTP client: {0}")]
     HttpClient(#[source] reqwest::Error),
+    /// `STATE_STORE` is set but cannot be used (the key, the certificates).
+    #[cfg(feature = "fleet")]
+    #[error("{0}")]
+    Store(#[source] fleet::FleetError),
+}
+
+/// The state directory's store, or `None` (memory only) with a warning saying why.
+fn open_dir_store(state_dir: &Path, name: &str, interactive: bool) -> Option<state::StateStore> {
+    match store::Store::open(state_dir, name) {
+        Ok(store) => Some(state::StateStore::Dir(store)),
+        Err(e) => {
+            tracing::warn!(
+                state_dir = %state_dir.display(),
+                error = %e,
+                "STATE_DIR cannot be used: tokens are kept in memory only, so a restart needs a new token{}",
+                if interactive { " and a new login" } else { "" }
+            );
+            None
+        }
+    }
 }
 
 /// Builds the source the configuration asks for. OAuth sources persist under `state_dir` when it
@@ -259,6 +286,7 @@ pub fn build(
     auth: AuthConfig,
     upstream: &UpstreamConfig,
     state_dir: &Path,
+    fleet_store: Option<&crate::config::FleetStoreConfig>,
 ) -> Result<Built, BuildError> {
     let simple = |source: Arc<dyn TokenSource>| Built {
         source,
@@ -312,19 +340,27 @@ pub fn build(
                 .or(config.issuer.as_ref())
                 .map(|u| u.to_string())
                 .unwrap_or_else(|| crate::net::display_url(&upstream.url));
-            let store_name =
-                store::state_name(name, &anchor, config.client_id.as_deref().unwrap_or(""));
-            let store = match store::Store::open(state_dir, &store_name) {
-                Ok(store) => Some(store),
-                Err(e) => {
-                    tracing::warn!(
-                        state_dir = %state_dir.display(),
-                        error = %e,
-                        "STATE_DIR cannot be used: tokens are kept in memory only, so a restart needs a new token{}",
-                        if config.grant.is_interactive() { " and a new login" } else { "" }
-                    );
-                    None
+            let client_id = config.client_id.as_deref().unwrap_or("");
+            let store = match fleet_store {
+                // Keyed by upstream too: unrelated sidecars can share one Redis safely.
+                #[cfg(feature = "fleet")]
+                Some(fleet_config) => {
+                    let upstream_shown = crate::net::display_url(&upstream.url);
+                    let fleet_name =
+                        store::state_name(name, &format!("{upstream_shown}\n{anchor}"), client_id);
+                    Some(state::StateStore::Fleet(Arc::new(
+                        fleet::FleetStore::open(fleet_config, &fleet_name)
+                            .map_err(BuildError::Store)?,
+                    )))
                 }
+                // Without the feature, configuration refuses STATE_STORE (config/store.rs).
+                #[cfg(not(feature = "fleet"))]
+                Some(_) => None,
+                None => open_dir_store(
+                    state_dir,
+                    &store::state_name(name, &anchor, client_id),
+                    config.grant.is_interactive(),
+                ),
             };
             let mut authorization = None;
             let (grant, interactive): (

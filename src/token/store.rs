@@ -126,7 +126,7 @@ pub enum StoreError {
     },
 }
 
-const VERSION: u32 = 1;
+pub const VERSION: u32 = 1;
 
 /// The file's content. Deliberately not `Debug`: it holds tokens in plain text.
 #[derive(Default, Clone, Serialize, Deserialize)]
@@ -158,10 +158,26 @@ pub struct Persisted {
     /// Unix seconds of the last write.
     #[serde(default)]
     pub updated_at: u64,
+    /// `expires_at` and when the token was obtained, in Unix milliseconds: a fleet sharing
+    /// seconds-long tokens would otherwise see each one a second shorter than it is, and refresh
+    /// that much more often. Older files have neither; the seconds then stand.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub obtained_at_ms: Option<u64>,
 }
 
 pub fn to_unix(t: SystemTime) -> u64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+pub fn to_unix_ms(t: SystemTime) -> u64 {
+    u64::try_from(t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// [`from_unix`] for milliseconds.
+pub fn from_unix_ms(ms: u64) -> Option<SystemTime> {
+    from_unix(ms / 1000).map(|t| t + Duration::from_millis(ms % 1000))
 }
 
 /// `None` for values no clock reaches (a damaged or hand-edited file must not panic).

@@ -249,6 +249,69 @@ setup() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# check_fleet_manifests VENV_BIN: the fleet examples (k8s/fleet/, deploy/compose.fleet.yaml): 3
+# replicas sharing one Redis through STATE_STORE, every secret from a file of a Secret mounted in
+# the sidecar (and Redis) only, no placeholder Secret. Runs alone too, with the pinned validators
+# in a venv: `bash tests/containers/run.sh --fleet-manifests VENV_BIN`.
+check_fleet_manifests() {
+  local v=$1
+  "$v/kubernetes-validate" --strict --quiet k8s/fleet/deployment.yaml k8s/fleet/redis.yaml ||
+    fail "kubernetes-validate k8s/fleet"
+  "$v/kubernetes-validate" --strict --quiet -k 1.29.0 k8s/fleet/deployment.yaml k8s/fleet/redis.yaml ||
+    fail "kubernetes-validate -k 1.29.0 k8s/fleet"
+  "$v/python" - <<'EOF' || fail "k8s/fleet"
+import os, yaml
+k = yaml.safe_load(open("k8s/fleet/kustomization.yaml"))
+assert k["kind"] == "Kustomization", k
+assert k["resources"] == ["redis.yaml", "deployment.yaml"], k["resources"]
+for r in k["resources"]:
+    assert os.path.isfile(os.path.join("k8s/fleet", r)), r
+assert "kubectl create secret generic mcp-sidecar-fleet" in open("k8s/fleet/kustomization.yaml").read()
+d = yaml.safe_load(open("k8s/fleet/deployment.yaml"))
+assert d["spec"]["replicas"] == 3, d["spec"]["replicas"]
+pod = d["spec"]["template"]["spec"]
+side = pod["initContainers"][0]
+assert side["restartPolicy"] == "Always"
+assert side["startupProbe"]["exec"]["command"][:3] == ["/mcp-sidecar", "probe", "--ready"]
+env = {e["name"]: e.get("value") for e in side["env"]}
+assert env["MCP_SIDECAR_STATE_STORE"] == "redis://mcp-sidecar-redis:6379", env
+for key in ["MCP_SIDECAR_STATE_KEY_FILE", "MCP_SIDECAR_STATE_STORE_PASSWORD_FILE", "MCP_SIDECAR_CLIENT_SECRET_FILE"]:
+    assert env[key].startswith("/run/secrets/mcp-sidecar/"), (key, env[key])
+assert "@" not in env["MCP_SIDECAR_STATE_STORE"], "no password in the URL"
+secret_volumes = {v["name"] for v in pod["volumes"] if v.get("secret", {}).get("secretName") == "mcp-sidecar-fleet"}
+assert secret_volumes and secret_volumes <= {m["name"] for m in side["volumeMounts"]}, secret_volumes
+for c in pod["containers"]:
+    assert not secret_volumes & {m["name"] for m in c.get("volumeMounts", [])}, c["name"]
+for c in [side] + pod["containers"]:
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] and sc["readOnlyRootFilesystem"] and not sc["allowPrivilegeEscalation"], c["name"]
+docs = list(yaml.safe_load_all(open("k8s/fleet/redis.yaml")))
+kinds = sorted(doc["kind"] for doc in docs)
+assert kinds == ["Service", "StatefulSet"], kinds
+svc = next(doc for doc in docs if doc["kind"] == "Service")
+assert svc["metadata"]["name"] == "mcp-sidecar-redis" and svc["spec"]["ports"][0]["port"] == 6379
+sts = next(doc for doc in docs if doc["kind"] == "StatefulSet")
+redis = sts["spec"]["template"]["spec"]["containers"][0]
+assert "requirepass" in " ".join(redis["args"]) and "$(cat /run/secrets/redis/password)" in " ".join(redis["args"])
+assert redis["securityContext"]["readOnlyRootFilesystem"]
+c = yaml.safe_load(open("deploy/compose.fleet.yaml"))
+side = c["services"]["agent-sidecar"]["environment"]
+assert side["MCP_SIDECAR_STATE_STORE"] == "redis://redis:6379", side
+assert side["MCP_SIDECAR_STATE_KEY_FILE"] == "/run/secrets/state_key", side
+assert c["services"]["agent-sidecar"]["depends_on"]["redis"]["condition"] == "service_healthy"
+EOF
+  "$v/check-jsonschema" --schemafile "$SCHEMAS/compose-spec.json" deploy/compose.fleet.yaml >/dev/null ||
+    fail "deploy/compose.fleet.yaml against the compose spec"
+  note "fleet examples: kubernetes-validate --strict (1.37 and 1.29) k8s/fleet/*.yaml (3 replicas, one Redis, secrets in the sidecar only); check-jsonschema deploy/compose.fleet.yaml"
+}
+
+# The manifest checks alone, without the image build and podman (a venv with PIP_PINS given).
+if [[ ${1:-} == --fleet-manifests ]]; then
+  check_fleet_manifests "${2:?usage: run.sh --fleet-manifests VENV_BIN}"
+  exit 0
+fi
+
+# ---------------------------------------------------------------------------------------------
 scenario_lint() {
   local v=$VENV/bin
   "$v/hadolint" Dockerfile entrypoint/Dockerfile || fail "hadolint"
@@ -315,6 +378,7 @@ for c in pod["containers"]:
 assert not pod.get("shareProcessNamespace"), "shareProcessNamespace"
 EOF
   note "kubernetes-validate --strict (1.37 and 1.29): deployment.yaml; a typo is rejected; the Secret is mounted in the sidecar only; no placeholder Secret"
+  check_fleet_manifests "$v"
   if command -v kubectl >/dev/null; then
     kubectl kustomize k8s/ >"$WORK/kustomize.out" 2>&1 || fail "kubectl kustomize k8s/: $(cat "$WORK/kustomize.out")"
     ! grep -q '^kind: Secret' "$WORK/kustomize.out" || fail "kubectl kustomize k8s/ renders a Secret"

@@ -5,8 +5,11 @@ mod common;
 
 mod cli;
 mod defects;
+#[cfg(feature = "fleet")]
+mod fleet;
 mod oauth;
 mod proxy;
 mod readiness;
 mod stdio;
 mod streams;
+mod traces;

@@ -10,7 +10,10 @@
 #      next call on its old session succeeds because the sidecar re-initialized upstream (restart.mjs)
 #   E  legacy HTTP+SSE (2024-11-05): the SDK's SSE client through the sidecar to server-everything's
 #      `sse` transport; the endpoint event is rewritten so every POST goes through the sidecar
-#   F  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
+#   F  traces: the SDK client -> sidecar (OTLP) -> server-everything under the OpenTelemetry Node
+#      SDK; one trace holds both spans, parent-linked (receiver: lib/otlp-receiver.py, decoding
+#      with PyPI's opentelemetry-proto, pinned in requirements-otel.txt, venv .venv-otel)
+#   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
 #      server-everything: tools, progress, a server-to-client roots/list answered by the client,
 #      and the upstream session ended when the client closes (stdio.mjs)
 #
@@ -20,8 +23,9 @@
 # scenario failed. Logs go to a temp dir that is printed (and tailed) on failure; KEEP_LOGS=1 keeps
 # it after a green run too.
 #
-# Pins (package.json, exact, with package-lock.json): @anthropic-ai/claude-code stays at 2.1.197,
-# the last release whose package declares Node >= 18 (from 2.1.198 on it declares >= 22, and these
+# Pins (package.json, exact, with package-lock.json): the OpenTelemetry JS packages stay at
+# 0.223.0, the last release train declaring Node 20 support (0.300 on needs Node >= 22.15);
+# @anthropic-ai/claude-code stays at 2.1.197, the last release whose package declares Node >= 18 (from 2.1.198 on it declares >= 22, and these
 # machines have Node 20); it is also the version PROTOCOL.md's observations were made with.
 set -euo pipefail
 
@@ -389,6 +393,17 @@ fi
 }
 echo "interop: sidecar binary $SIDECAR_BIN"
 
+# The OTLP receiver's Python (scenario F), made again when requirements-otel.txt changed.
+if ! cmp -s "$HERE/requirements-otel.txt" "$HERE/.venv-otel/requirements-otel.txt" 2>/dev/null; then
+  echo "interop: installing the OTLP receiver's Python packages (requirements-otel.txt)"
+  python3 -m venv --clear "$HERE/.venv-otel"
+  "$HERE/.venv-otel/bin/pip" install --quiet -r "$HERE/requirements-otel.txt" >"$WORK/pip-otel.log" 2>&1 || {
+    cat "$WORK/pip-otel.log"
+    exit 1
+  }
+  cp "$HERE/requirements-otel.txt" "$HERE/.venv-otel/requirements-otel.txt"
+fi
+
 scenario_d() {
   local se_port sc_port
   se_port=$(free_port)
@@ -424,20 +439,70 @@ scenario_e() {
   sed 's/^/  /' "$WORK/client-e.out"
 }
 
+# F: traces. The sidecar exports OTLP/HTTP protobuf to a receiver decoding it with the official
+# opentelemetry-proto definitions; server-everything runs under the OpenTelemetry Node SDK with
+# HTTP auto-instrumentation, exporting to the same receiver. One SDK client call must yield one
+# trace holding the sidecar's span and server-everything's server span, parented by it.
 scenario_f() {
-  local se_port
+  local rc_port se_port sc_port token key spans sidecar upstream deadline
+  token=$(canary f-token)
+  key=$(canary f-otlp-key)
+  spans=$WORK/otlp-spans.jsonl
+  rc_port=$(free_port)
+  start otlp-receiver "$HERE/.venv-otel/bin/python" "$HERE/lib/otlp-receiver.py" "$rc_port" "$spans"
+  wait_http "http://127.0.0.1:$rc_port/" "$STARTED_PID" 30
   se_port=$(free_port)
-  start everything-f env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+  start everything-f env PORT="$se_port" \
+    OTEL_EXPORTER_OTLP_TRACES_ENDPOINT="http://127.0.0.1:$rc_port/v1/traces" \
+    OTEL_METRICS_EXPORTER=none OTEL_LOGS_EXPORTER=none \
+    node --require "$HERE/lib/loopback.cjs" --require "$HERE/lib/otel-node.cjs" \
     "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
   wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
-  mkdir -p "$WORK/state-f"
-  if ! node "$HERE/stdio.mjs" "$SIDECAR_BIN" "http://127.0.0.1:$se_port/mcp" "$WORK/state-f/tokens" \
-    >"$WORK/client-f.out" 2>"$WORK/client-f.log"; then
+  sc_port=$(free_port)
+  # A static token server-everything ignores: a canary to grep every export for.
+  start_sidecar sidecar-f "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/mcp" "MCP_SIDECAR_TOKEN=$token" \
+    "OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:$rc_port" "OTEL_EXPORTER_OTLP_HEADERS=x-api-key=$key" \
+    OTEL_BSP_SCHEDULE_DELAY=200
+  wait_ready sidecar-f "$sc_port"
+  if ! node "$HERE/client.mjs" "http://127.0.0.1:$sc_port/mcp" >"$WORK/client-f.out" 2>"$WORK/client-f.log"; then
     sed 's/^/  /' "$WORK/client-f.out"
-    fail "stdio.mjs spawning mcp-sidecar stdio (its log in client-f.log)"
+    fail "client.mjs through the traced sidecar"
   fi
-  sed 's/^/  /' "$WORK/client-f.out"
-  grep -q "ended the upstream session" "$WORK/client-f.log" ||
+  deadline=$((SECONDS + 30))
+  while :; do
+    sidecar=$(jq -c 'select(.service == "mcp-sidecar" and .name == "tools/call echo")' "$spans" 2>/dev/null | head -n 1)
+    if [[ -n $sidecar ]]; then
+      upstream=$(jq -c --argjson s "$sidecar" \
+        'select(.service == "server-everything" and .trace_id == $s.trace_id and .parent_span_id == $s.span_id)' \
+        "$spans" | head -n 1)
+      [[ -n $upstream ]] && break
+    fi
+    ((SECONDS < deadline)) || fail "no sidecar span with a server-everything child in 30 s: $(tail -c 2000 "$spans" 2>/dev/null)"
+    sleep 0.2
+  done
+  [[ $(jq -r .kind <<<"$upstream") == 2 ]] || fail "server-everything's span is not a server span: $upstream"
+  note "sidecar span: $sidecar"
+  note "server-everything span in the same trace, its parent the sidecar's: $upstream"
+  assert_no_canary "$token" "$spans" "$spans.raw" "$WORK/sidecar-f.log"
+  assert_no_canary "$key" "$spans" "$spans.raw" "$WORK/sidecar-f.log"
+  note "token and OTLP header canaries absent from every export and the sidecar's log"
+}
+
+scenario_g() {
+  local se_port
+  se_port=$(free_port)
+  start everything-g env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
+  mkdir -p "$WORK/state-g"
+  if ! node "$HERE/stdio.mjs" "$SIDECAR_BIN" "http://127.0.0.1:$se_port/mcp" "$WORK/state-g/tokens" \
+    >"$WORK/client-g.out" 2>"$WORK/client-g.log"; then
+    sed 's/^/  /' "$WORK/client-g.out"
+    fail "stdio.mjs spawning mcp-sidecar stdio (its log in client-g.log)"
+  fi
+  sed 's/^/  /' "$WORK/client-g.out"
+  grep -q "ended the upstream session" "$WORK/client-g.log" ||
     fail "mcp-sidecar stdio did not end the upstream session when the client closed"
   note "the stdio process ended the upstream session (DELETE) when the client closed"
 }
@@ -447,7 +512,8 @@ run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the to
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
 run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
-run_scenario F "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_f
+run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
+run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
 MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/oauth/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
 
 echo

@@ -157,6 +157,26 @@ impl IdpState {
         token
     }
 
+    #[cfg(feature = "fleet")]
+    /// Accepts `token` as a refresh token (a canary of the test's choosing).
+    pub fn insert_refresh_token(&self, token: &str, scope: &str) {
+        self.refresh_tokens
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), scope.to_string());
+    }
+
+    #[cfg(feature = "fleet")]
+    /// Every refresh token issued and not yet spent.
+    pub fn live_refresh_tokens(&self) -> Vec<String> {
+        self.refresh_tokens
+            .lock()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     pub fn approve(&self, user_code: &str) {
         if let Some(entry) = self.devices.lock().unwrap().get_mut(user_code) {
             entry.1 = true;

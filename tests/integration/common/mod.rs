@@ -3,6 +3,8 @@
 
 pub mod mock_idp;
 pub mod mock_upstream;
+#[cfg(feature = "fleet")]
+pub mod redis;
 
 use std::collections::HashMap;
 use std::future::Future;

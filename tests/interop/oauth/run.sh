@@ -28,6 +28,8 @@
 #       (invalid_grant) each give /ready 503 auth_required with a detail naming the error
 #   G   the resource server revokes a token that has an hour to live (401 invalid_token): the sidecar
 #       gets one new token and the client's call is answered
+#   H   a fleet (STATE_STORE=redis://, a real redis-server): refresh_token with rotation; H2 the same
+#       with client credentials (see scenario_fleet below for what is checked, and FLEET_CHAOS)
 #
 # Called by ../run.sh at its end with MCP_SIDECAR_BIN set; runs alone too (`bash run.sh`, which
 # builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). Needs node/npm, curl and jq.
@@ -603,6 +605,149 @@ scenario_g() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# H / H2: a fleet. FLEET_SIDECARS sidecars (default 5) share one real redis-server
+# (STATE_STORE, no persistence, loopback) in front of this scenario's IdP (4 s access tokens,
+# rotating refresh tokens with reuse detection), each with its own SDK client calling whoami every
+# 0.5 s for FLEET_SECONDS (default 30). Every call must succeed, the IdP must see no invalid_grant
+# and no revoked grant, the token requests must be about one per lifetime for the whole fleet (not
+# one per sidecar), and no token may be in Redis in clear (every key and value is scanned).
+# FLEET_CHAOS=1 (outside CI): Redis is killed (SIGKILL) halfway and restarted empty, and the lock
+# holder is killed (SIGKILL) up to FLEET_KILLS times (default 20, one per FLEET_KILL_EVERY=10 s),
+# each replaced by a new sidecar with a new client; the clients of killed sidecars are not counted
+# (their sidecars are gone), the others' are, and invalid_grant is reported. The long run of the issue:
+#   FLEET_SIDECARS=20 FLEET_SECONDS=300 FLEET_CHAOS=1 ONLY=H,H2 bash tests/interop/oauth/run.sh
+redis_up() { # redis_up PORT SECONDS: until redis-server on PORT answers PING
+  local deadline=$((SECONDS + $2))
+  until [[ $(redis-cli -p "$1" PING 2>/dev/null) == PONG ]]; do
+    ((SECONDS < deadline)) || fail "redis-server on port $1 did not answer within $2 s"
+    sleep 0.1
+  done
+}
+
+scenario_fleet() { # scenario_fleet NAME GRANT
+  local name=$1 grant=$2 n=${FLEET_SIDECARS:-5} secs=${FLEET_SECONDS:-30} ttl=4 rport key i
+  command -v redis-server >/dev/null ||
+    fail "redis-server is not installed (apt-get install -y redis-server; .ci/run installs it)"
+  start_servers "$name" "$ttl"
+  rport=$(free_port)
+  start "redis-$name" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no
+  local redis_pid=$STARTED_PID
+  redis_up "$rport" 30
+  key=$WORK/state-key-$name
+  od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$key"
+  chmod 600 "$key"
+  local settings=("MCP_SIDECAR_TOKEN_URL=$IDP/token" "MCP_SIDECAR_STATE_STORE=redis://127.0.0.1:$rport"
+    "MCP_SIDECAR_STATE_KEY_FILE=$key" MCP_SIDECAR_REFRESH_SKEW=1s
+    "MCP_SIDECAR_STATE_LOCK_TTL=${FLEET_LOCK_TTL:-3s}")
+  local secrets=()
+  if [[ $grant == refresh_token ]]; then
+    seed_refresh_token "$name"
+    secrets+=("$SEED")
+    settings+=(MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client
+      "MCP_SIDECAR_REFRESH_TOKEN_FILE=$SEED_FILE")
+  else
+    printf '%s\n' "$CC_SECRET" >"$WORK/cc-secret-$name"
+    chmod 600 "$WORK/cc-secret-$name"
+    secrets+=("$CC_SECRET")
+    settings+=(MCP_SIDECAR_AUTH=client_credentials MCP_SIDECAR_CLIENT_ID=cc-client
+      "MCP_SIDECAR_CLIENT_SECRET_FILE=$WORK/cc-secret-$name" MCP_SIDECAR_SCOPES=mcp:tools)
+  fi
+  local before
+  before=$(count_lines "$IDP_LOG" ".event == \"token\" and .grant_type == \"$grant\"")
+  local urls=() pids=() clients=() names=() killed=() began
+  for ((i = 1; i <= n; i++)); do
+    start_sidecar "$name-$i" "${settings[@]}"
+    urls+=("$SIDECAR")
+    pids+=("$SIDECAR_PID")
+    names+=("$name-$i")
+  done
+  for ((i = 0; i < n; i++)); do
+    SIDECAR=${urls[i]} SIDECAR_PID=${pids[i]} wait_ready "${names[i]}" >/dev/null
+  done
+  note "$n sidecars ready, sharing redis://127.0.0.1:$rport"
+  began=$SECONDS
+  before=$(count_lines "$IDP_LOG" ".event == \"token\" and .grant_type == \"$grant\"")
+  for ((i = 0; i < n; i++)); do
+    whoami_bg "${names[i]}" "${urls[i]}" --repeat-for "$secs" --every 0.5
+    clients+=("$BG_PID")
+  done
+  local kills=0 redis_killed=0 state_key lock_key holder pid j last_kill=-100
+  if [[ ${FLEET_CHAOS:-} == 1 ]]; then
+    state_key=$(redis-cli -p "$rport" --scan --pattern 'mcp-sidecar:*:state' | head -n 1)
+    lock_key=${state_key%:state}:lock
+    while ((SECONDS - began < secs - 8)); do
+      if ((redis_killed == 0 && SECONDS - began >= secs / 2)); then
+        kill -KILL "$redis_pid"
+        start "redis-$name-restarted" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no
+        redis_pid=$STARTED_PID
+        redis_up "$rport" 30
+        redis_killed=$((SECONDS - began))
+        note "redis-server killed (SIGKILL) and restarted empty at $redis_killed s"
+      fi
+      # one kill per FLEET_KILL_EVERY (10 s): each costs a lock expiry, and back-to-back kills
+      # of every new holder would keep the lock taken for good
+      if ((kills < ${FLEET_KILLS:-20} && SECONDS - last_kill >= ${FLEET_KILL_EVERY:-10})); then
+        holder=$(redis-cli -p "$rport" --raw GET "$lock_key" 2>/dev/null || true)
+        pid=${holder#*/pid-}
+        pid=${pid%% *}
+        for ((j = 0; j < ${#pids[@]}; j++)); do
+          [[ -n $pid && ${pids[j]} == "$pid" && -z ${killed[j]:-} ]] || continue
+          kill -KILL "$pid" 2>/dev/null || continue
+          killed[j]=1
+          kills=$((kills + 1))
+          last_kill=$SECONDS
+          # a replacement, with a client of its own for the rest of the run
+          start_sidecar "$name-r$kills" "${settings[@]}"
+          urls+=("$SIDECAR")
+          pids+=("$SIDECAR_PID")
+          names+=("$name-r$kills")
+          whoami_bg "$name-r$kills" "$SIDECAR" --repeat-for $((secs - (SECONDS - began))) --every 0.5
+          clients+=("$BG_PID")
+        done
+        continue
+      fi
+      sleep 0.2
+    done
+    note "killed $kills lock holders (SIGKILL) while they held the fleet lock"
+  fi
+  local counted=0 calls=0 c
+  for ((i = 0; i < ${#clients[@]}; i++)); do
+    if [[ -n ${killed[i]:-} ]]; then
+      wait "${clients[i]}" || true
+      continue
+    fi
+    BG_PID=${clients[i]} wait_bg "${names[i]}" >/dev/null
+    read -r _ c _ < <(grep '^calls ' "$WORK/whoami-${names[i]}.out")
+    calls=$((calls + c))
+    counted=$((counted + 1))
+  done
+  local invalid requests
+  invalid=$(count_lines "$IDP_LOG" '.event == "token" and .outcome == "invalid_grant"')
+  requests=$(($(count_lines "$IDP_LOG" ".event == \"token\" and .grant_type == \"$grant\"") - before))
+  note "fleet of $n over $secs s: $calls calls from $counted clients, 0 failed; $requests $grant token requests while the clients ran (one per ${ttl} s lifetime would be $((secs / ttl)); refreshed 1 s before expiry: $((secs / (ttl - 1)))), invalid_grant $invalid"
+  refresh_outcomes
+  # about one per lifetime for the fleet: refreshed 1 s before expiry, so up to one per 3 s, and
+  # a few around a Redis restart; one per sidecar per lifetime would be n times as many
+  local most=$((secs / (ttl - 1) + 3 + kills))
+  ((requests <= most)) || fail "$requests token requests for the fleet in $secs s (at most $most expected)"
+  # no token in Redis in clear: every key and value
+  local dump=$WORK/redis-dump-$name k
+  : >"$dump"
+  while IFS= read -r k; do
+    printf '%s\n' "$k" >>"$dump"
+    redis-cli -p "$rport" --raw GET "$k" >>"$dump" 2>/dev/null || true
+  done < <(redis-cli -p "$rport" --scan)
+  [[ -s $dump ]] || fail "nothing stored in Redis"
+  { printf '%s\n' "${secrets[@]}"; cat "$ISSUED"; } | grep -v '^$' >"$WORK/patterns-redis-$name"
+  if grep -qF -f "$WORK/patterns-redis-$name" "$dump"; then fail "a token or secret is in Redis in clear"; fi
+  grep -q '^msc1\.' "$dump" || fail "the Redis entry is not sealed: $(head -c 200 "$dump")"
+  note "Redis: $(grep -c '^mcp-sidecar:' "$dump") keys, every value sealed; none of $(grep -c '' "$ISSUED") issued tokens in clear"
+  for i in "${names[@]}"; do assert_no_secrets "$i" "${secrets[@]}" >/dev/null; done
+}
+scenario_h() { scenario_fleet h refresh_token; }
+scenario_h2() { scenario_fleet h2 client_credentials; }
+
+# ---------------------------------------------------------------------------------------------
 # The pinned packages: ../run.sh has installed them; alone, install them if they are not the locked ones.
 locked() { jq -r --arg p "node_modules/$1" '.packages[$p].version' "$INTEROP/package-lock.json"; }
 installed() { jq -r .version "$INTEROP/node_modules/$1/package.json" 2>/dev/null || echo none; }
@@ -651,6 +796,8 @@ run_scenario D "device_code via ISSUER: approved on the provider's pages; restar
 run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
 run_scenario F "IdP refusals: wrong client secret, unknown refresh token -> 503 auth_required naming the error" scenario_f
 run_scenario G "upstream 401 invalid_token on a token the IdP considers valid: new token, request retried" scenario_g
+run_scenario H "fleet: ${FLEET_SIDECARS:-5} sidecars sharing Redis, refresh_token with rotation, ${FLEET_SECONDS:-30} s" scenario_h
+run_scenario H2 "fleet: ${FLEET_SIDECARS:-5} sidecars sharing Redis, client_credentials, ${FLEET_SECONDS:-30} s" scenario_h2
 
 echo
 echo "interop-oauth: $((SECONDS - STARTED_AT)) s"

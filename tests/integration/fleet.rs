@@ -1,0 +1,321 @@
+//! `STATE_STORE=redis://`: sidecars sharing one credential through a real `redis-server`.
+//! Single-flight across the fleet with rotating refresh tokens, encryption at rest, a wrong
+//! key, a lock holder that died, and Redis going away and coming back empty.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{Value, json};
+
+use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
+use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::redis::Redis;
+use crate::common::{Sidecar, call, mcp_post, poll};
+
+/// A refresh-token canary as the rules want them: long, with `+ / = &`.
+fn canary() -> String {
+    format!("canary-fleet-rt+/=&{}", "x".repeat(200))
+}
+
+fn key_file(dir: &tempfile::TempDir, name: &str, byte: u8) -> String {
+    let path = dir.path().join(name);
+    std::fs::write(&path, format!("{byte:02x}").repeat(32)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+fn linked() -> (MockUpstream, MockIdp) {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    (upstream, idp)
+}
+
+async fn echo(sidecar: &Sidecar, id: u64) -> u16 {
+    mcp_post(
+        &reqwest::Client::new(),
+        &sidecar.url("/mcp"),
+        call(id, "echo", json!({"text": "hi"})),
+    )
+    .send()
+    .await
+    .map(|r| r.status().as_u16())
+    .unwrap_or(0)
+}
+
+async fn status(sidecar: &Sidecar) -> Value {
+    reqwest::get(sidecar.url("/status"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_shares_one_rotating_refresh_token_and_refreshes_once_per_lifetime() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(3);
+    let seed = canary();
+    idp.state.insert_refresh_token(&seed, "mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 7);
+    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
+    let mut fleet = Vec::new();
+    for _ in 0..4 {
+        fleet.push(
+            Sidecar::start(&[
+                ("UPSTREAM_URL", &upstream_url),
+                ("CLIENT_ID", CLIENT_ID),
+                ("REFRESH_TOKEN", &seed),
+                ("TOKEN_URL", &token_url),
+                ("STATE_STORE", &store),
+                ("STATE_KEY_FILE", &key),
+                ("STATE_DIR", "/proc/not-writable"),
+                ("REFRESH_SKEW", "1s"),
+            ])
+            .await,
+        );
+    }
+    for sidecar in &fleet {
+        sidecar.wait_reason("ready").await;
+    }
+    // Calls from every sidecar across several token lifetimes: every one succeeds, and the
+    // refresh token is never spent twice.
+    let started = std::time::Instant::now();
+    let mut id = 0;
+    let mut failed = 0;
+    while started.elapsed() < std::time::Duration::from_secs(10) {
+        for sidecar in &fleet {
+            id += 1;
+            if echo(sidecar, id).await != 200 {
+                failed += 1;
+            }
+        }
+    }
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+    assert_eq!(failed, 0, "failed calls out of {id}");
+    let refreshes = idp.state.grant_count("refresh_token");
+    // 10 s of 3 s tokens (refreshed ahead of expiry): a handful for the whole fleet, not one
+    // per sidecar per lifetime (that would be 4x as many).
+    assert!(
+        (2..=9).contains(&refreshes),
+        "token requests for the fleet: {refreshes}"
+    );
+    let shown = status(&fleet[0]).await;
+    assert_eq!(shown["token"]["store"]["kind"], "redis", "{shown}");
+    assert_eq!(shown["token"]["store"]["healthy"], true, "{shown}");
+
+    // Nothing in Redis is in clear: not the seed, not a rotated refresh token, not an access
+    // token.
+    let dump = redis.dump();
+    assert!(dump.contains("mcp-sidecar:"), "{dump}");
+    assert!(
+        !dump.contains("canary"),
+        "a token is in Redis in clear: {dump}"
+    );
+    for live in idp.state.live_refresh_tokens() {
+        assert!(!dump.contains(&live));
+    }
+    for sidecar in &fleet {
+        for path in ["/ready", "/status"] {
+            let body = reqwest::get(sidecar.url(path))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(!body.contains("canary"), "{body}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_across_a_fleet_cost_one_token_request() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 3);
+    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(
+            Sidecar::start(&[
+                ("UPSTREAM_URL", &upstream_url),
+                ("CLIENT_ID", CLIENT_ID),
+                ("CLIENT_SECRET", CLIENT_SECRET),
+                ("TOKEN_URL", &token_url),
+                ("STATE_STORE", &store),
+                ("STATE_KEY_FILE", &key),
+                ("STATE_DIR", "/proc/not-writable"),
+            ])
+            .await,
+        );
+    }
+    for sidecar in &fleet {
+        sidecar.wait_reason("ready").await;
+        assert_eq!(echo(sidecar, 1).await, 200);
+    }
+    assert_eq!(idp.state.grant_count("client_credentials"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_state_key_is_reported_as_such() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
+    let start = |key: String| {
+        let (upstream_url, token_url, store) =
+            (upstream_url.clone(), token_url.clone(), store.clone());
+        async move {
+            Sidecar::start(&[
+                ("UPSTREAM_URL", &upstream_url),
+                ("CLIENT_ID", CLIENT_ID),
+                ("CLIENT_SECRET", CLIENT_SECRET),
+                ("TOKEN_URL", &token_url),
+                ("STATE_STORE", &store),
+                ("STATE_KEY_FILE", &key),
+                ("STATE_DIR", "/proc/not-writable"),
+            ])
+            .await
+        }
+    };
+    let first = start(key_file(&dir, "one", 1)).await;
+    first.wait_reason("ready").await;
+    let second = start(key_file(&dir, "two", 2)).await;
+    let error = poll(
+        || async {
+            status(&second).await["token"]["last_error"]
+                .as_str()
+                .map(String::from)
+        },
+        |e| e.contains("another key"),
+    )
+    .await;
+    let error = error.expect("the second sidecar reports the wrong key");
+    assert!(error.contains("STATE_KEY_FILE"), "{error}");
+    // It never asked the token endpoint: the stored state could not be read.
+    assert_eq!(idp.state.grant_count("client_credentials"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lock_left_by_a_dead_holder_costs_one_expiry() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 5);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("STATE_LOCK_TTL", "3s"),
+    ])
+    .await;
+    // A sidecar that took the lock and was killed: its lock lives 3 s more.
+    sidecar.wait_reason("ready").await;
+    let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
+    let state_key = keys.lines().last().unwrap().to_string();
+    let lock_key = state_key.replace(":state", ":lock");
+    redis.command(&["DEL", &state_key]).unwrap();
+    assert_eq!(
+        redis
+            .command(&["SET", &lock_key, "dead-host/pid-1 0123", "PX", "3000"])
+            .as_deref(),
+        Some("+OK")
+    );
+    // A token request now has to wait for the lock; the holder shows in /status meanwhile.
+    let before = idp.state.grant_count("client_credentials");
+    upstream.state.set_token("rejected-now");
+    let waiter = tokio::spawn({
+        let url = sidecar.url("/mcp");
+        async move {
+            mcp_post(
+                &reqwest::Client::new(),
+                &url,
+                call(7, "echo", json!({"text": "hi"})),
+            )
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+        }
+    });
+    let holder = poll(
+        || async {
+            status(&sidecar).await["token"]["store"]["lock_holder"]
+                .as_str()
+                .map(String::from)
+        },
+        |h| h == "dead-host/pid-1",
+    )
+    .await;
+    assert!(holder.is_some(), "{}", status(&sidecar).await);
+    assert_eq!(
+        waiter.await.unwrap(),
+        200,
+        "the call succeeds after the expiry"
+    );
+    assert_eq!(idp.state.grant_count("client_credentials"), before + 1);
+    // The state is back in Redis, and the lock released.
+    assert!(
+        redis
+            .command(&["GET", &state_key])
+            .unwrap()
+            .contains("msc1.")
+    );
+    let released = poll(
+        || async { redis.command(&["EXISTS", &lock_key]) },
+        |n| n == ":0",
+    )
+    .await;
+    assert!(released.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_down_serves_the_held_token_then_auth_required_then_reseeds() {
+    let mut redis = Redis::start();
+    let port = redis.port;
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(4);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 9);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("CONNECT_TIMEOUT", "1s"),
+        ("READY_INTERVAL", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let requests = idp.state.grant_count("client_credentials");
+    redis.kill();
+    // The token held in memory keeps serving while it is valid.
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    // Once it expires, no token is requested without the fleet lock: auth_required, naming
+    // the store.
+    let ready = sidecar.wait_reason("auth_required").await;
+    let detail = ready["detail"].as_str().unwrap_or_default().to_string();
+    assert!(detail.contains("shared state store"), "{ready}");
+    assert_eq!(idp.state.grant_count("client_credentials"), requests);
+    let shown = status(&sidecar).await;
+    assert_eq!(shown["token"]["store"]["healthy"], false, "{shown}");
+
+    // Redis comes back empty: the sidecar gets a token under the lock and stores it again.
+    let redis = Redis::start_on(port);
+    sidecar.wait_reason("ready").await;
+    let stored = poll(
+        || async { redis.command(&["KEYS", "mcp-sidecar:*:state"]) },
+        |keys| keys.contains("mcp-sidecar:"),
+    )
+    .await;
+    assert!(stored.is_some(), "the store was re-seeded");
+    assert_eq!(echo(&sidecar, 2).await, 200);
+}
