@@ -2,14 +2,17 @@
 #
 #   docker build -t mcp-sidecar .
 #
-# builds the binary from source (stage `build`). Machines that cannot pull `rust:` can build the
-# same final image from a binary built on the host with
-# `cargo build --release --target x86_64-unknown-linux-musl`:
+# builds the binary and its SBOM from source (stage `build`, with .ci/release-build), for the
+# platform asked for: `docker buildx build --platform linux/amd64,linux/arm64` builds both on
+# one machine (the build stage runs natively and cross-compiles). Machines that cannot pull
+# `rust:` can build the same final image from files built on the host with
+# `bash .ci/release-build x86_64` (or aarch64, or both), which writes target/dist/linux-amd64
+# (linux-arm64):
 #
 #   docker build --build-arg BINARY_SOURCE=prebuilt -t mcp-sidecar .
 #
-# (PREBUILT_BINARY overrides the path of that binary inside the build context.) There is no
-# `# syntax=` line on purpose: it would make BuildKit pull a frontend image even for that build.
+# (PREBUILT_DIR overrides that directory inside the build context.) There is no `# syntax=`
+# line on purpose: it would make BuildKit pull a frontend image even for that build.
 #
 # Run it with the upstream's URL and credential, e.g.
 #
@@ -28,28 +31,26 @@
 # `build` (compile from source, the default) or `prebuilt` (copy PREBUILT_BINARY).
 ARG BINARY_SOURCE=build
 
-# ---- build: a statically linked musl binary ---------------------------------------------------
-FROM rust:1.95-bookworm AS build
-# musl-gcc: `ring` compiles C for the musl target. The Debian release is pinned by the base tag.
-# hadolint ignore=DL3008
-RUN apt-get update \
- && apt-get install -y --no-install-recommends musl-tools \
- && rm -rf /var/lib/apt/lists/*
-# The target follows the build platform (x86_64 or aarch64 under `docker buildx --platform`).
-RUN rustup target add "$(uname -m)-unknown-linux-musl"
+# ---- build: a statically linked musl binary and its CycloneDX SBOM ----------------------------
+# On the build machine's own platform; .ci/release-build cross-compiles for TARGETARCH (set by
+# `--platform`). It installs the musl target, the C compiler `ring` needs (musl-gcc, or Debian's
+# aarch64 cross gcc) and the pinned cargo-cyclonedx; the Debian release is pinned by the base tag.
+FROM --platform=$BUILDPLATFORM rust:1.95-bookworm AS build
+ARG TARGETARCH
 WORKDIR /src
+COPY .ci/release-build .ci/
+RUN bash .ci/release-build --tools-only "${TARGETARCH:-$(uname -m)}"
 COPY Cargo.toml Cargo.lock ./
+COPY .cargo ./.cargo
 COPY src ./src
-SHELL ["/bin/bash", "-o", "pipefail", "-c"]
-RUN triple="$(uname -m)-unknown-linux-musl" \
- && export "CC_$(uname -m)_unknown_linux_musl=musl-gcc" \
- && cargo build --locked --release --target "$triple" \
- && install -D -m 0555 "target/$triple/release/mcp-sidecar" /out/mcp-sidecar
+RUN bash .ci/release-build --out /out "${TARGETARCH:-$(uname -m)}"
 
-# ---- prebuilt: the same layout from a binary built outside (no compiler, no base image) ------
+# ---- prebuilt: the same layout from files built outside (no compiler, no base image) ---------
 FROM scratch AS prebuilt
-ARG PREBUILT_BINARY=target/x86_64-unknown-linux-musl/release/mcp-sidecar
-COPY ${PREBUILT_BINARY} /out/mcp-sidecar
+# amd64 when the builder does not set it (podman without --platform)
+ARG TARGETARCH=amd64
+ARG PREBUILT_DIR=target/dist/linux-${TARGETARCH}
+COPY ${PREBUILT_DIR}/mcp-sidecar ${PREBUILT_DIR}/mcp-sidecar.cdx.json /out/
 
 # ---- empty: an empty tree, the source of the state directory below (scratch has no mkdir) ----
 FROM scratch AS empty
@@ -64,10 +65,14 @@ LABEL org.opencontainers.image.title="mcp-sidecar" \
       org.opencontainers.image.description="Holds OAuth credentials for an AI agent and proxies MCP to the remote server with a fresh token" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.base.name="scratch"
+      org.opencontainers.image.base.name="scratch" \
+      io.github.mcp-sidecar.sbom="/mcp-sidecar.cdx.json" \
+      io.github.mcp-sidecar.sbom.format="CycloneDX 1.5 JSON"
 # Nothing but the binary: TLS trust roots (webpki) are compiled in; MCP_SIDECAR_CA_FILE adds a
 # PEM bundle for corporate TLS proxies (mount it and point the variable at it).
 COPY --from=binary --chmod=0555 /out/mcp-sidecar /mcp-sidecar
+# The SBOM of the crates compiled into it (the label above names it), also a release file.
+COPY --from=binary --chmod=0444 /out/mcp-sidecar.cdx.json /mcp-sidecar.cdx.json
 # The state directory (tokens obtained by login are kept here). Mount a volume on it to keep them
 # across restarts; without a writable state dir the sidecar keeps tokens in memory only. It is
 # owned by the runtime user (first /var/lib as root, so that only the state dir is the user's).

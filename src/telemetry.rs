@@ -39,7 +39,8 @@ pub fn init(config: &LogConfig) {
             .with(filter)
             .try_init(),
         LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            // Plain text: the `ansi` feature (colours) is not compiled in, to save binary size.
+            .with_ansi(false)
             .map_event_format(|inner| WithTraceIds { inner, json: false })
             .finish()
             .with(filter)

@@ -152,12 +152,12 @@ pub struct Config {
     pub log: LogConfig,
     /// Where OAuth sources persist tokens and client registrations (`STATE_DIR`).
     pub state_dir: PathBuf,
-    /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
-    pub state_dir_set: bool,
     /// Traces: the standard `OTEL_*` variables and `TRACES_FILE`.
     pub trace: crate::trace::TraceConfig,
     /// `STATE_STORE`: a Redis shared by a fleet of sidecars, instead of `STATE_DIR`.
     pub state_store: Option<FleetStoreConfig>,
+    /// Whether `STATE_DIR` was given: `stdio` outside a container picks a per-user default.
+    pub state_dir_set: bool,
 }
 
 /// Default `STDIO_READY_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
@@ -900,9 +900,9 @@ impl Reader {
             clients,
             log,
             state_dir,
-            state_dir_set,
             trace: crate::trace::TraceConfig::default(),
             state_store,
+            state_dir_set,
         })
     }
 

