@@ -141,7 +141,7 @@ where
             config.ready.timeout,
         ),
         readiness,
-        connect_timeout: config.stdio_connect_timeout,
+        ready_timeout: config.stdio_ready_timeout,
         max_message_bytes: config.max_body_bytes,
         session: Mutex::new(None),
         protocol: Mutex::new(None),
@@ -252,7 +252,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(
 struct Front {
     forwarder: Forwarder,
     readiness: Arc<Readiness>,
-    connect_timeout: Duration,
+    ready_timeout: Duration,
     max_message_bytes: usize,
     /// The upstream session, as the forwarder knows it (it maps it to the current upstream id).
     session: Mutex<Option<String>>,
@@ -431,9 +431,9 @@ impl Front {
         }
     }
 
-    /// Waits, at most `STDIO_CONNECT_TIMEOUT`, for the readiness handshake to pass.
+    /// Waits, at most `STDIO_READY_TIMEOUT`, for the readiness handshake to pass.
     async fn wait_ready(&self) -> Result<(), crate::readiness::Report> {
-        let deadline = Instant::now() + self.connect_timeout;
+        let deadline = Instant::now() + self.ready_timeout;
         let mut changes = self.readiness.subscribe();
         loop {
             let report = self.readiness.report();

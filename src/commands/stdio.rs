@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use crate::config::{self, Sources};
 use crate::output::{errln, exit};
 
+/// How long the exit waits for blocking tasks (see the end of [`run`]).
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub fn run(config_file: Option<PathBuf>) -> u8 {
     let sources = Sources::from_process(config_file);
     let mut config = match config::load(&sources) {
@@ -55,7 +58,9 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
             }
         }
     });
-    // A blocked read of stdin (tokio reads it on a blocking thread) must not hold the exit.
-    runtime.shutdown_background();
+    // Blocking tasks still running include a token state being written to STATE_DIR (a respawned
+    // process must find it) and, after SIGTERM, the read of stdin, which never returns: the
+    // first finish in milliseconds, the second must not hold the exit longer than this.
+    runtime.shutdown_timeout(EXIT_WAIT);
     code
 }

@@ -79,7 +79,7 @@ const KNOWN_KEYS: &[&str] = &[
     "session_idle_timeout",
     "sse_keepalive",
     "shutdown_grace",
-    "stdio_connect_timeout",
+    "stdio_ready_timeout",
     "header_timeout",
     "client_idle_timeout",
     "max_connections",
@@ -146,7 +146,7 @@ pub struct Config {
     /// How long in-flight requests may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
     /// How long `mcp-sidecar stdio` holds a host's `initialize` while the upstream is not ready.
-    pub stdio_connect_timeout: Duration,
+    pub stdio_ready_timeout: Duration,
     /// How many client connections, at what pace: slow and idle clients must not lock others out.
     pub clients: ClientLimits,
     pub log: LogConfig,
@@ -160,9 +160,9 @@ pub struct Config {
     pub state_dir_set: bool,
 }
 
-/// Default `STDIO_CONNECT_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
+/// Default `STDIO_READY_TIMEOUT`: below Claude Code's 30 s startup timeout (`MCP_TIMEOUT`,
 /// PROTOCOL.md), so the host sees the sidecar's reason rather than its own timeout.
-pub const DEFAULT_STDIO_CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+pub const DEFAULT_STDIO_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
@@ -840,8 +840,7 @@ impl Reader {
         };
         let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
         let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
-        let stdio_connect_timeout =
-            self.duration("stdio_connect_timeout", DEFAULT_STDIO_CONNECT_TIMEOUT);
+        let stdio_ready_timeout = self.duration("stdio_ready_timeout", DEFAULT_STDIO_READY_TIMEOUT);
         let clients = ClientLimits {
             header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
             idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
@@ -897,7 +896,7 @@ impl Reader {
             sessions,
             sse_keepalive,
             shutdown_grace,
-            stdio_connect_timeout,
+            stdio_ready_timeout,
             clients,
             log,
             state_dir,
@@ -1264,8 +1263,8 @@ impl Config {
                 humantime::format_duration(self.shutdown_grace).to_string(),
             ),
             (
-                "STDIO_CONNECT_TIMEOUT",
-                humantime::format_duration(self.stdio_connect_timeout).to_string(),
+                "STDIO_READY_TIMEOUT",
+                humantime::format_duration(self.stdio_ready_timeout).to_string(),
             ),
             (
                 "HEADER_TIMEOUT",

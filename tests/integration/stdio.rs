@@ -329,7 +329,7 @@ async fn an_upstream_that_is_down_fails_initialize_in_bounded_time() {
     let mut host = Host::spawn(&[
         ("UPSTREAM_URL", &url),
         ("TOKEN", "t0ken"),
-        ("STDIO_CONNECT_TIMEOUT", "1s"),
+        ("STDIO_READY_TIMEOUT", "1s"),
     ]);
     // Framing first: a broken line is answered, not fatal.
     host.send_raw("{not json").await;
@@ -414,7 +414,7 @@ async fn a_pending_login_is_in_the_initialize_error_and_a_respawn_needs_no_new_l
         ("CLIENT_ID", CLIENT_ID),
         ("ISSUER", issuer.as_str()),
         ("STATE_DIR", dir.to_str().unwrap()),
-        ("STDIO_CONNECT_TIMEOUT", "1s"),
+        ("STDIO_READY_TIMEOUT", "1s"),
     ];
     let mut host = Host::spawn(&env);
     let error = initialize_until(&mut host, 1, |m| m["error"]["data"]["login"].is_object()).await;
@@ -440,8 +440,8 @@ async fn a_pending_login_is_in_the_initialize_error_and_a_respawn_needs_no_new_l
     let logins = idp.state.device_requests.load(Ordering::SeqCst);
     let mut host = Host::spawn(&env);
     let ready = initialize_until(&mut host, 1, |m| m["result"].is_object()).await;
-    assert!(ready["result"].is_object(), "{ready}");
-    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
     let (exit, _, stderr) = host.close().await;
+    assert!(ready["result"].is_object(), "{ready}\n{stderr}");
+    assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
     assert_eq!(exit, Some(0), "{stderr}");
 }
