@@ -117,10 +117,7 @@ fn check_config_prints_resolved_settings_with_secrets_redacted() {
         "{stdout}"
     );
     assert!(stdout.contains("x-api-key: <redacted>"), "{stdout}");
-    assert!(
-        row("CLIENT_TOKEN", "<redacted>"),
-        "{stdout}"
-    );
+    assert!(row("CLIENT_TOKEN", "<redacted>"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
