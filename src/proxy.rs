@@ -519,7 +519,7 @@ async fn relay_forbidden(
         // (`\u0063` for `c`), and the client decodes them all.
         let body = match serde_json::from_slice::<Value>(&body) {
             Ok(mut message) => {
-                scrub_json_strings(&mut message);
+                crate::secret::scrub_json(&mut message);
                 Bytes::from(message.to_string())
             }
             Err(_) => body,
@@ -532,29 +532,13 @@ async fn relay_forbidden(
         );
         return response;
     }
-    let text = excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
+    let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
     let message = if text.is_empty() {
         format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
     } else {
         format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
     };
     error_response(status, id, failure.code(), &message, failure.reason())
-}
-
-/// Every string in `value` (object keys too) with every known secret scrubbed.
-fn scrub_json_strings(value: &mut Value) {
-    match value {
-        Value::String(text) => *text = crate::secret::scrub(text),
-        Value::Array(items) => items.iter_mut().for_each(scrub_json_strings),
-        Value::Object(members) => {
-            let taken = std::mem::take(members);
-            for (key, mut member) in taken {
-                scrub_json_strings(&mut member);
-                members.insert(crate::secret::scrub(&key), member);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
@@ -566,19 +550,6 @@ fn is_jsonrpc_error(body: &[u8]) -> bool {
         && message
             .get("error")
             .is_some_and(|e| e.get("code").is_some_and(Value::is_i64) && e["message"].is_string())
-}
-
-/// At most `limit` bytes of `text`, cut at a character boundary, with an ellipsis when cut.
-/// Callers scrub first: a secret cut in half would no longer be recognized.
-fn excerpt(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
@@ -684,13 +655,5 @@ mod tests {
         assert!(!is_jsonrpc_error(
             br#"[{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}]"#
         ));
-    }
-
-    #[test]
-    fn excerpt_cuts_at_a_character_boundary() {
-        assert_eq!(excerpt("short", 10), "short");
-        assert_eq!(excerpt("abcdef", 3), "abc...");
-        // "é" is two bytes: a cut inside it backs off to before it.
-        assert_eq!(excerpt("aé", 2), "a...");
     }
 }

@@ -303,6 +303,36 @@ pub fn scrub_bytes(bytes: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Every string in `value` (object keys too) with every known secret scrubbed: for a JSON
+/// message relayed from outside, whose strings may hold a secret in a form only decoding shows.
+pub fn scrub_json(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(text) => *text = scrub(text),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(scrub_json),
+        serde_json::Value::Object(members) => {
+            let taken = std::mem::take(members);
+            for (key, mut member) in taken {
+                scrub_json(&mut member);
+                members.insert(scrub(&key), member);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// At most `limit` bytes of `text`, cut at a character boundary, with an ellipsis when cut.
+/// Callers scrub first: a secret cut in half would no longer be recognized.
+pub fn excerpt(text: &str, limit: usize) -> String {
+    if text.len() <= limit {
+        return text.to_string();
+    }
+    let mut end = limit;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
 /// The ways `value` travels or comes back: raw (headers, JSON bodies), form-urlencoded as the
 /// token requests send it (`+` or `%20` for spaces, upper- or lower-case hex), percent-encoded
 /// as a URI component (how a server may re-encode a request it echoes), JSON string-escaped
@@ -950,6 +980,14 @@ mod tests {
             );
             assert_no_prefix(&scrubbed, &form, what);
         }
+    }
+
+    #[test]
+    fn excerpt_cuts_at_a_character_boundary() {
+        assert_eq!(excerpt("short", 10), "short");
+        assert_eq!(excerpt("abcdef", 3), "abc...");
+        // "é" is two bytes: a cut inside it backs off to before it.
+        assert_eq!(excerpt("aé", 2), "a...");
     }
 
     #[test]

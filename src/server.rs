@@ -81,16 +81,13 @@ pub async fn serve(
     let open_files = raise_open_files_limit();
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let built = crate::token::build(
+    let (upstream, built) = Upstream::start(
         config.auth,
         &config.upstream,
         &config.state_dir,
         config.state_store.as_ref(),
     )
-    .map_err(|e| ServeError::Setup(e.to_string()))?;
-    built.source.clone().start();
-    let upstream =
-        Arc::new(Upstream::new(&config.upstream, built.source).map_err(ServeError::Setup)?);
+    .map_err(ServeError::Setup)?;
     let readiness = Readiness::new(config.ready);
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = watch::channel(false);

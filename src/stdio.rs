@@ -99,16 +99,14 @@ where
 {
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let built = crate::token::build(
+    // Held to the end, as `serve` holds it in `App`: the login side of the manager.
+    let (upstream, _built) = Upstream::start(
         config.auth,
         &config.upstream,
         &config.state_dir,
         config.state_store.as_ref(),
     )
-    .map_err(|e| StdioError::Setup(e.to_string()))?;
-    built.source.clone().start();
-    let upstream =
-        Arc::new(Upstream::new(&config.upstream, built.source).map_err(StdioError::Setup)?);
+    .map_err(StdioError::Setup)?;
     let readiness = Readiness::new(config.ready);
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, mut stop_rx) = watch::channel(false);
@@ -550,14 +548,14 @@ impl Front {
                 Code::UpstreamFailed as i32,
                 &format!(
                     "mcp-sidecar: the upstream answered HTTP {status}, not JSON-RPC: {}",
-                    excerpt(&text, 200)
+                    crate::secret::excerpt(&text, 200)
                 ),
                 "handshake_failed",
                 None,
             ),
             _ => tracing::warn!(
                 %status,
-                body = %excerpt(&text, 200),
+                body = %crate::secret::excerpt(&text, 200),
                 "the upstream answered a notification with something other than JSON-RPC"
             ),
         }
@@ -574,7 +572,7 @@ impl Front {
                 return;
             }
         };
-        scrub_json_strings(&mut message);
+        crate::secret::scrub_json(&mut message);
         if initialize
             && let Some(version) = message
                 .pointer("/result/protocolVersion")
@@ -707,35 +705,6 @@ fn reason_code(reason: Reason) -> Code {
         Reason::UpstreamAuthRejected => Code::UpstreamAuthRejected,
         Reason::HandshakeFailed | Reason::Ready => Code::UpstreamFailed,
     }
-}
-
-/// Every string in `value` (object keys too) with every known secret scrubbed.
-fn scrub_json_strings(value: &mut Value) {
-    match value {
-        Value::String(text) => *text = crate::secret::scrub(text),
-        Value::Array(items) => items.iter_mut().for_each(scrub_json_strings),
-        Value::Object(members) => {
-            let taken = std::mem::take(members);
-            for (key, mut member) in taken {
-                scrub_json_strings(&mut member);
-                members.insert(crate::secret::scrub(&key), member);
-            }
-        }
-        _ => {}
-    }
-}
-
-/// At most `limit` bytes of `text`, cut at a character boundary. Callers scrub first: a secret
-/// cut in half would no longer be recognized.
-fn excerpt(text: &str, limit: usize) -> String {
-    if text.len() <= limit {
-        return text.to_string();
-    }
-    let mut end = limit;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
 
 /// The lock, also when a task panicked holding it: the values are plain ids, never half-written.

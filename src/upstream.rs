@@ -253,6 +253,23 @@ pub struct Upstream {
 type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
 
 impl Upstream {
+    /// What every front (`serve`, `stdio`) builds first: the configured credential's token
+    /// source, started, and the client that carries it. The [`crate::token::Built`] comes back
+    /// for the front's own use of the manager (the `/oauth/*` login). Errors are start-up
+    /// messages.
+    pub fn start(
+        auth: crate::config::AuthConfig,
+        config: &UpstreamConfig,
+        state_dir: &std::path::Path,
+        fleet_store: Option<&crate::config::FleetStoreConfig>,
+    ) -> Result<(Arc<Self>, crate::token::Built), String> {
+        let built =
+            crate::token::build(auth, config, state_dir, fleet_store).map_err(|e| e.to_string())?;
+        built.source.clone().start();
+        let upstream = Self::new(config, built.source.clone())?;
+        Ok((Arc::new(upstream), built))
+    }
+
     /// Builds the client. Errors are start-up messages (an unreadable `CA_FILE`).
     pub fn new(config: &UpstreamConfig, tokens: Arc<dyn TokenSource>) -> Result<Self, String> {
         let client = crate::net::upstream_client(&config.client_settings())?;

@@ -73,10 +73,7 @@ pub fn run(
         });
     crate::telemetry::init(&log);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match super::server_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             errln!("mcp-sidecar demo: cannot start the async runtime: {e}");

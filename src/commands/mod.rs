@@ -101,7 +101,7 @@ pub async fn read_answer(url: &str, response: reqwest::Response) -> Answer {
 
 /// Why a request to the sidecar failed; a refused connection says that nothing listens there.
 pub fn describe_unreachable(url: &str, e: &reqwest::Error) -> String {
-    if crate::net::is_connection_refused(e) {
+    if crate::net::is_refused(e) {
         return format!("no sidecar answers at {url} (connection refused)");
     }
     format!("{url}: {}", crate::net::describe_reqwest_error(e))
@@ -121,6 +121,24 @@ pub fn client_headers(config_file: Option<PathBuf>) -> reqwest::header::HeaderMa
         headers.insert(reqwest::header::AUTHORIZATION, value);
     }
     headers
+}
+
+/// The runtime of the commands that serve (`serve`, `stdio`, `demo`): a thread per core.
+pub fn server_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Says, once at start, which secret files are not written yet: until they are, the sidecar
+/// reports `auth_required` rather than failing.
+pub fn warn_pending_files(config: &config::Config) {
+    for pending in config.pending_files() {
+        tracing::warn!(
+            file = %pending,
+            "a secret file is not there yet; reporting auth_required until it is written"
+        );
+    }
 }
 
 /// A small runtime for the client-side commands (`probe`, `wait`): one thread is plenty.

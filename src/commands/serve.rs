@@ -14,16 +14,8 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         }
     };
     crate::telemetry::init(&config.log);
-    for pending in config.pending_files() {
-        tracing::warn!(
-            file = %pending,
-            "a secret file is not there yet; reporting auth_required until it is written"
-        );
-    }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    super::warn_pending_files(&config);
+    let runtime = match super::server_runtime() {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the async runtime");
