@@ -52,28 +52,22 @@ pub fn http_client_builder(
     Ok(builder)
 }
 
-/// Whether nothing listened at the address: a refused connect, found anywhere in the error's
-/// chain of causes.
-pub fn is_connection_refused(e: &reqwest::Error) -> bool {
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(io) = s.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::ConnectionRefused
-        {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
 /// A readable cause from a reqwest error, without its URL (which may carry a query string).
 pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
     let mut parts = Vec::new();
     if e.is_timeout() {
         parts.push("timed out".to_string());
     }
-    let mut source = std::error::Error::source(e);
+    // Not `e` itself: its text names the URL.
+    push_causes(&mut parts, std::error::Error::source(e));
+    if parts.is_empty() {
+        parts.push(e.without_url_display());
+    }
+    parts.join(": ")
+}
+
+/// Appends the text of `source` and of each cause after it that says something new.
+fn push_causes(parts: &mut Vec<String>, mut source: Option<&(dyn std::error::Error + 'static)>) {
     while let Some(s) = source {
         let text = s.to_string();
         // hyper-util's wrapper says only "client error (Connect)"; its source says what happened.
@@ -82,10 +76,6 @@ pub fn describe_reqwest_error(e: &reqwest::Error) -> String {
         }
         source = s.source();
     }
-    if parts.is_empty() {
-        parts.push(e.without_url_display());
-    }
-    parts.join(": ")
 }
 
 trait WithoutUrlDisplay {
@@ -178,15 +168,7 @@ pub fn is_refused(e: &(dyn std::error::Error + 'static)) -> bool {
 /// A readable cause from an error and its chain of causes (hyper's errors name no URL).
 pub fn describe_error(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
-    let mut source = Some(e);
-    while let Some(s) = source {
-        let text = s.to_string();
-        // hyper-util's wrapper says only "client error (Connect)"; its source says what happened.
-        if !text.starts_with("client error (") && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        source = s.source();
-    }
+    push_causes(&mut parts, Some(e));
     if parts.is_empty() {
         parts.push(e.to_string());
     }
@@ -209,14 +191,20 @@ fn load_ca_file_der(
 }
 
 /// Reads extra trust roots (PEM, one or more certificates).
+/// Parsed once by the same PEM reader as the upstream's roots ([`load_ca_file_der`]), so the
+/// check at start-up and both clients agree on what the file holds.
 pub fn load_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>, String> {
-    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|e| format!("{} is not a PEM certificate bundle: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{} contains no PEM certificate", path.display()));
-    }
-    Ok(certs)
+    load_ca_file_der(path)?
+        .iter()
+        .map(|der| {
+            reqwest::Certificate::from_der(der).map_err(|e| {
+                format!(
+                    "{} holds a certificate that cannot be used: {e}",
+                    path.display()
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
