@@ -146,6 +146,7 @@ where
         out: lines,
         stream_opened: Mutex::new(false),
         stop: stop_rx.clone(),
+        initializing: watch::channel(false).0,
     });
 
     let mut tasks: JoinSet<()> = JoinSet::new();
@@ -259,6 +260,21 @@ struct Front {
     out: mpsc::Sender<String>,
     stream_opened: Mutex<bool>,
     stop: watch::Receiver<bool>,
+    /// True while a `notifications/initialized` is on its way upstream. The host sends it and
+    /// its next requests back to back; each runs in a task of its own, so without this a
+    /// `tools/list` could reach the upstream first, and a server that finishes setting up the
+    /// session on `initialized` (server-everything adds its roots tools then) answers it from a
+    /// half-made session.
+    initializing: watch::Sender<bool>,
+}
+
+/// Ends the [`Front::initializing`] wait however the notification's task ends (aborted too).
+struct Initialized<'a>(&'a watch::Sender<bool>);
+
+impl Drop for Initialized<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 /// A client message, classified.
@@ -348,7 +364,13 @@ impl Front {
             Kind::Request { id, .. } => Some(id_key(id)),
             _ => None,
         };
-        let handle = tasks.spawn(self.handle(kind, body));
+        // Set before the next line is read, so every message after it waits for it.
+        let initialized =
+            matches!(&kind, Kind::Notification { method } if method == "notifications/initialized");
+        if initialized {
+            self.initializing.send_replace(true);
+        }
+        let handle = tasks.spawn(self.handle(kind, body, initialized));
         if let Some(key) = key {
             names.insert(handle.id(), key.clone());
             in_flight.insert(key, handle);
@@ -356,7 +378,15 @@ impl Front {
         cancelled
     }
 
-    async fn handle(self: Arc<Self>, kind: Kind, body: Bytes) {
+    async fn handle(self: Arc<Self>, kind: Kind, body: Bytes, initialized: bool) {
+        let _initialized = if initialized {
+            Some(Initialized(&self.initializing))
+        } else {
+            let mut sent = self.initializing.subscribe();
+            // Err: the sender is the front's own, alive as long as this task's `self`.
+            let _ = sent.wait_for(|pending| !*pending).await;
+            None
+        };
         if let Kind::Request { id, method } = &kind
             && method == "initialize"
             && let Err(report) = self.wait_ready().await

@@ -214,6 +214,46 @@ async fn a_tools_call_goes_through_and_eof_ends_the_session() {
     );
 }
 
+/// The host sends `notifications/initialized` and its first request back to back; the request
+/// must not overtake the notification (server-everything lists its roots tools only once it has
+/// seen it, which made interop G fail now and then).
+#[tokio::test]
+async fn the_first_request_waits_for_the_initialized_notification() {
+    let secret = canary();
+    let mock = MockUpstream::start(&secret, Mode::Legacy);
+    let delay = std::time::Duration::from_millis(300);
+    *mock.state.initialized_delay.lock().unwrap() = Some(delay);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", &secret)]);
+    host.initialize().await;
+    host.send(&json!({"jsonrpc":"2.0","id":2,"method":"tools/list"}))
+        .await;
+    host.expect("tools/list reply", |m| m["id"] == 2).await;
+    let requests = mock.state.requests();
+    let session = |r: &&crate::common::mock_upstream::Recorded| {
+        r.headers
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let list = requests
+        .iter()
+        .find(|r| r.rpc_method().as_deref() == Some("tools/list"))
+        .expect("tools/list reached the upstream");
+    // The host's own notification, not the readiness handshake's: the one in its session.
+    let initialized = requests
+        .iter()
+        .find(|r| {
+            r.rpc_method().as_deref() == Some("notifications/initialized")
+                && session(r) == session(&list)
+        })
+        .expect("the host's notifications/initialized reached the upstream");
+    assert!(
+        list.at >= initialized.at + delay,
+        "tools/list reached the upstream before notifications/initialized was answered"
+    );
+    host.close().await;
+}
+
 #[tokio::test]
 async fn sse_events_arrive_as_they_come_and_calls_run_concurrently() {
     let mock = MockUpstream::start("t0ken", Mode::Legacy);

@@ -106,6 +106,9 @@ pub struct MockState {
     pub forbid: Mutex<Option<Forbid>>,
     /// Refuse the readiness handshake's requests too.
     pub forbid_everyone: AtomicBool,
+    /// Answer `notifications/initialized` this long after it arrives, as a server that sets up
+    /// the session on it does.
+    pub initialized_delay: Mutex<Option<std::time::Duration>>,
 }
 
 /// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
@@ -243,6 +246,7 @@ impl MockUpstream {
             coded_get_streams: AtomicBool::new(coded),
             forbid: Mutex::new(None),
             forbid_everyone: AtomicBool::new(false),
+            initialized_delay: Mutex::new(None),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -502,7 +506,13 @@ async fn respond(
                 response
             }
         },
-        "notifications/initialized" => StatusCode::ACCEPTED.into_response(),
+        "notifications/initialized" => {
+            let delay = *state.initialized_delay.lock().unwrap();
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            StatusCode::ACCEPTED.into_response()
+        }
         "tools/call" => {
             let name = message["params"]["name"].as_str().unwrap_or("");
             match name {
