@@ -7,6 +7,10 @@
 //! and `/ready`'s status code stay open to probes that cannot send it, but `/ready` without the
 //! token says only `ready`, `reason` and `since`: no detail and no login prompt.
 //!
+//! With several upstreams `/ready` is 200 only when every required one is ready and lists each in
+//! `upstreams`; `/ready/NAME` answers for one; `/upstreams` names them for gates (one line each,
+//! `NAME PATH required|optional`); `/status` has a section per upstream.
+//!
 //! `/.well-known/*` and every unknown path answer `404` with `{"error":"not_found"}` as JSON:
 //! Claude Code probes OAuth discovery paths and treats a plain-text 404 as a crash and a 200 as
 //! "needs authentication" (PROTOCOL.md).
@@ -20,17 +24,18 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::app::App;
+use crate::app::{App, Apps};
 
 pub async fn healthz() -> Response {
     (StatusCode::OK, Json(json!({ "status": "ok" }))).into_response()
 }
 
-/// Middleware: the Host and Origin rule for every path but the MCP endpoint's, which checks it
-/// itself to answer in JSON-RPC form and count the refusal.
-pub async fn host_rule(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
-    if !is_mcp_path(&app, request.uri().path())
-        && let Err(refusal) = app
+/// Middleware: the Host and Origin rule for every path but the MCP endpoints', which check it
+/// themselves to answer in JSON-RPC form and count the refusal.
+pub async fn host_rule(State(apps): State<Arc<Apps>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    if !apps.all.iter().any(|app| is_mcp_path(app, path))
+        && let Err(refusal) = apps
             .guard
             .check_host_and_origin(request.uri(), request.headers())
     {
@@ -64,40 +69,129 @@ fn refused(refusal: &crate::guard::Refusal) -> Response {
 }
 
 /// The client token, for the endpoints that need it when one is configured.
-fn token_refused(app: &App, headers: &HeaderMap) -> Option<Response> {
-    let refusal = app.guard.check_client_token(headers).err()?;
+fn token_refused(apps: &Apps, headers: &HeaderMap) -> Option<Response> {
+    let refusal = apps.guard.check_client_token(headers).err()?;
     tracing::warn!(reason = %refusal, "refused a request without the client token");
     Some(refused(&refusal))
 }
 
-pub async fn ready(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+/// One upstream's `/ready` object. Without the client token (probes that cannot send it, such as
+/// kubelet's httpGet) only `ready`, `reason` and `since`: the detail and a pending login are for
+/// clients that hold it.
+fn ready_entry(app: &App, report: &crate::readiness::Report, deep: bool) -> serde_json::Value {
+    let mut entry = json!({
+        "name": app.name,
+        "path": app.path,
+        "required": app.required,
+        "ready": report.ready,
+        "reason": report.reason,
+        "since": report.since,
+    });
+    if deep {
+        entry["detail"] = json!(report.detail);
+        if let Some(login) = &report.login {
+            entry["login"] = json!(login);
+        }
+    }
+    entry
+}
+
+/// The top-level fields `/ready` has always had, from one upstream's report.
+fn top_level(report: &crate::readiness::Report, deep: bool) -> serde_json::Value {
+    if deep {
+        json!(report)
+    } else {
+        json!({ "ready": report.ready, "reason": report.reason, "since": report.since })
+    }
+}
+
+pub async fn ready(State(apps): State<Arc<Apps>>, headers: HeaderMap) -> Response {
+    let deep = apps.guard.client_token_ok(&headers);
+    let reports: Vec<_> = apps.all.iter().map(|app| app.readiness.report()).collect();
+    let ready = apps
+        .all
+        .iter()
+        .zip(&reports)
+        .all(|(app, report)| report.ready || !app.required);
+    // Today's top-level fields come from the upstream that decides: the first required one that
+    // is not ready, else the first ready one (for a single upstream: that upstream).
+    let lead = apps
+        .all
+        .iter()
+        .zip(&reports)
+        .position(|(app, report)| app.required && !report.ready)
+        .or_else(|| reports.iter().position(|report| report.ready))
+        .unwrap_or(0);
+    let mut body = match reports.get(lead) {
+        Some(report) => top_level(report, deep),
+        None => json!({}),
+    };
+    body["ready"] = json!(ready);
+    body["upstreams"] = apps
+        .all
+        .iter()
+        .zip(&reports)
+        .map(|(app, report)| ready_entry(app, report, deep))
+        .collect();
+    (ready_status(ready), Json(body)).into_response()
+}
+
+/// `GET /ready/NAME`: one upstream's readiness, whether or not it is required.
+pub async fn ready_one(
+    State(apps): State<Arc<Apps>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let Some(app) = apps.get(&name) else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "error": "not_found", "detail": "no upstream has this name; GET /upstreams lists them" })),
+        )
+            .into_response();
+    };
+    let deep = apps.guard.client_token_ok(&headers);
     let report = app.readiness.report();
-    let status = if report.ready {
+    (
+        ready_status(report.ready),
+        Json(ready_entry(app, &report, deep)),
+    )
+        .into_response()
+}
+
+fn ready_status(ready: bool) -> StatusCode {
+    if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
-    };
-    if !app.guard.client_token_ok(&headers) {
-        // Probes that cannot send the token (kubelet httpGet) need only the status code; the
-        // detail and a pending login are for clients that hold it.
-        let shallow = json!({
-            "ready": report.ready,
-            "reason": report.reason,
-            "since": report.since,
-        });
-        return (status, Json(shallow)).into_response();
     }
-    (status, Json(report)).into_response()
 }
 
-pub async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = token_refused(&app, &headers) {
-        return refusal;
+/// `GET /upstreams`: `NAME PATH required|optional`, one line per upstream in configuration
+/// order, for gates that register each with an agent. Names and paths are not secret, so no
+/// client token is asked; the Host and Origin rule applies as everywhere.
+pub async fn upstreams(State(apps): State<Arc<Apps>>) -> Response {
+    let mut text = String::new();
+    for app in &apps.all {
+        let kind = if app.required { "required" } else { "optional" };
+        text.push_str(&format!("{} {} {kind}\n", app.name, app.path));
     }
+    (
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        text,
+    )
+        .into_response()
+}
+
+/// One upstream's `/status` section.
+fn status_section(app: &App) -> serde_json::Value {
     let state = app.readiness.state();
-    let body = json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "started_at": crate::time::rfc3339(app.started_at),
+    json!({
+        "name": app.name,
+        "required": app.required,
         "upstream": crate::net::display_url(app.upstream.url()),
         "path": app.path,
         "ready": app.readiness.report(),
@@ -107,13 +201,34 @@ pub async fn status(State(app): State<Arc<App>>, headers: HeaderMap) -> Response
             "server": state.server,
         },
         "token": app.upstream.tokens().status(),
-        "counters": app.metrics.totals(),
-    });
+    })
+}
+
+pub async fn status(State(apps): State<Arc<Apps>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = token_refused(&apps, &headers) {
+        return refusal;
+    }
+    let sections: Vec<serde_json::Value> = apps.all.iter().map(|app| status_section(app)).collect();
+    // Today's top-level fields stay those of the first upstream (the only one, in the
+    // single-upstream form); `upstreams` has every one.
+    let mut body = match sections.first() {
+        Some(serde_json::Value::Object(first)) => {
+            let mut top = first.clone();
+            top.remove("name");
+            top.remove("required");
+            serde_json::Value::Object(top)
+        }
+        _ => json!({}),
+    };
+    body["version"] = json!(env!("CARGO_PKG_VERSION"));
+    body["started_at"] = json!(crate::time::rfc3339(apps.started_at));
+    body["counters"] = json!(apps.metrics.totals());
+    body["upstreams"] = json!(sections);
     (StatusCode::OK, Json(body)).into_response()
 }
 
-pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    if let Some(refusal) = token_refused(&app, &headers) {
+pub async fn metrics(State(apps): State<Arc<Apps>>, headers: HeaderMap) -> Response {
+    if let Some(refusal) = token_refused(&apps, &headers) {
         return refusal;
     }
     (
@@ -122,7 +237,7 @@ pub async fn metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Respons
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        app.metrics.encode(),
+        apps.metrics.encode(),
     )
         .into_response()
 }

@@ -356,4 +356,12 @@ mod tests {
         drop(stream);
         assert!(!endpoints.is_open("/messages?s=1"));
     }
+
+    #[test]
+    fn no_upstream_name_can_shadow_the_legacy_routes() {
+        assert_eq!(
+            LEGACY_SEGMENT,
+            format!("/{}", crate::config::RESERVED_UPSTREAM_NAME)
+        );
+    }
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinSet;
 
-use crate::app::App;
+use crate::app::{App, Apps};
 use crate::config::{ClientLimits, Config};
 use crate::forwarder::Forwarder;
 use crate::guard::Guard;
@@ -34,30 +34,49 @@ use crate::readiness::Readiness;
 use crate::session::Sessions;
 use crate::upstream::Upstream;
 
-pub fn router(app: Arc<App>) -> Router {
-    Router::new()
-        .route(&app.path, crate::trace::layer(any(crate::proxy::handle)))
-        .route(
-            &format!(
-                "{}{}/{{*endpoint}}",
-                app.path,
-                crate::legacy::LEGACY_SEGMENT
-            ),
-            crate::trace::layer(any(crate::proxy::handle_legacy)),
-        )
+/// Each upstream's routes carry its own [`App`] as state, so a handler can only ever reach its
+/// own upstream; the sidecar's own endpoints see every upstream through [`Apps`].
+pub fn router(apps: Arc<Apps>) -> Router {
+    let mut router = Router::new();
+    for app in &apps.all {
+        // `default` keeps today's `/oauth/*`; a named upstream logs in at `/oauth/NAME/*`.
+        let oauth = if app.name == crate::config::DEFAULT_UPSTREAM {
+            "/oauth".to_string()
+        } else {
+            format!("/oauth/{}", app.name)
+        };
+        let routes = Router::new()
+            .route(&app.path, crate::trace::layer(any(crate::proxy::handle)))
+            .route(
+                &format!(
+                    "{}{}/{{*endpoint}}",
+                    app.path,
+                    crate::legacy::LEGACY_SEGMENT
+                ),
+                crate::trace::layer(any(crate::proxy::handle_legacy)),
+            )
+            .route(&format!("{oauth}/login"), get(crate::admin::oauth_login))
+            .route(
+                &format!("{oauth}/callback"),
+                get(crate::admin::oauth_callback),
+            )
+            .with_state(app.clone());
+        router = router.merge(routes);
+    }
+    router
         .route("/healthz", get(crate::admin::healthz))
         .route("/ready", get(crate::admin::ready))
+        .route("/ready/{name}", get(crate::admin::ready_one))
+        .route("/upstreams", get(crate::admin::upstreams))
         .route("/status", get(crate::admin::status))
         .route("/metrics", get(crate::admin::metrics))
-        .route("/oauth/login", get(crate::admin::oauth_login))
-        .route("/oauth/callback", get(crate::admin::oauth_callback))
         .fallback(crate::admin::not_found)
         // Outermost, so it also covers the fallback and the router's own 405s.
         .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
+            apps.clone(),
             crate::admin::host_rule,
         ))
-        .with_state(app)
+        .with_state(apps)
 }
 
 /// Why the server could not start.
@@ -81,52 +100,75 @@ pub async fn serve(
     let open_files = raise_open_files_limit();
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
-    let (upstream, built) = Upstream::start(
-        config.auth,
-        &config.upstream,
-        &config.state_dir,
-        config.state_store.as_ref(),
-    )
-    .map_err(ServeError::Setup)?;
-    let readiness = Readiness::new(config.ready);
     let metrics = Arc::new(Metrics::new());
+    let guard = Arc::new(Guard::new(
+        config.allowed_hosts.clone(),
+        config.client_token,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let app = Arc::new(App {
-        path: config.path.clone(),
-        max_body_bytes: config.max_body_bytes,
-        guard: Guard::new(config.allowed_hosts.clone(), config.client_token),
-        upstream: upstream.clone(),
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
-        forwarder: Forwarder::new(
-            upstream.clone(),
-            Sessions::new(config.sessions),
-            readiness.clone(),
-            config.ready.timeout,
-        ),
-        legacy: crate::legacy::Endpoints::new(),
-        sse_keepalive: config.sse_keepalive,
-        shutdown: stop_rx.clone(),
-        started_at: SystemTime::now(),
-        login: built.manager.zip(built.authorization),
-    });
-
+    let started_at = SystemTime::now();
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         // Err means the sender is gone, which also means stop.
         let _ = rx.wait_for(|stop| *stop).await;
     };
-    let checker =
-        tokio::spawn(readiness.run_checker(upstream.clone(), metrics, stopped(stop_rx.clone())));
-
     let local = listener.local_addr()?;
-    tracing::info!(
-        listen = %local,
-        path = %config.path,
-        upstream = %crate::net::display_url(upstream.url()),
-        auth = upstream.tokens().status().source,
-        version = env!("CARGO_PKG_VERSION"),
-        "mcp-sidecar listening"
-    );
+    let mut all = Vec::with_capacity(config.upstreams.len());
+    let mut checkers = Vec::with_capacity(config.upstreams.len());
+    for settings in config.upstreams {
+        // Each upstream is built from its own settings alone (credential, headers, CA, state
+        // directory): nothing here is shared between two of them but the client guard.
+        let (upstream, built) = Upstream::start(
+            &settings.name,
+            settings.auth,
+            &settings.upstream,
+            &settings.state_dir,
+            config.state_store.as_ref(),
+        )
+        .map_err(|e| ServeError::Setup(format!("upstream {}: {e}", settings.name)))?;
+        let readiness = Readiness::new(settings.ready);
+        checkers.push(tokio::spawn(readiness.clone().run_checker(
+            upstream.clone(),
+            metrics.clone(),
+            stopped(stop_rx.clone()),
+        )));
+        tracing::info!(
+            listen = %local,
+            name = %settings.name,
+            path = %settings.path,
+            upstream = %crate::net::display_url(upstream.url()),
+            auth = upstream.tokens().status().source,
+            required = settings.required,
+            version = env!("CARGO_PKG_VERSION"),
+            "mcp-sidecar listening"
+        );
+        all.push(Arc::new(App {
+            name: settings.name,
+            required: settings.required,
+            path: settings.path,
+            max_body_bytes: config.max_body_bytes,
+            guard: guard.clone(),
+            upstream: upstream.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            forwarder: Forwarder::new(
+                upstream.clone(),
+                Sessions::new(config.sessions),
+                readiness,
+                settings.ready.timeout,
+            ),
+            legacy: crate::legacy::Endpoints::new(),
+            sse_keepalive: config.sse_keepalive,
+            shutdown: stop_rx.clone(),
+            started_at,
+            login: built.manager.zip(built.authorization),
+        }));
+    }
+    let apps = Arc::new(Apps {
+        all,
+        guard,
+        metrics,
+        started_at,
+    });
 
     let max_connections = match config.clients.max_connections {
         Some(max) => {
@@ -144,7 +186,7 @@ pub async fn serve(
     };
     let server = serve_clients(
         listener,
-        router(app),
+        router(apps),
         config.clients,
         max_connections,
         stop_rx,
@@ -172,7 +214,9 @@ pub async fn serve(
             tracing::warn!("connections still open after the grace period (streams); closed them")
         }
     }
-    let _ = checker.await;
+    for checker in checkers {
+        let _ = checker.await;
+    }
     Ok(())
 }
 

@@ -100,14 +100,19 @@ where
     // Secrets loaded with the configuration stay known for scrubbing as long as the process runs.
     crate::secret::seal();
     // Held to the end, as `serve` holds it in `App`: the login side of the manager.
+    let mut config = config;
+    let settings = config
+        .take_single_upstream("mcp-sidecar stdio")
+        .map_err(StdioError::Setup)?;
     let (upstream, _built) = Upstream::start(
-        config.auth,
-        &config.upstream,
-        &config.state_dir,
+        &settings.name,
+        settings.auth,
+        &settings.upstream,
+        &settings.state_dir,
         config.state_store.as_ref(),
     )
     .map_err(StdioError::Setup)?;
-    let readiness = Readiness::new(config.ready);
+    let readiness = Readiness::new(settings.ready);
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let checker = {
@@ -122,7 +127,7 @@ where
     };
     tracing::info!(
         upstream = %crate::net::display_url(upstream.url()),
-        state_dir = %config.state_dir.display(),
+        state_dir = %settings.state_dir.display(),
         auth = upstream.tokens().status().source,
         version = env!("CARGO_PKG_VERSION"),
         "mcp-sidecar stdio front started"
@@ -136,7 +141,7 @@ where
             upstream.clone(),
             Sessions::new(config.sessions),
             readiness.clone(),
-            config.ready.timeout,
+            settings.ready.timeout,
         ),
         readiness,
         ready_timeout: config.stdio_ready_timeout,

@@ -258,13 +258,14 @@ impl Upstream {
     /// for the front's own use of the manager (the `/oauth/*` login). Errors are start-up
     /// messages.
     pub fn start(
+        name: &str,
         auth: crate::config::AuthConfig,
         config: &UpstreamConfig,
         state_dir: &std::path::Path,
         fleet_store: Option<&crate::config::FleetStoreConfig>,
     ) -> Result<(Arc<Self>, crate::token::Built), String> {
-        let built =
-            crate::token::build(auth, config, state_dir, fleet_store).map_err(|e| e.to_string())?;
+        let built = crate::token::build(name, auth, config, state_dir, fleet_store)
+            .map_err(|e| e.to_string())?;
         built.source.clone().start();
         let upstream = Self::new(config, built.source.clone())?;
         Ok((Arc::new(upstream), built))

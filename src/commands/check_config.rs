@@ -18,6 +18,20 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
                     break;
                 }
             }
+            // Named upstreams: one block each, keys as they are spelled inside the block
+            // (`upstreams.NAME.KEY`, or `MCP_SIDECAR_UPSTREAMS__NAME__KEY`).
+            if !config.is_single() {
+                for upstream in &config.upstreams {
+                    let rows = upstream.summary();
+                    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+                    outln!("upstream {}:", upstream.name);
+                    for (key, value) in rows {
+                        if !outln!("  {key:width$}  {value}") {
+                            break;
+                        }
+                    }
+                }
+            }
             // A block of their own: the OTEL_* names are the standard ones, not MCP_SIDECAR_*.
             let traces = config.trace.summary();
             let width = traces.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

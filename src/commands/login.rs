@@ -15,15 +15,22 @@ use crate::output::{errln, exit};
 use crate::token::{self, Login};
 
 pub fn run(config_file: Option<PathBuf>) -> u8 {
-    let config = match config::load(&Sources::from_process(config_file)) {
+    let mut config = match config::load(&Sources::from_process(config_file)) {
         Ok(config) => config,
         Err(e) => {
             errln!("mcp-sidecar: {e}");
             return exit::CONFIG;
         }
     };
+    let settings = match config.take_single_upstream("mcp-sidecar login") {
+        Ok(settings) => settings,
+        Err(e) => {
+            errln!("mcp-sidecar: {e}");
+            return exit::CONFIG;
+        }
+    };
     crate::telemetry::init(&config.log);
-    let interactive = matches!(&config.auth, AuthConfig::OAuth(o) if o.grant.is_interactive());
+    let interactive = matches!(&settings.auth, AuthConfig::OAuth(o) if o.grant.is_interactive());
     let runtime = match crate::commands::client_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -34,9 +41,10 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
     runtime.block_on(async move {
         crate::secret::seal();
         let built = match token::build(
-            config.auth,
-            &config.upstream,
-            &config.state_dir,
+            &settings.name,
+            settings.auth,
+            &settings.upstream,
+            &settings.state_dir,
             config.state_store.as_ref(),
         ) {
             Ok(built) => built,
@@ -55,7 +63,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         if interactive && manager.store().is_none() {
             errln!(
                 "mcp-sidecar login: STATE_DIR {} cannot be used (not writable, or refused as logged above), so the login would be lost; set MCP_SIDECAR_STATE_DIR to a writable directory owned by this user, mode 0700",
-                config.state_dir.display()
+                settings.state_dir.display()
             );
             return exit::FAILURE;
         }

@@ -65,13 +65,18 @@ fn start_traces(config: &config::Config) -> Result<Option<crate::trace::Traces>,
     if !config.trace.is_enabled() {
         return Ok(None);
     }
+    // The exporter takes the first upstream's network settings (CA file, connect timeout), and
+    // its address names the span's peer; `validate` never yields a configuration without one.
+    let Some(first) = config.upstreams.first() else {
+        return Ok(None);
+    };
     let client = crate::net::http_client(
-        &config.upstream.client_settings(),
+        &first.upstream.client_settings(),
         reqwest::redirect::Policy::none(),
     )?;
     let upstream = match (
-        config.upstream.url.host_str(),
-        config.upstream.url.port_or_known_default(),
+        first.upstream.url.host_str(),
+        first.upstream.url.port_or_known_default(),
     ) {
         (Some(host), Some(port)) => format!("{host}:{port}"),
         (Some(host), None) => host.to_string(),

@@ -23,7 +23,7 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
         && let Some(dir) =
             crate::stdio::user_state_dir(&sources.env, crate::stdio::in_container(&sources.env))
     {
-        config.state_dir = dir;
+        config.relocate_state_dir(dir);
     }
     super::warn_pending_files(&config);
     let runtime = match super::server_runtime() {

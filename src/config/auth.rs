@@ -353,6 +353,7 @@ impl Reader {
 
     /// A file holding a secret (a key, a subject token), checked for readability now.
     fn secret_file(&mut self, key: &str, env_name: &'static str) -> Option<SecretFile> {
+        let env_name = self.scoped_env_name(env_name);
         let path = self.text(key)?;
         let file = SecretFile::new(env_name, PathBuf::from(path));
         if let Err(e) = file.read() {
@@ -514,7 +515,14 @@ impl Reader {
             },
             None => {
                 let port = listen.map_or(4510, |l| l.port());
-                Url::parse(&format!("http://localhost:{port}/oauth/callback")).ok()
+                // Each named upstream logs in on its own callback (`/oauth/NAME/callback`).
+                let login = match &self.scope {
+                    Some(scope) if scope.name != super::DEFAULT_UPSTREAM => {
+                        format!("/oauth/{}", scope.name)
+                    }
+                    _ => "/oauth".to_string(),
+                };
+                Url::parse(&format!("http://localhost:{port}{login}/callback")).ok()
             }
         };
         // Keys of other grants are reported by `unused_keys`; their files need not be read.

@@ -124,10 +124,112 @@ const KNOWN_KEYS: &[&str] = &[
     "token_timeout",
 ];
 
+/// Keys about one upstream alone: at the top level in the single-upstream form, inside
+/// `[upstreams.NAME]` otherwise (never both).
+const UPSTREAM_KEYS: &[&str] = &[
+    "upstream_url",
+    "allow_insecure_upstream",
+    "auth",
+    "token",
+    "token_file",
+    "headers",
+    "headers_file",
+    "ca_file",
+    "token_command",
+    "token_command_ttl",
+    "token_command_timeout",
+    "token_command_shell",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "client_auth",
+    "client_assertion_key_file",
+    "client_assertion_alg",
+    "client_assertion_kid",
+    "client_id_metadata_url",
+    "scopes",
+    "audience",
+    "resource",
+    "issuer",
+    "token_url",
+    "authorization_url",
+    "device_authorization_url",
+    "redirect_uri",
+    "refresh_token",
+    "refresh_token_file",
+    "subject_token_file",
+    "subject_token_type",
+    "refresh_skew",
+    "token_timeout",
+];
+
+/// Keys whose top-level value is every upstream's default, which a block may override.
+const INHERITED_KEYS: &[&str] = &[
+    "connect_timeout",
+    "read_timeout",
+    "ready_interval",
+    "ready_timeout",
+];
+
+/// Keys only an `[upstreams.NAME]` block has.
+const BLOCK_ONLY_KEYS: &[&str] = &["required"];
+
+/// The TOML table (`[upstreams.NAME]`) and the environment prefix (`UPSTREAMS__NAME__KEY`) of
+/// the named form.
+const UPSTREAMS_KEY: &str = "upstreams";
+const UPSTREAMS_ENV: &str = "upstreams__";
+
+/// Upstream names are path segments and label values: lower case, URL-safe, at most 63.
+pub fn is_valid_upstream_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    (1..=63).contains(&bytes.len())
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+const NAME_RULE: &str =
+    "upstream names are 1 to 63 lower-case letters, digits and -, starting with a letter or digit";
+
+/// `PATH/legacy/...` is where `default` serves the legacy transport's message endpoints
+/// (`crate::legacy::LEGACY_SEGMENT`, whose test checks the two agree): no upstream may be there.
+pub const RESERVED_UPSTREAM_NAME: &str = "legacy";
+
+/// A name usable for an upstream, or why not.
+fn check_upstream_name(name: &str) -> Result<(), String> {
+    if !is_valid_upstream_name(name) {
+        return Err(NAME_RULE.into());
+    }
+    if name == RESERVED_UPSTREAM_NAME {
+        return Err(format!(
+            "{name} is reserved (PATH/{name} serves the legacy transport's message endpoints)"
+        ));
+    }
+    Ok(())
+}
+
+/// An upstream's own state directory: `STATE_DIR` itself for `default` (the layout volumes made
+/// before named upstreams have), `STATE_DIR/upstreams/NAME` for the others.
+fn upstream_state_dir(state_dir: &Path, name: &str) -> PathBuf {
+    if name == DEFAULT_UPSTREAM {
+        state_dir.to_path_buf()
+    } else {
+        state_dir.join(UPSTREAMS_KEY).join(name)
+    }
+}
+
+/// How a name is spelled inside an environment variable: upper case, `-` as `_` (shells cannot
+/// export a name holding `-`). Names never hold `_`, so the spelling reads back unambiguously.
+fn env_spelling(name: &str) -> String {
+    name.to_ascii_uppercase().replace('-', "_")
+}
+
 /// The validated configuration the rest of the program runs on.
 #[derive(Debug)]
 pub struct Config {
-    pub upstream: UpstreamConfig,
+    /// Every upstream, in name order: the single-upstream form gives one named `default`.
+    pub upstreams: Vec<UpstreamSettings>,
     pub listen: SocketAddr,
     /// Path of the proxied MCP endpoint, e.g. `/mcp`.
     pub path: String,
@@ -136,8 +238,6 @@ pub struct Config {
     pub allowed_hosts: Vec<String>,
     /// Shared secret clients must present as `Authorization: Bearer ...`, when set.
     pub client_token: Option<SecretSource>,
-    pub auth: AuthConfig,
-    pub ready: ReadyConfig,
     pub max_body_bytes: usize,
     /// How much of the clients' sessions is remembered to re-make them upstream.
     pub sessions: SessionLimits,
@@ -166,6 +266,28 @@ pub const DEFAULT_STDIO_READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Default `STATE_DIR`: the image declares it as a volume owned by the sidecar's user.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/mcp-sidecar";
+
+/// The name of the upstream the single-upstream form configures, served at `PATH`.
+pub const DEFAULT_UPSTREAM: &str = "default";
+
+/// One upstream and everything that is about it alone: its credential, its readiness, where it
+/// is served and where its state lives. Nothing here is shared with another upstream, which is
+/// what keeps one upstream's token out of another's requests.
+#[derive(Debug)]
+pub struct UpstreamSettings {
+    /// `default` for the single-upstream form, else the `NAME` of `[upstreams.NAME]`.
+    pub name: String,
+    /// Where clients reach it: `PATH` for `default`, `PATH/NAME` for the others.
+    pub path: String,
+    pub upstream: UpstreamConfig,
+    pub auth: AuthConfig,
+    pub ready: ReadyConfig,
+    /// Whether `/ready` waits for it (`REQUIRED`, default true; only in `[upstreams.NAME]`).
+    pub required: bool,
+    /// Its own state directory: `STATE_DIR` itself for `default` (the layout existing volumes
+    /// have), `STATE_DIR/upstreams/NAME` for the others, so two never share a token file or lock.
+    pub state_dir: PathBuf,
+}
 
 #[derive(Debug)]
 pub struct UpstreamConfig {
@@ -408,6 +530,25 @@ struct Reader {
     /// The TOML file could not be used; its problem is the only one worth reporting.
     file_failed: bool,
     problems: Vec<Problem>,
+    /// Set while reading one `[upstreams.NAME]` block: `raw` then holds that block's keys.
+    scope: Option<Scope>,
+}
+
+/// One `[upstreams.NAME]` block being read, and where each of its keys came from, so that every
+/// problem names the key as the user wrote it (`upstreams.github.auth in FILE` or
+/// `MCP_SIDECAR_UPSTREAMS__GITHUB__AUTH`).
+struct Scope {
+    name: String,
+    env_keys: std::collections::BTreeSet<String>,
+    /// The block has a table in the TOML file: a key it lacks is named the file's way.
+    in_file: bool,
+}
+
+/// Every upstream's default for the keys a block may override.
+struct Inherited {
+    connect_timeout: Duration,
+    read_timeout: Option<Duration>,
+    ready: ReadyConfig,
 }
 
 /// How the user named the TOML file: `--config` on the command line or `MCP_SIDECAR_CONFIG`.
@@ -462,11 +603,24 @@ impl Reader {
             file_label,
             file_failed,
             problems,
+            scope: None,
         }
     }
 
     /// The key as the user wrote it, based on where its value came from.
     fn label(&self, key: &str) -> String {
+        if let Some(scope) = &self.scope {
+            // A key missing from a block that has a table in the file is named the file's way.
+            let from_env = scope.env_keys.contains(key) || !scope.in_file;
+            return match (&self.file_label, from_env) {
+                (Some(file), false) => format!("{UPSTREAMS_KEY}.{}.{key} in {file}", scope.name),
+                _ => format!(
+                    "{ENV_PREFIX}UPSTREAMS__{}__{}",
+                    env_spelling(&scope.name),
+                    key.to_ascii_uppercase()
+                ),
+            };
+        }
         let from_env = self
             .figment
             .find_metadata(key)
@@ -625,6 +779,7 @@ impl Reader {
         file_key: &'static str,
         env_name: &'static str,
     ) -> Option<SecretSource> {
+        let env_name = self.scoped_env_name(env_name);
         let inline = self.raw.contains_key(key);
         let file = self.raw.contains_key(file_key);
         match (inline, file) {
@@ -654,14 +809,47 @@ impl Reader {
         }
     }
 
+    /// The name a secret file's errors give at run time: `TOKEN_FILE`, or
+    /// `UPSTREAMS__GITHUB__TOKEN_FILE` inside a block.
+    fn scoped_env_name(&self, env_name: &'static str) -> &'static str {
+        match &self.scope {
+            None => env_name,
+            // Leaked once per secret key of each block when the configuration is loaded (a
+            // handful of short strings per process): `SecretFile` keys are `&'static str`.
+            Some(scope) => Box::leak(
+                format!("UPSTREAMS__{}__{env_name}", env_spelling(&scope.name)).into_boxed_str(),
+            ),
+        }
+    }
+
     fn unknown_keys(&mut self) {
-        let unknown: Vec<String> = self
-            .raw
-            .keys()
-            .filter(|k| !KNOWN_KEYS.contains(&k.as_str()))
-            .cloned()
-            .collect();
+        let scoped = self.scope.is_some();
+        let known = |k: &str| {
+            if scoped {
+                UPSTREAM_KEYS.contains(&k)
+                    || INHERITED_KEYS.contains(&k)
+                    || BLOCK_ONLY_KEYS.contains(&k)
+            } else {
+                KNOWN_KEYS.contains(&k) || k == UPSTREAMS_KEY || k.starts_with(UPSTREAMS_ENV)
+            }
+        };
+        let unknown: Vec<String> = self.raw.keys().filter(|k| !known(k)).cloned().collect();
         for key in unknown {
+            if scoped && KNOWN_KEYS.contains(&key.as_str()) {
+                let global = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
+                self.problem(
+                    &key,
+                    format!("is a setting of the whole sidecar, not of one upstream; set it once outside the upstream blocks ({key} or {global})"),
+                );
+                continue;
+            }
+            if !scoped && BLOCK_ONLY_KEYS.contains(&key.as_str()) {
+                self.problem(
+                    &key,
+                    "is a setting of a named upstream; it belongs in an [upstreams.NAME] block (MCP_SIDECAR_UPSTREAMS__NAME__...)",
+                );
+                continue;
+            }
             let from_env = self.label(&key).starts_with(ENV_PREFIX);
             let value = match self.raw.get(&key) {
                 Some(Value::String(_, v)) => v.as_str(),
@@ -682,6 +870,7 @@ impl Reader {
             }
             let suggestion = KNOWN_KEYS
                 .iter()
+                .filter(|candidate| known(candidate))
                 .map(|known| (strsim::jaro_winkler(&lower, known), known))
                 .filter(|(score, _)| *score > 0.85)
                 .max_by(|a, b| a.0.total_cmp(&b.0))
@@ -700,6 +889,21 @@ impl Reader {
 
     /// Spells `known` the way `key` was spelled (env variable or TOML key).
     fn label_like(&self, key: &str, known: String) -> String {
+        if let Some(scope) = &self.scope {
+            let (name, value) = match known.split_once('=') {
+                Some((name, value)) => (name, format!("={value}")),
+                None => (known.as_str(), String::new()),
+            };
+            return if self.label(key).starts_with(ENV_PREFIX) {
+                format!(
+                    "{ENV_PREFIX}UPSTREAMS__{}__{}{value}",
+                    env_spelling(&scope.name),
+                    name.to_ascii_uppercase()
+                )
+            } else {
+                format!("{UPSTREAMS_KEY}.{}.{name}{value}", scope.name)
+            };
+        }
         if self.label(key).starts_with(ENV_PREFIX) {
             // Only the name is upper-cased: `allow_remote_clients=true` becomes
             // `MCP_SIDECAR_ALLOW_REMOTE_CLIENTS=true`, the value stays as it must be written.
@@ -716,20 +920,6 @@ impl Reader {
 
     fn validate(&mut self) -> Option<Config> {
         self.unknown_keys();
-
-        let allow_insecure = self.boolean("allow_insecure_upstream", false);
-        let upstream_url = match self.text("upstream_url") {
-            None => {
-                if !self.raw.contains_key("upstream_url") {
-                    self.problem(
-                        "upstream_url",
-                        "is required: the remote MCP endpoint, e.g. https://mcp.example.com/mcp",
-                    );
-                }
-                None
-            }
-            Some(s) => self.upstream_url(&s, allow_insecure),
-        };
 
         let listen = self.listen();
 
@@ -777,6 +967,244 @@ impl Reader {
             );
         }
 
+        let inherited = Inherited {
+            connect_timeout: self.duration("connect_timeout", Duration::from_secs(10)),
+            read_timeout: self.read_timeout(None),
+            ready: ReadyConfig {
+                interval: self.duration("ready_interval", Duration::from_secs(30)),
+                timeout: self.duration("ready_timeout", Duration::from_secs(10)),
+            },
+        };
+        let max_body_bytes = self.positive_int("max_body_bytes", DEFAULT_MAX_BODY_BYTES);
+        if max_body_bytes > MAX_MAX_BODY_BYTES {
+            self.problem("max_body_bytes", "must be at most 67108864 (64 MiB)");
+        }
+        let max_session_bytes = self.positive_int("max_session_bytes", DEFAULT_MAX_SESSION_BYTES);
+        if max_session_bytes > MAX_MAX_SESSION_BYTES {
+            self.problem("max_session_bytes", "must be at most 1073741824 (1 GiB)");
+        }
+        let sessions = SessionLimits {
+            max_sessions: DEFAULT_MAX_SESSIONS,
+            max_bytes: max_session_bytes.min(MAX_MAX_SESSION_BYTES),
+            idle_timeout: self.duration("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
+        };
+        let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
+        let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
+        let stdio_ready_timeout = self.duration("stdio_ready_timeout", DEFAULT_STDIO_READY_TIMEOUT);
+        let clients = ClientLimits {
+            header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
+            idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
+            max_connections: match self.raw.get("max_connections") {
+                Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
+                Some(_) => {
+                    let n = self.positive_int("max_connections", 1);
+                    if n > MAX_MAX_CONNECTIONS {
+                        self.problem("max_connections", "must be at most 1000000 (or auto)");
+                    }
+                    Some(n.min(MAX_MAX_CONNECTIONS))
+                }
+                None => None,
+            },
+        };
+        let log = self.log();
+        let state_dir_set = self.text("state_dir").is_some();
+        let state_dir = self
+            .text("state_dir")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            self.problem("state_dir", "expected an absolute path");
+        }
+        let state_store = self.state_store(inherited.connect_timeout);
+
+        let blocks = self.upstream_blocks();
+        let upstreams: Vec<Option<UpstreamSettings>> = if blocks.is_empty() {
+            vec![self.upstream_settings(&path, listen, &state_dir, &inherited)]
+        } else {
+            self.mixed_forms(&blocks);
+            blocks
+                .into_iter()
+                .map(|(scope, raw)| {
+                    let mut block = Reader {
+                        raw,
+                        figment: self.figment.clone(),
+                        file_label: self.file_label.clone(),
+                        file_failed: false,
+                        problems: Vec::new(),
+                        scope: Some(scope),
+                    };
+                    block.unknown_keys();
+                    let settings = block.upstream_settings(&path, listen, &state_dir, &inherited);
+                    self.problems.append(&mut block.problems);
+                    settings
+                })
+                .collect()
+        };
+
+        Some(Config {
+            upstreams: upstreams.into_iter().collect::<Option<Vec<_>>>()?,
+            listen: listen?,
+            path,
+            allow_remote_clients,
+            allowed_hosts,
+            client_token,
+            max_body_bytes,
+            sessions,
+            sse_keepalive,
+            shutdown_grace,
+            stdio_ready_timeout,
+            clients,
+            log,
+            state_dir,
+            trace: crate::trace::TraceConfig::default(),
+            state_store,
+            state_dir_set,
+        })
+    }
+
+    /// `READ_TIMEOUT`: `off` (or 0) for none, else a duration.
+    fn read_timeout(&mut self, default: Option<Duration>) -> Option<Duration> {
+        match self.raw.get("read_timeout") {
+            Some(Value::String(_, s))
+                if s.trim().eq_ignore_ascii_case("off") || s.trim() == "0" =>
+            {
+                None
+            }
+            Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
+            Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
+            None => default,
+        }
+    }
+
+    /// The `[upstreams.NAME]` blocks of the TOML file and the `UPSTREAMS__NAME__KEY` variables,
+    /// merged per name (the environment wins, as everywhere), in name order. Bad names and
+    /// malformed variables are reported here and left out.
+    fn upstream_blocks(&mut self) -> Vec<(Scope, BTreeMap<String, Value>)> {
+        let mut blocks: BTreeMap<String, (Scope, BTreeMap<String, Value>)> = BTreeMap::new();
+        let new_scope = |name: &str, in_file: bool| Scope {
+            name: name.to_string(),
+            env_keys: Default::default(),
+            in_file,
+        };
+        let file = self.file_label.clone().unwrap_or_default();
+        match self.raw.get(UPSTREAMS_KEY).cloned() {
+            None => {}
+            Some(Value::Dict(_, tables)) if !self.label(UPSTREAMS_KEY).starts_with(ENV_PREFIX) => {
+                for (name, table) in tables {
+                    let key = format!("{UPSTREAMS_KEY}.{name} in {file}");
+                    if let Err(message) = check_upstream_name(&name) {
+                        self.problems.push(Problem { key, message });
+                        continue;
+                    }
+                    match table {
+                        Value::Dict(_, keys) => {
+                            let entry = blocks
+                                .entry(name.clone())
+                                .or_insert_with(|| (new_scope(&name, true), BTreeMap::new()));
+                            entry.1.extend(keys);
+                        }
+                        other => self.problems.push(Problem {
+                            key,
+                            message: format!(
+                                "expected a table of this upstream's settings ([{UPSTREAMS_KEY}.{name}]), found {}",
+                                describe(&other)
+                            ),
+                        }),
+                    }
+                }
+            }
+            Some(_) => self.problem(
+                UPSTREAMS_KEY,
+                "expected [upstreams.NAME] tables in the TOML file, or variables MCP_SIDECAR_UPSTREAMS__NAME__KEY",
+            ),
+        }
+        let env_keys: Vec<String> = self
+            .raw
+            .keys()
+            .filter(|k| k.starts_with(UPSTREAMS_ENV))
+            .cloned()
+            .collect();
+        for env_key in env_keys {
+            let written = format!("{ENV_PREFIX}{}", env_key.to_ascii_uppercase());
+            let mut parts = env_key[UPSTREAMS_ENV.len()..].splitn(2, "__");
+            let (Some(spelled), Some(key)) = (parts.next(), parts.next()) else {
+                self.problems.push(Problem {
+                    key: written,
+                    message: "expected MCP_SIDECAR_UPSTREAMS__NAME__KEY, e.g. MCP_SIDECAR_UPSTREAMS__GITHUB__UPSTREAM_URL".into(),
+                });
+                continue;
+            };
+            let name = spelled.replace('_', "-");
+            let checked = if key.is_empty() {
+                Err("expected MCP_SIDECAR_UPSTREAMS__NAME__KEY, e.g. MCP_SIDECAR_UPSTREAMS__GITHUB__UPSTREAM_URL".to_string())
+            } else {
+                check_upstream_name(&name).map_err(|m| format!("{m} (in a variable, write - as _)"))
+            };
+            if let Err(message) = checked {
+                self.problems.push(Problem {
+                    key: written,
+                    message,
+                });
+                continue;
+            }
+            let Some(value) = self.raw.get(&env_key).cloned() else {
+                continue;
+            };
+            let entry = blocks
+                .entry(name.clone())
+                .or_insert_with(|| (new_scope(&name, false), BTreeMap::new()));
+            entry.0.env_keys.insert(key.to_string());
+            entry.1.insert(key.to_string(), value);
+        }
+        blocks.into_values().collect()
+    }
+
+    /// With named blocks, a top-level key about one upstream has no upstream to belong to.
+    fn mixed_forms(&mut self, blocks: &[(Scope, BTreeMap<String, Value>)]) {
+        let names: Vec<&str> = blocks
+            .iter()
+            .map(|(scope, _)| scope.name.as_str())
+            .collect();
+        let misplaced: Vec<String> = self
+            .raw
+            .keys()
+            .filter(|k| UPSTREAM_KEYS.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for key in misplaced {
+            let message = format!(
+                "is a setting of one upstream, but upstreams are configured as named blocks ({}); \
+                 move it into one (upstreams.NAME.{key} or MCP_SIDECAR_UPSTREAMS__NAME__{})",
+                names.join(", "),
+                key.to_ascii_uppercase()
+            );
+            self.problem(&key, message);
+        }
+    }
+
+    /// Everything about one upstream: the top-level keys in the single-upstream form, one
+    /// block's keys when `self` reads a block.
+    fn upstream_settings(
+        &mut self,
+        path: &str,
+        listen: Option<SocketAddr>,
+        state_dir: &Path,
+        inherited: &Inherited,
+    ) -> Option<UpstreamSettings> {
+        let allow_insecure = self.boolean("allow_insecure_upstream", false);
+        let upstream_url = match self.text("upstream_url") {
+            None => {
+                if !self.raw.contains_key("upstream_url") {
+                    self.problem(
+                        "upstream_url",
+                        "is required: the remote MCP endpoint, e.g. https://mcp.example.com/mcp",
+                    );
+                }
+                None
+            }
+            Some(s) => self.upstream_url(&s, allow_insecure),
+        };
+
         let auth = self.auth(upstream_url.as_ref(), listen);
         let headers = if matches!(self.raw.get("headers"), Some(Value::Dict(..))) {
             if self.raw.contains_key("headers_file") {
@@ -820,64 +1248,39 @@ impl Reader {
             self.problem("ca_file", message);
         }
 
-        let connect_timeout = self.duration("connect_timeout", Duration::from_secs(10));
-        let ready = ReadyConfig {
-            interval: self.duration("ready_interval", Duration::from_secs(30)),
-            timeout: self.duration("ready_timeout", Duration::from_secs(10)),
+        // The top level was read already: only a block overrides these.
+        let (connect_timeout, read_timeout, ready) = if self.scope.is_some() {
+            (
+                self.duration("connect_timeout", inherited.connect_timeout),
+                self.read_timeout(inherited.read_timeout),
+                ReadyConfig {
+                    interval: self.duration("ready_interval", inherited.ready.interval),
+                    timeout: self.duration("ready_timeout", inherited.ready.timeout),
+                },
+            )
+        } else {
+            (
+                inherited.connect_timeout,
+                inherited.read_timeout,
+                inherited.ready,
+            )
         };
-        let max_body_bytes = self.positive_int("max_body_bytes", DEFAULT_MAX_BODY_BYTES);
-        if max_body_bytes > MAX_MAX_BODY_BYTES {
-            self.problem("max_body_bytes", "must be at most 67108864 (64 MiB)");
-        }
-        let max_session_bytes = self.positive_int("max_session_bytes", DEFAULT_MAX_SESSION_BYTES);
-        if max_session_bytes > MAX_MAX_SESSION_BYTES {
-            self.problem("max_session_bytes", "must be at most 1073741824 (1 GiB)");
-        }
-        let sessions = SessionLimits {
-            max_sessions: DEFAULT_MAX_SESSIONS,
-            max_bytes: max_session_bytes.min(MAX_MAX_SESSION_BYTES),
-            idle_timeout: self.duration("session_idle_timeout", DEFAULT_SESSION_IDLE_TIMEOUT),
+        let required = self.boolean("required", true);
+        let name = self
+            .scope
+            .as_ref()
+            .map_or(DEFAULT_UPSTREAM, |scope| scope.name.as_str())
+            .to_string();
+        let path = if name == DEFAULT_UPSTREAM {
+            path.to_string()
+        } else {
+            format!("{path}/{name}")
         };
-        let sse_keepalive = self.duration("sse_keepalive", Duration::from_secs(15));
-        let shutdown_grace = self.duration("shutdown_grace", Duration::from_secs(10));
-        let stdio_ready_timeout = self.duration("stdio_ready_timeout", DEFAULT_STDIO_READY_TIMEOUT);
-        let clients = ClientLimits {
-            header_timeout: self.duration("header_timeout", Duration::from_secs(10)),
-            idle_timeout: self.duration("client_idle_timeout", Duration::from_secs(60)),
-            max_connections: match self.raw.get("max_connections") {
-                Some(Value::String(_, s)) if s.trim().eq_ignore_ascii_case("auto") => None,
-                Some(_) => {
-                    let n = self.positive_int("max_connections", 1);
-                    if n > MAX_MAX_CONNECTIONS {
-                        self.problem("max_connections", "must be at most 1000000 (or auto)");
-                    }
-                    Some(n.min(MAX_MAX_CONNECTIONS))
-                }
-                None => None,
-            },
-        };
-        let read_timeout = match self.raw.get("read_timeout") {
-            Some(Value::String(_, s))
-                if s.trim().eq_ignore_ascii_case("off") || s.trim() == "0" =>
-            {
-                None
-            }
-            Some(Value::Num(_, n)) if n.to_u128() == Some(0) => None,
-            Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
-            None => None,
-        };
-        let log = self.log();
-        let state_dir_set = self.text("state_dir").is_some();
-        let state_dir = self
-            .text("state_dir")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
-        if !state_dir.is_absolute() {
-            self.problem("state_dir", "expected an absolute path");
-        }
-        let state_store = self.state_store(connect_timeout);
+        let state_dir = upstream_state_dir(state_dir, &name);
 
-        Some(Config {
+        Some(UpstreamSettings {
+            name,
+            path,
             upstream: UpstreamConfig {
                 url: upstream_url?,
                 headers,
@@ -885,24 +1288,10 @@ impl Reader {
                 connect_timeout,
                 read_timeout,
             },
-            listen: listen?,
-            path,
-            allow_remote_clients,
-            allowed_hosts,
-            client_token,
             auth: auth?,
             ready,
-            max_body_bytes,
-            sessions,
-            sse_keepalive,
-            shutdown_grace,
-            stdio_ready_timeout,
-            clients,
-            log,
+            required,
             state_dir,
-            trace: crate::trace::TraceConfig::default(),
-            state_store,
-            state_dir_set,
         })
     }
 
@@ -1175,14 +1564,16 @@ impl Config {
     pub fn pending_files(&self) -> Vec<String> {
         let mut sources: Vec<&SecretSource> = Vec::new();
         sources.extend(&self.client_token);
-        sources.extend(&self.upstream.headers);
-        match &self.auth {
-            AuthConfig::Bearer(token) => sources.push(token),
-            AuthConfig::OAuth(oauth) => {
-                sources.extend(&oauth.client_secret);
-                sources.extend(&oauth.refresh_token);
+        for upstream in &self.upstreams {
+            sources.extend(&upstream.upstream.headers);
+            match &upstream.auth {
+                AuthConfig::Bearer(token) => sources.push(token),
+                AuthConfig::OAuth(oauth) => {
+                    sources.extend(&oauth.client_secret);
+                    sources.extend(&oauth.refresh_token);
+                }
+                AuthConfig::Command(_) | AuthConfig::None => {}
             }
-            AuthConfig::Command(_) | AuthConfig::None => {}
         }
         sources
             .into_iter()
@@ -1194,15 +1585,47 @@ impl Config {
             .collect()
     }
 
-    /// The resolved settings for `check-config`: every key, secrets redacted, files by path.
+    /// Takes the one upstream for the commands that serve exactly one (`stdio`, `login`): with
+    /// several, the message says so and names them.
+    pub fn take_single_upstream(&mut self, command: &str) -> Result<UpstreamSettings, String> {
+        if self.upstreams.len() == 1 {
+            return Ok(self.upstreams.remove(0));
+        }
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        Err(format!(
+            "{command} works with one upstream, and this configuration has {} ({}); run it with a configuration of one",
+            names.len(),
+            names.join(", ")
+        ))
+    }
+
+    /// Moves `STATE_DIR` (and with it each upstream's own directory under it).
+    pub fn relocate_state_dir(&mut self, dir: PathBuf) {
+        for upstream in &mut self.upstreams {
+            upstream.state_dir = upstream_state_dir(&dir, &upstream.name);
+        }
+        self.state_dir = dir;
+    }
+
+    /// Whether this is the single-upstream form (one upstream, named `default`).
+    pub fn is_single(&self) -> bool {
+        matches!(self.upstreams.as_slice(), [only] if only.name == DEFAULT_UPSTREAM)
+    }
+
+    /// The resolved settings for `check-config`: every key, secrets redacted, files by path. In
+    /// the single-upstream form its upstream's rows come first, as they always have; with named
+    /// upstreams each has a section of its own ([`UpstreamSettings::summary`]).
     pub fn summary(&self) -> Vec<(&'static str, String)> {
         let secret = |s: &Option<SecretSource>| {
             s.as_ref()
                 .map(SecretSource::describe)
                 .unwrap_or_else(|| "(not set)".into())
         };
-        let mut rows = vec![
-            ("UPSTREAM_URL", crate::net::display_url(&self.upstream.url)),
+        let mut rows = Vec::new();
+        if self.is_single() {
+            rows.extend(self.upstreams[0].summary());
+        }
+        rows.extend([
             ("LISTEN", self.listen.to_string()),
             ("PATH", self.path.clone()),
             (
@@ -1218,36 +1641,6 @@ impl Config {
                 },
             ),
             ("CLIENT_TOKEN", secret(&self.client_token)),
-            ("AUTH", self.auth.name().into()),
-        ];
-        match &self.auth {
-            AuthConfig::Bearer(token) => rows.push(("TOKEN", token.describe())),
-            AuthConfig::Command(command) => rows.extend(command.summary()),
-            AuthConfig::OAuth(oauth) => rows.extend(oauth.summary()),
-            AuthConfig::None => {}
-        }
-        rows.extend([
-            ("HEADERS", self.header_summary()),
-            (
-                "CA_FILE",
-                self.upstream
-                    .ca_file
-                    .as_ref()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "(built-in roots only)".into()),
-            ),
-            (
-                "CONNECT_TIMEOUT",
-                humantime::format_duration(self.upstream.connect_timeout).to_string(),
-            ),
-            (
-                "READY_INTERVAL",
-                humantime::format_duration(self.ready.interval).to_string(),
-            ),
-            (
-                "READY_TIMEOUT",
-                humantime::format_duration(self.ready.timeout).to_string(),
-            ),
             ("MAX_BODY_BYTES", self.max_body_bytes.to_string()),
             ("MAX_SESSION_BYTES", self.sessions.max_bytes.to_string()),
             (
@@ -1281,13 +1674,6 @@ impl Config {
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "auto (from the open-files limit)".into()),
             ),
-            (
-                "READ_TIMEOUT",
-                self.upstream
-                    .read_timeout
-                    .map(|d| humantime::format_duration(d).to_string())
-                    .unwrap_or_else(|| "off".into()),
-            ),
             ("STATE_DIR", self.state_dir.display().to_string()),
             (
                 "STATE_STORE",
@@ -1307,6 +1693,52 @@ impl Config {
         ]);
         if let Some(store) = &self.state_store {
             rows.extend(store.summary());
+        }
+        rows
+    }
+}
+
+impl UpstreamSettings {
+    /// This upstream's resolved settings for `check-config`, secrets redacted.
+    pub fn summary(&self) -> Vec<(&'static str, String)> {
+        let duration = |d: Duration| humantime::format_duration(d).to_string();
+        let mut rows = vec![
+            ("UPSTREAM_URL", crate::net::display_url(&self.upstream.url)),
+            ("AUTH", self.auth.name().into()),
+        ];
+        match &self.auth {
+            AuthConfig::Bearer(token) => rows.push(("TOKEN", token.describe())),
+            AuthConfig::Command(command) => rows.extend(command.summary()),
+            AuthConfig::OAuth(oauth) => rows.extend(oauth.summary()),
+            AuthConfig::None => {}
+        }
+        rows.extend([
+            ("HEADERS", self.header_summary()),
+            (
+                "CA_FILE",
+                self.upstream
+                    .ca_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "(built-in roots only)".into()),
+            ),
+            ("CONNECT_TIMEOUT", duration(self.upstream.connect_timeout)),
+            (
+                "READ_TIMEOUT",
+                self.upstream
+                    .read_timeout
+                    .map(duration)
+                    .unwrap_or_else(|| "off".into()),
+            ),
+            ("READY_INTERVAL", duration(self.ready.interval)),
+            ("READY_TIMEOUT", duration(self.ready.timeout)),
+        ]);
+        if self.name != DEFAULT_UPSTREAM {
+            rows.extend([
+                ("PATH", self.path.clone()),
+                ("REQUIRED", self.required.to_string()),
+                ("STATE_DIR", self.state_dir.display().to_string()),
+            ]);
         }
         rows
     }
@@ -1389,7 +1821,7 @@ mod tests {
         assert_eq!(config.clients.header_timeout, Duration::from_secs(10));
         assert_eq!(config.clients.idle_timeout, Duration::from_secs(60));
         assert_eq!(config.clients.max_connections, None);
-        assert_eq!(config.upstream.read_timeout, None);
+        assert_eq!(config.upstreams[0].upstream.read_timeout, None);
         let config = load(&env(&[
             ("UPSTREAM_URL", "https://x.example/mcp"),
             ("HEADER_TIMEOUT", "500ms"),
@@ -1401,7 +1833,10 @@ mod tests {
         assert_eq!(config.clients.header_timeout, Duration::from_millis(500));
         assert_eq!(config.clients.idle_timeout, Duration::from_secs(120));
         assert_eq!(config.clients.max_connections, Some(300));
-        assert_eq!(config.upstream.read_timeout, Some(Duration::from_secs(45)));
+        assert_eq!(
+            config.upstreams[0].upstream.read_timeout,
+            Some(Duration::from_secs(45))
+        );
         for off in ["off", "OFF", "0"] {
             let config = load(&env(&[
                 ("UPSTREAM_URL", "https://x.example/mcp"),
@@ -1409,7 +1844,7 @@ mod tests {
                 ("MAX_CONNECTIONS", "auto"),
             ]))
             .unwrap();
-            assert_eq!(config.upstream.read_timeout, None, "{off}");
+            assert_eq!(config.upstreams[0].upstream.read_timeout, None, "{off}");
         }
         let found = problems(&env(&[
             ("UPSTREAM_URL", "https://x.example/mcp"),
@@ -1434,9 +1869,9 @@ mod tests {
         let config = load(&env(&[("UPSTREAM_URL", "https://mcp.example.com/mcp")])).unwrap();
         assert_eq!(config.listen.to_string(), "127.0.0.1:4510");
         assert_eq!(config.path, "/mcp");
-        assert!(matches!(config.auth, AuthConfig::None));
+        assert!(matches!(config.upstreams[0].auth, AuthConfig::None));
         assert_eq!(config.max_body_bytes, 4 * 1024 * 1024);
-        assert_eq!(config.ready.interval, Duration::from_secs(30));
+        assert_eq!(config.upstreams[0].ready.interval, Duration::from_secs(30));
     }
 
     #[test]
@@ -1447,7 +1882,7 @@ mod tests {
             ("TOKEN", "0123"),
         ]))
         .unwrap();
-        let AuthConfig::Bearer(SecretSource::Inline(token)) = &config.auth else {
+        let AuthConfig::Bearer(SecretSource::Inline(token)) = &config.upstreams[0].auth else {
             panic!("bearer auth inferred from TOKEN")
         };
         assert_eq!(token.expose(), "0123");
@@ -1499,7 +1934,7 @@ mod tests {
             ]))
             .expect("the file may arrive after start");
             assert!(matches!(
-                config.auth,
+                config.upstreams[0].auth,
                 AuthConfig::Bearer(SecretSource::File(_))
             ));
             let pending = config.pending_files();
@@ -1678,7 +2113,10 @@ mod tests {
         let mut sources = env(&[("UPSTREAM_URL", "https://env.example/mcp")]);
         sources.file = Some(file);
         let config = load(&sources).unwrap();
-        assert_eq!(config.upstream.url.as_str(), "https://env.example/mcp");
+        assert_eq!(
+            config.upstreams[0].upstream.url.as_str(),
+            "https://env.example/mcp"
+        );
         assert_eq!(config.path, "/x");
         assert_eq!(
             config
@@ -1719,7 +2157,7 @@ mod tests {
             ("TOKEN_URL", "https://idp.example/token"),
         ])
         .expect("client credentials inferred");
-        let AuthConfig::OAuth(oauth) = &config.auth else {
+        let AuthConfig::OAuth(oauth) = &config.upstreams[0].auth else {
             panic!("expected OAuth");
         };
         assert_eq!(oauth.grant, GrantKind::ClientCredentials);
@@ -1736,7 +2174,7 @@ mod tests {
 
         let config = load_with(&[("TOKEN_COMMAND", "gcloud auth print-access-token")])
             .expect("command inferred");
-        let AuthConfig::Command(command) = &config.auth else {
+        let AuthConfig::Command(command) = &config.upstreams[0].auth else {
             panic!("expected command");
         };
         assert_eq!(command.argv, ["gcloud", "auth", "print-access-token"]);
@@ -1789,7 +2227,7 @@ mod tests {
             ("RESOURCE", "off"),
         ]))
         .expect("device code needs only a client id");
-        let AuthConfig::OAuth(oauth) = &config.auth else {
+        let AuthConfig::OAuth(oauth) = &config.upstreams[0].auth else {
             panic!("expected OAuth");
         };
         assert!(oauth.resource.is_none());
@@ -1909,5 +2347,235 @@ mod tests {
             ("PATH", "/ready"),
         ]));
         assert_eq!(found[0].key, "MCP_SIDECAR_PATH");
+    }
+
+    /// A canary with the characters that break naive quoting and cutting, longer than any cut.
+    const CANARY_A: &str = "canary-A+/=&-0123456789abcdefghijklmnopqrstuvwxyz-0123456789";
+    const CANARY_B: &str = "canary-B+/=&-zyxwvutsrqponmlkjihgfedcba-9876543210";
+
+    fn toml_sources(text: &str, pairs: &[(&str, &str)]) -> (tempfile::TempDir, Sources, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("multi.toml");
+        std::fs::write(&file, text).unwrap();
+        let mut sources = env(pairs);
+        sources.file = Some(file.clone());
+        (dir, sources, file.display().to_string())
+    }
+
+    #[test]
+    fn named_blocks_in_toml_each_have_their_own_settings() {
+        let text = format!(
+            "state_dir = \"/var/lib/s\"\nready_interval = \"20s\"\n\
+             [upstreams.tracker]\nupstream_url = \"https://tracker.example/mcp\"\ntoken = \"{CANARY_A}\"\n\
+             [upstreams.code-host]\nupstream_url = \"https://code.example/mcp\"\ntoken = \"{CANARY_B}\"\n\
+             required = false\nready_interval = \"5s\"\n"
+        );
+        let (_dir, sources, _) = toml_sources(&text, &[]);
+        let config = load(&sources).unwrap();
+        assert!(!config.is_single());
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(names, ["code-host", "tracker"], "name order");
+        let code = &config.upstreams[0];
+        let tracker = &config.upstreams[1];
+        assert_eq!(code.path, "/mcp/code-host");
+        assert_eq!(tracker.path, "/mcp/tracker");
+        assert!(!code.required);
+        assert!(tracker.required, "required defaults to true");
+        assert_eq!(
+            code.ready.interval,
+            Duration::from_secs(5),
+            "a block overrides"
+        );
+        assert_eq!(
+            tracker.ready.interval,
+            Duration::from_secs(20),
+            "else the top level"
+        );
+        assert_eq!(code.state_dir, Path::new("/var/lib/s/upstreams/code-host"));
+        assert_eq!(tracker.state_dir, Path::new("/var/lib/s/upstreams/tracker"));
+        let token = |u: &UpstreamSettings| match &u.auth {
+            AuthConfig::Bearer(SecretSource::Inline(t)) => t.expose().to_string(),
+            other => panic!("expected an inline bearer token, got {}", other.name()),
+        };
+        assert_eq!(token(tracker), CANARY_A);
+        assert_eq!(token(code), CANARY_B);
+        // check-config's rows: secrets redacted in every section.
+        let mut shown = format!("{:?}", config.summary());
+        for upstream in &config.upstreams {
+            shown.push_str(&format!("{:?}", upstream.summary()));
+        }
+        for canary in [CANARY_A, CANARY_B] {
+            assert!(!shown.contains(canary), "{shown}");
+            assert!(!shown.contains(&canary[..20]), "{shown}");
+        }
+        assert!(shown.contains("/mcp/code-host"), "{shown}");
+    }
+
+    #[test]
+    fn the_single_form_is_one_upstream_named_default_with_todays_layout() {
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("STATE_DIR", "/var/lib/s"),
+        ]))
+        .unwrap();
+        assert!(config.is_single());
+        let only = &config.upstreams[0];
+        assert_eq!(only.name, "default");
+        assert_eq!(only.path, "/mcp");
+        assert!(only.required);
+        assert_eq!(only.state_dir, Path::new("/var/lib/s"));
+        let problems = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("REQUIRED", "false"),
+        ]));
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "MCP_SIDECAR_REQUIRED");
+    }
+
+    #[test]
+    fn named_upstreams_from_the_environment() {
+        let config = load(&env(&[
+            ("UPSTREAMS__GITHUB__UPSTREAM_URL", "https://gh.example/mcp"),
+            ("UPSTREAMS__GITHUB__TOKEN", CANARY_A),
+            (
+                "UPSTREAMS__MY_TRACKER__UPSTREAM_URL",
+                "https://t.example/mcp",
+            ),
+            ("UPSTREAMS__MY_TRACKER__AUTH", "none"),
+            ("UPSTREAMS__MY_TRACKER__REQUIRED", "false"),
+            ("UPSTREAMS__MY_TRACKER__CONNECT_TIMEOUT", "3s"),
+            ("PATH", "/agents"),
+        ]))
+        .unwrap();
+        let names: Vec<&str> = config.upstreams.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["github", "my-tracker"],
+            "_ in a variable is - in the name"
+        );
+        assert_eq!(config.upstreams[0].path, "/agents/github");
+        assert_eq!(config.upstreams[1].path, "/agents/my-tracker");
+        assert!(!config.upstreams[1].required);
+        assert_eq!(
+            config.upstreams[1].upstream.connect_timeout,
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            config.upstreams[0].upstream.connect_timeout,
+            Duration::from_secs(10)
+        );
+    }
+
+    #[test]
+    fn an_env_variable_overrides_a_key_of_a_toml_block_and_is_named_so() {
+        let text =
+            "[upstreams.github]\nupstream_url = \"https://gh.example/mcp\"\nauth = \"none\"\n";
+        let (_dir, sources, _) = toml_sources(
+            text,
+            &[
+                ("UPSTREAMS__GITHUB__AUTH", "bogus"),
+                ("UPSTREAMS__GITHUB__READY_TIMEOUT", "soon"),
+            ],
+        );
+        let keys: Vec<String> = problems(&sources).into_iter().map(|p| p.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "MCP_SIDECAR_UPSTREAMS__GITHUB__AUTH",
+                "MCP_SIDECAR_UPSTREAMS__GITHUB__READY_TIMEOUT"
+            ]
+        );
+        let (_dir, sources, file) = toml_sources(&text.replace("\"none\"", "\"bogus\""), &[]);
+        let keys: Vec<String> = problems(&sources).into_iter().map(|p| p.key).collect();
+        assert_eq!(keys, [format!("upstreams.github.auth in {file}")]);
+    }
+
+    #[test]
+    fn every_problem_of_the_named_form_at_once_each_named_as_written() {
+        let text = format!(
+            "upstream_url = \"https://top.example/mcp\"\ntoken = \"{CANARY_A}\"\n\
+             [upstreams.Bad_Name]\nupstream_url = \"https://bad.example/mcp\"\n\
+             [upstreams.ok]\nupstream_url = \"http://remote.example/mcp\"\nlisten = \"0.0.0.0:1\"\n\
+             token = \"{CANARY_B}\"\ntokn = \"x\"\n\
+             [upstreams.missing]\nauth = \"none\"\n"
+        );
+        let (_dir, sources, file) = toml_sources(
+            &text,
+            &[
+                ("UPSTREAMS__GITHUB", "x"),
+                ("UPSTREAMS__GIT.HUB__UPSTREAM_URL", "https://gh.example/mcp"),
+            ],
+        );
+        let found = problems(&sources);
+        let keys: Vec<&str> = found.iter().map(|p| p.key.as_str()).collect();
+        let expected = [
+            "MCP_SIDECAR_UPSTREAMS__GIT.HUB__UPSTREAM_URL".to_string(),
+            "MCP_SIDECAR_UPSTREAMS__GITHUB".to_string(),
+            format!("token in {file}"),
+            format!("upstream_url in {file}"),
+            format!("upstreams.Bad_Name in {file}"),
+            format!("upstreams.missing.upstream_url in {file}"),
+            format!("upstreams.ok.listen in {file}"),
+            format!("upstreams.ok.tokn in {file}"),
+            format!("upstreams.ok.upstream_url in {file}"),
+        ];
+        assert_eq!(keys, expected, "{found:#?}");
+        let message = |key: &str| &found.iter().find(|p| p.key == key).unwrap().message;
+        assert!(message(&format!("token in {file}")).contains("named blocks (missing, ok)"));
+        assert!(message(&format!("upstreams.Bad_Name in {file}")).contains("lower-case"));
+        assert!(message(&format!("upstreams.ok.listen in {file}")).contains("whole sidecar"));
+        assert!(
+            message(&format!("upstreams.ok.tokn in {file}")).contains("upstreams.ok.token"),
+            "suggestion spelled inside the block"
+        );
+        assert!(
+            message(&format!("upstreams.ok.upstream_url in {file}"))
+                .contains("upstreams.ok.allow_insecure_upstream=true")
+        );
+        let all = format!("{found:?}");
+        for canary in [CANARY_A, CANARY_B] {
+            assert!(!all.contains(&canary[..12]), "{all}");
+        }
+    }
+
+    #[test]
+    fn upstream_names_are_lower_case_url_safe_and_short() {
+        for good in ["a", "0", "github", "my-tracker", "a-1", &"x".repeat(63)] {
+            assert!(is_valid_upstream_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "A",
+            "git_hub",
+            "git.hub",
+            "a/b",
+            "é",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_valid_upstream_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_named_upstream_logs_in_at_its_own_callback() {
+        let config = load(&env(&[
+            ("UPSTREAMS__GH__UPSTREAM_URL", "https://gh.example/mcp"),
+            ("UPSTREAMS__GH__AUTH", "authorization_code"),
+            ("UPSTREAMS__GH__CLIENT_ID", "c"),
+            (
+                "UPSTREAMS__GH__AUTHORIZATION_URL",
+                "https://as.example/authorize",
+            ),
+            ("UPSTREAMS__GH__TOKEN_URL", "https://as.example/token"),
+        ]))
+        .unwrap();
+        let AuthConfig::OAuth(oauth) = &config.upstreams[0].auth else {
+            panic!("expected oauth");
+        };
+        assert_eq!(
+            oauth.redirect_uri.as_str(),
+            "http://localhost:4510/oauth/gh/callback"
+        );
     }
 }

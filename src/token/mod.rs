@@ -282,7 +282,12 @@ fn open_dir_store(state_dir: &Path, name: &str, interactive: bool) -> Option<sta
 
 /// Builds the source the configuration asks for. OAuth sources persist under `state_dir` when it
 /// is writable and otherwise keep tokens in memory, which is said once here.
+///
+/// `name` is the upstream's (`default` in the single-upstream form): a named upstream's fleet
+/// key includes it, so two upstreams with the same URL and client (two accounts, say) never
+/// share a Redis entry or lock. On disk each has its own `state_dir` already.
 pub fn build(
+    upstream_name: &str,
     auth: AuthConfig,
     upstream: &UpstreamConfig,
     state_dir: &Path,
@@ -346,6 +351,12 @@ pub fn build(
                 #[cfg(feature = "fleet")]
                 Some(fleet_config) => {
                     let upstream_shown = crate::net::display_url(&upstream.url);
+                    // `default` keeps the key sidecars used before named upstreams existed.
+                    let upstream_shown = if upstream_name == crate::config::DEFAULT_UPSTREAM {
+                        upstream_shown
+                    } else {
+                        format!("{upstream_name}\n{upstream_shown}")
+                    };
                     let fleet_name =
                         store::state_name(name, &format!("{upstream_shown}\n{anchor}"), client_id);
                     Some(state::StateStore::Fleet(Arc::new(
@@ -355,7 +366,10 @@ pub fn build(
                 }
                 // Without the feature, configuration refuses STATE_STORE (config/store.rs).
                 #[cfg(not(feature = "fleet"))]
-                Some(_) => None,
+                Some(_) => {
+                    let _ = upstream_name;
+                    None
+                }
                 None => open_dir_store(
                     state_dir,
                     &store::state_name(name, &anchor, client_id),

@@ -7,6 +7,7 @@ mod cli;
 mod defects;
 #[cfg(feature = "fleet")]
 mod fleet;
+mod multi;
 mod oauth;
 mod proxy;
 mod readiness;
