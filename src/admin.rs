@@ -145,7 +145,13 @@ pub async fn ready_one(
     let Some(app) = apps.get(&name) else {
         return (
             StatusCode::NOT_FOUND,
-            Json(json!({ "error": "not_found", "detail": "no upstream has this name; GET /upstreams lists them" })),
+            // `ready` and `reason` too, so that `probe`/`wait --upstream` say what is wrong.
+            Json(json!({
+                "error": "not_found",
+                "ready": false,
+                "reason": "unknown_upstream",
+                "detail": format!("no upstream is named {name:?}; GET /upstreams lists them"),
+            })),
         )
             .into_response();
     };

@@ -43,6 +43,9 @@ pub enum Command {
         /// How long to wait for the answer.
         #[arg(long, default_value = "5s", value_parser = parse_duration)]
         timeout: Duration,
+        /// Check only this upstream (`/ready/NAME`); repeatable: healthy when every one named is.
+        #[arg(long = "upstream", value_name = "NAME", conflicts_with = "live")]
+        upstreams: Vec<String>,
     },
     /// Block until the sidecar is ready, printing each change of reason; then run CMD, or exit 0.
     Wait {
@@ -55,6 +58,9 @@ pub enum Command {
         /// How often to ask.
         #[arg(long, default_value = "500ms", value_parser = parse_duration)]
         interval: Duration,
+        /// Wait only for this upstream (`/ready/NAME`); repeatable: ready when every one named is.
+        #[arg(long = "upstream", value_name = "NAME")]
+        upstreams: Vec<String>,
         /// Command to exec once ready (after `--`).
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
@@ -117,14 +123,19 @@ pub fn main() -> ExitCode {
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
         Command::Login => crate::commands::login::run(cli.config),
         Command::Probe {
-            live, url, timeout, ..
-        } => crate::commands::probe::run(cli.config, live, url, timeout),
+            live,
+            url,
+            timeout,
+            upstreams,
+            ..
+        } => crate::commands::probe::run(cli.config, live, url, timeout, upstreams),
         Command::Wait {
             timeout,
             url,
             interval,
+            upstreams,
             command,
-        } => crate::commands::wait::run(cli.config, url, timeout, interval, command),
+        } => crate::commands::wait::run(cli.config, url, timeout, interval, upstreams, command),
         Command::Demo {
             upstream_only,
             listen,

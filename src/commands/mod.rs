@@ -44,6 +44,35 @@ pub fn target_url(
     }
 }
 
+/// `--upstream` names must be upstream names: they go into a URL path.
+pub fn check_upstream_names(command: &str, upstreams: &[String]) -> Result<(), u8> {
+    match upstreams
+        .iter()
+        .find(|name| !crate::config::is_valid_upstream_name(name))
+    {
+        Some(bad) => {
+            errln!(
+                "mcp-sidecar {command}: --upstream {bad:?}: upstream names are lower-case letters, digits and -"
+            );
+            Err(crate::output::exit::CONFIG)
+        }
+        None => Ok(()),
+    }
+}
+
+/// The URLs `probe` and `wait` ask: `ready` itself, or `ready/NAME` for each `--upstream NAME`.
+/// Names go into the path as given: the sidecar answers 404 with a reason for one it lacks.
+pub fn upstream_urls(ready: &str, upstreams: &[String]) -> Vec<(Option<String>, String)> {
+    if upstreams.is_empty() {
+        return vec![(None, ready.to_string())];
+    }
+    let base = ready.trim_end_matches('/');
+    upstreams
+        .iter()
+        .map(|name| (Some(name.clone()), format!("{base}/{name}")))
+        .collect()
+}
+
 /// What a sidecar endpoint (`/ready`, `/healthz`) answered, in words a user can act on.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Answer {

@@ -294,3 +294,151 @@ async fn the_single_form_keeps_its_fields_and_lists_itself_as_default() {
     assert_eq!(status["path"], "/mcp", "today's top-level fields stay");
     assert!(status["token"].is_object());
 }
+
+fn run_binary(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mcp-sidecar"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(format!("MCP_SIDECAR_{k}"), v);
+    }
+    cmd.output().expect("run the binary")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn probe_and_wait_for_only_the_upstreams_named() {
+    let beta = MockUpstream::start(CANARY_B, Mode::Legacy);
+    let down = closed_port_url();
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAMS__ALPHA__UPSTREAM_URL", &down),
+        ("UPSTREAMS__ALPHA__AUTH", "none"),
+        ("UPSTREAMS__BETA__UPSTREAM_URL", &beta.url()),
+        ("UPSTREAMS__BETA__TOKEN", CANARY_B),
+    ])
+    .await;
+    ready_until(&sidecar, |_, body| {
+        body["upstreams"][1]["ready"] == true
+            && body["upstreams"][0]["reason"] == "upstream_unreachable"
+    })
+    .await;
+    let ready = sidecar.url("/ready");
+    let output = tokio::task::spawn_blocking(move || {
+        let beta = run_binary(&["probe", "--url", &ready, "--upstream", "beta"], &[]);
+        let both = run_binary(
+            &[
+                "probe",
+                "--url",
+                &ready,
+                "--upstream",
+                "beta",
+                "--upstream",
+                "alpha",
+            ],
+            &[],
+        );
+        let unknown = run_binary(&["probe", "--url", &ready, "--upstream", "gamma"], &[]);
+        let bad = run_binary(&["probe", "--url", &ready, "--upstream", "../x"], &[]);
+        let wait_beta = run_binary(
+            &[
+                "wait",
+                "--url",
+                &ready,
+                "--upstream",
+                "beta",
+                "--timeout",
+                "5s",
+            ],
+            &[],
+        );
+        let wait_both = run_binary(
+            &[
+                "wait",
+                "--url",
+                &ready,
+                "--upstream",
+                "alpha",
+                "--upstream",
+                "beta",
+                "--timeout",
+                "1s",
+            ],
+            &[],
+        );
+        (beta, both, unknown, bad, wait_beta, wait_both)
+    })
+    .await
+    .unwrap();
+    let (beta, both, unknown, bad, wait_beta, wait_both) = output;
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(beta.status.code(), Some(0), "{}", stderr(&beta));
+    assert_eq!(both.status.code(), Some(1));
+    assert!(
+        stderr(&both).contains("upstream_unreachable"),
+        "{}",
+        stderr(&both)
+    );
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(
+        stderr(&unknown).contains("unknown_upstream"),
+        "{}",
+        stderr(&unknown)
+    );
+    assert_eq!(bad.status.code(), Some(64));
+    assert_eq!(wait_beta.status.code(), Some(0), "{}", stderr(&wait_beta));
+    assert_eq!(wait_both.status.code(), Some(1));
+    let lines = stderr(&wait_both);
+    assert!(
+        lines.contains("alpha: not ready: upstream_unreachable"),
+        "{lines}"
+    );
+    assert!(lines.contains("beta: ready"), "{lines}");
+    assert!(lines.contains("alpha: gave up"), "{lines}");
+    assert!(!lines.contains("beta: gave up"), "{lines}");
+}
+
+#[test]
+fn check_config_prints_each_upstream_with_secrets_redacted() {
+    let output = run_binary(
+        &["check-config"],
+        &[
+            (
+                "UPSTREAMS__ALPHA__UPSTREAM_URL",
+                "https://alpha.example/mcp",
+            ),
+            ("UPSTREAMS__ALPHA__TOKEN", CANARY_A),
+            ("UPSTREAMS__BETA__UPSTREAM_URL", "https://beta.example/mcp"),
+            (
+                "UPSTREAMS__BETA__HEADERS",
+                &format!("X-Api-Key: {CANARY_B}"),
+            ),
+            ("UPSTREAMS__BETA__REQUIRED", "false"),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("upstream alpha:"), "{stdout}");
+    assert!(stdout.contains("upstream beta:"), "{stdout}");
+    assert!(stdout.contains("/mcp/beta"), "{stdout}");
+    assert!(stdout.contains("x-api-key: <redacted>"), "{stdout}");
+    for canary in [CANARY_A, CANARY_B] {
+        assert!(!leaks(&stdout, canary), "{stdout}");
+    }
+    // Mixing the forms: exit 64 naming the misplaced key.
+    let mixed = run_binary(
+        &["check-config"],
+        &[
+            ("UPSTREAM_URL", "https://top.example/mcp"),
+            (
+                "UPSTREAMS__ALPHA__UPSTREAM_URL",
+                "https://alpha.example/mcp",
+            ),
+        ],
+    );
+    assert_eq!(mixed.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&mixed.stderr);
+    assert!(
+        stderr.contains("MCP_SIDECAR_UPSTREAM_URL: is a setting of one upstream"),
+        "{stderr}"
+    );
+}
