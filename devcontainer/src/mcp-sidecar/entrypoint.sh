@@ -52,8 +52,16 @@ start_sidecar() {
   done
 }
 
-if [ -z "${MCP_SIDECAR_UPSTREAM_URL:-}" ] && ! grep -q '^upstream_url' "$config" 2>/dev/null; then
-  echo "mcp-sidecar: not started: no upstream (the feature's upstreamUrl option, or MCP_SIDECAR_UPSTREAM_URL)" >&2
+# has_upstream: one is configured, in either form (several upstreams are named blocks:
+# MCP_SIDECAR_UPSTREAMS__<NAME>__UPSTREAM_URL in containerEnv, or [upstreams.NAME] in the file)
+has_upstream() {
+  [ -n "${MCP_SIDECAR_UPSTREAM_URL:-}" ] && return 0
+  env | grep -q '^MCP_SIDECAR_UPSTREAMS__[A-Z0-9_]*__UPSTREAM_URL=' && return 0
+  grep -q -e '^upstream_url' -e '^\[upstreams\.' "$config" 2>/dev/null
+}
+
+if ! has_upstream; then
+  echo "mcp-sidecar: not started: no upstream (the feature's upstreamUrl option, MCP_SIDECAR_UPSTREAM_URL, or MCP_SIDECAR_UPSTREAMS__<NAME>__UPSTREAM_URL)" >&2
 elif mcp-sidecar probe --live --timeout 1s >/dev/null 2>&1; then
   : # already serving (the entrypoint ran before in this container)
 else
