@@ -604,7 +604,14 @@ async fn client_token_guards_status_metrics_and_readys_detail() {
         .keys()
         .map(|k| k.as_str())
         .collect();
-    assert_eq!(keys, ["ready", "reason", "since"], "{shallow}");
+    assert_eq!(keys, ["ready", "reason", "since", "upstreams"], "{shallow}");
+    // Each upstream's entry is as shallow: no detail, no login, without the token.
+    for entry in shallow["upstreams"].as_array().unwrap() {
+        assert!(
+            entry.get("detail").is_none() && entry.get("login").is_none(),
+            "{shallow}"
+        );
+    }
     let full: Value = client
         .get(sidecar.url("/ready"))
         .header("authorization", &bearer)
