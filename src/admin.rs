@@ -207,6 +207,7 @@ fn status_section(app: &App) -> serde_json::Value {
             "server": state.server,
         },
         "token": app.upstream.tokens().status(),
+        "counters": app.metrics.totals(),
     })
 }
 
@@ -228,7 +229,9 @@ pub async fn status(State(apps): State<Arc<Apps>>, headers: HeaderMap) -> Respon
     };
     body["version"] = json!(env!("CARGO_PKG_VERSION"));
     body["started_at"] = json!(crate::time::rfc3339(apps.started_at));
-    body["counters"] = json!(apps.metrics.totals());
+    body["counters"] = json!(crate::metrics::Totals::sum(
+        apps.all.iter().map(|app| app.metrics.totals())
+    ));
     body["upstreams"] = json!(sections);
     (StatusCode::OK, Json(body)).into_response()
 }

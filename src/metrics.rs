@@ -1,7 +1,9 @@
 //! Counters for `/metrics` (Prometheus text format) and the totals `/status` shows.
 //!
-//! Label values come from small fixed sets (HTTP method, status class, failure reason), never from
-//! request data, so the series count stays bounded whatever clients send.
+//! Label values come from small fixed sets (HTTP method, status class, failure reason) and the
+//! configured upstream names, never from request data, so the series count stays bounded whatever
+//! clients send. Every series has an `upstream` label (`default` in the single-upstream form):
+//! one registry for the sidecar, one [`Metrics`] handle per upstream ([`Metrics::for_upstream`]).
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
@@ -53,11 +55,18 @@ pub enum Outcome {
 struct RequestLabels {
     method: HttpMethod,
     outcome: Outcome,
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandshakeLabels {
     result: HandshakeResult,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    upstream: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -67,16 +76,19 @@ enum HandshakeResult {
     failure,
 }
 
+/// One upstream's view of the sidecar's metrics: it counts under its own `upstream` label, and
+/// [`Metrics::encode`] writes every upstream's series.
 pub struct Metrics {
-    registry: Registry,
+    registry: std::sync::Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     handshakes: Family<HandshakeLabels, Counter>,
-    ready: Gauge,
-    open_streams: Gauge,
+    ready: Family<UpstreamLabels, Gauge>,
+    open_streams: Family<UpstreamLabels, Gauge>,
+    upstream: String,
 }
 
 /// Totals for `/status`.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Default, Serialize)]
 pub struct Totals {
     pub requests: u64,
     pub requests_failed: u64,
@@ -112,8 +124,8 @@ impl Metrics {
         let mut registry = Registry::with_prefix("mcp_sidecar");
         let requests = Family::<RequestLabels, Counter>::default();
         let handshakes = Family::<HandshakeLabels, Counter>::default();
-        let ready = Gauge::default();
-        let open_streams = Gauge::default();
+        let ready = Family::<UpstreamLabels, Gauge>::default();
+        let open_streams = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
             "requests",
             "Requests to the MCP endpoint, by method and how they ended",
@@ -135,12 +147,35 @@ impl Metrics {
             open_streams.clone(),
         );
         Self {
-            registry,
+            registry: std::sync::Arc::new(registry),
             requests,
             handshakes,
             ready,
             open_streams,
+            upstream: crate::config::DEFAULT_UPSTREAM.to_string(),
         }
+    }
+
+    /// The same registry, counting for upstream `name`.
+    pub fn for_upstream(&self, name: &str) -> Self {
+        Self {
+            registry: self.registry.clone(),
+            requests: self.requests.clone(),
+            handshakes: self.handshakes.clone(),
+            ready: self.ready.clone(),
+            open_streams: self.open_streams.clone(),
+            upstream: name.to_string(),
+        }
+    }
+
+    fn labels(&self) -> UpstreamLabels {
+        UpstreamLabels {
+            upstream: self.upstream.clone(),
+        }
+    }
+
+    fn streams(&self) -> Gauge {
+        self.open_streams.get_or_create(&self.labels()).clone()
     }
 
     pub fn record_request(&self, method: &http::Method, outcome: Outcome) {
@@ -149,6 +184,7 @@ impl Metrics {
             .get_or_create(&RequestLabels {
                 method: HttpMethod::of(method),
                 outcome,
+                upstream: self.upstream.clone(),
             })
             .inc();
     }
@@ -160,15 +196,19 @@ impl Metrics {
             HandshakeResult::failure
         };
         self.handshakes
-            .get_or_create(&HandshakeLabels { result })
+            .get_or_create(&HandshakeLabels {
+                result,
+                upstream: self.upstream.clone(),
+            })
             .inc();
-        self.ready.set(i64::from(ok));
+        self.ready.get_or_create(&self.labels()).set(i64::from(ok));
     }
 
     /// Counts a streaming response while the returned guard lives.
     pub fn stream_guard(&self) -> StreamGuard {
-        self.open_streams.inc();
-        StreamGuard(self.open_streams.clone())
+        let gauge = self.streams();
+        gauge.inc();
+        StreamGuard(gauge)
     }
 
     pub fn encode(&self) -> String {
@@ -178,6 +218,7 @@ impl Metrics {
         out
     }
 
+    /// This upstream's totals.
     pub fn totals(&self) -> Totals {
         let count = |outcome: Outcome| -> u64 {
             METHODS
@@ -187,6 +228,7 @@ impl Metrics {
                         .get_or_create(&RequestLabels {
                             method: m.clone(),
                             outcome,
+                            upstream: self.upstream.clone(),
                         })
                         .get()
                 })
@@ -195,7 +237,10 @@ impl Metrics {
         let all: u64 = OUTCOMES.iter().map(|o| count(*o)).sum();
         let handshakes = |result| {
             self.handshakes
-                .get_or_create(&HandshakeLabels { result })
+                .get_or_create(&HandshakeLabels {
+                    result,
+                    upstream: self.upstream.clone(),
+                })
                 .get()
         };
         Totals {
@@ -203,8 +248,21 @@ impl Metrics {
             requests_failed: all - count(Outcome::forwarded),
             handshakes_ok: handshakes(HandshakeResult::success),
             handshakes_failed: handshakes(HandshakeResult::failure),
-            open_streams: self.open_streams.get(),
+            open_streams: self.streams().get(),
         }
+    }
+}
+
+impl Totals {
+    /// Several upstreams' totals together (the sidecar's).
+    pub fn sum(all: impl IntoIterator<Item = Totals>) -> Self {
+        all.into_iter().fold(Self::default(), |a, b| Self {
+            requests: a.requests + b.requests,
+            requests_failed: a.requests_failed + b.requests_failed,
+            handshakes_ok: a.handshakes_ok + b.handshakes_ok,
+            handshakes_failed: a.handshakes_failed + b.handshakes_failed,
+            open_streams: a.open_streams + b.open_streams,
+        })
     }
 }
 

@@ -126,9 +126,11 @@ pub async fn serve(
         )
         .map_err(|e| ServeError::Setup(format!("upstream {}: {e}", settings.name)))?;
         let readiness = Readiness::new(settings.ready);
+        // Its own `upstream` label in the one registry.
+        let counted = Arc::new(metrics.for_upstream(&settings.name));
         checkers.push(tokio::spawn(readiness.clone().run_checker(
             upstream.clone(),
-            metrics.clone(),
+            counted.clone(),
             stopped(stop_rx.clone()),
         )));
         tracing::info!(
@@ -149,7 +151,7 @@ pub async fn serve(
             guard: guard.clone(),
             upstream: upstream.clone(),
             readiness: readiness.clone(),
-            metrics: metrics.clone(),
+            metrics: counted,
             forwarder: Forwarder::new(
                 upstream.clone(),
                 Sessions::new(config.sessions),

@@ -171,6 +171,25 @@ async fn each_token_reaches_only_its_own_upstream() {
             .unwrap()
             .contains(&beta.addr.port().to_string())
     );
+    // Metrics: every series carries its upstream.
+    let metrics = client
+        .get(sidecar.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for name in ["alpha", "beta"] {
+        let forwarded = format!(
+            "mcp_sidecar_requests_total{{method=\"POST\",outcome=\"forwarded\",upstream=\"{name}\"}} 1"
+        );
+        assert!(metrics.contains(&forwarded), "{metrics}");
+        let ready = format!("mcp_sidecar_ready{{upstream=\"{name}\"}} 1");
+        assert!(metrics.contains(&ready), "{metrics}");
+    }
+    assert_eq!(sections[0]["counters"]["requests"], 1);
+    assert_eq!(status["counters"]["requests"], 2, "the sidecar's totals");
     let shown = format!("{status}{body}{}", crate::proxy::logged(&lines));
     for canary in [CANARY_A, CANARY_B] {
         assert!(

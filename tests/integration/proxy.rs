@@ -1173,7 +1173,7 @@ async fn same_origin_307_308_are_followed_other_redirects_explained_never_passed
         .unwrap();
     assert!(
         metrics
-            .contains(r#"mcp_sidecar_requests_total{method="POST",outcome="handshake_failed"} 1"#),
+            .contains(r#"mcp_sidecar_requests_total{method="POST",outcome="handshake_failed",upstream="default"} 1"#),
         "{metrics}"
     );
 }
@@ -1856,7 +1856,7 @@ async fn a_403_without_a_bearer_challenge_carries_the_upstreams_answer() {
         .unwrap();
     assert!(
         metrics.contains(
-            r#"mcp_sidecar_requests_total{method="POST",outcome="upstream_forbidden"} 3"#
+            r#"mcp_sidecar_requests_total{method="POST",outcome="upstream_forbidden",upstream="default"} 3"#
         ),
         "{metrics}"
     );
