@@ -44,6 +44,9 @@ fuzz_target!(|data: &[u8]| {
     match config::load(&sources) {
         Ok(config) => {
             let _ = config.summary();
+            for upstream in &config.upstreams {
+                let _ = upstream.summary();
+            }
         }
         Err(e) => {
             assert!(!e.problems.is_empty(), "an error without a problem");

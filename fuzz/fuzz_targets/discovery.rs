@@ -123,9 +123,11 @@ fn configs() -> &'static [(url::Url, mcp_sidecar::config::OAuthConfig)] {
             env.insert("MCP_SIDECAR_UPSTREAM_URL".into(), upstream.clone());
             env.insert("MCP_SIDECAR_TOKEN_TIMEOUT".into(), "5s".into());
             match config::load(&Sources { file: None, env }) {
-                Ok(c) => {
-                    if let AuthConfig::OAuth(o) = c.auth {
-                        out.push((c.upstream.url, *o));
+                Ok(mut c) => {
+                    // The single-upstream form: one upstream, `default`.
+                    let only = c.upstreams.remove(0);
+                    if let AuthConfig::OAuth(o) = only.auth {
+                        out.push((only.upstream.url, *o));
                     }
                 }
                 Err(e) => panic!("the fuzz target's own configuration is refused: {e}"),

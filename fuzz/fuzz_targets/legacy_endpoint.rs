@@ -46,7 +46,7 @@ fn upstream() -> Arc<Upstream> {
             let config = config::load(&Sources { file: None, env })
                 .expect("the fuzz target's own configuration is valid");
             Arc::new(
-                Upstream::new(&config.upstream, Arc::new(NoToken))
+                Upstream::new(&config.upstreams[0].upstream, Arc::new(NoToken))
                     .expect("an upstream without a CA file builds"),
             )
         })
