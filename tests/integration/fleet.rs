@@ -319,3 +319,57 @@ async fn redis_down_serves_the_held_token_then_auth_required_then_reseeds() {
     assert!(stored.is_some(), "the store was re-seeded");
     assert_eq!(echo(&sidecar, 2).await, 200);
 }
+
+/// Two named upstreams of one sidecar with the same URL and client (two accounts of one
+/// server, say) keep separate Redis entries and locks: the upstream's name is in the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_named_upstreams_never_share_a_fleet_entry() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 5);
+    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
+    let mut env = vec![
+        ("STATE_STORE", store.as_str()),
+        ("STATE_KEY_FILE", key.as_str()),
+        ("STATE_DIR", "/proc/not-writable"),
+    ];
+    let keys: Vec<String> = ["UPSTREAMS__ONE__", "UPSTREAMS__TWO__"]
+        .iter()
+        .flat_map(|prefix| {
+            ["UPSTREAM_URL", "CLIENT_ID", "CLIENT_SECRET", "TOKEN_URL"]
+                .map(|k| format!("{prefix}{k}"))
+        })
+        .collect();
+    for (i, k) in keys.iter().enumerate() {
+        let value = match i % 4 {
+            0 => upstream_url.as_str(),
+            1 => CLIENT_ID,
+            2 => CLIENT_SECRET,
+            _ => token_url.as_str(),
+        };
+        env.push((k.as_str(), value));
+    }
+    let _sidecar = Sidecar::start(&env).await;
+    // Each upstream obtains a token and stores it under its own key. (Both use one mock
+    // upstream, which accepts only the token it saw issued last, so readiness is not the point.)
+    let entries = || {
+        let stored = redis
+            .command(&["KEYS", "mcp-sidecar:*:state"])
+            .unwrap_or_default();
+        stored
+            .lines()
+            .filter(|l| l.starts_with("mcp-sidecar:"))
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    poll(
+        || async { Some(idp.state.grant_count("client_credentials")) },
+        |n| *n >= 2,
+    )
+    .await
+    .expect("both upstreams ask for a token");
+    let found = poll(|| async { Some(entries()) }, |e| e.len() >= 2).await;
+    assert!(found.is_some(), "one shared entry: {:?}", entries());
+    assert_eq!(entries().len(), 2, "{:?}", entries());
+}
