@@ -18,6 +18,9 @@
 #                lists each server's tools; a malformed list is refused with exit 70
 #   GATE-CLAUDE  Claude Code: `claude mcp list` shows `✔ Connected` for both names; a hand-added
 #                server stays
+#   GATE-SETTINGS  a stand-in Claude Code that reads its stdin still gets every upstream; a 404
+#                list means the one server of old; bad settings exit 64, a missing named CLI 69, a
+#                name taken twice 70
 #
 # Called by ../run.sh with MCP_SIDECAR_BIN set (after its `npm ci`); runs alone too (`bash run.sh`,
 # which builds the sidecar with cargo when MCP_SIDECAR_BIN is unset). ONLY=GATE-CODEX runs a subset;
@@ -312,6 +315,62 @@ scenario_claude() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# The gate's own decisions, with a stand-in Claude Code (MCP_GATE_CLAUDE) that logs its arguments
+# and, as a node CLI may, reads its stdin to the end: no sidecar, the stand-in list answers /ready.
+scenario_settings() {
+  local list_port fake=$WORK/fake-claude rc
+  LIST=$WORK/upstreams-settings
+  printf 'default /mcp required\nalpha /mcp/alpha required\nbeta /mcp/beta optional\n' >"$LIST"
+  list_port=$(free_port)
+  start list-settings python3 "$INTEROP/lib/upstreams-list.py" "$list_port" "$LIST"
+  SC=http://127.0.0.1:$list_port
+  wait_http "$SC/ready" 30
+  AGENT_HOME=$WORK/settings-home
+  CWD=$WORK/settings-project
+  mkdir -p "$AGENT_HOME" "$CWD"
+  cat >"$fake" <<'SH'
+#!/bin/sh
+echo "$*" >>"$FAKE_LOG"
+cat >/dev/null
+case $2 in get) exit 1 ;; esac
+SH
+  chmod +x "$fake"
+  gate settings-1 MCP_GATE_CLAUDE="$fake" FAKE_LOG="$WORK/fake-claude.log" MCP_GATE_NAME=main
+  grep -qx "mcp add --transport http main $SC/mcp -s user" "$WORK/fake-claude.log" &&
+    grep -qx "mcp add --transport http alpha $SC/mcp/alpha -s user" "$WORK/fake-claude.log" &&
+    grep -qx "mcp add --transport http beta $SC/mcp/beta -s user" "$WORK/fake-claude.log" ||
+    fail "not every upstream was registered (a CLI reading stdin ate the list?): $(cat "$WORK/fake-claude.log")"
+  note "three upstreams, the CLI reading its stdin: main (default), alpha, beta each registered"
+
+  # a sidecar without /upstreams: MCP_GATE_NAME at MCP_GATE_MCP_URL, as before
+  rm "$LIST"
+  : >"$WORK/fake-claude.log"
+  gate settings-2 MCP_GATE_CLAUDE="$fake" FAKE_LOG="$WORK/fake-claude.log" MCP_GATE_MCP_URL=http://127.0.0.1:9/old
+  grep -qx "mcp add --transport http sidecar http://127.0.0.1:9/old -s user" "$WORK/fake-claude.log" ||
+    fail "404: not the one server of old: $(cat "$WORK/fake-claude.log")"
+  note "404 from /upstreams: sidecar -> MCP_GATE_MCP_URL only"
+
+  # settings the gate refuses: 64; the agent named but missing: 69; a name taken twice: 70
+  local cases=("64 MCP_GATE_AGENT=cursor" "64 MCP_GATE_AGENT=codex MCP_GATE_REGISTER=gemini"
+    "64 MCP_GATE_GEMINI_TRUST=yes" "69 MCP_GATE_REGISTER=gemini MCP_GATE_GEMINI=no-such-gemini"
+    "70 MCP_GATE_NAME=alpha MCP_GATE_CLAUDE=$fake FAKE_LOG=/dev/null")
+  printf 'default /mcp required\nalpha /mcp/alpha required\n' >"$LIST"
+  local c want
+  for c in "${cases[@]}"; do
+    want=${c%% *}
+    rc=0
+    # shellcheck disable=SC2086 # the case's settings are words
+    (cd "$CWD" && env HOME="$AGENT_HOME" MCP_GATE_SIDECAR_URL="$SC" MCP_GATE_CLIENT=curl ${c#* } "$GATE" true) \
+      >"$WORK/settings-bad.out" 2>&1 || rc=$?
+    ((rc == want)) || fail "${c#* }: expected exit $want, got $rc: $(cat "$WORK/settings-bad.out")"
+    note "${c#* }: exit $rc: $(tail -n 1 "$WORK/settings-bad.out" | cut -c1-150)"
+  done
+  # the last case: the message names the clash, on one line
+  grep -q 'the upstream list at .*: two upstreams would be registered as alpha (MCP_GATE_NAME names the default one)$' \
+    "$WORK/settings-bad.out" || fail "the clash of names is not explained: $(cat "$WORK/settings-bad.out")"
+}
+
+# ---------------------------------------------------------------------------------------------
 for cli in gemini codex claude; do
   [[ -x $BIN_DIR/$cli ]] || (cd "$INTEROP" && npm ci --quiet --no-audit --no-fund --loglevel=error) >"$WORK/npm-ci.log" 2>&1
 done
@@ -321,6 +380,7 @@ if [[ -z $SIDECAR_BIN ]]; then
   SIDECAR_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug/mcp-sidecar
 fi
 
+run_scenario GATE-SETTINGS "gate: every listed upstream registered, the old single server on 404, bad settings refused" scenario_settings
 run_scenario GATE-GEMINI "gate + real Gemini CLI: each upstream ✓ Connected, removed when no longer listed" scenario_gemini
 run_scenario GATE-CODEX "gate + real Codex CLI: config.toml tables, mcpServerStatus/list lists each one's tools" scenario_codex
 run_scenario GATE-CLAUDE "gate + real Claude Code: two upstreams ✔ Connected, removed when no longer listed" scenario_claude
