@@ -16,6 +16,8 @@
 #   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
 #      server-everything: tools, progress, a server-to-client roots/list answered by the client,
 #      and the upstream session ended when the client closes (stdio.mjs)
+#   GATE-*  gate/run.sh: the agent gate with the real Claude Code, Gemini CLI and Codex CLI: every
+#      upstream the sidecar lists registered, connected, and removed when no longer listed
 #
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
 # npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),
@@ -27,6 +29,8 @@
 # 0.223.0, the last release train declaring Node 20 support (0.300 on needs Node >= 22.15);
 # @anthropic-ai/claude-code stays at 2.1.197, the last release whose package declares Node >= 18 (from 2.1.198 on it declares >= 22, and these
 # machines have Node 20); it is also the version PROTOCOL.md's observations were made with.
+# @google/gemini-cli 0.61.0 (declares Node >= 20) and @openai/codex 0.171.0 (a native binary) are
+# the gate's other two agents (gate/run.sh); neither needs a login for what is checked there.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -515,6 +519,7 @@ run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-e
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
 MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/oauth/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
+MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/gate/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("gate (gate/run.sh)"); }
 
 echo
 echo "interop: $((SECONDS - STARTED_AT)) s"
