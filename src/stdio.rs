@@ -455,6 +455,12 @@ impl Front {
             }
             // A POST is never held for an absent upstream; only GET streams are.
             Ok(Forwarded::Away(_)) => {}
+            // A notification has nobody to answer (the forwarder logged it).
+            Ok(Forwarded::Refused(refusal)) => {
+                if refusal.has_id {
+                    self.write(refusal.body).await;
+                }
+            }
             Err(error) => self.failed(&kind, &error),
         }
     }
@@ -673,6 +679,8 @@ impl Front {
                         let stream = crate::stream::follow(None, follow);
                         self.relay_events(Box::pin(stream), false).await;
                     }
+                    // The tool policy reads POSTs only.
+                    Ok(Forwarded::Refused(_)) => {}
                     Err(e) => tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
                         "cannot open the upstream's GET stream"
@@ -699,7 +707,8 @@ impl Front {
                     "ended the upstream session"
                 )
             }
-            Ok(Forwarded::Away(_)) => {}
+            // The tool policy reads POSTs only.
+            Ok(Forwarded::Away(_) | Forwarded::Refused(_)) => {}
             Err(e) => tracing::warn!(
                 error = %crate::secret::scrub(&e.to_string()),
                 "cannot end the upstream session"

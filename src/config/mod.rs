@@ -84,6 +84,8 @@ const KNOWN_KEYS: &[&str] = &[
     "client_idle_timeout",
     "max_connections",
     "read_timeout",
+    "tools_allow",
+    "tools_deny",
     "log",
     "log_format",
     "state_dir",
@@ -177,6 +179,8 @@ pub struct UpstreamConfig {
     /// No byte from the upstream for this long ends a proxied request (`READ_TIMEOUT`);
     /// `None`, the default: a long tool call may legitimately stay silent.
     pub read_timeout: Option<Duration>,
+    /// `TOOLS_ALLOW` / `TOOLS_DENY`: which of this upstream's tools clients see and may call.
+    pub tools: crate::tools::ToolPolicy,
 }
 
 impl UpstreamConfig {
@@ -866,6 +870,10 @@ impl Reader {
             Some(_) => Some(self.duration("read_timeout", Duration::from_secs(60))),
             None => None,
         };
+        let tools = crate::tools::ToolPolicy::new(
+            self.tool_patterns("tools_allow"),
+            self.tool_patterns("tools_deny"),
+        );
         let log = self.log();
         let state_dir_set = self.text("state_dir").is_some();
         let state_dir = self
@@ -884,6 +892,7 @@ impl Reader {
                 ca_file,
                 connect_timeout,
                 read_timeout,
+                tools,
             },
             listen: listen?,
             path,
@@ -963,6 +972,55 @@ impl Reader {
                 None
             }
         }
+    }
+
+    /// `TOOLS_ALLOW` / `TOOLS_DENY`: names or globs, comma- or whitespace-separated (in TOML also
+    /// a list). `None` when unset; every bad pattern is a problem of its own.
+    fn tool_patterns(&mut self, key: &str) -> Option<crate::tools::PatternList> {
+        let mut problems = Vec::new();
+        let patterns = match self.raw.get(key)? {
+            Value::String(_, text) if text.trim().is_empty() => {
+                problems.push("is set but empty".to_string());
+                Vec::new()
+            }
+            Value::String(_, text) => crate::tools::parse_list(text).unwrap_or_else(|mut bad| {
+                problems.append(&mut bad);
+                Vec::new()
+            }),
+            Value::Array(_, items) => {
+                let mut patterns = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(_, text) => match crate::tools::Pattern::parse(text.trim()) {
+                            Ok(pattern) => patterns.push(pattern),
+                            Err(message) => problems.push(message),
+                        },
+                        other => problems.push(format!(
+                            "expected a list of tool names or globs, found {}",
+                            describe(other)
+                        )),
+                    }
+                }
+                if items.is_empty() {
+                    problems.push("is set but empty".to_string());
+                }
+                patterns
+            }
+            other => {
+                problems.push(format!(
+                    "expected tool names or globs separated by commas or spaces, found {}",
+                    describe(other)
+                ));
+                Vec::new()
+            }
+        };
+        for message in problems {
+            self.problem(key, message);
+        }
+        Some(crate::tools::PatternList {
+            key: self.label(key),
+            patterns,
+        })
     }
 
     /// `[headers]` as a TOML table is accepted besides the `Name: value` text form.
@@ -1288,6 +1346,8 @@ impl Config {
                     .map(|d| humantime::format_duration(d).to_string())
                     .unwrap_or_else(|| "off".into()),
             ),
+            ("TOOLS_ALLOW", self.upstream.tools.summary().0),
+            ("TOOLS_DENY", self.upstream.tools.summary().1),
             ("STATE_DIR", self.state_dir.display().to_string()),
             (
                 "STATE_STORE",
