@@ -1412,6 +1412,53 @@ mod tests {
     }
 
     #[test]
+    fn tool_policy_keys_parse_and_every_bad_pattern_is_reported() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert!(!config.upstream.tools.is_set());
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOOLS_ALLOW", "read_*, echo"),
+            ("TOOLS_DENY", "read_secret?"),
+        ]))
+        .unwrap();
+        let tools = &config.upstream.tools;
+        assert!(tools.permits("read_file") && tools.permits("echo"));
+        assert!(!tools.permits("read_secrets") && !tools.permits("write"));
+
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOOLS_ALLOW", " "),
+            ("TOOLS_DENY", "ok,b@d,,x y!"),
+        ]));
+        let found: Vec<(&str, &str)> = found
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0], ("MCP_SIDECAR_TOOLS_ALLOW", "is set but empty"));
+        assert!(
+            found[1..]
+                .iter()
+                .all(|(key, _)| *key == "MCP_SIDECAR_TOOLS_DENY")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &file,
+            "upstream_url = \"https://x.example/mcp\"\ntools_deny = [\"delete_*\", \"admin/*\"]\n",
+        )
+        .unwrap();
+        let config = load(&Sources {
+            file: Some(file),
+            env: HashMap::new(),
+        })
+        .unwrap();
+        assert!(!config.upstream.tools.permits("admin/reset"));
+        assert!(config.upstream.tools.permits("echo"));
+    }
+
+    #[test]
     fn session_limits_parse_and_errors_name_the_key() {
         let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
         assert_eq!(config.sessions.max_bytes, 32 * 1024 * 1024);
