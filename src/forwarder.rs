@@ -202,8 +202,8 @@ impl Forwarder {
         let method = &request.method;
         let tools = self.upstream.tools();
         // Only a POST carries messages; without a policy nothing is parsed.
-        let lists = match *method == Method::POST {
-            true => match tools.check(&request.body) {
+        let lists = if *method == Method::POST {
+            match tools.check(&request.body) {
                 crate::tools::Checked::Pass(lists) => lists,
                 crate::tools::Checked::Refused(refusal) => {
                     tracing::warn!(
@@ -212,8 +212,9 @@ impl Forwarder {
                     );
                     return Ok(Forwarded::Refused(refusal));
                 }
-            },
-            false => Vec::new(),
+            }
+        } else {
+            Vec::new()
         };
         let mut headers = request.headers.clone();
         // A session the sidecar re-initialized is known upstream by another id.
