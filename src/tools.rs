@@ -361,8 +361,10 @@ impl ToolPolicy {
                         }
                     },
                     Some(Err(e)) => return Some((Err(e), Some((chunks, filter)))),
-                    // An event left incomplete at the end is dropped by clients as well.
-                    None => return None,
+                    None => {
+                        let rest = filter.finish();
+                        return (!rest.is_empty()).then(|| (Ok(Bytes::from(rest)), None));
+                    }
                 }
             }
         })
@@ -449,7 +451,7 @@ impl Refusal {
 
 /// An SSE event that outgrew [`MAX_HELD`].
 #[derive(Debug)]
-struct TooLarge;
+pub struct TooLarge;
 
 /// Splits an SSE byte stream into events (lines end in CRLF, LF or CR, a chunk boundary falls
 /// anywhere) and rewrites only the data of events that answer a pending `tools/list`.
@@ -479,7 +481,7 @@ impl EventFilter {
     }
 
     /// Takes the next chunk, returns the bytes that can go out now.
-    fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TooLarge> {
+    pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<u8>, TooLarge> {
         let mut out = Vec::new();
         for (at, &byte) in chunk.iter().enumerate() {
             if self.pending.is_empty() && self.event.is_empty() {
@@ -518,6 +520,31 @@ impl EventFilter {
             }
         }
         Ok(out)
+    }
+
+    /// The stream ended: an event left incomplete passes as it came when completing it would
+    /// leave it unchanged (clients drop it anyway), and is withheld when it would be filtered,
+    /// for clients that read it all the same.
+    pub fn finish(&mut self) -> Vec<u8> {
+        let event = std::mem::take(&mut self.event);
+        self.lines.clear();
+        self.line_start = 0;
+        if event.is_empty() || self.pending.is_empty() {
+            return event;
+        }
+        let mut completed = event.clone();
+        completed.extend_from_slice(b"\n\n");
+        let parsed = crate::sse::Parser::new().push(&completed);
+        let filtered = parsed
+            .first()
+            .and_then(|e| self.policy.filter_message(&self.pending, e.data.as_bytes()));
+        if filtered.is_some() {
+            tracing::warn!(
+                "the upstream ended a tools/list answer mid-event; the incomplete event was withheld"
+            );
+            return Vec::new();
+        }
+        event
     }
 
     /// The event is complete (its blank line read): out as it came, or with its data filtered.
@@ -786,11 +813,13 @@ mod tests {
     /// Feeds `input` split at every position (and byte by byte), expecting the same output.
     fn filtered(p: &ToolPolicy, ids: &[Value], input: &str) -> String {
         let mut whole = EventFilter::new(p.clone(), ids.to_vec());
-        let expected = whole.push(input.as_bytes()).unwrap();
+        let mut expected = whole.push(input.as_bytes()).unwrap();
+        expected.extend(whole.finish());
         for at in 0..=input.len() {
             let mut split = EventFilter::new(p.clone(), ids.to_vec());
             let mut out = split.push(&input.as_bytes()[..at]).unwrap();
             out.extend(split.push(&input.as_bytes()[at..]).unwrap());
+            out.extend(split.finish());
             assert_eq!(out, expected, "split at {at}");
         }
         let mut bytewise = EventFilter::new(p.clone(), ids.to_vec());
@@ -798,6 +827,7 @@ mod tests {
         for byte in input.as_bytes() {
             out.extend(bytewise.push(&[*byte]).unwrap());
         }
+        out.extend(bytewise.finish());
         assert_eq!(out, expected, "byte by byte");
         String::from_utf8(expected).unwrap()
     }
@@ -824,6 +854,15 @@ mod tests {
         let input = format!("data: {split}\r\r");
         let out = filtered(&p, &[json!(3)], &input);
         assert_eq!(out, format!("data: {expected_list}\n\r"));
+    }
+
+    #[test]
+    fn an_incomplete_last_event_passes_only_when_it_holds_nothing_to_filter() {
+        let p = policy(None, Some("delete_*"));
+        let progress = r#"data: {"jsonrpc":"2.0","method":"notifications/progress"}"#;
+        assert_eq!(filtered(&p, &[json!(3)], progress), progress);
+        let cut = format!("id: 1\ndata: {LIST}\n");
+        assert_eq!(filtered(&p, &[json!(3)], &cut), "");
     }
 
     #[test]
