@@ -14,7 +14,9 @@
 //! - `Last-Event-ID`: mapped to the session generation that issued it, never forwarded into a
 //!   session the sidecar re-made ([`crate::stream`]);
 //! - `/ready`: an answer that shows the upstream broken (or working again) asks readiness to
-//!   look again.
+//!   look again;
+//! - the tool policy ([`crate::tools`]): a `tools/call` it refuses is answered here and never
+//!   sent ([`Forwarded::Refused`]), and a `tools/list` answer is filtered as it streams.
 //!
 //! What comes back is typed and knows nothing of axum: a streamed [`Answer`] (status, headers,
 //! body), a GET stream held open while the upstream is away ([`Forwarded::Away`]), or a
@@ -129,6 +131,9 @@ pub enum Forwarded {
     /// A GET stream of a known session found the upstream away (down, silent, restarting): the
     /// client's stream opens now and is attached ([`crate::stream::follow`]) once it is back.
     Away(Follow),
+    /// The tool policy refused the request; nothing went upstream. The front writes this
+    /// answer (200, or 400 without a request id to answer).
+    Refused(crate::tools::Refusal),
 }
 
 impl std::fmt::Debug for Follow {
@@ -195,6 +200,22 @@ impl Forwarder {
     /// Sends `request` upstream and returns the answer to write.
     pub async fn forward(&self, request: &Prepared) -> Result<Forwarded, ForwardError> {
         let method = &request.method;
+        let tools = self.upstream.tools();
+        // Only a POST carries messages; without a policy nothing is parsed.
+        let lists = if *method == Method::POST {
+            match tools.check(&request.body) {
+                crate::tools::Checked::Pass(lists) => lists,
+                crate::tools::Checked::Refused(refusal) => {
+                    tracing::warn!(
+                        refused = %crate::secret::scrub(&refusal.what),
+                        "the tool policy refused a request; it was not sent upstream"
+                    );
+                    return Ok(Forwarded::Refused(refusal));
+                }
+            }
+        } else {
+            Vec::new()
+        };
         let mut headers = request.headers.clone();
         // A session the sidecar re-initialized is known upstream by another id.
         let session = request
@@ -323,10 +344,20 @@ impl Forwarder {
                 {
                     headers.insert(MCP_SESSION_ID.clone(), value);
                 }
+                let mut body = upstream.bytes_stream();
+                if !lists.is_empty() && status.is_success() {
+                    // A filtered answer changes length; it ends by itself.
+                    headers.remove(http::header::CONTENT_LENGTH);
+                    body = if crate::sse::is_event_stream(&headers) {
+                        crate::upstream::Body::from_stream(tools.filter_events(lists, body))
+                    } else {
+                        crate::upstream::Body::from_stream(tools.filter_json(lists, body))
+                    };
+                }
                 Ok(Forwarded::Answer(Answer {
                     status,
                     headers,
-                    body: upstream.bytes_stream(),
+                    body,
                     follow,
                 }))
             }
@@ -536,6 +567,7 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(5),
             read_timeout: None,
+            tools: Default::default(),
         };
         let upstream = Arc::new(Upstream::new(&config, tokens).unwrap());
         let readiness = Readiness::new(crate::config::ReadyConfig {

@@ -252,6 +252,7 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(1),
             read_timeout: None,
+            tools: Default::default(),
         };
         Arc::new(Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap())
     }

@@ -56,5 +56,6 @@ pub mod subscriptions;
 pub mod telemetry;
 pub mod time;
 pub mod token;
+pub mod tools;
 pub mod trace;
 pub mod upstream;

@@ -49,6 +49,8 @@ pub enum Outcome {
     upstream_forbidden,
     /// The sidecar refused the request (Host, Origin, client token, body size, method).
     refused,
+    /// The tool policy (`TOOLS_ALLOW` / `TOOLS_DENY`) refused a `tools/call`; it was not sent.
+    tool_refused,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -97,7 +99,7 @@ pub struct Totals {
     pub open_streams: i64,
 }
 
-const OUTCOMES: [Outcome; 7] = [
+const OUTCOMES: [Outcome; 8] = [
     Outcome::forwarded,
     Outcome::upstream_unreachable,
     Outcome::upstream_auth_rejected,
@@ -105,6 +107,7 @@ const OUTCOMES: [Outcome; 7] = [
     Outcome::handshake_failed,
     Outcome::upstream_forbidden,
     Outcome::refused,
+    Outcome::tool_refused,
 ];
 const METHODS: [HttpMethod; 4] = [
     HttpMethod::POST,

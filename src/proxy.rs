@@ -140,6 +140,16 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
                 && matches!(request.target, crate::forwarder::Target::Endpoint { .. });
             forward_response(&app, answer, get_stream, &request)
         }
+        Ok(Forwarded::Refused(refusal)) => {
+            app.metrics.record_request(method, Outcome::tool_refused);
+            // As an MCP server answers a refused call: 200 with the error for the request's id.
+            let status = if refusal.has_id {
+                StatusCode::OK
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            (status, axum::Json(refusal.body)).into_response()
+        }
         Err(ForwardError::Upstream(crate::upstream::UpstreamError::Forbidden(refused))) => {
             relay_forbidden(&app, method, request.rpc_id(), *refused).await
         }

@@ -460,6 +460,12 @@ impl Front {
             }
             // A POST is never held for an absent upstream; only GET streams are.
             Ok(Forwarded::Away(_)) => {}
+            // A notification has nobody to answer (the forwarder logged it).
+            Ok(Forwarded::Refused(refusal)) => {
+                if refusal.has_id {
+                    self.write(refusal.body).await;
+                }
+            }
             Err(error) => self.failed(&kind, &error),
         }
     }
@@ -678,6 +684,8 @@ impl Front {
                         let stream = crate::stream::follow(None, follow);
                         self.relay_events(Box::pin(stream), false).await;
                     }
+                    // The tool policy reads POSTs only.
+                    Ok(Forwarded::Refused(_)) => {}
                     Err(e) => tracing::warn!(
                         error = %crate::secret::scrub(&e.to_string()),
                         "cannot open the upstream's GET stream"
@@ -704,7 +712,8 @@ impl Front {
                     "ended the upstream session"
                 )
             }
-            Ok(Forwarded::Away(_)) => {}
+            // The tool policy reads POSTs only.
+            Ok(Forwarded::Away(_) | Forwarded::Refused(_)) => {}
             Err(e) => tracing::warn!(
                 error = %crate::secret::scrub(&e.to_string()),
                 "cannot end the upstream session"

@@ -248,6 +248,9 @@ pub struct Upstream {
     parsed_headers: Mutex<Option<(Secret, ExtraHeaders)>>,
     tokens: Arc<dyn TokenSource>,
     read_timeout: Option<Duration>,
+    /// Held here, with this upstream's other settings, so that every front's forwarder applies
+    /// it ([`crate::forwarder`]).
+    tools: crate::tools::ToolPolicy,
 }
 
 type ExtraHeaders = Arc<[(HeaderName, HeaderValue)]>;
@@ -281,7 +284,13 @@ impl Upstream {
             parsed_headers: Mutex::new(None),
             tokens,
             read_timeout: config.read_timeout,
+            tools: config.tools.clone(),
         })
+    }
+
+    /// `TOOLS_ALLOW` / `TOOLS_DENY` of this upstream.
+    pub fn tools(&self) -> &crate::tools::ToolPolicy {
+        &self.tools
     }
 
     pub fn url(&self) -> &Url {
@@ -680,6 +689,7 @@ mod tests {
             ca_file: Some(fixture("tls-ca.pem")),
             connect_timeout: Duration::from_secs(10),
             read_timeout: None,
+            tools: Default::default(),
         };
         Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap()
     }
@@ -732,6 +742,7 @@ mod tests {
             ca_file: None,
             connect_timeout: Duration::from_secs(10),
             read_timeout: Some(Duration::from_secs(10)),
+            tools: Default::default(),
         };
         let upstream = Upstream::new(&config, Arc::new(crate::token::NoAuth)).unwrap();
         let response = upstream

@@ -1,5 +1,6 @@
 //! Allocations on the per-request path, counted: the Host/Origin guard, the token read and the
-//! `Authorization` value must not allocate per request (issue 11, per-request cost).
+//! `Authorization` value must not allocate per request (issue 11, per-request cost), and
+//! without a tool policy a request body is not even parsed.
 //!
 //! A test binary of its own because it installs a counting global allocator; the count is per
 //! thread, so tests running in parallel do not see each other's allocations.
@@ -97,4 +98,13 @@ fn reading_the_token_and_its_header_allocates_only_the_boxed_future() {
     assert!(header.is_sensitive());
     assert_eq!(header.as_bytes(), format!("Bearer {canary}").as_bytes());
     assert!(!format!("{token:?} {header:?}").contains(&canary));
+}
+
+#[test]
+fn without_a_tool_policy_a_request_is_not_parsed() {
+    let policy = mcp_sidecar::tools::ToolPolicy::default();
+    let body = br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"delete_repo","arguments":{"x":[1,2,3]}}}"#;
+    let (checked, count) = allocations(|| policy.check(body));
+    assert!(matches!(checked, mcp_sidecar::tools::Checked::Pass(ref ids) if ids.is_empty()));
+    assert_eq!(count, 0, "no policy: allocations");
 }

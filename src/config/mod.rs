@@ -84,6 +84,8 @@ const KNOWN_KEYS: &[&str] = &[
     "client_idle_timeout",
     "max_connections",
     "read_timeout",
+    "tools_allow",
+    "tools_deny",
     "log",
     "log_format",
     "state_dir",
@@ -161,6 +163,8 @@ const UPSTREAM_KEYS: &[&str] = &[
     "subject_token_type",
     "refresh_skew",
     "token_timeout",
+    "tools_allow",
+    "tools_deny",
 ];
 
 /// Keys whose top-level value is every upstream's default, which a block may override.
@@ -299,6 +303,8 @@ pub struct UpstreamConfig {
     /// No byte from the upstream for this long ends a proxied request (`READ_TIMEOUT`);
     /// `None`, the default: a long tool call may legitimately stay silent.
     pub read_timeout: Option<Duration>,
+    /// `TOOLS_ALLOW` / `TOOLS_DENY`: which of this upstream's tools clients see and may call.
+    pub tools: crate::tools::ToolPolicy,
 }
 
 impl UpstreamConfig {
@@ -1277,6 +1283,10 @@ impl Reader {
             format!("{path}/{name}")
         };
         let state_dir = upstream_state_dir(state_dir, &name);
+        let tools = crate::tools::ToolPolicy::new(
+            self.tool_patterns("tools_allow"),
+            self.tool_patterns("tools_deny"),
+        );
 
         Some(UpstreamSettings {
             name,
@@ -1287,6 +1297,7 @@ impl Reader {
                 ca_file,
                 connect_timeout,
                 read_timeout,
+                tools,
             },
             auth: auth?,
             ready,
@@ -1352,6 +1363,55 @@ impl Reader {
                 None
             }
         }
+    }
+
+    /// `TOOLS_ALLOW` / `TOOLS_DENY`: names or globs, comma- or whitespace-separated (in TOML also
+    /// a list). `None` when unset; every bad pattern is a problem of its own.
+    fn tool_patterns(&mut self, key: &str) -> Option<crate::tools::PatternList> {
+        let mut problems = Vec::new();
+        let patterns = match self.raw.get(key)? {
+            Value::String(_, text) if text.trim().is_empty() => {
+                problems.push("is set but empty".to_string());
+                Vec::new()
+            }
+            Value::String(_, text) => crate::tools::parse_list(text).unwrap_or_else(|mut bad| {
+                problems.append(&mut bad);
+                Vec::new()
+            }),
+            Value::Array(_, items) => {
+                let mut patterns = Vec::new();
+                for item in items {
+                    match item {
+                        Value::String(_, text) => match crate::tools::Pattern::parse(text.trim()) {
+                            Ok(pattern) => patterns.push(pattern),
+                            Err(message) => problems.push(message),
+                        },
+                        other => problems.push(format!(
+                            "expected a list of tool names or globs, found {}",
+                            describe(other)
+                        )),
+                    }
+                }
+                if items.is_empty() {
+                    problems.push("is set but empty".to_string());
+                }
+                patterns
+            }
+            other => {
+                problems.push(format!(
+                    "expected tool names or globs separated by commas or spaces, found {}",
+                    describe(other)
+                ));
+                Vec::new()
+            }
+        };
+        for message in problems {
+            self.problem(key, message);
+        }
+        Some(crate::tools::PatternList {
+            key: self.label(key),
+            patterns,
+        })
     }
 
     /// `[headers]` as a TOML table is accepted besides the `Name: value` text form.
@@ -1732,6 +1792,8 @@ impl UpstreamSettings {
             ),
             ("READY_INTERVAL", duration(self.ready.interval)),
             ("READY_TIMEOUT", duration(self.ready.timeout)),
+            ("TOOLS_ALLOW", self.upstream.tools.summary().0),
+            ("TOOLS_DENY", self.upstream.tools.summary().1),
         ]);
         if self.name != DEFAULT_UPSTREAM {
             rows.extend([
@@ -1781,6 +1843,72 @@ mod tests {
         load(sources)
             .expect_err("configuration should be invalid")
             .problems
+    }
+
+    #[test]
+    fn tool_policy_keys_parse_and_every_bad_pattern_is_reported() {
+        let config = load(&env(&[("UPSTREAM_URL", "https://x.example/mcp")])).unwrap();
+        assert!(!config.upstreams[0].upstream.tools.is_set());
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOOLS_ALLOW", "read_*, echo"),
+            ("TOOLS_DENY", "read_secret?"),
+        ]))
+        .unwrap();
+        let tools = &config.upstreams[0].upstream.tools;
+        assert!(tools.permits("read_file") && tools.permits("echo"));
+        assert!(!tools.permits("read_secrets") && !tools.permits("write"));
+
+        let found = problems(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("TOOLS_ALLOW", " "),
+            ("TOOLS_DENY", "ok,b@d,,x y!"),
+        ]));
+        let found: Vec<(&str, &str)> = found
+            .iter()
+            .map(|p| (p.key.as_str(), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 4, "{found:?}");
+        assert_eq!(found[0], ("MCP_SIDECAR_TOOLS_ALLOW", "is set but empty"));
+        assert!(
+            found[1..]
+                .iter()
+                .all(|(key, _)| *key == "MCP_SIDECAR_TOOLS_DENY")
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("sidecar.toml");
+        std::fs::write(
+            &file,
+            "upstream_url = \"https://x.example/mcp\"\ntools_deny = [\"delete_*\", \"admin/*\"]\n",
+        )
+        .unwrap();
+        let config = load(&Sources {
+            file: Some(file),
+            env: HashMap::new(),
+        })
+        .unwrap();
+        assert!(!config.upstreams[0].upstream.tools.permits("admin/reset"));
+        assert!(config.upstreams[0].upstream.tools.permits("echo"));
+
+        // Each upstream has its own policy, and its problems name the key as written in its block.
+        let config = load(&env(&[
+            ("UPSTREAMS__GH__UPSTREAM_URL", "https://gh.example/mcp"),
+            ("UPSTREAMS__GH__TOOLS_DENY", "delete_*"),
+            ("UPSTREAMS__DOCS__UPSTREAM_URL", "https://docs.example/mcp"),
+        ]))
+        .unwrap();
+        let policy = |name: &str| {
+            let settings = config.upstreams.iter().find(|u| u.name == name).unwrap();
+            settings.upstream.tools.permits("delete_repo")
+        };
+        assert!(!policy("gh") && policy("docs"));
+        let found = problems(&env(&[
+            ("UPSTREAMS__GH__UPSTREAM_URL", "https://gh.example/mcp"),
+            ("UPSTREAMS__GH__TOOLS_DENY", "b@d"),
+        ]));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].key, "MCP_SIDECAR_UPSTREAMS__GH__TOOLS_DENY");
     }
 
     #[test]

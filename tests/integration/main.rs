@@ -13,4 +13,5 @@ mod proxy;
 mod readiness;
 mod stdio;
 mod streams;
+mod tools;
 mod traces;

@@ -485,3 +485,45 @@ async fn a_pending_login_is_in_the_initialize_error_and_a_respawn_needs_no_new_l
     assert_eq!(idp.state.device_requests.load(Ordering::SeqCst), logins);
     assert_eq!(exit, Some(0), "{stderr}");
 }
+
+/// The stdio front goes through the same forwarder: a refused call is answered on stdout and
+/// never reaches the upstream, and `tools/list` loses the refused tools.
+#[tokio::test]
+async fn the_tool_policy_applies_to_the_stdio_front() {
+    let secret = canary();
+    let mock = MockUpstream::start(&secret, Mode::Legacy);
+    let mut host = Host::spawn(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", &secret),
+        ("TOOLS_DENY", "delete_*"),
+    ]);
+    host.initialize().await;
+    host.send(&call(2, "delete_repo", json!({}))).await;
+    let reply = host.expect("the refusal", |m| m["id"] == 2).await;
+    assert_eq!(reply["error"]["data"]["reason"], "tool_refused", "{reply}");
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("MCP_SIDECAR_TOOLS_DENY"),
+        "{reply}"
+    );
+    host.send(&json!({"jsonrpc":"2.0","id":3,"method":"tools/list"}))
+        .await;
+    let reply = host.expect("the list", |m| m["id"] == 3).await;
+    let names: Vec<&str> = reply["result"]["tools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "read_file", "admin/reset"], "{reply}");
+    let (code, _, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !bodies(&mock)
+            .iter()
+            .any(|(_, _, body)| body["params"]["name"] == "delete_repo"),
+        "the refused call reached the upstream"
+    );
+}

@@ -109,6 +109,8 @@ pub struct MockState {
     /// Answer `notifications/initialized` this long after it arrives, as a server that sets up
     /// the session on it does.
     pub initialized_delay: Mutex<Option<std::time::Duration>>,
+    /// Answer `tools/list` as SSE (a progress notification, then the list) instead of JSON.
+    pub tools_list_sse: AtomicBool,
 }
 
 /// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
@@ -247,6 +249,7 @@ impl MockUpstream {
             forbid: Mutex::new(None),
             forbid_everyone: AtomicBool::new(false),
             initialized_delay: Mutex::new(None),
+            tools_list_sse: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -533,8 +536,45 @@ async fn respond(
                 _ => json_reply(json!({"jsonrpc":"2.0","id":id,"error":{"code":-32602,"message":"unknown tool"}})),
             }
         }
+        "tools/list" => tools_list(&state, id, &message),
         _ => json_reply(json!({"jsonrpc":"2.0","id":id,"result":{}})),
     }
+}
+
+/// The tools the mock lists, in two pages (`nextCursor` "page-2").
+pub const TOOL_PAGES: [&[&str]; 2] = [
+    &["echo", "read_file", "delete_repo", "admin/reset"],
+    &["read_dir", "deploy_prod", "gated"],
+];
+
+/// `tools/list`: each page as JSON, or as SSE after a progress notification when
+/// `tools_list_sse` is set. Its bytes are fixed, so a test can compare what passed whole.
+fn tools_list(state: &MockState, id: Value, message: &Value) -> Response {
+    let second = message.pointer("/params/cursor").and_then(Value::as_str) == Some("page-2");
+    let names = TOOL_PAGES[usize::from(second)];
+    let tools: Vec<Value> = names
+        .iter()
+        .map(|name| json!({"name": name, "description": format!("the {name} tool"), "inputSchema": {"type": "object"}}))
+        .collect();
+    let mut result = json!({"tools": tools});
+    if !second {
+        result["nextCursor"] = json!("page-2");
+    }
+    let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
+    if state.tools_list_sse.load(Ordering::SeqCst) {
+        let events = format!(
+            ": warming up\n\nevent: message\nid: 7\ndata: {}\n\nevent: message\r\nid: 8\r\ndata: {}\r\n\r\n",
+            json!({"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}}),
+            reply
+        );
+        return (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "text/event-stream")],
+            events,
+        )
+            .into_response();
+    }
+    json_reply(reply)
 }
 
 async fn protected_resource_metadata(
