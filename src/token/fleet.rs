@@ -15,9 +15,10 @@
 //!
 //! - A waiter for a credential whose duplicate request is harmless (client credentials, token
 //!   exchange: nothing is rotated) does not sit out a lock expiry when its own token can no
-//!   longer be sent: once the same holder has kept the lock [`TAKE_OVER_AFTER`], it takes the
-//!   lock over (compare-and-set on the holder's value, so one waiter wins and the others keep
-//!   waiting for its result). A rotating refresh token never does this: a holder that is only
+//!   longer be sent: once the same holder has kept the lock for
+//!   [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER) (or half what is left of the waiter's
+//!   token, when that is less), it takes the lock over (compare-and-set on the holder's value,
+//!   so one waiter wins and the others keep waiting for its result). A rotating refresh token never does this: a holder that is only
 //!   slow would spend it too.
 //!
 //! ## Re-seeding a store that lost its data
@@ -71,11 +72,6 @@ const TAKE_OVER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.cal
 
 /// How often a waiter asks for the lock again (with jitter, so waiters spread out).
 const POLL: Duration = Duration::from_millis(100);
-
-/// How long one holder may keep the lock before a waiter whose token can no longer be sent takes
-/// it over, for a grant a duplicate request cannot hurt. A live holder's token request takes far
-/// less; a dead holder's lock would otherwise stand for the whole `STATE_LOCK_TTL`.
-pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
 /// Why the fleet store could not be used. Never holds a secret: messages are scrubbed.
 #[derive(Debug, thiserror::Error)]
@@ -409,11 +405,11 @@ impl FleetStore {
     /// Takes the fleet lock, waiting while another sidecar holds it, at most one lock expiry
     /// and a little more (a holder that died has lost it by then). Ends early with
     /// [`Acquired::Changed`] when the stored state changes meanwhile (the holder's result).
-    /// While `may_take_over` says so (a duplicate token request is harmless and this sidecar's
-    /// token can no longer be sent), a holder seen for [`TAKE_OVER_AFTER`] is replaced.
+    /// `may_take_over` is asked, with how long the current holder has been seen to keep the
+    /// lock, whether to replace it (see [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER)).
     pub async fn lock(
         self: &Arc<Self>,
-        may_take_over: &(dyn Fn() -> bool + Sync),
+        may_take_over: &(dyn Fn(Duration) -> bool + Sync),
     ) -> Result<Acquired, FleetError> {
         let value = format!("{} {}", self.identity, random_hex(12));
         let started = Instant::now();
@@ -450,8 +446,7 @@ impl FleetStore {
                     seen = Some((raw.clone(), Instant::now()));
                 }
                 if let Some((_, since)) = &seen
-                    && since.elapsed() >= TAKE_OVER_AFTER
-                    && may_take_over()
+                    && may_take_over(since.elapsed())
                 {
                     let mut eval = redis::cmd("EVAL");
                     eval.arg(TAKE_OVER)

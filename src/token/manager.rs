@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore};
+use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, TAKE_OVER_AFTER};
 use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
@@ -613,8 +613,14 @@ impl Manager {
         let fleet = self.store.as_ref().is_some_and(StateStore::is_fleet);
         // A waiter whose token can no longer be sent may take the fleet lock over from a holder
         // that keeps it, when a duplicate request is harmless (see `FleetStore::lock`).
-        let may_take_over =
-            || self.duplicate_safe() && self.valid().filter(|t| Some(t) != rejected).is_none();
+        // Half the token's remaining life at most: the new token must come before the old one
+        // expires (4 s tokens enter their last second when the refresh starts).
+        let may_take_over = |held_for: Duration| {
+            let left = remaining(&self.held(), SystemTime::now());
+            held_for >= TAKE_OVER_AFTER.min(left / 2)
+                && self.duplicate_safe()
+                && self.valid().filter(|t| Some(t) != rejected).is_none()
+        };
         let _lock = loop {
             let lock = match &self.store {
                 Some(store) => loop {
@@ -917,7 +923,7 @@ impl Manager {
     async fn lock_to_install(&self) -> Option<super::state::StateLock> {
         let store = self.store.as_ref()?;
         let lock = loop {
-            match store.lock(&|| false).await {
+            match store.lock(&|_| false).await {
                 Ok(Some(lock)) => break lock,
                 Ok(None) => continue,
                 Err(_) => return None,

@@ -23,9 +23,16 @@ pub const STORE_CHECK: Duration = Duration::from_secs(1);
 pub const SEED_SETTLE: Duration = Duration::from_secs(3);
 
 /// Whether a waiter may take the fleet lock over from a holder that keeps it (see the fleet
-/// module): a duplicate token request is harmless and the waiter's own token can no longer be
-/// sent.
-pub type TakeOver<'a> = &'a (dyn Fn() -> bool + Sync);
+/// module), given how long that holder has been seen to keep it: a duplicate token request is
+/// harmless and the waiter's own token can no longer be sent.
+pub type TakeOver<'a> = &'a (dyn Fn(Duration) -> bool + Sync);
+
+/// How long one holder may keep the lock before a waiter whose token can no longer be sent takes
+/// it over, for a grant a duplicate request cannot hurt (at most; half the waiter's token's
+/// remaining life when that is shorter, so the new token comes before the old one expires). A
+/// live holder's token request takes far less; a dead holder's lock would otherwise stand for the
+/// whole `STATE_LOCK_TTL`.
+pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
 /// What `/status` shows of the store.
 #[derive(Debug, Clone, Serialize)]
