@@ -40,8 +40,11 @@
 //! never overwrites what another wrote), one holding a higher generation than the stored one
 //! replaces it (compare-and-set on the exact bytes it read, never the other way round), and
 //! nobody spends the refresh token of a re-seeded entry until it has stood for
-//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks): by then every live sidecar holding a newer state has put it
-//! there. A stale sidecar that happens to seed first therefore costs a short wait, not the grant.
+//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks): by then every live sidecar
+//! holding a newer state and able to reach the store has put it there. A stale sidecar that
+//! happens to seed first therefore costs a short wait, not the grant. The settling time is short
+//! on purpose: the refresh it holds back may be due, and the held token expiring meanwhile
+//! costs calls a wait (or, for tokens of a few seconds, a refused call and a retry).
 //! What cannot be recovered is a rotation whose only holder died with the store (or between the
 //! authorization server's answer and the write): see the README.
 //!

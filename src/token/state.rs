@@ -15,12 +15,12 @@ use super::store::{Locked, Persisted, Store, StoreError};
 
 /// How often every sidecar reads a fleet store even when no refresh is due: so that a store
 /// that lost its data is noticed (and re-seeded) within this, and so that each sidecar holds the
-/// newest state when that happens (see the fleet module). Two reads a second per sidecar.
-pub const STORE_CHECK: Duration = Duration::from_secs(1);
+/// newest state when that happens (see the fleet module). Four small reads a second per sidecar.
+pub const STORE_CHECK: Duration = Duration::from_millis(500);
 
 /// How long a re-seeded entry stands before its refresh token is spent: three checks, so every
 /// live sidecar holding a newer state has read the entry and replaced it by then.
-pub const SEED_SETTLE: Duration = Duration::from_secs(3);
+pub const SEED_SETTLE: Duration = Duration::from_millis(1500);
 
 /// Whether a waiter may take the fleet lock over from a holder that keeps it (see the fleet
 /// module), given how long that holder has been seen to keep it: a duplicate token request is
