@@ -13,6 +13,41 @@
 //! - Every error is scrubbed of known secrets before it is kept or shown: a Redis error may quote
 //!   the URL it was given.
 //!
+//! - A waiter for a credential whose duplicate request is harmless (client credentials, token
+//!   exchange: nothing is rotated) does not sit out a lock expiry when its own token can no
+//!   longer be sent: once the same holder has kept the lock for
+//!   [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER) (or half what is left of the waiter's
+//!   token, when that is less), it takes the lock over (compare-and-set on the holder's value,
+//!   so one waiter wins and the others keep waiting for its result). A rotating refresh token never does this: a holder that is only
+//!   slow would spend it too.
+//!
+//! ## Re-seeding a store that lost its data
+//!
+//! A Redis without persistence that restarts comes back empty, and every sidecar still holds
+//! a state in memory. Which of them holds the newest refresh token? No sidecar can prove it on
+//! its own: the last one to rotate holds the newest only until the next rotation, which another
+//! sidecar may have made after this one last looked. What does hold:
+//!
+//! - every rotation is written to the store before any other sidecar can spend the token it
+//!   produced (they read it from the store, under the lock), and each write carries a
+//!   generation one higher than the state it replaced;
+//! - every sidecar reads the store every [`STORE_CHECK`](super::state::STORE_CHECK) and adopts a higher generation, never
+//!   a lower one.
+//!
+//! So the highest generation any live sidecar holds is the newest state that survived (held by
+//! the last rotator and by everyone who has read its write since); a sidecar that missed a
+//! rotation holds a lower one. After a loss each sidecar offers what it holds (`SET NX`, so it
+//! never overwrites what another wrote), one holding a higher generation than the stored one
+//! replaces it (compare-and-set on the exact bytes it read, never the other way round), and
+//! nobody spends the refresh token of a re-seeded entry until it has stood for
+//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks): by then every live sidecar
+//! holding a newer state and able to reach the store has put it there. A stale sidecar that
+//! happens to seed first therefore costs a short wait, not the grant. The settling time is short
+//! on purpose: the refresh it holds back may be due, and the held token expiring meanwhile
+//! costs calls a wait (or, for tokens of a few seconds, a refused call and a retry).
+//! What cannot be recovered is a rotation whose only holder died with the store (or between the
+//! authorization server's answer and the write): see the README.
+//!
 //! The connection is made on first use and dropped on any error, so a Redis that restarted is
 //! reached again at the next call; nothing here retries a command on its own.
 
@@ -30,6 +65,13 @@ use crate::secret::SecretSource;
 
 /// Deletes the lock only if it still holds this acquisition's value.
 const RELEASE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+/// Writes the entry only if it still holds the bytes read before (a newer state replacing an
+/// older one, never a state another sidecar wrote meanwhile).
+const REPLACE: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2]) return 1 else return 0 end";
+
+/// Takes the lock over from the holder whose value it still has.
+const TAKE_OVER: &str = "if redis.call('get', KEYS[1]) == ARGV[1] then redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) return 1 else return 0 end";
 
 /// How often a waiter asks for the lock again (with jitter, so waiters spread out).
 const POLL: Duration = Duration::from_millis(100);
@@ -292,30 +334,92 @@ impl FleetStore {
 
     /// Replaces the stored state. Callers hold the lock.
     pub async fn save(&self, state: &Persisted) -> Result<(), FleetError> {
-        let mut state = state.clone();
-        state.version = super::store::VERSION;
-        state.updated_at = super::store::to_unix(std::time::SystemTime::now());
-        let plain = serde_json::to_vec(&state).map_err(FleetError::Encode)?;
-        let sealed = self
-            .sealer
-            .seal(&self.state_key, &plain)
-            .map_err(|source| FleetError::Sealed {
-                key: self.state_key.clone(),
-                source,
-            })?;
+        let sealed = self.seal(state)?;
         let mut set = redis::cmd("SET");
         set.arg(&self.state_key).arg(sealed);
         self.query::<()>(&set).await
     }
 
+    /// Writes `state` only where the store still holds `expected` (the sealed bytes of the last
+    /// [`FleetStore::load`]; `None`: only where it holds nothing). `Ok(false)`: another sidecar
+    /// wrote meanwhile, and its state stands.
+    pub async fn put_if_unchanged(
+        &self,
+        state: &Persisted,
+        expected: Option<&[u8]>,
+    ) -> Result<bool, FleetError> {
+        let sealed = self.seal(state)?;
+        match expected {
+            None => {
+                let mut set = redis::cmd("SET");
+                set.arg(&self.state_key).arg(sealed).arg("NX");
+                let written: Option<String> = self.query(&set).await?;
+                Ok(written.is_some())
+            }
+            Some(expected) => {
+                let mut eval = redis::cmd("EVAL");
+                eval.arg(REPLACE)
+                    .arg(1)
+                    .arg(&self.state_key)
+                    .arg(expected)
+                    .arg(sealed);
+                Ok(self.query::<i64>(&eval).await? == 1)
+            }
+        }
+    }
+
+    /// The sealed bytes the last [`FleetStore::load`] found.
+    pub fn last_seen(&self) -> Option<Vec<u8>> {
+        self.last_seen
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads who holds the lock now, for `/status`.
+    pub async fn check_lock(&self) -> Result<(), FleetError> {
+        let mut get = redis::cmd("GET");
+        get.arg(&self.lock_key);
+        let holder: Option<String> = self.query(&get).await?;
+        let mine = format!("{} ", self.identity);
+        self.health().lock_holder = holder.map(|h| {
+            if h.starts_with(&mine) {
+                "this sidecar".into()
+            } else {
+                shown_holder(&h)
+            }
+        });
+        Ok(())
+    }
+
+    fn seal(&self, state: &Persisted) -> Result<String, FleetError> {
+        let mut state = state.clone();
+        state.version = super::store::VERSION;
+        state.updated_at = super::store::to_unix(std::time::SystemTime::now());
+        let plain = serde_json::to_vec(&state).map_err(FleetError::Encode)?;
+        self.sealer
+            .seal(&self.state_key, &plain)
+            .map_err(|source| FleetError::Sealed {
+                key: self.state_key.clone(),
+                source,
+            })
+    }
+
     /// Takes the fleet lock, waiting while another sidecar holds it, at most one lock expiry
     /// and a little more (a holder that died has lost it by then). Ends early with
     /// [`Acquired::Changed`] when the stored state changes meanwhile (the holder's result).
-    pub async fn lock(self: &Arc<Self>) -> Result<Acquired, FleetError> {
+    /// `may_take_over` is asked, with how long the current holder has been seen to keep the
+    /// lock, whether to replace it (see [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER)).
+    pub async fn lock(
+        self: &Arc<Self>,
+        may_take_over: &(dyn Fn(Duration) -> bool + Sync),
+    ) -> Result<Acquired, FleetError> {
         let value = format!("{} {}", self.identity, random_hex(12));
         let started = Instant::now();
         let deadline = started + self.lock_ttl + Duration::from_secs(2);
         let ttl_ms = u64::try_from(self.lock_ttl.as_millis()).unwrap_or(u64::MAX);
+        // The holder's value and when this waiter first saw it.
+        let mut seen: Option<(String, Instant)> = None;
         loop {
             let mut set = redis::cmd("SET");
             set.arg(&self.lock_key)
@@ -339,8 +443,37 @@ impl FleetStore {
             }
             let mut get = redis::cmd("GET");
             get.arg(&self.lock_key);
-            let holder: Option<String> = self.query(&get).await?;
-            let holder = holder.map(|h| shown_holder(&h));
+            let raw: Option<String> = self.query(&get).await?;
+            if let Some(raw) = &raw {
+                if seen.as_ref().is_none_or(|(v, _)| v != raw) {
+                    seen = Some((raw.clone(), Instant::now()));
+                }
+                if let Some((_, since)) = &seen
+                    && may_take_over(since.elapsed())
+                {
+                    let mut eval = redis::cmd("EVAL");
+                    eval.arg(TAKE_OVER)
+                        .arg(1)
+                        .arg(&self.lock_key)
+                        .arg(raw)
+                        .arg(&value)
+                        .arg(ttl_ms);
+                    if self.query::<i64>(&eval).await? == 1 {
+                        tracing::warn!(
+                            holder = %shown_holder(raw),
+                            held_ms = since.elapsed().as_millis() as u64,
+                            "took the fleet lock over from a holder that kept it while this sidecar's token expired (a duplicate request is harmless for this grant)"
+                        );
+                        self.health().lock_holder = Some("this sidecar".into());
+                        return Ok(Acquired::Lock(FleetLock {
+                            store: self.clone(),
+                            value,
+                        }));
+                    }
+                    continue;
+                }
+            }
+            let holder = raw.map(|h| shown_holder(&h));
             if let Some(holder) = &holder {
                 self.health().lock_holder = Some(holder.clone());
             }

@@ -12,6 +12,9 @@
 //! - With a writable `STATE_DIR` every obtain runs under an OS file lock and first adopts what
 //!   another process may have written, so two sidecars on one volume never both spend the same
 //!   rotating refresh token.
+//! - With a fleet store (`STATE_STORE`) the store is also read every `STORE_CHECK`, refresh due
+//!   or not: newer states are adopted, a store that lost its data is re-seeded, and a re-seeded
+//!   refresh token waits `SEED_SETTLE` before it is spent (the fleet module says why).
 //! - A held refresh token is tried first; when the server rejects it (`invalid_grant`) it is
 //!   dropped and the source's own grant runs (client credentials, token exchange), or a login
 //!   starts (device code, authorization code).
@@ -27,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::state::{StateError, StateStore};
+use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, TAKE_OVER_AFTER};
 use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
@@ -78,6 +81,34 @@ struct Held {
     obtained_at: Option<SystemTime>,
     /// Newer than the state file (a write failed): the file must not be adopted over it.
     unpersisted: bool,
+    /// See [`Persisted::generation`]: a stored state with a lower one is never adopted.
+    generation: u64,
+    /// The highest generation seen in the store, adopted or not: the next new token counts on
+    /// from it, so the fleet's generations only grow.
+    seen_generation: u64,
+    /// When the held state was put back into a fleet store that had lost it (by this sidecar or
+    /// another): its refresh token is not spent before [`SEED_SETTLE`] has passed.
+    seeded_at: Option<SystemTime>,
+}
+
+impl Held {
+    /// Counts one replacement of the tokens.
+    fn next_generation(&mut self) {
+        self.generation = self.generation.max(self.seen_generation) + 1;
+        self.seen_generation = self.generation;
+        self.seeded_at = None;
+    }
+}
+
+/// What reading the store found, compared with the state held.
+#[derive(Debug, PartialEq)]
+enum Stored {
+    Nothing,
+    /// Adopted, or the same as held.
+    Current,
+    /// A state older than the one held (a sidecar that missed a rotation re-seeded the store):
+    /// not adopted.
+    Older,
 }
 
 #[derive(Default)]
@@ -208,7 +239,9 @@ impl Manager {
             _ => Ok(None),
         };
         match persisted {
-            Ok(persisted) => manager.apply_persisted(persisted),
+            Ok(persisted) => {
+                manager.apply_persisted(persisted);
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the persisted token state; starting without it")
             }
@@ -282,22 +315,26 @@ impl Manager {
     }
 
     /// Reads the stored state (the state file on the blocking pool) and adopts it; see
-    /// [`Manager::apply_persisted`]. `Ok(false)`: nothing is stored.
-    async fn adopt_persisted(&self) -> Result<bool, StateError> {
+    /// [`Manager::apply_persisted`].
+    async fn adopt_persisted(&self) -> Result<Stored, StateError> {
         let Some(store) = &self.store else {
             self.apply_persisted(None);
-            return Ok(false);
+            return Ok(Stored::Nothing);
         };
         let persisted = store.load().await?;
         let found = persisted.is_some();
-        self.apply_persisted(persisted);
-        Ok(found)
+        Ok(match (found, self.apply_persisted(persisted)) {
+            (false, _) => Stored::Nothing,
+            (true, true) => Stored::Older,
+            (true, false) => Stored::Current,
+        })
     }
 
     /// Adopts the state file's content when it is another process's newer result, or ours
     /// from before a restart. A configured refresh-token seed that changed wins over the file;
-    /// state this process could not write wins over the (older) file.
-    fn apply_persisted(&self, persisted: Option<Persisted>) {
+    /// state this process could not write wins over the (older) file, and so does a state of a
+    /// higher generation (the store holds an older one: returns `true`).
+    fn apply_persisted(&self, persisted: Option<Persisted>) -> bool {
         let seed = match &self.seed {
             Some(source) => match source.read() {
                 Ok(seed) => Some(seed),
@@ -321,11 +358,22 @@ impl Manager {
             oauth.set_registered(Some(client));
         }
         let mut held = self.held();
+        if let Some(p) = &persisted {
+            held.seen_generation = held.seen_generation.max(p.generation);
+        }
         if held.unpersisted {
-            return;
+            return false;
         }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
+                // Written by a version without generations (a fleet in a rolling upgrade): its
+                // writes are the fleet's rotations too, so they are adopted as before.
+                let legacy = p.generation == 0 && p.seeded_at_ms.is_none();
+                if !legacy && p.generation < held.generation {
+                    return true;
+                }
+                held.generation = p.generation;
+                held.seeded_at = p.seeded_at_ms.and_then(store::from_unix_ms);
                 let access = p.access_token.map(AccessToken::new);
                 if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
@@ -350,11 +398,14 @@ impl Manager {
                     *held = Held {
                         refresh: Some(seed),
                         seed: seed_print,
+                        generation: held.generation,
+                        seen_generation: held.seen_generation,
                         ..Held::default()
                     };
                 }
             }
         }
+        false
     }
 
     /// Writes the held state (on the blocking pool). On failure the state is marked newer than the file, so the file
@@ -364,8 +415,17 @@ impl Manager {
         let Some(store) = self.store.clone() else {
             return;
         };
+        let result = store.save(self.to_persist()).await;
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
+        }
+        self.held().unpersisted = result.is_err();
+    }
+
+    /// The held state as it is stored.
+    fn to_persist(&self) -> Persisted {
         let held = self.held().clone();
-        let state = Persisted {
+        Persisted {
             access_token: held.access.map(|a| a.secret().clone()),
             expires_at: held.expires_at.map(store::to_unix),
             expires_at_ms: held.expires_at.map(store::to_unix_ms),
@@ -374,13 +434,95 @@ impl Manager {
             scope: held.scope,
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
+            generation: held.generation,
+            seeded_at_ms: held.seeded_at.map(store::to_unix_ms),
             ..Persisted::default()
-        };
-        let result = store.save(state).await;
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
         }
-        self.held().unpersisted = result.is_err();
+    }
+
+    /// Puts the held state back into a fleet store that holds none or an older one (see the
+    /// fleet module for why that is safe): without overwriting what another sidecar wrote since
+    /// the store was read, and marked as re-seeded, so its refresh token is spent only after
+    /// [`SEED_SETTLE`], when a sidecar holding a newer state has had the time to replace it.
+    async fn reseed(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        if self.held().refresh.is_none() && self.valid().is_none() {
+            return;
+        }
+        let now = SystemTime::now();
+        let mut state = self.to_persist();
+        state.seeded_at_ms = Some(store::to_unix_ms(now));
+        let generation = state.generation;
+        match store.reseed(state).await {
+            Ok(true) => {
+                tracing::info!(
+                    source = self.name,
+                    generation,
+                    "the shared state store holds no state for this credential, or an older one; put back the one held here"
+                );
+                let mut held = self.held();
+                held.seeded_at = Some(now);
+                held.unpersisted = false;
+            }
+            // Another sidecar wrote first: its state is read at the next look.
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(source = self.name, error = %e, "cannot put the held state back into the shared state store")
+            }
+        }
+    }
+
+    /// How long the held refresh token must still wait before it may be spent, after a
+    /// re-seed (see [`SEED_SETTLE`]).
+    fn unsettled(&self) -> Option<Duration> {
+        self.oauth.as_ref()?;
+        let held = self.held();
+        held.refresh.as_ref()?;
+        let settled = held.seeded_at? + SEED_SETTLE;
+        settled
+            .duration_since(SystemTime::now())
+            .ok()
+            .filter(|left| !left.is_zero())
+    }
+
+    /// A second token request for this credential costs nothing but the request: nothing is
+    /// rotated (client credentials, token exchange without a refresh token).
+    fn duplicate_safe(&self) -> bool {
+        self.interactive.is_none()
+            && matches!(
+                self.kind,
+                Some(GrantKind::ClientCredentials | GrantKind::TokenExchange)
+            )
+            && self.held().refresh.is_none()
+    }
+
+    /// The periodic look at a fleet store (every [`STORE_CHECK`]): adopts a newer state another
+    /// sidecar stored, re-seeds a store that lost this credential's state (or holds an older
+    /// one), writes back a state a failed write left unstored, and refreshes the lock holder
+    /// `/status` shows. Skipped while a refresh runs: it reads the store itself.
+    async fn check_store(&self) {
+        let Some(store) = self.store.as_ref().filter(|s| s.is_fleet()) else {
+            return;
+        };
+        let Ok(_flight) = self.flight.try_lock() else {
+            return;
+        };
+        if self.held().unpersisted {
+            self.persist().await;
+        }
+        match self.adopt_persisted().await {
+            Ok(Stored::Nothing | Stored::Older) => self.reseed().await,
+            Ok(Stored::Current) => {}
+            // Kept in the store's health (`/status`); the next token request reports it.
+            Err(e) => {
+                tracing::debug!(source = self.name, error = %e, "cannot read the shared state store")
+            }
+        }
+        if let Err(e) = store.check_lock().await {
+            tracing::debug!(source = self.name, error = %e, "cannot read the fleet lock");
+        }
     }
 
     /// Takes a new token into use and persists it. Called with the flight lock (and the file
@@ -411,6 +553,7 @@ impl Manager {
                 held.scope = issued.scope;
             }
             held.obtained_at = Some(now);
+            held.next_generation();
         }
         self.persist().await;
         *self.login.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -467,56 +610,67 @@ impl Manager {
         if let Some(error) = self.backing_off(usable.is_none()) {
             return usable.ok_or(error);
         }
-        let _lock = match &self.store {
-            Some(store) => loop {
-                match store.lock().await {
-                    Ok(Some(lock)) => break Some(lock),
-                    // Another sidecar of the fleet stored its result while this one waited:
-                    // adopted at once, rather than after a turn with the lock.
-                    Ok(None) => {
-                        if self.adopt_persisted().await.is_ok()
-                            && !force
-                            && let Some(token) = self.fresh(rejected)
-                        {
-                            return Ok(token);
-                        }
-                    }
-                    Err(e) => return Err(self.unlocked(&e, rejected)),
-                }
-            },
-            None => None,
+        let fleet = self.store.as_ref().is_some_and(StateStore::is_fleet);
+        // A waiter whose token can no longer be sent may take the fleet lock over from a holder
+        // that keeps it, when a duplicate request is harmless (see `FleetStore::lock`).
+        // Half the token's remaining life at most: the new token must come before the old one
+        // expires (4 s tokens enter their last second when the refresh starts).
+        let may_take_over = |held_for: Duration| {
+            let left = remaining(&self.held(), SystemTime::now());
+            held_for >= TAKE_OVER_AFTER.min(left / 2)
+                && self.duplicate_safe()
+                && self.valid().filter(|t| Some(t) != rejected).is_none()
         };
-        if self.held().unpersisted {
-            self.persist().await;
-        }
-        match self.adopt_persisted().await {
-            Ok(true) => {}
-            // A fleet store that restarted empty (or a new fleet): the first sidecar holding a
-            // credential puts it back, so the others adopt it rather than start over.
-            Ok(false) if self.store.as_ref().is_some_and(StateStore::is_fleet) => {
-                let has = {
-                    let held = self.held();
-                    held.refresh.is_some() || held.access.is_some()
-                };
-                if has {
-                    tracing::info!(
-                        source = self.name,
-                        "the shared state store holds no state for this credential; storing the one held here"
-                    );
-                    self.persist().await;
-                }
+        let _lock = loop {
+            let lock = match &self.store {
+                Some(store) => loop {
+                    match store.lock(&may_take_over).await {
+                        Ok(Some(lock)) => break Some(lock),
+                        // Another sidecar of the fleet stored its result while this one waited:
+                        // adopted at once, rather than after a turn with the lock.
+                        Ok(None) => {
+                            if self.adopt_persisted().await.is_ok()
+                                && !force
+                                && let Some(token) = self.fresh(rejected)
+                            {
+                                return Ok(token);
+                            }
+                        }
+                        Err(e) => return Err(self.unlocked(&e, rejected)),
+                    }
+                },
+                None => None,
+            };
+            if self.held().unpersisted {
+                self.persist().await;
             }
-            Ok(false) => {}
-            // Without the fleet's stored state a refresh could spend a refresh token another
-            // sidecar already spent: none is sent.
-            Err(e) if self.store.as_ref().is_some_and(StateStore::is_fleet) => {
-                return Err(self.unlocked(&e, rejected));
+            match self.adopt_persisted().await {
+                // A fleet store that restarted empty (or a new fleet), or that a sidecar which
+                // missed a rotation re-seeded: the state held here goes back (see `reseed`).
+                Ok(Stored::Nothing | Stored::Older) if fleet => self.reseed().await,
+                Ok(_) => {}
+                // Without the fleet's stored state a refresh could spend a refresh token another
+                // sidecar already spent: none is sent.
+                Err(e) if fleet => return Err(self.unlocked(&e, rejected)),
+                Err(e) => tracing::warn!(error = %e, "cannot read the persisted token state"),
             }
-            Err(e) => tracing::warn!(error = %e, "cannot read the persisted token state"),
-        }
-        if !force && let Some(token) = self.fresh(rejected) {
-            return Ok(token);
-        }
+            if !force && let Some(token) = self.fresh(rejected) {
+                return Ok(token);
+            }
+            // A re-seeded refresh token may be one another sidecar already spent: it waits until
+            // a newer state had the time to replace it, without holding the lock meanwhile.
+            if let Some(left) = self.unsettled() {
+                drop(lock);
+                tracing::info!(
+                    source = self.name,
+                    wait_ms = left.as_millis() as u64,
+                    "the shared state store was re-seeded just now; waiting for a newer state from the fleet before spending the refresh token"
+                );
+                tokio::time::sleep(left).await;
+                continue;
+            }
+            break lock;
+        };
         match self.obtain().await {
             Ok(issued) => {
                 let token = AccessToken::new(issued.access_token.clone());
@@ -608,6 +762,7 @@ impl Manager {
                         held.refresh = None;
                         held.access = None;
                         held.expires_at = None;
+                        held.next_generation();
                     }
                     self.persist().await;
                     if self.interactive.is_none() && self.kind == Some(GrantKind::RefreshToken) {
@@ -767,13 +922,19 @@ impl Manager {
     /// be had (the tokens are installed all the same: a person just logged in).
     async fn lock_to_install(&self) -> Option<super::state::StateLock> {
         let store = self.store.as_ref()?;
-        loop {
-            match store.lock().await {
-                Ok(Some(lock)) => return Some(lock),
+        let lock = loop {
+            match store.lock(&|_| false).await {
+                Ok(Some(lock)) => break lock,
                 Ok(None) => continue,
                 Err(_) => return None,
             }
+        };
+        // The new tokens count on from the stored generation, so the fleet adopts them.
+        if let Ok(Some(stored)) = store.load().await {
+            let mut held = self.held();
+            held.seen_generation = held.seen_generation.max(stored.generation);
         }
+        Some(lock)
     }
 
     /// Whether a login is waiting for a person (`/oauth/login` serves only then).
@@ -805,6 +966,8 @@ impl Manager {
 
     /// Runs until the process ends: refreshes ahead of expiry even when no request comes.
     async fn refresher(self: Arc<Self>) {
+        let fleet = self.store.as_ref().is_some_and(StateStore::is_fleet);
+        let mut checked = Instant::now();
         loop {
             let due = self.refresh_due(&self.held());
             let wait = match due {
@@ -814,9 +977,15 @@ impl Manager {
                 None => Duration::from_secs(3600),
             };
             let wait = wait.max(MIN_REFRESH_GAP);
+            // A fleet store is looked at every STORE_CHECK, refresh due or not.
+            let wait = if fleet { wait.min(STORE_CHECK) } else { wait };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = self.changed.notified() => continue,
+            }
+            if fleet && checked.elapsed() >= STORE_CHECK {
+                checked = Instant::now();
+                self.check_store().await;
             }
             let due = self
                 .refresh_due(&self.held())

@@ -5,11 +5,34 @@
 #[cfg(feature = "fleet")]
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 #[cfg(feature = "fleet")]
 use super::fleet::{Acquired, FleetError, FleetLock, FleetStore};
 use super::store::{Locked, Persisted, Store, StoreError};
+
+/// How often every sidecar reads a fleet store even when no refresh is due: so that a store
+/// that lost its data is noticed (and re-seeded) within this, and so that each sidecar holds the
+/// newest state when that happens (see the fleet module). Four small reads a second per sidecar.
+pub const STORE_CHECK: Duration = Duration::from_millis(500);
+
+/// How long a re-seeded entry stands before its refresh token is spent: three checks, so every
+/// live sidecar holding a newer state has read the entry and replaced it by then.
+pub const SEED_SETTLE: Duration = Duration::from_millis(1500);
+
+/// Whether a waiter may take the fleet lock over from a holder that keeps it (see the fleet
+/// module), given how long that holder has been seen to keep it: a duplicate token request is
+/// harmless and the waiter's own token can no longer be sent.
+pub type TakeOver<'a> = &'a (dyn Fn(Duration) -> bool + Sync);
+
+/// How long one holder may keep the lock before a waiter whose token can no longer be sent takes
+/// it over, for a grant a duplicate request cannot hurt (at most; half the waiter's token's
+/// remaining life when that is shorter, so the new token comes before the old one expires). A
+/// live holder's token request takes far less; a dead holder's lock would otherwise stand for the
+/// whole `STATE_LOCK_TTL`.
+pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
 /// What `/status` shows of the store.
 #[derive(Debug, Clone, Serialize)]
@@ -121,15 +144,43 @@ impl StateStore {
     }
 
     /// Takes the lock. `Ok(None)`: while waiting for it, the fleet store's state changed (the
-    /// holder's result); read it again, and ask again only if it does not do.
-    pub async fn lock(&self) -> Result<Option<StateLock>, StateError> {
+    /// holder's result); read it again, and ask again only if it does not do. `may_take_over`:
+    /// see `FleetStore::lock` (the state directory's lock is the kernel's, released when its
+    /// holder dies, so it has no such case).
+    pub async fn lock(
+        &self,
+        #[cfg_attr(not(feature = "fleet"), allow(unused_variables))] may_take_over: TakeOver<'_>,
+    ) -> Result<Option<StateLock>, StateError> {
         match self {
             Self::Dir(store) => Ok(Some(StateLock::File(store.lock().await?))),
             #[cfg(feature = "fleet")]
-            Self::Fleet(fleet) => Ok(match fleet.lock().await? {
+            Self::Fleet(fleet) => Ok(match fleet.lock(may_take_over).await? {
                 Acquired::Lock(lock) => Some(StateLock::Fleet(lock)),
                 Acquired::Changed => None,
             }),
+        }
+    }
+
+    /// Puts `state` back into a fleet store that lost it, or over an older state there (see
+    /// [`super::fleet`]): only where the store still holds what the last `load` found.
+    /// `Ok(false)`: another sidecar wrote first. The state directory is not shared this way:
+    /// plainly saved.
+    pub async fn reseed(&self, state: Persisted) -> Result<bool, StateError> {
+        match self {
+            Self::Dir(_) => self.save(state).await.map(|()| true),
+            #[cfg(feature = "fleet")]
+            Self::Fleet(fleet) => Ok(fleet
+                .put_if_unchanged(&state, fleet.last_seen().as_deref())
+                .await?),
+        }
+    }
+
+    /// Refreshes what `/status` shows of the lock (fleet store only).
+    pub async fn check_lock(&self) -> Result<(), StateError> {
+        match self {
+            Self::Dir(_) => Ok(()),
+            #[cfg(feature = "fleet")]
+            Self::Fleet(fleet) => Ok(fleet.check_lock().await?),
         }
     }
 }

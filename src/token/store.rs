@@ -165,6 +165,20 @@ pub struct Persisted {
     pub expires_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub obtained_at_ms: Option<u64>,
+    /// How many times the tokens were replaced (a new token, a rotated or dropped refresh
+    /// token): of two states of one credential the higher is the newer. Compared when a fleet
+    /// store that lost its data is re-seeded (see [`super::fleet`]). Older files have none (0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub generation: u64,
+    /// Set when the entry was written back by a sidecar after the fleet store lost it, in Unix
+    /// milliseconds: its refresh token is not spent until the entry has stood for a while, so
+    /// that a sidecar holding a newer one can replace it first (see [`super::fleet`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeded_at_ms: Option<u64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 pub fn to_unix(t: SystemTime) -> u64 {

@@ -1,6 +1,7 @@
 //! `STATE_STORE=redis://`: sidecars sharing one credential through a real `redis-server`.
 //! Single-flight across the fleet with rotating refresh tokens, encryption at rest, a wrong
-//! key, a lock holder that died, and Redis going away and coming back empty.
+//! key, a lock holder that died, and Redis going away and coming back empty (and re-seeded by a
+//! sidecar that missed a rotation).
 
 use std::sync::atomic::Ordering;
 
@@ -8,7 +9,7 @@ use serde_json::{Value, json};
 
 use crate::common::mock_idp::{CLIENT_ID, CLIENT_SECRET, MockIdp};
 use crate::common::mock_upstream::{MockUpstream, Mode};
-use crate::common::redis::Redis;
+use crate::common::redis::{Redis, Relay};
 use crate::common::{Sidecar, call, mcp_post, poll};
 
 /// A refresh-token canary as the rules want them: long, with `+ / = &`.
@@ -372,4 +373,147 @@ async fn two_named_upstreams_never_share_a_fleet_entry() {
     let found = poll(|| async { Some(entries()) }, |e| e.len() >= 2).await;
     assert!(found.is_some(), "one shared entry: {:?}", entries());
     assert_eq!(entries().len(), 2, "{:?}", entries());
+}
+
+/// The long chaos run's failure: Redis restarted empty was re-seeded by a sidecar holding a
+/// refresh token another sidecar had spent since. Here B misses A's rotation (cut off from
+/// Redis), Redis loses everything while A is cut off, and B is back first and re-seeds the old
+/// state. B must not spend its refresh token before A has put the newer state back, and then
+/// adopts it: no invalid_grant, no token request at all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sidecar_that_missed_a_rotation_does_not_spend_the_old_token_after_redis_lost_the_state()
+{
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(120);
+    let seed = canary();
+    idp.state.insert_refresh_token(&seed, "mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 11);
+    let (to_a, to_b) = (
+        Relay::start(redis.port).await,
+        Relay::start(redis.port).await,
+    );
+    let (upstream_url, token_url) = (upstream.url(), idp.url("/token"));
+    let start = |store: String| {
+        let (upstream_url, token_url, key, seed) = (
+            upstream_url.clone(),
+            token_url.clone(),
+            key.clone(),
+            seed.clone(),
+        );
+        async move {
+            Sidecar::start(&[
+                ("UPSTREAM_URL", &upstream_url),
+                ("CLIENT_ID", CLIENT_ID),
+                ("REFRESH_TOKEN", &seed),
+                ("TOKEN_URL", &token_url),
+                ("STATE_STORE", &store),
+                ("STATE_KEY_FILE", &key),
+                ("STATE_DIR", "/proc/not-writable"),
+                ("CONNECT_TIMEOUT", "1s"),
+            ])
+            .await
+        }
+    };
+    let a = start(to_a.url()).await;
+    a.wait_reason("ready").await;
+    assert_eq!(echo(&a, 1).await, 200);
+    let b = start(to_b.url()).await;
+    b.wait_reason("ready").await;
+    assert_eq!(echo(&b, 2).await, 200);
+    assert_eq!(
+        idp.state.grant_count("refresh_token"),
+        1,
+        "B adopted A's token"
+    );
+
+    // B is cut off from Redis; A rotates (the upstream rejects the token both hold).
+    to_b.cut();
+    let cut_off = poll(
+        || async { status(&b).await["token"]["store"]["healthy"].as_bool() },
+        |healthy| !*healthy,
+    )
+    .await;
+    assert!(cut_off.is_some(), "B notices: {}", status(&b).await);
+    upstream.state.set_token("rejected-now");
+    assert_eq!(echo(&a, 3).await, 200);
+    assert_eq!(idp.state.grant_count("refresh_token"), 2);
+
+    // Redis loses everything while A is cut off; B, holding the spent refresh token, is back
+    // first, and its call needs a new token (the upstream takes only A's). A is back half a
+    // second later, within the re-seed's settling time.
+    to_a.cut();
+    assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+    to_b.heal();
+    let back = poll(
+        || async { status(&b).await["token"]["store"]["healthy"].as_bool() },
+        |healthy| *healthy,
+    )
+    .await;
+    assert!(
+        back.is_some(),
+        "B reaches Redis again: {}",
+        status(&b).await
+    );
+    let (answer, ()) = tokio::join!(echo(&b, 4), async {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        to_a.heal();
+    });
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+    assert_eq!(answer, 200, "B's call is answered with A's token");
+    assert_eq!(
+        idp.state.grant_count("refresh_token"),
+        2,
+        "B took A's newer state instead of asking"
+    );
+    assert_eq!(echo(&a, 5).await, 200);
+    let shown = status(&b).await;
+    assert_eq!(shown["token"]["store"]["healthy"], true, "{shown}");
+}
+
+/// The long chaos run's client-credentials failure: the lock lives longer (10 s here) than the
+/// token (2 s), and its holder died mid-request. The waiter must not sit out the lock's expiry
+/// with an expired token: a duplicate client-credentials request is harmless, so it takes the
+/// lock over about a second after its token could no longer be sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn client_credentials_do_not_wait_out_a_dead_holders_lock_past_the_tokens_life() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(2);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 13);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("STATE_LOCK_TTL", "10s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
+    let lock_key = keys.lines().last().unwrap().replace(":state", ":lock");
+    let before = idp.state.grant_count("client_credentials");
+    // A holder that took the lock and was killed: it stands for 10 s.
+    assert_eq!(
+        redis
+            .command(&["SET", &lock_key, "dead-host/pid-1 0123", "PX", "10000"])
+            .as_deref(),
+        Some("+OK")
+    );
+    // Past the token's life: the refresh ahead of expiry has been waiting for the lock.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let started = std::time::Instant::now();
+    assert_eq!(echo(&sidecar, 2).await, 200);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "the call waited {:?} for a dead holder's lock",
+        started.elapsed()
+    );
+    assert_eq!(idp.state.grant_count("client_credentials"), before + 1);
 }
