@@ -17,7 +17,9 @@
 #      server-everything: tools, progress, a server-to-client roots/list answered by the client,
 #      and the upstream session ended when the client closes (stdio.mjs)
 #   GATE-*  gate/run.sh: the agent gate with the real Claude Code, Gemini CLI and Codex CLI: every
-#      upstream the sidecar lists registered, connected, and removed when no longer listed
+#      upstream a sidecar serving two lists at /upstreams registered, connected, and removed when no
+#      longer listed
+#   oauth/run.sh M: one sidecar in front of server-everything and an oidc-provider-protected server
 #
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
 # npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),

@@ -3,12 +3,13 @@
 # shellcheck disable=SC2015
 # The agent gate (entrypoint/mcp-sidecar-gate) with the three real agent CLIs pinned in
 # ../package.json: it registers every upstream the sidecar lists, and each agent connects to each.
-# One real sidecar (bearer) in front of `mcp-sidecar demo`; until a sidecar serves several
-# upstreams, a stand-in list (../lib/upstreams-list.py, through MCP_GATE_UPSTREAMS_URL) names two
-# upstreams whose PATHs that one sidecar serves: `default /mcp` (registered as `sidecar`) and
-# `second /mcp`. Every scenario also runs the gate against the real sidecar's own /upstreams
-# (a 404 today: one server, as before), shrinks the list (the gate removes what it registered and
-# nothing else), and runs the gate twice (idempotent).
+# One real sidecar serving two upstreams, each an `mcp-sidecar demo` demanding its own bearer
+# token: `default` at /mcp (registered as `sidecar`) and `second` at /mcp/second. Every scenario
+# runs the gate against the sidecar's own /upstreams (both names registered and connected), runs
+# it twice (idempotent), and, with a stand-in list (../lib/upstreams-list.py through
+# MCP_GATE_UPSTREAMS_URL) for what the real list cannot do, shrinks the list (the gate removes what
+# it registered and nothing else); GATE-CODEX also takes the stand-in's 404 (a sidecar without
+# /upstreams: the one server of old) and a malformed list.
 #
 #   GATE-GEMINI  Gemini CLI: `gemini mcp list` shows `✓ NAME: URL (http) - Connected` for each
 #                (it exits 0 also when disconnected, so the line is what counts); the working
@@ -124,23 +125,32 @@ run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
   fi
 }
 
-# setup_sidecar ID: a demo upstream demanding a token, a sidecar holding it (ready), and the
-# stand-in list; sets TOKEN, SC (the sidecar's base URL), LIST (the list's file), LIST_URL.
+# setup_sidecar ID: two demo upstreams, each demanding its own token, one sidecar serving both
+# (ready), and the stand-in list (the same two); sets TOKEN and TOKEN2, SC (the sidecar's base URL),
+# LIST (the list's file), LIST_URL.
 setup_sidecar() {
-  local id=$1 up_port sc_port list_port
+  local id=$1 up_port up2_port sc_port list_port
   TOKEN=$(canary "gate-$id")
+  TOKEN2=$(canary "gate-$id-second")
   up_port=$(free_port)
+  up2_port=$(free_port)
   sc_port=$(free_port)
   list_port=$(free_port)
   start "demo-$id" "$SIDECAR_BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$TOKEN"
+  start "demo2-$id" "$SIDECAR_BIN" demo --upstream-only --listen "127.0.0.1:$up2_port" --token "$TOKEN2"
   start "sidecar-$id" env "MCP_SIDECAR_LISTEN=127.0.0.1:$sc_port" MCP_SIDECAR_LOG=debug \
-    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" MCP_SIDECAR_AUTH=bearer "MCP_SIDECAR_TOKEN=$TOKEN" \
+    "MCP_SIDECAR_UPSTREAMS__DEFAULT__UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" \
+    MCP_SIDECAR_UPSTREAMS__DEFAULT__AUTH=bearer "MCP_SIDECAR_UPSTREAMS__DEFAULT__TOKEN=$TOKEN" \
+    "MCP_SIDECAR_UPSTREAMS__SECOND__UPSTREAM_URL=http://127.0.0.1:$up2_port/mcp" \
+    MCP_SIDECAR_UPSTREAMS__SECOND__AUTH=bearer "MCP_SIDECAR_UPSTREAMS__SECOND__TOKEN=$TOKEN2" \
     "$SIDECAR_BIN" serve
   SC=http://127.0.0.1:$sc_port
   "$SIDECAR_BIN" wait --url "$SC/ready" --timeout 60s >"$WORK/wait-$id.out" 2>&1 ||
     fail "the sidecar was not ready: $(cat "$WORK/wait-$id.out")"
+  [[ $(curl -s --max-time 5 "$SC/upstreams") == $'default /mcp required\nsecond /mcp/second required' ]] ||
+    fail "the sidecar's /upstreams: $(curl -s --max-time 5 "$SC/upstreams")"
   LIST=$WORK/upstreams-$id
-  printf 'default /mcp required\nsecond /mcp optional\n' >"$LIST"
+  printf 'default /mcp required\nsecond /mcp/second required\n' >"$LIST"
   start "list-$id" python3 "$INTEROP/lib/upstreams-list.py" "$list_port" "$LIST"
   LIST_URL=http://127.0.0.1:$list_port/upstreams
   wait_http "$LIST_URL" 30
@@ -174,26 +184,21 @@ scenario_gemini() {
   (cd "$CWD" && HOME="$AGENT_HOME" "$BIN_DIR/gemini" mcp add --scope user --transport http mine http://127.0.0.1:9/mine) >/dev/null
   printf '{\n  "/elsewhere": "DO_NOT_TRUST"\n}\n' >"$AGENT_HOME/.gemini/trustedFolders.json"
 
-  # the real sidecar's list (a 404 on a sidecar with one upstream): one server, MCP_GATE_NAME
+  # the real sidecar's own /upstreams: two upstreams
   gate gemini-1 MCP_GATE_AGENT=gemini
   gemini_list gemini-list-1
-  grep -qxF "✓ sidecar: $SC/mcp (http) - Connected" "$WORK/gemini-list-1.out" ||
-    fail "the real sidecar's upstream is not Connected in Gemini CLI"
+  grep -qxF "✓ sidecar: $SC/mcp (http) - Connected" "$WORK/gemini-list-1.out" || fail "sidecar not Connected"
+  grep -qxF "✓ second: $SC/mcp/second (http) - Connected" "$WORK/gemini-list-1.out" || fail "second not Connected"
+  grep -q '^✗ mine: http://127.0.0.1:9/mine (http) - Disconnected' "$WORK/gemini-list-1.out" ||
+    fail "the hand-added server changed"
   jq -e --arg d "$dir" '.[$d] == "TRUST_FOLDER" and .["/elsewhere"] == "DO_NOT_TRUST"' \
     "$AGENT_HOME/.gemini/trustedFolders.json" >/dev/null ||
     fail "trustedFolders.json: $(cat "$AGENT_HOME/.gemini/trustedFolders.json")"
-  note "one upstream: ✓ sidecar Connected; $dir trusted, the other folder's choice kept"
+  note "the sidecar's two upstreams: ✓ sidecar and ✓ second Connected; mine untouched; $dir trusted, the other folder's choice kept"
 
-  # two upstreams
-  gate gemini-2 MCP_GATE_AGENT=gemini MCP_GATE_UPSTREAMS_URL="$LIST_URL"
-  gemini_list gemini-list-2
-  grep -qxF "✓ sidecar: $SC/mcp (http) - Connected" "$WORK/gemini-list-2.out" || fail "sidecar not Connected"
-  grep -qxF "✓ second: $SC/mcp (http) - Connected" "$WORK/gemini-list-2.out" || fail "second not Connected"
-  grep -q '^✗ mine: http://127.0.0.1:9/mine (http) - Disconnected' "$WORK/gemini-list-2.out" ||
-    fail "the hand-added server changed"
-  note "two upstreams: ✓ sidecar and ✓ second Connected; mine untouched"
-
-  # again: nothing changes
+  # again, and from the stand-in list with the same two: nothing changes
+  gate gemini-2 MCP_GATE_AGENT=gemini
+  [[ $(grep -c 'already has' "$WORK/gemini-2.out") == 2 ]] || fail "the second run did not find both entries"
   gate gemini-3 MCP_GATE_AGENT=gemini MCP_GATE_UPSTREAMS_URL="$LIST_URL"
   [[ $(grep -c 'already has' "$WORK/gemini-3.out") == 2 ]] || fail "the second run did not find both entries"
   [[ $(jq '.mcpServers | length' "$AGENT_HOME/.gemini/settings.json") == 3 ]] ||
@@ -207,7 +212,7 @@ scenario_gemini() {
     fail "settings.json after the list shrank: $(jq -c .mcpServers "$AGENT_HOME/.gemini/settings.json")"
   [[ $(stat -c %a "$AGENT_HOME/.gemini/mcp-sidecar-gate.user") == 600 ]] || fail "the record is not 0600"
   note "list without second: second removed, mine and sidecar kept; the record is 0600"
-  ! grep -rqF "$TOKEN" "$WORK"/gemini-*.out "$AGENT_HOME" || fail "the token reached the agent's side"
+  ! grep -rqF -e "$TOKEN" -e "$TOKEN2" "$WORK"/gemini-*.out "$AGENT_HOME" || fail "a token reached the agent's side"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -241,31 +246,33 @@ model = "gpt-5-mini"
 TOML
   cp "$config" "$WORK/codex-config.before"
 
-  gate codex-1 MCP_GATE_AGENT=codex MCP_GATE_UPSTREAMS_URL="$LIST_URL"
+  gate codex-1 MCP_GATE_AGENT=codex
   codex_status codex-status-1
   local server
   for server in sidecar second; do
     grep -qE "^$server [a-z]+ ([a-z_-]+,)*echo(,|$)" "$WORK/codex-status-1.out" ||
       fail "Codex lists no tools (echo) for $server: $(grep "^$server " "$WORK/codex-status-1.out")"
   done
-  note "mcpServerStatus/list: sidecar and second each list the demo's tools"
+  grep -qxF 'url = "'"$SC"'/mcp/second"' "$config" || fail "config.toml has no second at /mcp/second: $(cat "$config")"
+  note "the sidecar's /upstreams: mcpServerStatus/list: sidecar and second each list their demo's tools"
 
-  gate codex-2 MCP_GATE_AGENT=codex MCP_GATE_UPSTREAMS_URL="$LIST_URL"
+  gate codex-2 MCP_GATE_AGENT=codex
   cp "$config" "$WORK/codex-config.2"
   gate codex-3 MCP_GATE_AGENT=codex MCP_GATE_UPSTREAMS_URL="$LIST_URL"
   cmp -s "$config" "$WORK/codex-config.2" || fail "a repeated run changed config.toml"
   [[ $(grep -c '^\[mcp_servers\.sidecar\]$' "$config") == 1 ]] || fail "config.toml: $(cat "$config")"
 
-  # the list shrinks, then goes (a sidecar without /upstreams): one server, at the old URL
+  # the stand-in list shrinks, then goes (a 404: a sidecar without /upstreams): one server, at the old URL
   printf 'default /mcp required\n' >"$LIST"
   gate codex-4 MCP_GATE_AGENT=codex MCP_GATE_UPSTREAMS_URL="$LIST_URL"
   grep -q 'removed second' "$WORK/codex-4.out" || fail "second was not removed"
   { cat "$WORK/codex-config.before" && printf '\n[mcp_servers.sidecar]\nurl = "%s/mcp"\n' "$SC"; } >"$WORK/codex-config.expected"
   diff "$WORK/codex-config.expected" "$config" >"$WORK/codex-config.diff" ||
     fail "config.toml is not the user's file plus [mcp_servers.sidecar]: $(cat "$WORK/codex-config.diff")"
-  gate codex-5 MCP_GATE_AGENT=codex
+  rm "$LIST"
+  gate codex-5 MCP_GATE_AGENT=codex MCP_GATE_UPSTREAMS_URL="$LIST_URL"
   diff "$WORK/codex-config.expected" "$config" >"$WORK/codex-config.diff" ||
-    fail "the real sidecar's list changed config.toml: $(cat "$WORK/codex-config.diff")"
+    fail "a 404 list changed config.toml: $(cat "$WORK/codex-config.diff")"
   [[ $(stat -c %a "$config") == 600 ]] || fail "config.toml is not 0600"
   note "second removed; config.toml is the user's file byte for byte plus [mcp_servers.sidecar]"
 
@@ -278,7 +285,7 @@ TOML
     fail "a malformed list: expected exit 70 naming line 2, got $rc: $(cat "$WORK/codex-bad.out")"
   diff -q "$WORK/codex-config.expected" "$config" >/dev/null || fail "a malformed list changed config.toml"
   note "a malformed list: $(tail -n 1 "$WORK/codex-bad.out")"
-  ! grep -rqF "$TOKEN" "$WORK"/codex-*.out "$AGENT_HOME" || fail "the token reached the agent's side"
+  ! grep -rqF -e "$TOKEN" -e "$TOKEN2" "$WORK"/codex-*.out "$AGENT_HOME" || fail "a token reached the agent's side"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -298,12 +305,12 @@ scenario_claude() {
   (cd "$CWD" && HOME="$AGENT_HOME" DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 \
     "$BIN_DIR/claude" mcp add --transport http mine http://127.0.0.1:9/mine -s user) >/dev/null
   local quiet=(DISABLE_AUTOUPDATER=1 CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1 DISABLE_TELEMETRY=1 DISABLE_ERROR_REPORTING=1)
-  gate claude-1 "${quiet[@]}" MCP_GATE_UPSTREAMS_URL="$LIST_URL"
+  gate claude-1 "${quiet[@]}"
   claude_list claude-list-1 list || fail "claude mcp list: $(cat "$WORK/claude-list-1.out")"
   sed 's/^/  claude-list-1: /' "$WORK/claude-list-1.out"
   grep -q "^sidecar: $SC/mcp .*✔ Connected" "$WORK/claude-list-1.out" || fail "sidecar not ✔ Connected"
-  grep -q "^second: $SC/mcp .*✔ Connected" "$WORK/claude-list-1.out" || fail "second not ✔ Connected"
-  note "two upstreams: sidecar and second ✔ Connected"
+  grep -q "^second: $SC/mcp/second .*✔ Connected" "$WORK/claude-list-1.out" || fail "second not ✔ Connected"
+  note "the sidecar's two upstreams: sidecar and second ✔ Connected"
 
   printf 'default /mcp required\n' >"$LIST"
   gate claude-2 "${quiet[@]}" MCP_GATE_UPSTREAMS_URL="$LIST_URL"
@@ -311,7 +318,7 @@ scenario_claude() {
   jq -e '.mcpServers | keys == ["mine", "sidecar"]' "$AGENT_HOME/.claude.json" >/dev/null ||
     fail "\$HOME/.claude.json: $(jq -c .mcpServers "$AGENT_HOME/.claude.json")"
   note "list without second: second removed, mine kept"
-  ! grep -rqF "$TOKEN" "$WORK"/claude-*.out "$AGENT_HOME" || fail "the token reached the agent's side"
+  ! grep -rqF -e "$TOKEN" -e "$TOKEN2" "$WORK"/claude-*.out "$AGENT_HOME" || fail "a token reached the agent's side"
 }
 
 # ---------------------------------------------------------------------------------------------

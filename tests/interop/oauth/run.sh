@@ -28,6 +28,9 @@
 #       (invalid_grant) each give /ready 503 auth_required with a detail naming the error
 #   G   the resource server revokes a token that has an hour to live (401 invalid_token): the sidecar
 #       gets one new token and the client's call is answered
+#   M   two upstreams in one sidecar: server-everything (no auth) and this resource server (client
+#       credentials); the SDK client calls a tool on each route; then the resource server is killed:
+#       its route 502 JSON-RPC error, /ready 503 naming it, the other route keeps serving
 #   H   a fleet (STATE_STORE=redis://, a real redis-server): refresh_token with rotation; H2 the same
 #       with client credentials (see scenario_fleet below for what is checked, and FLEET_CHAOS)
 #
@@ -196,8 +199,10 @@ start_sidecar() {
     chmod 700 "$STATE"
     settings+=("MCP_SIDECAR_STATE_DIR=$STATE")
   fi
+  # with [upstreams.NAME] blocks (scenario M) an upstream key at the top level is an error
+  [[ " ${settings[*]} " == *" MCP_SIDECAR_UPSTREAMS__"* ]] || settings+=("MCP_SIDECAR_UPSTREAM_URL=$RS")
   start "sidecar-$name" env "MCP_SIDECAR_LISTEN=127.0.0.1:$port" MCP_SIDECAR_LOG=debug \
-    "MCP_SIDECAR_UPSTREAM_URL=$RS" "${settings[@]}" "$SIDECAR_BIN" serve
+    "${settings[@]}" "$SIDECAR_BIN" serve
   SIDECAR_PID=$STARTED_PID
   wait_http "$SIDECAR/healthz" "$SIDECAR_PID" 30
   code=$(http_get "$SIDECAR/healthz" "$WORK/sidecar-$name-healthz.out")
@@ -605,6 +610,89 @@ scenario_g() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# M: one sidecar, two upstreams at once (`[upstreams.NAME]` through MCP_SIDECAR_UPSTREAMS__NAME__KEY):
+# `everything` (server-everything, no auth) at /mcp/everything and `secured` (this scenario's
+# resource server, client credentials from its IdP) at /mcp/secured. The SDK clients call a tool on
+# each route; /ready 200 and /upstreams list both. Then the resource server is killed: its route
+# answers 502 with a JSON-RPC error, /ready turns 503 naming `secured`, and `everything` keeps
+# serving (/ready/everything 200, the SDK client's tool call answered).
+scenario_m() {
+  local se_port rs_pid se_pid code
+  start_servers m
+  rs_pid=$STARTED_PID
+  se_port=$(free_port)
+  # server-everything listens on all interfaces; the preload pins it to 127.0.0.1 (as in ../run.sh)
+  start everything-m env PORT="$se_port" node --require "$INTEROP/lib/loopback.cjs" \
+    "$INTEROP/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  se_pid=$STARTED_PID
+  wait_http "http://127.0.0.1:$se_port/mcp" "$se_pid" 30
+  printf '%s\n' "$CC_SECRET" >"$WORK/cc-secret-m"
+  chmod 600 "$WORK/cc-secret-m"
+  start_sidecar m MCP_SIDECAR_READY_INTERVAL=2s \
+    "MCP_SIDECAR_UPSTREAMS__EVERYTHING__UPSTREAM_URL=http://127.0.0.1:$se_port/mcp" \
+    MCP_SIDECAR_UPSTREAMS__EVERYTHING__AUTH=none \
+    "MCP_SIDECAR_UPSTREAMS__SECURED__UPSTREAM_URL=$RS" MCP_SIDECAR_UPSTREAMS__SECURED__AUTH=client_credentials \
+    MCP_SIDECAR_UPSTREAMS__SECURED__CLIENT_ID=cc-client \
+    "MCP_SIDECAR_UPSTREAMS__SECURED__CLIENT_SECRET_FILE=$WORK/cc-secret-m" \
+    "MCP_SIDECAR_UPSTREAMS__SECURED__TOKEN_URL=$IDP/token" MCP_SIDECAR_UPSTREAMS__SECURED__SCOPES=mcp:tools
+  wait_ready m
+  jq -e '[.upstreams[] | select(.ready) | "\(.name) \(.path)"] == ["everything /mcp/everything", "secured /mcp/secured"]' \
+    "$WORK/sidecar-m-ready.out" >/dev/null || fail "/ready does not list both upstreams ready: $(cat "$WORK/sidecar-m-ready.out")"
+  code=$(http_get "$SIDECAR/upstreams" "$WORK/sidecar-m-upstreams.out")
+  [[ $code == 200 && $(cat "$WORK/sidecar-m-upstreams.out") == "everything /mcp/everything required
+secured /mcp/secured required" ]] || fail "GET /upstreams: $code $(cat "$WORK/sidecar-m-upstreams.out")"
+  note "/upstreams: $(paste -sd ';' "$WORK/sidecar-m-upstreams.out")"
+
+  if ! node "$INTEROP/client.mjs" "$SIDECAR/mcp/everything" >"$WORK/client-m.out" 2>"$WORK/client-m.log"; then
+    sed 's/^/  /' "$WORK/client-m.out"
+    fail "client.mjs through /mcp/everything (HTTP exchanges in client-m.log)"
+  fi
+  note "SDK client through /mcp/everything: $(grep -c '^ok ' "$WORK/client-m.out") checks ok"
+  node "$HERE/whoami.mjs" "$SIDECAR/mcp/secured" >"$WORK/whoami-m.out" 2>"$WORK/whoami-m.log" ||
+    fail "whoami through /mcp/secured: $(tail -n 2 "$WORK/whoami-m.out")"
+  WHO=$(sed -n 's/^whoami //p' "$WORK/whoami-m.out" | tail -n 1)
+  jq -e '.sub == "cc-client" and .scope == "mcp:tools"' <<<"$WHO" >/dev/null || fail "whoami: expected cc-client: $WHO"
+  note "whoami through /mcp/secured: $WHO"
+  # the client secret and any Authorization header stay out of server-everything's log
+  if grep -qiF -e "$CC_SECRET" -e authorization "$WORK/everything-m.log"; then
+    fail "server-everything's log shows an authorization header or the client secret"
+  fi
+
+  stop "$rs_pid"
+  code=$(curl -s --max-time 10 -o "$WORK/sidecar-m-502.out" -w '%{http_code}' -X POST \
+    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+    --data '{"jsonrpc":"2.0","id":7,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}' \
+    "$SIDECAR/mcp/secured" || true)
+  if [[ $code != 502 ]] || ! jq -e '.jsonrpc == "2.0" and .id == 7 and (.error.code | type == "number")' \
+    "$WORK/sidecar-m-502.out" >/dev/null; then
+    fail "/mcp/secured with its upstream down: expected 502 with a JSON-RPC error, got $code $(head -c 300 "$WORK/sidecar-m-502.out")"
+  fi
+  note "/mcp/secured with its upstream down: 502 $(jq -c .error "$WORK/sidecar-m-502.out" | head -c 200)"
+  local deadline=$((SECONDS + 15))
+  while :; do
+    code=$(http_get "$SIDECAR/ready" "$WORK/sidecar-m-ready-down.out")
+    [[ $code == 503 ]] && break
+    ((SECONDS < deadline)) || fail "/ready still $code 15 s after the secured upstream went down"
+    sleep 0.3
+  done
+  jq -e '.ready == false and ([.upstreams[] | select(.ready | not) | .name] == ["secured"])' \
+    "$WORK/sidecar-m-ready-down.out" >/dev/null || fail "/ready 503 does not name secured alone: $(cat "$WORK/sidecar-m-ready-down.out")"
+  note "/ready 503: $(jq -c '[.upstreams[] | {name, ready, reason}]' "$WORK/sidecar-m-ready-down.out")"
+  code=$(http_get "$SIDECAR/ready/everything" "$WORK/sidecar-m-ready-everything.out")
+  [[ $code == 200 ]] || fail "/ready/everything with the other upstream down: expected 200, got $code"
+  if ! node "$INTEROP/client.mjs" "$SIDECAR/mcp/everything" >"$WORK/client-m-after.out" 2>"$WORK/client-m-after.log"; then
+    sed 's/^/  /' "$WORK/client-m-after.out"
+    fail "client.mjs through /mcp/everything after the secured upstream went down"
+  fi
+  note "/ready/everything 200 and the SDK client still served through /mcp/everything"
+  check_status m
+  jq -e '[.upstreams[] | "\(.name) \(.token.source)"] == ["everything none", "secured client_credentials"]' \
+    "$WORK/sidecar-m-status.out" >/dev/null ||
+    fail "/status: not one token section per upstream: $(jq -c '[.upstreams[] | {name, token}]' "$WORK/sidecar-m-status.out")"
+  assert_no_secrets m "$CC_SECRET"
+}
+
+# ---------------------------------------------------------------------------------------------
 # H / H2: a fleet. FLEET_SIDECARS sidecars (default 5) share one real redis-server
 # (STATE_STORE, no persistence, loopback) in front of this scenario's IdP (6 s access tokens,
 # rotating refresh tokens with reuse detection), each with its own SDK client calling whoami every
@@ -801,6 +889,7 @@ run_scenario D "device_code via ISSUER: approved on the provider's pages; restar
 run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
 run_scenario F "IdP refusals: wrong client secret, unknown refresh token -> 503 auth_required naming the error" scenario_f
 run_scenario G "upstream 401 invalid_token on a token the IdP considers valid: new token, request retried" scenario_g
+run_scenario M "two upstreams at once: server-everything (no auth) + client_credentials; one goes down" scenario_m
 run_scenario H "fleet: ${FLEET_SIDECARS:-5} sidecars sharing Redis, refresh_token with rotation, ${FLEET_SECONDS:-30} s" scenario_h
 run_scenario H2 "fleet: ${FLEET_SIDECARS:-5} sidecars sharing Redis, client_credentials, ${FLEET_SECONDS:-30} s" scenario_h2
 
