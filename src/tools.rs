@@ -30,6 +30,11 @@ pub const REASON: &str = "tool_refused";
 /// any real list; beyond it the answer is cut rather than passed unfiltered.
 const MAX_HELD: usize = 16 * 1024 * 1024;
 
+/// The longest batch the policy checks. A refused batch is answered with one error per request,
+/// each some 250 bytes: a body of tiny requests would otherwise turn into 30 times its size in
+/// memory and in the answer. MCP dropped batches in 2025-06-18; no client sends one this long.
+const MAX_CHECKED_BATCH: usize = 1000;
+
 /// One name or glob: `*` matches any run of characters, `?` one character.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern(String);
@@ -233,6 +238,9 @@ impl ToolPolicy {
         let Ok(messages) = parsed else {
             return Checked::Refused(Refusal::unreadable(body));
         };
+        if messages.len() > MAX_CHECKED_BATCH {
+            return Checked::Refused(Refusal::too_long(messages.len()));
+        }
         let mut lists = Vec::new();
         let mut refused: Option<(String, String)> = None;
         for message in &messages {
@@ -445,6 +453,18 @@ impl Refusal {
             has_id: !id.is_null(),
             body: jsonrpc::error_body(id, Code::Refused, message, REASON),
             what: "a message the tool policy cannot read".into(),
+        }
+    }
+
+    /// One error for a whole batch longer than [`MAX_CHECKED_BATCH`], not one per request.
+    fn too_long(len: usize) -> Self {
+        let message = format!(
+            "mcp-sidecar: the tool policy checks batches of at most {MAX_CHECKED_BATCH} messages, this one has {len}; nothing was sent upstream"
+        );
+        Self {
+            has_id: false,
+            body: jsonrpc::error_body(Value::Null, Code::Refused, &message, REASON),
+            what: format!("a batch of {len} messages"),
         }
     }
 }
@@ -787,6 +807,46 @@ mod tests {
             panic!("a notification call passed");
         };
         assert!(!refusal.has_id);
+    }
+
+    #[test]
+    fn a_batch_too_long_to_check_is_refused_with_one_error() {
+        let p = policy(None, Some("delete_repo"));
+        let batch = |n: usize| {
+            let mut body = String::from("[");
+            for id in 0..n {
+                body.push_str(&format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"method":"ping"}},"#
+                ));
+            }
+            body.push_str(r#"{"jsonrpc":"2.0","id":"x","method":"tools/call","params":{"name":"delete_repo"}}]"#);
+            body
+        };
+        // At the limit: one error per request, as for any refused batch.
+        let Checked::Refused(refusal) = p.check(batch(MAX_CHECKED_BATCH - 1).as_bytes()) else {
+            panic!("the batch passed");
+        };
+        assert_eq!(
+            refusal.body.as_array().map(Vec::len),
+            Some(MAX_CHECKED_BATCH)
+        );
+        // Past it: one error for all, whatever the batch's length.
+        let Checked::Refused(refusal) = p.check(batch(MAX_CHECKED_BATCH).as_bytes()) else {
+            panic!("the batch passed");
+        };
+        assert!(
+            refusal.body.is_object() && !refusal.has_id,
+            "{}",
+            refusal.body
+        );
+        let text = refusal.body.to_string();
+        assert!(
+            text.contains("at most 1000 messages") && text.len() < 400,
+            "{text}"
+        );
+        // Allowed calls alone are refused too: the policy did not read them all.
+        let long = batch(MAX_CHECKED_BATCH).replace("delete_repo", "echo");
+        assert!(matches!(p.check(long.as_bytes()), Checked::Refused(_)));
     }
 
     const LIST: &str = r#"{"jsonrpc":"2.0","id":3,"result":{"tools":[{"name":"echo"},{"name":"delete_repo"},{"title":"no name"}],"nextCursor":"c2"}}"#;

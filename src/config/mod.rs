@@ -943,7 +943,10 @@ impl Reader {
                 } else if is_reserved_path(&p) {
                     self.problem(
                         "path",
-                        "collides with an endpoint of the sidecar itself (/healthz, /ready, /status, /metrics, /.well-known)",
+                        format!(
+                            "collides with an endpoint of the sidecar itself ({})",
+                            RESERVED_PATHS.join(", ")
+                        ),
                     );
                 }
                 p
@@ -1591,8 +1594,20 @@ fn strip_key_prefix(message: &str, key: &str) -> String {
         .to_string()
 }
 
+/// The sidecar's own routes. A `PATH` under one of them would share a route with it, and one
+/// of the two would answer the other's requests.
+const RESERVED_PATHS: &[&str] = &[
+    "/healthz",
+    "/ready",
+    "/status",
+    "/metrics",
+    "/upstreams",
+    "/oauth",
+    "/.well-known",
+];
+
 fn is_reserved_path(path: &str) -> bool {
-    ["/healthz", "/ready", "/status", "/metrics", "/.well-known"]
+    RESERVED_PATHS
         .iter()
         .any(|reserved| path == *reserved || path.starts_with(&format!("{reserved}/")))
 }
@@ -1843,6 +1858,27 @@ mod tests {
         load(sources)
             .expect_err("configuration should be invalid")
             .problems
+    }
+
+    #[test]
+    fn a_path_under_an_endpoint_of_the_sidecar_is_refused() {
+        // Each of these used to start with routes of the sidecar's own shadowing the MCP
+        // endpoint (`PATH=/upstreams`: a client's GET stream got the upstream list).
+        for path in ["/upstreams", "/oauth", "/oauth/mcp", "/ready", "/healthz/x"] {
+            let found = problems(&env(&[
+                ("UPSTREAM_URL", "https://x.example/mcp"),
+                ("PATH", path),
+            ]));
+            assert_eq!(found.len(), 1, "{path}: {found:?}");
+            assert_eq!(found[0].key, "MCP_SIDECAR_PATH");
+            assert!(found[0].message.contains("/upstreams"), "{found:?}");
+        }
+        let config = load(&env(&[
+            ("UPSTREAM_URL", "https://x.example/mcp"),
+            ("PATH", "/oauthish"),
+        ]))
+        .unwrap();
+        assert_eq!(config.upstreams[0].path, "/oauthish");
     }
 
     #[test]
