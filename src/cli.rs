@@ -46,6 +46,10 @@ pub enum Command {
         /// Check only this upstream (`/ready/NAME`); repeatable: healthy when every one named is.
         #[arg(long = "upstream", value_name = "NAME", conflicts_with = "live")]
         upstreams: Vec<String>,
+        /// Print the sidecar's upstreams (`/upstreams`: `NAME PATH required|optional` a line)
+        /// instead of checking readiness: for a gate without curl or wget.
+        #[arg(long, conflicts_with_all = ["live", "upstreams"])]
+        list: bool,
     },
     /// Block until the sidecar is ready, printing each change of reason; then run CMD, or exit 0.
     Wait {
@@ -127,8 +131,9 @@ pub fn main() -> ExitCode {
             url,
             timeout,
             upstreams,
+            list,
             ..
-        } => crate::commands::probe::run(cli.config, live, url, timeout, upstreams),
+        } => crate::commands::probe::run(cli.config, live, list, url, timeout, upstreams),
         Command::Wait {
             timeout,
             url,

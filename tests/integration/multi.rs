@@ -414,6 +414,29 @@ async fn probe_and_wait_for_only_the_upstreams_named() {
     assert!(lines.contains("beta: ready"), "{lines}");
     assert!(lines.contains("alpha: gave up"), "{lines}");
     assert!(!lines.contains("beta: gave up"), "{lines}");
+
+    // `probe --list`: the gate's way to read /upstreams with this binary alone.
+    let list_url = sidecar.url("/upstreams");
+    let missing_url = sidecar.url("/no-such-list");
+    let (list, missing) = tokio::task::spawn_blocking(move || {
+        (
+            run_binary(&["probe", "--list", "--url", &list_url], &[]),
+            run_binary(&["probe", "--list", "--url", &missing_url], &[]),
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(list.status.code(), Some(0), "{}", stderr(&list));
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout),
+        "alpha /mcp/alpha required\nbeta /mcp/beta required\n"
+    );
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        stderr(&missing).contains("answered 404"),
+        "{}",
+        stderr(&missing)
+    );
 }
 
 #[test]

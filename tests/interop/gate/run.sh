@@ -349,6 +349,23 @@ SH
     fail "not every upstream was registered (a CLI reading stdin ate the list?): $(cat "$WORK/fake-claude.log")"
   note "three upstreams, the CLI reading its stdin: main (default), alpha, beta each registered"
 
+  # an agent image with the sidecar's binary (for `wait`) and neither curl nor wget: the list
+  # comes from `mcp-sidecar probe --list`
+  local nocurl=$WORK/bin-without-curl f
+  mkdir -p "$nocurl"
+  for f in /usr/local/bin/* /usr/bin/* /bin/*; do
+    case ${f##*/} in curl | wget | mcp-sidecar) continue ;; esac
+    [[ -e $nocurl/${f##*/} ]] || ln -s "$f" "$nocurl/${f##*/}"
+  done
+  ln -s "$SIDECAR_BIN" "$nocurl/mcp-sidecar"
+  : >"$WORK/fake-claude.log"
+  gate settings-nocurl PATH="$nocurl" MCP_GATE_CLIENT=wait MCP_GATE_CLAUDE="$fake" \
+    FAKE_LOG="$WORK/fake-claude.log" MCP_GATE_NAME=main
+  grep -qx "mcp add --transport http alpha $SC/mcp/alpha -s user" "$WORK/fake-claude.log" &&
+    grep -qx "mcp add --transport http beta $SC/mcp/beta -s user" "$WORK/fake-claude.log" ||
+    fail "without curl and wget the list was not read through mcp-sidecar: $(cat "$WORK/fake-claude.log")"
+  note "no curl, no wget: the list read with mcp-sidecar probe --list, every upstream registered"
+
   # a sidecar without /upstreams: MCP_GATE_NAME at MCP_GATE_MCP_URL, as before
   rm "$LIST"
   : >"$WORK/fake-claude.log"
