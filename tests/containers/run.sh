@@ -28,6 +28,8 @@
 #   C  compose.yaml, `--profile demo`, with podman-compose: the sidecar's healthcheck passes, the
 #      agent container finds the upstream's token in no file it can read and not in its environment
 #      (its own ANTHROPIC_API_KEY passes through, to it alone), and its Claude Code connects
+#   CM deploy/compose.multi.yaml: one sidecar in front of two demo upstreams (a token each) turns
+#      healthy; the agent's gate registers both from /upstreams and Claude Code connects to each
 #   D  the devcontainer feature's install.sh in a scratch root (chroot): the installed binary
 #      answers --version and the feature's entrypoint starts it in the background, saying so only
 #      once it answers /healthz; a sidecar that exits at start is reported with its log's end
@@ -109,6 +111,9 @@ cleanup_containers() {
   ((${#ids[@]} == 0)) || podman rm -f -t 2 "${ids[@]}" >/dev/null 2>&1 || true
   if [[ -f $WORK/compose/compose.yaml ]]; then
     (cd "$WORK/compose" && podman compose -p "$RUN_ID" -f compose.yaml -f compose.ci.yaml --profile demo down -v -t 2 >/dev/null 2>&1) || true
+  fi
+  if [[ -f $WORK/compose-multi/deploy/compose.ci.yaml ]]; then
+    (cd "$WORK/compose-multi/deploy" && podman compose -p "$RUN_ID-multi" -f compose.multi.yaml -f compose.ci.yaml down -v -t 2 >/dev/null 2>&1) || true
   fi
   podman network rm -f "$RUN_ID" >/dev/null 2>&1 || true
   podman volume rm -f "$RUN_ID-state" >/dev/null 2>&1 || true
@@ -961,6 +966,55 @@ EOF
   (cd "$dir" && "${compose[@]}" down -v -t 2) >>"$WORK/compose-up.log" 2>&1 || true
 }
 
+# deploy/compose.multi.yaml as it is (an override swaps in the images built here): one sidecar,
+# two demo upstreams each demanding its own token; the sidecar turns healthy, and the agent's
+# gate registers both from /upstreams, so Claude Code shows each ✔ Connected.
+scenario_compose_multi() {
+  local dir=$WORK/compose-multi t0=$SECONDS
+  build_agent_image
+  note "test agent image built in $((SECONDS - t0)) s"
+  mkdir -p "$dir/deploy" "$dir/secrets" "$dir/workspace"
+  cp deploy/compose.multi.yaml "$dir/deploy/"
+  local tracker code name
+  tracker=$(long_canary tracker)
+  code=$(long_canary code)
+  printf '%s\n' "$tracker" >"$dir/secrets/tracker_token"
+  printf '%s\n' "$code" >"$dir/secrets/code_token"
+  chmod 0644 "$dir/secrets/"*
+  podman tag "$IMAGE" "mcp-sidecar:local"
+  {
+    printf 'services:\n'
+    for name in mcp-sidecar demo-tracker demo-code; do
+      printf '  %s:\n    labels: {mcp-sidecar-ci: "%s"}\n' "$name" "$RUN_ID"
+    done
+    printf '  agent:\n    image: %s\n    labels: {mcp-sidecar-ci: "%s"}\n' "$AGENT_IMAGE" "$RUN_ID"
+    printf '    command: ["claude", "mcp", "list"]\n    tmpfs: [/tmp]\n    stdin_open: false\n    tty: false\n'
+  } >"$dir/deploy/compose.ci.yaml"
+  "$VENV/bin/check-jsonschema" --schemafile "$SCHEMAS/compose-spec.json" deploy/compose.multi.yaml >/dev/null ||
+    fail "deploy/compose.multi.yaml against the compose spec"
+  local compose=("$PODMAN_HERE" compose -p "$RUN_ID-multi" -f compose.multi.yaml -f compose.ci.yaml)
+  (cd "$dir/deploy" && "${compose[@]}" up -d --no-build mcp-sidecar demo-tracker demo-code) >"$WORK/compose-multi-up.log" 2>&1 ||
+    fail "compose up: $(tail -n 5 "$WORK/compose-multi-up.log")"
+  local sidecar=${RUN_ID}-multi_mcp-sidecar_1 deadline=$((SECONDS + 60))
+  podman container exists "$sidecar" || sidecar=$RUN_ID-multi-mcp-sidecar-1
+  until quiet_podman healthcheck run "$sidecar" >"$WORK/compose-multi-health.out" 2>&1; do
+    ((SECONDS < deadline)) || fail "the sidecar did not turn healthy: $(cat "$WORK/compose-multi-health.out"); $(podman logs "$sidecar" 2>&1 | tail -n 5)"
+    sleep 0.5
+  done
+  note "podman healthcheck run $sidecar: healthy, i.e. /ready 200 for both upstreams"
+  (cd "$dir/deploy" && timeout 180 "${compose[@]}" run --rm --no-deps -T agent) >"$WORK/compose-multi-agent.log" 2>&1 ||
+    fail "agent: $(tail -n 15 "$WORK/compose-multi-agent.log")"
+  grep -v -e systemd -e syslog "$WORK/compose-multi-agent.log" | sed 's/^/  agent: /'
+  for name in tracker code; do
+    grep -q "^$name: http://mcp-sidecar:4510/mcp/$name (HTTP) - ✔ Connected" "$WORK/compose-multi-agent.log" ||
+      fail "Claude Code in the agent container is not connected to http://mcp-sidecar:4510/mcp/$name"
+  done
+  podman logs "$sidecar" >"$WORK/compose-multi-sidecar.log" 2>&1 || true
+  ! grep -qF -e "${tracker%%+*}" -e "${code%%+*}" "$WORK"/compose-multi-*.log "$WORK"/compose-multi-*.out ||
+    fail "a token appears in compose's output or the sidecar's log"
+  (cd "$dir/deploy" && "${compose[@]}" down -v -t 2) >>"$WORK/compose-multi-up.log" 2>&1 || true
+}
+
 # ---------------------------------------------------------------------------------------------
 scenario_devcontainer() {
   local root=$WORK/devroot feature=devcontainer/src/mcp-sidecar token up_port sc_port chroot
@@ -1053,6 +1107,7 @@ run_scenario G4 "gate: timeout with the last reason and exit 1; clear errors wit
 run_scenario G5 "gate: the device-code sign-in prompt from /ready's login object (wait, curl, wget)" scenario_gate_login
 run_scenario K "gate + real Claude Code: ✔ Connected first try, one entry after re-runs, others kept" scenario_claude
 run_scenario C "compose.yaml --profile demo: sidecar healthy, agent's Claude Code connected" scenario_compose
+run_scenario CM "deploy/compose.multi.yaml: one sidecar, two upstreams healthy; the agent's Claude Code connected to both" scenario_compose_multi
 run_scenario D "devcontainer feature: install.sh in a scratch root, entrypoint starts the sidecar" scenario_devcontainer
 run_scenario R "README snippets are the tested files" scenario_readme
 
