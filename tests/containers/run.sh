@@ -842,17 +842,23 @@ scenario_claude() {
 # entrypoint/Dockerfile needs node:20 from a registry, which cannot be pulled here.
 build_agent_image() {
   local ctx=$WORK/agent-ctx claude lib
+  # once per run: C and CM both use it (each scenario runs in a subshell: a file, not a variable)
+  [[ -f $WORK/agent-image.built ]] && return 0
   claude=$(readlink -f "$CLAUDE_BIN")
   mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/local/bin" "$ctx/rootfs/etc"
   cp "$(command -v busybox)" "$ctx/rootfs/bin/busybox"
   for tool in sh sed head tail date sleep grep cat mkdir env id; do ln -s busybox "$ctx/rootfs/bin/$tool"; done
   cp "$claude" "$ctx/rootfs/usr/local/bin/claude"
+  # curl, as agent images have: the gate lists the upstreams with it. (The static musl
+  # mcp-sidecar asks every nameserver at once and takes the first answer; podman's network gives
+  # two, and the host's cached NXDOMAIN for the service name often comes first.)
+  cp "$(command -v curl)" "$ctx/rootfs/usr/local/bin/curl"
   cp "$BIN" "$ctx/rootfs/usr/local/bin/mcp-sidecar"
   cp "$GATE" "$ctx/rootfs/usr/local/bin/mcp-sidecar-gate"
   while IFS= read -r lib; do
     mkdir -p "$ctx/rootfs$(dirname "$lib")"
     cp -L "$lib" "$ctx/rootfs$lib"
-  done < <(ldd "$claude" | grep -o '/[^ ]*' | sort -u)
+  done < <(ldd "$claude" "$(command -v curl)" | grep -v ':$' | grep -o '/[^ ]*' | sort -u)
   printf 'root:x:0:0:root:/root:/bin/sh\nnode:x:1000:1000:node:/home/node:/bin/sh\n' >"$ctx/rootfs/etc/passwd"
   printf 'root:x:0:\nnode:x:1000:\n' >"$ctx/rootfs/etc/group"
   cat >"$ctx/Containerfile" <<'EOF'
@@ -870,6 +876,7 @@ EOF
   # --layers=false: no 250 MB intermediate images left behind
   quiet_podman build --quiet --layers=false -t "$AGENT_IMAGE" "$ctx" >"$WORK/agent-build.log" 2>&1 ||
     fail "building the test agent image: $(tail -n 5 "$WORK/agent-build.log")"
+  : >"$WORK/agent-image.built"
 }
 
 # compose_agent_cannot_read_secret DIR SIDECAR MARKER AGENT_KEY: the agent service as compose.yaml

@@ -515,5 +515,8 @@ async fn client_credentials_do_not_wait_out_a_dead_holders_lock_past_the_tokens_
         "the call waited {:?} for a dead holder's lock",
         started.elapsed()
     );
-    assert_eq!(idp.state.grant_count("client_credentials"), before + 1);
+    // One token request for the taken-over lock; the 2 s token it brings may itself be renewed
+    // ahead of expiry before the call (2.5 s later), so a second one is the schedule, not a herd.
+    let grants = idp.state.grant_count("client_credentials") - before;
+    assert!((1..=2).contains(&grants), "{grants} token requests");
 }
