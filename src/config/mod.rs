@@ -55,25 +55,14 @@ const MAX_MAX_CONNECTIONS: usize = 1_000_000;
 /// overflow when added to instants.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// Every key the sidecar understands, for unknown-key detection and suggestions.
-const KNOWN_KEYS: &[&str] = &[
-    "upstream_url",
-    "allow_insecure_upstream",
+/// Keys of the whole sidecar alone: at the top level only, never in an `[upstreams.NAME]` block.
+const GLOBAL_KEYS: &[&str] = &[
     "listen",
     "path",
     "allow_remote_clients",
     "allowed_hosts",
     "client_token",
     "client_token_file",
-    "auth",
-    "token",
-    "token_file",
-    "headers",
-    "headers_file",
-    "ca_file",
-    "connect_timeout",
-    "ready_interval",
-    "ready_timeout",
     "max_body_bytes",
     "max_session_bytes",
     "session_idle_timeout",
@@ -83,9 +72,6 @@ const KNOWN_KEYS: &[&str] = &[
     "header_timeout",
     "client_idle_timeout",
     "max_connections",
-    "read_timeout",
-    "tools_allow",
-    "tools_deny",
     "log",
     "log_format",
     "state_dir",
@@ -98,32 +84,6 @@ const KNOWN_KEYS: &[&str] = &[
     "state_store_client_key_file",
     "state_store_ca_file",
     "state_lock_ttl",
-    "token_command",
-    "token_command_ttl",
-    "token_command_timeout",
-    "token_command_shell",
-    "client_id",
-    "client_secret",
-    "client_secret_file",
-    "client_auth",
-    "client_assertion_key_file",
-    "client_assertion_alg",
-    "client_assertion_kid",
-    "client_id_metadata_url",
-    "scopes",
-    "audience",
-    "resource",
-    "issuer",
-    "token_url",
-    "authorization_url",
-    "device_authorization_url",
-    "redirect_uri",
-    "refresh_token",
-    "refresh_token_file",
-    "subject_token_file",
-    "subject_token_type",
-    "refresh_skew",
-    "token_timeout",
 ];
 
 /// Keys about one upstream alone: at the top level in the single-upstream form, inside
@@ -177,6 +137,19 @@ const INHERITED_KEYS: &[&str] = &[
 
 /// Keys only an `[upstreams.NAME]` block has.
 const BLOCK_ONLY_KEYS: &[&str] = &["required"];
+
+/// Every key the top level understands (the global ones, and the single-upstream form's).
+fn top_level_keys() -> impl Iterator<Item = &'static str> {
+    GLOBAL_KEYS
+        .iter()
+        .chain(UPSTREAM_KEYS)
+        .chain(INHERITED_KEYS)
+        .copied()
+}
+
+fn is_top_level_key(key: &str) -> bool {
+    top_level_keys().any(|k| k == key)
+}
 
 /// The TOML table (`[upstreams.NAME]`) and the environment prefix (`UPSTREAMS__NAME__KEY`) of
 /// the named form.
@@ -836,12 +809,12 @@ impl Reader {
                     || INHERITED_KEYS.contains(&k)
                     || BLOCK_ONLY_KEYS.contains(&k)
             } else {
-                KNOWN_KEYS.contains(&k) || k == UPSTREAMS_KEY || k.starts_with(UPSTREAMS_ENV)
+                is_top_level_key(k) || k == UPSTREAMS_KEY || k.starts_with(UPSTREAMS_ENV)
             }
         };
         let unknown: Vec<String> = self.raw.keys().filter(|k| !known(k)).cloned().collect();
         for key in unknown {
-            if scoped && KNOWN_KEYS.contains(&key.as_str()) {
+            if scoped && GLOBAL_KEYS.contains(&key.as_str()) {
                 let global = format!("{ENV_PREFIX}{}", key.to_ascii_uppercase());
                 self.problem(
                     &key,
@@ -865,7 +838,7 @@ impl Reader {
                 continue;
             }
             let lower = key.to_ascii_lowercase();
-            if !from_env && KNOWN_KEYS.contains(&lower.as_str()) {
+            if !from_env && known(&lower) {
                 self.problem(
                     &key,
                     format!(
@@ -874,8 +847,8 @@ impl Reader {
                 );
                 continue;
             }
-            let suggestion = KNOWN_KEYS
-                .iter()
+            let suggestion = top_level_keys()
+                .chain(BLOCK_ONLY_KEYS.iter().copied())
                 .filter(|candidate| known(candidate))
                 .map(|known| (strsim::jaro_winkler(&lower, known), known))
                 .filter(|(score, _)| *score > 0.85)
@@ -2700,6 +2673,30 @@ mod tests {
         for canary in [CANARY_A, CANARY_B] {
             assert!(!all.contains(&canary[..12]), "{all}");
         }
+    }
+
+    #[test]
+    fn a_misspelt_block_only_key_is_suggested_in_a_block_and_never_at_the_top() {
+        let text = "requird = true\n[upstreams.gh]\nupstream_url = \"https://gh.example/mcp\"\n\
+                    auth = \"none\"\nrequird = false\n";
+        let (_dir, sources, file) = toml_sources(text, &[]);
+        let found = problems(&sources);
+        let message = |key: &str| {
+            found
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| panic!("no problem for {key}: {found:#?}"))
+        };
+        assert!(
+            message(&format!("upstreams.gh.requird in {file}"))
+                .contains("did you mean upstreams.gh.required?"),
+            "{found:#?}"
+        );
+        assert!(
+            !message(&format!("requird in {file}")).contains("did you mean"),
+            "{found:#?}"
+        );
     }
 
     #[test]
