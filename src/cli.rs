@@ -71,12 +71,20 @@ pub enum Command {
     },
     /// Serve MCP on stdin/stdout (for hosts that spawn servers), forwarding to the upstream with
     /// the same configuration, credentials and sessions as `serve`.
-    Stdio,
+    Stdio {
+        /// The upstream to serve, when the configuration has several (`[upstreams.NAME]`).
+        #[arg(long = "upstream", value_name = "NAME")]
+        upstream: Option<String>,
+    },
     /// Validate the configuration and print it with secrets redacted; exit 64 on any problem.
     CheckConfig,
     /// Log in interactively (device code, or authorization code with the redirected URL pasted
     /// back) and persist the tokens in STATE_DIR, before or beside a running sidecar.
-    Login,
+    Login {
+        /// The upstream to log in to, when the configuration has several (`[upstreams.NAME]`).
+        #[arg(long = "upstream", value_name = "NAME")]
+        upstream: Option<String>,
+    },
     /// Run a demo MCP upstream that demands a token, and the sidecar in front of it.
     Demo {
         /// Run only the demo upstream (for compose's demo profile and tests).
@@ -123,9 +131,9 @@ pub fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => crate::commands::serve::run(cli.config),
-        Command::Stdio => crate::commands::stdio::run(cli.config),
+        Command::Stdio { upstream } => crate::commands::stdio::run(cli.config, upstream),
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
-        Command::Login => crate::commands::login::run(cli.config),
+        Command::Login { upstream } => crate::commands::login::run(cli.config, upstream),
         Command::Probe {
             live,
             url,

@@ -14,7 +14,7 @@ use crate::config::{self, AuthConfig, Sources};
 use crate::output::{errln, exit};
 use crate::token::{self, Login};
 
-pub fn run(config_file: Option<PathBuf>) -> u8 {
+pub fn run(config_file: Option<PathBuf>, upstream: Option<String>) -> u8 {
     let mut config = match config::load(&Sources::from_process(config_file)) {
         Ok(config) => config,
         Err(e) => {
@@ -22,6 +22,9 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
             return exit::CONFIG;
         }
     };
+    if let Err(code) = super::one_upstream(&mut config, "login", upstream.as_deref()) {
+        return code;
+    }
     let settings = match config.take_single_upstream("mcp-sidecar login") {
         Ok(settings) => settings,
         Err(e) => {

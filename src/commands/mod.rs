@@ -60,6 +60,29 @@ pub fn check_upstream_names(command: &str, upstreams: &[String]) -> Result<(), u
     }
 }
 
+/// The configuration narrowed to the one upstream a command serves: `--upstream NAME`, else the
+/// only one there is. A configuration error (exit 64) names the choices.
+pub fn one_upstream(
+    config: &mut crate::config::Config,
+    command: &str,
+    upstream: Option<&str>,
+) -> Result<(), u8> {
+    let chosen = match upstream {
+        Some(name) => {
+            check_upstream_names(command, &[name.to_string()])?;
+            config.keep_upstream(&format!("mcp-sidecar {command}"), name)
+        }
+        None if config.upstreams.len() == 1 => Ok(()),
+        None => config
+            .take_single_upstream(&format!("mcp-sidecar {command}"))
+            .map(drop),
+    };
+    chosen.map_err(|e| {
+        errln!("mcp-sidecar: {e}");
+        crate::output::exit::CONFIG
+    })
+}
+
 /// The URLs `probe` and `wait` ask: `ready` itself, or `ready/NAME` for each `--upstream NAME`.
 /// Names go into the path as given: the sidecar answers 404 with a reason for one it lacks.
 pub fn upstream_urls(ready: &str, upstreams: &[String]) -> Vec<(Option<String>, String)> {

@@ -9,7 +9,7 @@ use crate::output::{errln, exit};
 /// How long the exit waits for blocking tasks (see the end of [`run`]).
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub fn run(config_file: Option<PathBuf>) -> u8 {
+pub fn run(config_file: Option<PathBuf>, upstream: Option<String>) -> u8 {
     let sources = Sources::from_process(config_file);
     let mut config = match config::load(&sources) {
         Ok(config) => config,
@@ -18,6 +18,9 @@ pub fn run(config_file: Option<PathBuf>) -> u8 {
             return exit::CONFIG;
         }
     };
+    if let Err(code) = super::one_upstream(&mut config, "stdio", upstream.as_deref()) {
+        return code;
+    }
     crate::telemetry::init(&config.log);
     if !config.state_dir_set
         && let Some(dir) =

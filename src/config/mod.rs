@@ -1639,12 +1639,30 @@ impl Config {
         if self.upstreams.len() == 1 {
             return Ok(self.upstreams.remove(0));
         }
-        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
         Err(format!(
-            "{command} works with one upstream, and this configuration has {} ({}); run it with a configuration of one",
-            names.len(),
-            names.join(", ")
+            "{command} works with one upstream, and this configuration has {} ({}); choose one with --upstream NAME",
+            self.upstreams.len(),
+            self.upstream_names()
         ))
+    }
+
+    /// Keeps only the upstream called `name` (`--upstream NAME` of the commands that serve one).
+    /// Its state directory stays where `serve` keeps it, so both share its tokens.
+    pub fn keep_upstream(&mut self, command: &str, name: &str) -> Result<(), String> {
+        let Some(at) = self.upstreams.iter().position(|u| u.name == name) else {
+            return Err(format!(
+                "{command} --upstream {name:?}: this configuration has no upstream of that name (it has {})",
+                self.upstream_names()
+            ));
+        };
+        let kept = self.upstreams.swap_remove(at);
+        self.upstreams = vec![kept];
+        Ok(())
+    }
+
+    fn upstream_names(&self) -> String {
+        let names: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+        names.join(", ")
     }
 
     /// Moves `STATE_DIR` (and with it each upstream's own directory under it).

@@ -847,3 +847,34 @@ async fn serve_keeps_serving_when_its_log_reader_is_gone() {
     assert!(statuses.iter().all(|s| s == &Ok(200)), "{statuses:?}");
     assert_eq!(output.status.code(), Some(0));
 }
+
+/// `login` with several upstreams logs in to the one `--upstream NAME` chooses; without a valid
+/// choice it is a configuration error that names them.
+#[test]
+fn login_chooses_its_upstream_by_name() {
+    let env = [
+        ("UPSTREAMS__ALPHA__UPSTREAM_URL", "https://a.example/mcp"),
+        ("UPSTREAMS__ALPHA__AUTH", "none"),
+        ("UPSTREAMS__BETA__UPSTREAM_URL", "https://b.example/mcp"),
+        ("UPSTREAMS__BETA__AUTH", "none"),
+    ];
+    for (args, code, expected) in [
+        (&["login"][..], 64, "choose one with --upstream NAME"),
+        (
+            &["login", "--upstream", "gamma"][..],
+            64,
+            "no upstream of that name (it has alpha, beta)",
+        ),
+        // Chosen: AUTH=none of beta has nothing to log in to, which login says.
+        (
+            &["login", "--upstream", "beta"][..],
+            64,
+            "AUTH=none holds no tokens of its own",
+        ),
+    ] {
+        let output = run(args, &env);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+    }
+}

@@ -32,9 +32,14 @@ struct Host {
 
 impl Host {
     fn spawn(env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(&[], env)
+    }
+
+    fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
         let state_home = tempfile::tempdir().unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("stdio")
+            .args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("HOME", state_home.path())
@@ -526,4 +531,79 @@ async fn the_tool_policy_applies_to_the_stdio_front() {
             .any(|(_, _, body)| body["params"]["name"] == "delete_repo"),
         "the refused call reached the upstream"
     );
+}
+
+/// With several upstreams configured, `--upstream NAME` serves that one alone: its token goes
+/// to its origin, the other upstream is never contacted, and its state is where `serve` keeps it.
+#[tokio::test]
+async fn upstream_name_chooses_one_of_several_and_only_its_credential_is_sent() {
+    let (a_secret, b_secret) = (format!("a-{}", canary()), format!("b-{}", canary()));
+    let a = MockUpstream::start(&a_secret, Mode::Legacy);
+    let b = MockUpstream::start(&b_secret, Mode::Legacy);
+    let env = [
+        ("UPSTREAMS__ALPHA__UPSTREAM_URL", a.url()),
+        ("UPSTREAMS__ALPHA__TOKEN", a_secret.clone()),
+        ("UPSTREAMS__BETA__UPSTREAM_URL", b.url()),
+        ("UPSTREAMS__BETA__TOKEN", b_secret.clone()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let mut host = Host::spawn_with(&["--upstream", "beta"], &env);
+    host.initialize().await;
+    host.send(&call(2, "echo", json!({"text": "to beta"})))
+        .await;
+    let reply = host.expect("tools/call reply", |m| m["id"] == 2).await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let state = host.state_home.path().join("sidecar/upstreams/beta");
+    let (code, stdout, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        b.state
+            .requests()
+            .iter()
+            .all(|r| r.authorization() == Some(format!("Bearer {b_secret}").as_str())),
+        "beta got its own token"
+    );
+    assert!(
+        a.state.requests().is_empty(),
+        "alpha is not served, so never contacted"
+    );
+    for secret in [&a_secret, &b_secret] {
+        assert!(!stdout.contains(secret.as_str()) && !stderr.contains(secret.as_str()));
+    }
+    assert!(
+        stderr.contains(&state.display().to_string()),
+        "the state directory of beta is the one serve uses: {stderr}"
+    );
+}
+
+/// Several upstreams and no `--upstream`, or a name the configuration lacks: a configuration
+/// error (64) that names the choices, before anything is contacted.
+#[tokio::test]
+async fn several_upstreams_without_a_valid_choice_is_a_configuration_error() {
+    let a = MockUpstream::start("tok-a", Mode::Legacy);
+    let env = [
+        ("UPSTREAMS__ALPHA__UPSTREAM_URL", a.url()),
+        ("UPSTREAMS__BETA__UPSTREAM_URL", a.url()),
+        ("UPSTREAMS__ALPHA__AUTH", "none".into()),
+        ("UPSTREAMS__BETA__AUTH", "none".into()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (args, expected) in [
+        (&[][..], "choose one with --upstream NAME"),
+        (
+            &["--upstream", "gamma"][..],
+            "--upstream \"gamma\": this configuration has no upstream of that name (it has alpha, beta)",
+        ),
+        (
+            &["--upstream", "Gamma!"][..],
+            "upstream names are lower-case",
+        ),
+    ] {
+        let host = Host::spawn_with(args, &env);
+        let (code, stdout, stderr) = host.finish().await;
+        assert_eq!(code, Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(stdout.is_empty(), "{args:?}: nothing on stdout: {stdout}");
+    }
+    assert!(a.state.requests().is_empty());
 }
