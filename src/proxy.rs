@@ -26,7 +26,7 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::app::App;
-use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared};
+use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared, RefusedAnswer};
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
@@ -416,7 +416,9 @@ fn forward_response(
         // a gateway's "invalid key ..."), and it goes to the agent: it is scrubbed whole, so it
         // is buffered, up to a bound no error page reaches.
         headers.remove(header::CONTENT_LENGTH);
-        Body::from_stream(futures_util::stream::once(scrubbed_error_body(chunks)))
+        Body::from_stream(futures_util::stream::once(
+            crate::forwarder::scrubbed_error_body(chunks),
+        ))
     } else {
         Body::from_stream(chunks)
     };
@@ -471,39 +473,11 @@ fn away_stream_response(
     response
 }
 
-/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
-/// KiB, and each error in flight holds this much.
-const ERROR_BODY_LIMIT: usize = 256 * 1024;
-
-/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
-/// than cut, since a secret straddling the cut would leak its prefix.
-async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, BodyError>
-where
-    S: futures_util::Stream<Item = Result<Bytes, BodyError>>,
-{
-    let mut chunks = std::pin::pin!(chunks);
-    let mut body = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
-            return Ok(Bytes::from(format!(
-                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
-}
-
-/// The most of a refusing upstream's text quoted in the sidecar's JSON-RPC error message.
-const FORBIDDEN_TEXT_LIMIT: usize = 500;
-
 /// Answers a request the upstream refused with a 403 that is not about the credential
 /// ([`crate::failure::Failure::UpstreamForbidden`]). The client never sees the bare 403 (Claude
-/// Code would take it as "needs authentication"), but it gets the upstream's answer: its JSON-RPC
-/// error as it is, scrubbed, when the body is one; else the text, scrubbed and then cut, in the
-/// sidecar's own JSON-RPC error. The credential is not marked rejected and `/ready` is not asked
-/// to look again: the upstream works, it refused this one request.
+/// Code would take it as "needs authentication"), but it gets the upstream's answer
+/// ([`crate::forwarder::refused_answer`]). The credential is not marked rejected and `/ready`
+/// is not asked to look again: the upstream works, it refused this one request.
 async fn relay_forbidden(
     app: &App,
     method: &Method,
@@ -511,55 +485,28 @@ async fn relay_forbidden(
     refused: crate::upstream::Response,
 ) -> Response {
     let failure = crate::failure::Failure::UpstreamForbidden;
-    let upstream_status = refused.status().as_u16();
     let status = failure.status(!id.is_null());
     tracing::warn!(
         %method,
         reason = failure.reason(),
-        upstream_status,
+        upstream_status = refused.status().as_u16(),
         "the upstream refused a request (no Bearer challenge: not about the credential); passing its answer on"
     );
     app.metrics.record_request(method, failure.outcome());
-    let body = match scrubbed_error_body(refused.bytes_stream()).await {
-        Ok(body) => body,
-        Err(e) => Bytes::from(e.to_string()),
-    };
-    if is_jsonrpc_error(&body) {
-        // Its strings are scrubbed again once decoded: JSON may escape any character
-        // (`\u0063` for `c`), and the client decodes them all.
-        let body = match serde_json::from_slice::<Value>(&body) {
-            Ok(mut message) => {
-                crate::secret::scrub_json(&mut message);
-                Bytes::from(message.to_string())
-            }
-            Err(_) => body,
-        };
-        let mut response = Response::new(Body::from(body));
-        *response.status_mut() = status;
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return response;
+    match crate::forwarder::refused_answer(refused).await {
+        RefusedAnswer::JsonRpc(message) => {
+            let mut response = Response::new(Body::from(message.to_string()));
+            *response.status_mut() = status;
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        RefusedAnswer::Message(message) => {
+            error_response(status, id, failure.code(), &message, failure.reason())
+        }
     }
-    let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
-    let message = if text.is_empty() {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
-    } else {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
-    };
-    error_response(status, id, failure.code(), &message, failure.reason())
-}
-
-/// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
-fn is_jsonrpc_error(body: &[u8]) -> bool {
-    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
-        && message
-            .get("error")
-            .is_some_and(|e| e.get("code").is_some_and(Value::is_i64) && e["message"].is_string())
 }
 
 /// Passes an SSE stream through, inserting a `: keepalive` comment whenever the upstream has been
@@ -646,24 +593,4 @@ pub fn error_response(
         axum::Json(jsonrpc::error_body(id, code, message, reason)),
     )
         .into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_a_jsonrpc_error_counts_as_one() {
-        assert!(is_jsonrpc_error(
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"denied"}}"#
-        ));
-        assert!(!is_jsonrpc_error(
-            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
-        ));
-        assert!(!is_jsonrpc_error(br#"{"error":{"code":1,"message":"x"}}"#));
-        assert!(!is_jsonrpc_error(b"Forbidden"));
-        assert!(!is_jsonrpc_error(
-            br#"[{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}]"#
-        ));
-    }
 }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::common::mock_idp::{CLIENT_ID, MockIdp};
-use crate::common::mock_upstream::{MockUpstream, Mode};
+use crate::common::mock_upstream::{Forbid, MockUpstream, Mode};
 use crate::common::{DEADLINE, poll};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-sidecar");
@@ -606,4 +606,67 @@ async fn several_upstreams_without_a_valid_choice_is_a_configuration_error() {
         assert!(stdout.is_empty(), "{args:?}: nothing on stdout: {stdout}");
     }
     assert!(a.state.requests().is_empty());
+}
+
+/// A 403 without a Bearer challenge (a policy, a denied tool) reaches the host as the HTTP
+/// front passes it on: the upstream's JSON-RPC error under the request's id, else its text,
+/// scrubbed, in an `upstream_forbidden` error; the credential is not taken for rejected.
+#[tokio::test]
+async fn an_upstream_refusal_reaches_the_host_with_its_answer() {
+    let secret = canary();
+    let mock = MockUpstream::start(&secret, Mode::Legacy);
+    let mut host = Host::spawn(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", &secret),
+        // One handshake only: the refusals below must not turn readiness.
+        ("READY_INTERVAL", "1h"),
+    ]);
+    host.initialize().await;
+    mock.state.forbid_everyone.store(true, Ordering::SeqCst);
+
+    // The upstream's own JSON-RPC error, quoting the token and without the request's id.
+    *mock.state.forbid.lock().unwrap() = Some(Forbid {
+        challenge: None,
+        content_type: "application/json",
+        body: json!({"jsonrpc":"2.0","id":null,"error":{"code":-32001,
+            "message":format!("tool echo is not allowed for key {secret}")}})
+        .to_string(),
+    });
+    host.send(&call(2, "echo", json!({}))).await;
+    let reply = host.expect("the refusal of call 2", |m| m["id"] == 2).await;
+    assert_eq!(reply["error"]["code"], -32001, "{reply}");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("tool echo is not allowed"), "{reply}");
+    assert!(!message.contains(&secret[..24]), "scrubbed: {reply}");
+
+    // Text: quoted, scrubbed, under the sidecar's own code and reason.
+    *mock.state.forbid.lock().unwrap() = Some(Forbid {
+        challenge: None,
+        content_type: "text/plain",
+        body: format!("Forbidden by policy: key {secret} may not call echo"),
+    });
+    host.send(&call(3, "echo", json!({}))).await;
+    let reply = host.expect("the refusal of call 3", |m| m["id"] == 3).await;
+    assert_eq!(reply["error"]["code"], -32006, "{reply}");
+    assert_eq!(reply["error"]["data"]["reason"], "upstream_forbidden");
+    let message = reply["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("HTTP 403") && message.contains("may not call echo"),
+        "{reply}"
+    );
+
+    let (code, stdout, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        !stdout.contains(&secret[..24]),
+        "no canary on stdout:\n{stdout}"
+    );
+    assert!(
+        !stderr.contains(&secret[..24]),
+        "no canary on stderr:\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("rejected"),
+        "the credential is not taken for rejected:\n{stderr}"
+    );
 }
