@@ -75,6 +75,10 @@ pub enum Command {
         /// The upstream to serve, when the configuration has several (`[upstreams.NAME]`).
         #[arg(long = "upstream", value_name = "NAME")]
         upstream: Option<String>,
+        /// Attach to a running sidecar's MCP endpoint (e.g. http://127.0.0.1:4510/mcp) instead of
+        /// holding the credential here; sends MCP_SIDECAR_CLIENT_TOKEN(_FILE) when set.
+        #[arg(long, value_name = "URL", conflicts_with = "upstream")]
+        connect: Option<String>,
     },
     /// Validate the configuration and print it with secrets redacted; exit 64 on any problem.
     CheckConfig,
@@ -131,7 +135,9 @@ pub fn main() -> ExitCode {
     };
     let code = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => crate::commands::serve::run(cli.config),
-        Command::Stdio { upstream } => crate::commands::stdio::run(cli.config, upstream),
+        Command::Stdio { upstream, connect } => {
+            crate::commands::stdio::run(cli.config, upstream, connect)
+        }
         Command::CheckConfig => crate::commands::check_config::run(cli.config),
         Command::Login { upstream } => crate::commands::login::run(cli.config, upstream),
         Command::Probe {

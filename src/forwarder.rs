@@ -23,7 +23,7 @@
 //! [`ForwardError`] whose [`crate::failure::Failure`] tells the front the status, JSON-RPC code,
 //! reason and metrics outcome. Writing the answer (keepalives, scrubbing, JSON-RPC error bodies,
 //! metrics) is the front's; what a request the upstream refused (a 403 not about the credential)
-//! is answered with is the same on every front ([`refused_answer`]).
+//! is answered with is the same on every front ([`crate::upstream::refused_answer`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,7 @@ use crate::mcp::MCP_SESSION_ID;
 use crate::readiness::Readiness;
 use crate::session::{ReinitError, Session, Sessions};
 use crate::stream::Follow;
-use crate::upstream::{BodyError, Upstream, UpstreamError};
+use crate::upstream::{Upstream, UpstreamError};
 
 /// Where a request goes upstream.
 #[derive(Debug, Clone)]
@@ -429,77 +429,6 @@ fn upstream_is_away(result: &Result<crate::upstream::Response, UpstreamError>) -
     }
 }
 
-/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
-/// KiB, and each error in flight holds this much.
-const ERROR_BODY_LIMIT: usize = 256 * 1024;
-
-/// The most of a refusing upstream's text quoted in the sidecar's JSON-RPC error message.
-const FORBIDDEN_TEXT_LIMIT: usize = 500;
-
-/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
-/// than cut, since a secret straddling the cut would leak its prefix.
-pub async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, BodyError>
-where
-    S: futures_util::Stream<Item = Result<Bytes, BodyError>>,
-{
-    use futures_util::StreamExt;
-    let mut chunks = std::pin::pin!(chunks);
-    let mut body = Vec::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk?;
-        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
-            return Ok(Bytes::from(format!(
-                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
-}
-
-/// What a front tells its client about a request the upstream refused with a 403 that is not
-/// about the credential ([`crate::upstream::UpstreamError::Forbidden`]), the same on every front.
-pub enum RefusedAnswer {
-    /// The upstream's own JSON-RPC error (what an MCP server sends for a refused call), its
-    /// bytes and its decoded strings scrubbed.
-    JsonRpc(Value),
-    /// The sidecar's message quoting the upstream's text, scrubbed and then cut.
-    Message(String),
-}
-
-pub async fn refused_answer(refused: crate::upstream::Response) -> RefusedAnswer {
-    let upstream_status = refused.status().as_u16();
-    let body = match scrubbed_error_body(refused.bytes_stream()).await {
-        Ok(body) => body,
-        Err(e) => Bytes::from(e.to_string()),
-    };
-    if is_jsonrpc_error(&body)
-        && let Ok(mut message) = serde_json::from_slice::<Value>(&body)
-    {
-        // Scrubbed again once decoded: JSON may escape any character (`\u0063` for `c`), and
-        // the client decodes them all.
-        crate::secret::scrub_json(&mut message);
-        return RefusedAnswer::JsonRpc(message);
-    }
-    let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
-    RefusedAnswer::Message(if text.is_empty() {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
-    } else {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
-    })
-}
-
-/// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
-fn is_jsonrpc_error(body: &[u8]) -> bool {
-    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
-        return false;
-    };
-    message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
-        && message
-            .get("error")
-            .is_some_and(|e| e.get("code").is_some_and(Value::is_i64) && e["message"].is_string())
-}
-
 #[cfg(test)]
 mod tests {
     //! Driven through [`Forwarder::forward`] alone, as a front that is not HTTP would drive it,
@@ -794,20 +723,5 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.failure(), Failure::UpstreamUnreachable);
-    }
-
-    #[test]
-    fn only_a_jsonrpc_error_counts_as_one() {
-        assert!(is_jsonrpc_error(
-            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"denied"}}"#
-        ));
-        assert!(!is_jsonrpc_error(
-            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
-        ));
-        assert!(!is_jsonrpc_error(br#"{"error":{"code":1,"message":"x"}}"#));
-        assert!(!is_jsonrpc_error(b"Forbidden"));
-        assert!(!is_jsonrpc_error(
-            br#"[{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}]"#
-        ));
     }
 }

@@ -68,6 +68,10 @@ pub enum HandshakeError {
     /// A gateway in front of the server answered 502/503/504: the server itself is not reachable.
     #[error("{0}")]
     GatewayUnavailable(String),
+    /// A 403 that is not about the credential, with what the upstream said (scrubbed): a policy
+    /// or a guard in front of the server (another sidecar asking for its client token).
+    #[error("{0}")]
+    Refused(String),
 }
 
 impl HandshakeError {
@@ -77,12 +81,35 @@ impl HandshakeError {
             Self::Upstream(e) => e.failure(),
             Self::Failed(_) => Failure::HandshakeFailed,
             Self::GatewayUnavailable(_) => Failure::GatewayUnavailable,
+            Self::Refused(_) => Failure::UpstreamForbidden,
         }
     }
 }
 
 /// Runs the handshake. `mode` is what worked last time and is updated on success.
 pub async fn run(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, HandshakeError> {
+    match attempt(upstream, mode).await {
+        // `/ready` says what the refusal said, as a client of the same request would hear it.
+        Err(HandshakeError::Upstream(UpstreamError::Forbidden(refused))) => Err(
+            HandshakeError::Refused(match crate::upstream::refused_answer(*refused).await {
+                crate::upstream::RefusedAnswer::Message(message) => message
+                    .strip_prefix("mcp-sidecar: ")
+                    .unwrap_or(&message)
+                    .to_string(),
+                crate::upstream::RefusedAnswer::JsonRpc(error) => format!(
+                    "the upstream refused the request (HTTP 403): {}",
+                    crate::secret::excerpt(
+                        error["error"]["message"].as_str().unwrap_or_default(),
+                        200
+                    )
+                ),
+            }),
+        ),
+        other => other,
+    }
+}
+
+async fn attempt(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, HandshakeError> {
     let info = match *mode {
         Mode::SseTransport => match sse_transport(upstream).await? {
             Some(info) => info,

@@ -26,11 +26,12 @@ use futures_util::StreamExt;
 use serde_json::Value;
 
 use crate::app::App;
-use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared, RefusedAnswer};
+use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared};
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
 use crate::upstream::BodyError;
+use crate::upstream::RefusedAnswer;
 
 /// Where a request goes upstream.
 enum Target {
@@ -417,7 +418,7 @@ fn forward_response(
         // is buffered, up to a bound no error page reaches.
         headers.remove(header::CONTENT_LENGTH);
         Body::from_stream(futures_util::stream::once(
-            crate::forwarder::scrubbed_error_body(chunks),
+            crate::upstream::scrubbed_error_body(chunks),
         ))
     } else {
         Body::from_stream(chunks)
@@ -476,7 +477,7 @@ fn away_stream_response(
 /// Answers a request the upstream refused with a 403 that is not about the credential
 /// ([`crate::failure::Failure::UpstreamForbidden`]). The client never sees the bare 403 (Claude
 /// Code would take it as "needs authentication"), but it gets the upstream's answer
-/// ([`crate::forwarder::refused_answer`]). The credential is not marked rejected and `/ready`
+/// ([`crate::upstream::refused_answer`]). The credential is not marked rejected and `/ready`
 /// is not asked to look again: the upstream works, it refused this one request.
 async fn relay_forbidden(
     app: &App,
@@ -493,7 +494,7 @@ async fn relay_forbidden(
         "the upstream refused a request (no Bearer challenge: not about the credential); passing its answer on"
     );
     app.metrics.record_request(method, failure.outcome());
-    match crate::forwarder::refused_answer(refused).await {
+    match crate::upstream::refused_answer(refused).await {
         RefusedAnswer::JsonRpc(message) => {
             let mut response = Response::new(Body::from(message.to_string()));
             *response.status_mut() = status;

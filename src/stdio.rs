@@ -31,13 +31,13 @@ use tokio::time::Instant;
 
 use crate::config::Config;
 use crate::failure::Reason;
-use crate::forwarder::{ForwardError, Forwarded, Forwarder, Prepared, RefusedAnswer, Target};
+use crate::forwarder::{ForwardError, Forwarded, Forwarder, Prepared, Target};
 use crate::jsonrpc::Code;
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Metrics;
 use crate::readiness::Readiness;
 use crate::session::Sessions;
-use crate::upstream::{Upstream, UpstreamError};
+use crate::upstream::{RefusedAnswer, Upstream, UpstreamError};
 
 /// JSON-RPC's own codes for input the front cannot take.
 const PARSE_ERROR: i32 = -32700;
@@ -474,7 +474,7 @@ impl Front {
     }
 
     /// A request the upstream refused with a 403 that is not about the credential: the host
-    /// gets the upstream's answer as the HTTP front gives it ([`crate::forwarder::refused_answer`]),
+    /// gets the upstream's answer as the HTTP front gives it ([`crate::upstream::refused_answer`]),
     /// under the request's id (the host matches answers by id, and the upstream's may lack it).
     async fn refused(&self, kind: &Kind, refused: crate::upstream::Response) {
         let failure = crate::failure::Failure::UpstreamForbidden;
@@ -493,7 +493,7 @@ impl Front {
             upstream_status,
             "the upstream refused a request (no Bearer challenge: not about the credential); passing its answer on"
         );
-        match crate::forwarder::refused_answer(refused).await {
+        match crate::upstream::refused_answer(refused).await {
             RefusedAnswer::JsonRpc(mut message) => {
                 message["id"] = id.clone();
                 self.write(message).await;

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use http::header::{AUTHORIZATION, HeaderName, HeaderValue, USER_AGENT};
 use http::{HeaderMap, Method, StatusCode};
+use serde_json::Value;
 use url::Url;
 
 use crate::challenge::BearerChallenge;
@@ -611,6 +612,77 @@ fn rejected(status: StatusCode, challenge: Option<BearerChallenge>) -> UpstreamE
     }
 }
 
+/// The most of an upstream error body that is buffered to be scrubbed: error pages are a few
+/// KiB, and each error in flight holds this much.
+const ERROR_BODY_LIMIT: usize = 256 * 1024;
+
+/// The most of a refusing upstream's text quoted in the sidecar's JSON-RPC error message.
+const FORBIDDEN_TEXT_LIMIT: usize = 500;
+
+/// An upstream error body with every known secret scrubbed. A longer one is withheld rather
+/// than cut, since a secret straddling the cut would leak its prefix.
+pub async fn scrubbed_error_body<S>(chunks: S) -> Result<Bytes, BodyError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, BodyError>>,
+{
+    use futures_util::StreamExt;
+    let mut chunks = std::pin::pin!(chunks);
+    let mut body = Vec::new();
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if body.len() + chunk.len() > ERROR_BODY_LIMIT {
+            return Ok(Bytes::from(format!(
+                "mcp-sidecar: the upstream's error body exceeds {ERROR_BODY_LIMIT} bytes and was withheld\n"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(crate::secret::scrub_bytes(&body)))
+}
+
+/// What a front tells its client about a request the upstream refused with a 403 that is not
+/// about the credential ([`crate::upstream::UpstreamError::Forbidden`]), the same on every front.
+pub enum RefusedAnswer {
+    /// The upstream's own JSON-RPC error (what an MCP server sends for a refused call), its
+    /// bytes and its decoded strings scrubbed.
+    JsonRpc(Value),
+    /// The sidecar's message quoting the upstream's text, scrubbed and then cut.
+    Message(String),
+}
+
+pub async fn refused_answer(refused: Response) -> RefusedAnswer {
+    let upstream_status = refused.status().as_u16();
+    let body = match scrubbed_error_body(refused.bytes_stream()).await {
+        Ok(body) => body,
+        Err(e) => Bytes::from(e.to_string()),
+    };
+    if is_jsonrpc_error(&body)
+        && let Ok(mut message) = serde_json::from_slice::<Value>(&body)
+    {
+        // Scrubbed again once decoded: JSON may escape any character (`\u0063` for `c`), and
+        // the client decodes them all.
+        crate::secret::scrub_json(&mut message);
+        return RefusedAnswer::JsonRpc(message);
+    }
+    let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
+    RefusedAnswer::Message(if text.is_empty() {
+        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
+    } else {
+        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
+    })
+}
+
+/// Whether `body` is one JSON-RPC error response (what an MCP server sends for a refused call).
+fn is_jsonrpc_error(body: &[u8]) -> bool {
+    let Ok(Value::Object(message)) = serde_json::from_slice::<Value>(body) else {
+        return false;
+    };
+    message.get("jsonrpc").and_then(Value::as_str) == Some("2.0")
+        && message
+            .get("error")
+            .is_some_and(|e| e.get("code").is_some_and(Value::is_i64) && e["message"].is_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,5 +856,20 @@ mod tests {
         // The first stream is still open too: each holds its connection.
         assert_eq!(accepted.load(Ordering::SeqCst), 4);
         drop((response, streams));
+    }
+
+    #[test]
+    fn only_a_jsonrpc_error_counts_as_one() {
+        assert!(is_jsonrpc_error(
+            br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32000,"message":"denied"}}"#
+        ));
+        assert!(!is_jsonrpc_error(
+            br#"{"jsonrpc":"2.0","id":1,"result":{}}"#
+        ));
+        assert!(!is_jsonrpc_error(br#"{"error":{"code":1,"message":"x"}}"#));
+        assert!(!is_jsonrpc_error(b"Forbidden"));
+        assert!(!is_jsonrpc_error(
+            br#"[{"jsonrpc":"2.0","error":{"code":1,"message":"x"}}]"#
+        ));
     }
 }

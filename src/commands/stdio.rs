@@ -1,5 +1,8 @@
 //! `mcp-sidecar stdio`: load the configuration as `serve` does and run the stdio front
-//! ([`crate::stdio`]) on this process's stdin and stdout until EOF or SIGTERM/SIGINT.
+//! ([`crate::stdio`]) on this process's stdin and stdout until EOF or SIGTERM/SIGINT. With
+//! `--connect URL` the upstream is a running sidecar, which holds the credential
+//! ([`crate::config::Sources::for_connect`]): the process is then a thin pipe with no secret of
+//! the upstream's, and a host that kills and respawns it costs nothing.
 
 use std::path::PathBuf;
 
@@ -9,8 +12,21 @@ use crate::output::{errln, exit};
 /// How long the exit waits for blocking tasks (see the end of [`run`]).
 const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
-pub fn run(config_file: Option<PathBuf>, upstream: Option<String>) -> u8 {
-    let sources = Sources::from_process(config_file);
+pub fn run(config_file: Option<PathBuf>, upstream: Option<String>, connect: Option<String>) -> u8 {
+    let mut sources = Sources::from_process(config_file);
+    if let Some(url) = &connect
+        && let Err(problems) = sources.for_connect(url)
+    {
+        errln!(
+            "mcp-sidecar stdio: --connect cannot be used with this configuration ({} problem{}):",
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" }
+        );
+        for problem in problems {
+            errln!("  - {problem}");
+        }
+        return exit::CONFIG;
+    }
     let mut config = match config::load(&sources) {
         Ok(config) => config,
         Err(e) => {

@@ -389,6 +389,74 @@ impl Sources {
     }
 }
 
+impl Sources {
+    /// The sources of `mcp-sidecar stdio --connect URL`: the running sidecar at `url` is this
+    /// process's upstream and holds the real credential, so no upstream of this process's own
+    /// may be configured (it would be ignored: refused instead, naming each key). What the pipe
+    /// sends the sidecar is the sidecar's `CLIENT_TOKEN` (or `_FILE`), when set, as its bearer
+    /// token; plain HTTP is allowed, since that is what the sidecar's front speaks. The global
+    /// keys (`LOG`, timeouts, `STDIO_READY_TIMEOUT`) apply as always.
+    pub fn for_connect(&mut self, url: &str) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        match Url::parse(url) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
+                problems.push(format!("--connect {url:?}: not an http:// or https:// URL"));
+            }
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => problems.push(
+                "--connect: the URL holds credentials; set MCP_SIDECAR_CLIENT_TOKEN_FILE instead"
+                    .into(),
+            ),
+            Ok(_) => {}
+            Err(e) => problems.push(format!("--connect {url:?}: not a URL ({e})")),
+        }
+        if let Some(file) = &self.file {
+            problems.push(format!(
+                "--connect reads no configuration file ({}, from --config or {CONFIG_ENV}): the running sidecar holds the upstream's configuration; give this process its LOG and timeouts in the environment",
+                file.display()
+            ));
+        }
+        let mut own: Vec<&String> = self
+            .env
+            .keys()
+            .filter(|k| {
+                k.strip_prefix(ENV_PREFIX).is_some_and(|key| {
+                    let key = key.to_ascii_lowercase();
+                    UPSTREAM_KEYS.contains(&key.as_str()) || key.starts_with(UPSTREAMS_ENV)
+                })
+            })
+            .collect();
+        own.sort();
+        for key in own {
+            problems.push(format!(
+                "{key}: with --connect the running sidecar holds the upstream's settings; this process has none of its own"
+            ));
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let var = |key: &str| format!("{ENV_PREFIX}{key}");
+        let client_token_file = self.env.remove(&var("CLIENT_TOKEN_FILE"));
+        let client_token = self.env.remove(&var("CLIENT_TOKEN"));
+        self.env.insert(var("UPSTREAM_URL"), url.to_string());
+        self.env
+            .insert(var("ALLOW_INSECURE_UPSTREAM"), "true".to_string());
+        match (client_token_file, client_token) {
+            (Some(file), _) => {
+                self.env.insert(var("AUTH"), "bearer".into());
+                self.env.insert(var("TOKEN_FILE"), file);
+            }
+            (None, Some(token)) => {
+                self.env.insert(var("AUTH"), "bearer".into());
+                self.env.insert(var("TOKEN"), token);
+            }
+            (None, None) => {
+                self.env.insert(var("AUTH"), "none".into());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Environment variables `MCP_SIDECAR_*` as a figment provider, values kept as verbatim strings.
 struct PrefixedEnv<'a>(&'a HashMap<String, String>);
 

@@ -274,18 +274,20 @@ async fn a_call_that_succeeds_while_not_ready_triggers_the_handshake_at_once() {
 
 /// A 403 without a Bearer challenge to the handshake itself: the server will not serve the
 /// sidecar, but nothing says the credential is wrong, so `/ready` says `handshake_failed` (not
-/// `upstream_auth_rejected`) with the upstream's status in the detail.
+/// `upstream_auth_rejected`) with the upstream's status and what it said (scrubbed) in the detail.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_handshake_refused_without_a_bearer_challenge_is_handshake_failed() {
     let mock = MockUpstream::start(TOKEN, Mode::Legacy);
     *mock.state.forbid.lock().unwrap() = Some(Forbid {
         challenge: None,
         content_type: "text/plain",
-        body: "blocked by policy".into(),
+        body: format!("blocked by policy for key {TOKEN}"),
     });
     mock.state.forbid_everyone.store(true, Ordering::SeqCst);
     let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
     let report = sidecar.wait_reason("handshake_failed").await;
     let detail = report["detail"].as_str().unwrap();
     assert!(detail.contains("HTTP 403"), "{detail}");
+    assert!(detail.contains("blocked by policy for key"), "{detail}");
+    assert!(!detail.contains(TOKEN), "scrubbed: {detail}");
 }

@@ -11,7 +11,7 @@ use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::common::mock_idp::{CLIENT_ID, MockIdp};
 use crate::common::mock_upstream::{Forbid, MockUpstream, Mode};
-use crate::common::{DEADLINE, poll};
+use crate::common::{DEADLINE, Sidecar, poll};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mcp-sidecar");
 
@@ -669,4 +669,98 @@ async fn an_upstream_refusal_reaches_the_host_with_its_answer() {
         !stderr.contains("rejected"),
         "the credential is not taken for rejected:\n{stderr}"
     );
+}
+
+/// `--connect URL`: the stdio process is a pipe into a running sidecar, which holds the
+/// credential; the pipe presents the sidecar's client token and nothing else.
+#[tokio::test]
+async fn connect_pipes_into_a_running_sidecar_that_holds_the_credential() {
+    let secret = canary();
+    let client_token = format!("client-{}", canary());
+    let mock = MockUpstream::start(&secret, Mode::Legacy);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", &secret),
+        ("CLIENT_TOKEN", &client_token),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let url = sidecar.url("/mcp");
+
+    let mut host = Host::spawn_with(&["--connect", &url], &[("CLIENT_TOKEN", &client_token)]);
+    host.initialize().await;
+    host.send(&call(2, "echo", json!({"text": "through the daemon"})))
+        .await;
+    let reply = host.expect("tools/call reply", |m| m["id"] == 2).await;
+    assert!(reply["result"].is_object(), "{reply}");
+    let (code, stdout, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let calls: Vec<_> = mock
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| r.rpc_method().as_deref() == Some("tools/call"))
+        .collect();
+    assert_eq!(calls.len(), 1, "the call reached the upstream once");
+    assert_eq!(
+        calls[0].authorization(),
+        Some(format!("Bearer {secret}").as_str()),
+        "with the sidecar's credential, not the pipe's client token"
+    );
+    for canary in [&secret, &client_token] {
+        assert!(!stdout.contains(&canary[..24]) && !stderr.contains(&canary[..24]));
+    }
+
+    // Without the client token the sidecar refuses the pipe, and initialize says so in time.
+    let mut host = Host::spawn_with(
+        &["--connect", &url],
+        &[("STDIO_READY_TIMEOUT", "2s"), ("READY_INTERVAL", "500ms")],
+    );
+    host.send(&initialize(1)).await;
+    let reply = host.expect("initialize error", |m| m["id"] == 1).await;
+    assert_eq!(
+        reply["error"]["data"]["reason"], "handshake_failed",
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["data"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("requires its client token")),
+        "the sidecar's refusal is quoted: {reply}"
+    );
+    let (_, _, stderr) = host.close().await;
+    assert!(!stderr.contains(&secret[..24]), "{stderr}");
+    sidecar.shutdown().await;
+}
+
+/// `--connect` with an upstream of the process's own, a configuration file or a bad URL is a
+/// configuration error naming each problem.
+#[tokio::test]
+async fn connect_refuses_settings_it_would_ignore() {
+    let secret = canary();
+    let host = Host::spawn_with(
+        &["--connect", "ftp://sidecar/mcp"],
+        &[
+            ("UPSTREAM_URL", "https://mcp.example/mcp"),
+            ("TOKEN", &secret),
+        ],
+    );
+    let (code, stdout, stderr) = host.finish().await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    for expected in [
+        "not an http:// or https:// URL",
+        "MCP_SIDECAR_TOKEN: with --connect the running sidecar holds",
+        "MCP_SIDECAR_UPSTREAM_URL: with --connect",
+    ] {
+        assert!(stderr.contains(expected), "{expected}: {stderr}");
+    }
+    assert!(!stderr.contains(&secret[..24]), "{stderr}");
+    let host = Host::spawn_with(
+        &["--connect", "http://127.0.0.1:1/mcp", "--upstream", "a"],
+        &[],
+    );
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
