@@ -94,7 +94,9 @@ struct Held {
 impl Held {
     /// Counts one replacement of the tokens.
     fn next_generation(&mut self) {
-        self.generation = self.generation.max(self.seen_generation) + 1;
+        // Saturating: a stored generation is checked against `MAX_GENERATION` before it counts
+        // here, but no value read from outside may panic or wrap the count back to the oldest.
+        self.generation = self.generation.max(self.seen_generation).saturating_add(1);
         self.seen_generation = self.generation;
         self.seeded_at = None;
     }
@@ -235,7 +237,10 @@ impl Manager {
         // fleet store is read at the first token request instead, under its lock: Redis may be
         // down at start, and what it holds may change before then anyway.
         let persisted = match &manager.store {
-            Some(StateStore::Dir(store)) => store.load().map_err(StateError::from),
+            Some(state @ StateStore::Dir(store)) => store
+                .load()
+                .map_err(StateError::from)
+                .and_then(|p| state.checked(p)),
             _ => Ok(None),
         };
         match persisted {
@@ -366,10 +371,7 @@ impl Manager {
         }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
-                // Written by a version without generations (a fleet in a rolling upgrade): its
-                // writes are the fleet's rotations too, so they are adopted as before.
-                let legacy = p.generation == 0 && p.seeded_at_ms.is_none();
-                if !legacy && p.generation < held.generation {
+                if older(p.generation, held.generation) {
                     return true;
                 }
                 held.generation = p.generation;
@@ -997,6 +999,18 @@ impl Manager {
     }
 }
 
+/// Whether a stored state of generation `stored` is older than the held one of generation `held`:
+/// it is then not adopted, and the held one goes back over it (see [`Manager::reseed`]). The one
+/// ordering rule of the fleet's states. An entry written before generations existed carries 0,
+/// like a new one: it is adopted only while the held generation is 0 too. Adopting it over a
+/// counted state would let anyone able to write to the shared store (without the key, but with
+/// an old sealed entry seen earlier) roll the fleet back to a spent refresh token, which a server
+/// with reuse detection answers by revoking the grant. So a fleet is upgraded all at once
+/// (README): an older version's writes, all generation 0, are not taken for rotations.
+fn older(stored: u64, held: u64) -> bool {
+    stored < held
+}
+
 /// The part of a token's life in which it is no longer sent (see [`EXPIRY_MARGIN`]).
 fn margin(lifetime: Duration) -> Duration {
     EXPIRY_MARGIN.min(lifetime / 4)
@@ -1432,6 +1446,108 @@ mod tests {
         assert!(!sendable(&held(4, 3600), now));
         assert!(sendable(&held(3, 8), now));
         assert!(!sendable(&held(1, 8), now));
+    }
+
+    #[test]
+    fn a_lower_generation_is_older_and_a_legacy_zero_only_ties_with_zero() {
+        assert!(older(2, 3));
+        assert!(!older(3, 3));
+        assert!(!older(4, 3));
+        // An entry from before generations (0) is as new as a held state of a new fleet, and
+        // older than any counted one.
+        assert!(!older(0, 0));
+        assert!(older(0, 1));
+    }
+
+    /// A co-tenant of the shared store replays a sealed entry written before generations
+    /// existed (generation 0, no re-seed mark): a sidecar holding a counted state keeps it (and
+    /// puts it back), rather than rolling back to the entry's spent refresh token.
+    #[tokio::test]
+    async fn a_replayed_legacy_entry_does_not_roll_back_a_counted_state() {
+        let (_grant, manager) = gated(Duration::from_secs(100));
+        {
+            let mut held = manager.held();
+            held.refresh = Some(Secret::new("canary-manager-rt+/=&new"));
+            held.generation = 5;
+            held.seen_generation = 5;
+        }
+        let replayed = || Persisted {
+            refresh_token: Some(Secret::new("canary-manager-rt+/=&spent")),
+            access_token: Some(Secret::new("canary-manager-at+/=&old")),
+            generation: 0,
+            seeded_at_ms: None,
+            ..Persisted::default()
+        };
+        assert!(
+            manager.apply_persisted(Some(replayed())),
+            "reported as older, so the held state goes back"
+        );
+        {
+            let held = manager.held();
+            assert_eq!(
+                held.refresh.as_ref().map(|r| r.expose().to_string()),
+                Some("canary-manager-rt+/=&new".into())
+            );
+            assert_eq!(held.generation, 5);
+            assert!(held.access.is_none(), "nothing of the entry was taken");
+        }
+        // A sidecar that holds no counted state yet (an older fleet's entry, first read) takes
+        // it.
+        let (_grant, fresh) = gated(Duration::from_secs(100));
+        assert!(!fresh.apply_persisted(Some(replayed())));
+        assert_eq!(
+            fresh
+                .held()
+                .refresh
+                .as_ref()
+                .map(|r| r.expose().to_string()),
+            Some("canary-manager-rt+/=&spent".into())
+        );
+    }
+
+    #[test]
+    fn the_generation_count_saturates_instead_of_overflowing() {
+        let mut held = Held {
+            generation: 3,
+            seen_generation: u64::MAX,
+            ..Held::default()
+        };
+        held.next_generation();
+        assert_eq!(held.generation, u64::MAX);
+        assert_eq!(held.seen_generation, u64::MAX);
+    }
+
+    /// A stored generation beyond `MAX_GENERATION` is refused as damaged, with a message
+    /// saying so, and never adopted (nor counted on from).
+    #[tokio::test]
+    async fn a_stored_generation_beyond_the_maximum_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = store::Store::open(dir.path(), "tokens-test").expect("writable");
+        let state = StateStore::Dir(store.clone());
+        for generation in [super::super::state::MAX_GENERATION + 1, u64::MAX] {
+            store
+                .save(&Persisted {
+                    access_token: Some(Secret::new("canary-manager-at+/=&far")),
+                    generation,
+                    ..Persisted::default()
+                })
+                .expect("saved");
+            let error = match state.load().await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("generation {generation} was taken for a state"),
+            };
+            assert!(error.contains("refused as damaged"), "{error}");
+            assert!(error.contains(&generation.to_string()), "{error}");
+            assert!(!error.contains("canary"), "{error}");
+        }
+        // The maximum itself is a state.
+        store
+            .save(&Persisted {
+                generation: super::super::state::MAX_GENERATION,
+                ..Persisted::default()
+            })
+            .expect("saved");
+        assert!(state.load().await.expect("a state").is_some());
     }
 
     #[test]

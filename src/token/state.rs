@@ -34,6 +34,12 @@ pub type TakeOver<'a> = &'a (dyn Fn(Duration) -> bool + Sync);
 /// whole `STATE_LOCK_TTL`.
 pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
+/// The highest generation a stored state may carry (2^48). Each generation is one token
+/// replacement: a credential rotated every second for eight million years stays below it. A
+/// higher one is not a count of anything; the entry is refused as damaged rather than adopted,
+/// since counting on from it would make every later state look older than it.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
 /// What `/status` shows of the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStatus {
@@ -61,6 +67,10 @@ pub enum StateError {
     #[cfg(feature = "fleet")]
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(
+        "the stored state at {at} has generation {generation}, more than any real count of token replacements ({MAX_GENERATION}); it is refused as damaged (delete it to start over)"
+    )]
+    Generation { at: String, generation: u64 },
 }
 
 impl From<StoreError> for StateError {
@@ -119,15 +129,28 @@ impl StateStore {
         }
     }
 
-    /// The stored state (the state file is read on the blocking pool).
+    /// The stored state (the state file is read on the blocking pool). A state whose
+    /// generation is beyond [`MAX_GENERATION`] is an error, never a state.
     pub async fn load(&self) -> Result<Option<Persisted>, StateError> {
-        match self {
+        let loaded = match self {
             Self::Dir(store) => {
                 let store = store.clone();
-                Ok(tokio::task::spawn_blocking(move || store.load()).await??)
+                tokio::task::spawn_blocking(move || store.load()).await??
             }
             #[cfg(feature = "fleet")]
-            Self::Fleet(fleet) => Ok(fleet.load().await?),
+            Self::Fleet(fleet) => fleet.load().await?,
+        };
+        self.checked(loaded)
+    }
+
+    /// `persisted` unless its generation is beyond [`MAX_GENERATION`].
+    pub fn checked(&self, persisted: Option<Persisted>) -> Result<Option<Persisted>, StateError> {
+        match persisted {
+            Some(p) if p.generation > MAX_GENERATION => Err(StateError::Generation {
+                at: self.describe(),
+                generation: p.generation,
+            }),
+            other => Ok(other),
         }
     }
 
