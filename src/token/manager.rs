@@ -86,9 +86,13 @@ struct Held {
     /// The highest generation seen in the store, adopted or not: the next new token counts on
     /// from it, so the fleet's generations only grow.
     seen_generation: u64,
-    /// When the held state was put back into a fleet store that had lost it (by this sidecar or
-    /// another): its refresh token is not spent before [`SEED_SETTLE`] has passed.
-    seeded_at: Option<SystemTime>,
+    /// The held state was put back into a fleet store that had lost it (by this sidecar or
+    /// another): its re-seed mark as stored ([`Persisted::seeded_at_ms`], another host's clock,
+    /// kept only to tell one re-seed from the next) and when this sidecar first saw it or wrote
+    /// it, on its own monotonic clock. Its refresh token is not spent before [`SEED_SETTLE`] has
+    /// passed on that clock: a mark from a skewed clock, or an old one replayed into the store,
+    /// would otherwise settle at once or never.
+    seeded: Option<(u64, Instant)>,
 }
 
 impl Held {
@@ -98,7 +102,7 @@ impl Held {
         // here, but no value read from outside may panic or wrap the count back to the oldest.
         self.generation = self.generation.max(self.seen_generation).saturating_add(1);
         self.seen_generation = self.generation;
-        self.seeded_at = None;
+        self.seeded = None;
     }
 }
 
@@ -191,6 +195,10 @@ const REFRESH_WAIT: Duration = Duration::from_secs(30);
 /// expires, and is sent with it: a token that may be refused on arrival is still better than a
 /// call failed for certain (a refusal costs a refresh and one retry).
 const LAST_RESORT: Duration = Duration::from_millis(250);
+/// The longest a refresh waits for re-seeded entries to settle, in all: four settling times, so a
+/// store re-seeded once or twice meanwhile still settles, and one re-seeded again and again
+/// fails the refresh (a temporary error, retried) instead of holding it.
+const SETTLE_WAIT: Duration = Duration::from_millis(4 * SEED_SETTLE.as_millis() as u64);
 
 pub struct Parts {
     pub name: &'static str,
@@ -375,7 +383,12 @@ impl Manager {
                     return true;
                 }
                 held.generation = p.generation;
-                held.seeded_at = p.seeded_at_ms.and_then(store::from_unix_ms);
+                held.seeded = match (p.seeded_at_ms, held.seeded) {
+                    // The same re-seed as before: it settles from when it was first seen.
+                    (Some(mark), Some((seen, since))) if mark == seen => Some((seen, since)),
+                    (Some(mark), _) => Some((mark, Instant::now())),
+                    (None, _) => None,
+                };
                 let access = p.access_token.map(AccessToken::new);
                 if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
@@ -437,7 +450,7 @@ impl Manager {
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
             generation: held.generation,
-            seeded_at_ms: held.seeded_at.map(store::to_unix_ms),
+            seeded_at_ms: held.seeded.map(|(mark, _)| mark),
             ..Persisted::default()
         }
     }
@@ -453,9 +466,9 @@ impl Manager {
         if self.held().refresh.is_none() && self.valid().is_none() {
             return;
         }
-        let now = SystemTime::now();
+        let mark = store::to_unix_ms(SystemTime::now());
         let mut state = self.to_persist();
-        state.seeded_at_ms = Some(store::to_unix_ms(now));
+        state.seeded_at_ms = Some(mark);
         let generation = state.generation;
         match store.reseed(state).await {
             Ok(true) => {
@@ -465,7 +478,7 @@ impl Manager {
                     "the shared state store holds no state for this credential, or an older one; put back the one held here"
                 );
                 let mut held = self.held();
-                held.seeded_at = Some(now);
+                held.seeded = Some((mark, Instant::now()));
                 held.unpersisted = false;
             }
             // Another sidecar wrote first: its state is read at the next look.
@@ -482,11 +495,7 @@ impl Manager {
         self.oauth.as_ref()?;
         let held = self.held();
         held.refresh.as_ref()?;
-        let settled = held.seeded_at? + SEED_SETTLE;
-        settled
-            .duration_since(SystemTime::now())
-            .ok()
-            .filter(|left| !left.is_zero())
+        settle_left(&held, Instant::now())
     }
 
     /// A second token request for this credential costs nothing but the request: nothing is
@@ -623,6 +632,8 @@ impl Manager {
                 && self.duplicate_safe()
                 && self.valid().filter(|t| Some(t) != rejected).is_none()
         };
+        // When this refresh first waited for a re-seeded entry to settle (see `settle_wait`).
+        let mut settling: Option<Instant> = None;
         let _lock = loop {
             let lock = match &self.store {
                 Some(store) => loop {
@@ -663,12 +674,16 @@ impl Manager {
             // a newer state had the time to replace it, without holding the lock meanwhile.
             if let Some(left) = self.unsettled() {
                 drop(lock);
+                let since = *settling.get_or_insert_with(Instant::now);
+                let Some(wait) = settle_wait(since.elapsed(), left) else {
+                    return Err(self.unsettled_too_long(since.elapsed()));
+                };
                 tracing::info!(
                     source = self.name,
-                    wait_ms = left.as_millis() as u64,
+                    wait_ms = wait.as_millis() as u64,
                     "the shared state store was re-seeded just now; waiting for a newer state from the fleet before spending the refresh token"
                 );
-                tokio::time::sleep(left).await;
+                tokio::time::sleep(wait).await;
                 continue;
             }
             break lock;
@@ -727,6 +742,28 @@ impl Manager {
             self.generation.send_modify(|g| *g = g.wrapping_add(1));
         }
         error
+    }
+
+    /// The answer when re-seeded entries kept replacing each other for [`SETTLE_WAIT`]: a
+    /// temporary error naming the cause (the refresh is tried again later; the held token serves
+    /// while it has not expired).
+    fn unsettled_too_long(&self, waited: Duration) -> TokenError {
+        let message = format!(
+            "the shared state store was re-seeded again and again for {:.1} s (sidecars holding different states, or old entries written back into it), so no refresh token was spent; the refresh is tried again later",
+            waited.as_secs_f32()
+        );
+        let mut stats = self.stats();
+        stats.last_attempt = Some(SystemTime::now());
+        stats.last_outcome = Some(format!("failed: {message}"));
+        stats.last_error = Some((true, message.clone()));
+        drop(stats);
+        tracing::warn!(
+            source = self.name,
+            waited_ms = waited.as_millis() as u64,
+            "the shared state store keeps being re-seeded; not spending the refresh token"
+        );
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        TokenError::Temporary(message)
     }
 
     /// Whether `rejected` is a token obtained because the upstream rejected the previous one,
@@ -1009,6 +1046,24 @@ impl Manager {
 /// (README): an older version's writes, all generation 0, are not taken for rotations.
 fn older(stored: u64, held: u64) -> bool {
     stored < held
+}
+
+/// How long the held state's re-seed still has to stand at `now` before its refresh token may be
+/// spent: [`SEED_SETTLE`] from when this sidecar first saw it (see [`Held::seeded`]).
+fn settle_left(held: &Held, now: Instant) -> Option<Duration> {
+    let (_, since) = held.seeded?;
+    (since + SEED_SETTLE)
+        .checked_duration_since(now)
+        .filter(|left| !left.is_zero())
+}
+
+/// How long a refresh sleeps for a re-seeded entry to settle, with `left` of its settling to go
+/// and `waited` already spent waiting for settling: at most [`SETTLE_WAIT`] in all. `None` once
+/// that is spent: a store that keeps being re-seeded (sidecars holding different states, or
+/// writes replaying old entries) must not hold the refresh forever.
+fn settle_wait(waited: Duration, left: Duration) -> Option<Duration> {
+    let budget = SETTLE_WAIT.checked_sub(waited).filter(|b| !b.is_zero())?;
+    Some(left.min(budget))
 }
 
 /// The part of a token's life in which it is no longer sent (see [`EXPIRY_MARGIN`]).
@@ -1503,6 +1558,65 @@ mod tests {
                 .map(|r| r.expose().to_string()),
             Some("canary-manager-rt+/=&spent".into())
         );
+    }
+
+    /// The re-seed mark in the entry comes from another host's clock (or from an old entry
+    /// replayed into the store): settling is timed from when this sidecar first saw it.
+    #[tokio::test]
+    async fn seed_settling_counts_on_this_sidecars_clock_not_the_marks() {
+        let (_grant, manager) = gated(Duration::from_secs(100));
+        let hour = 3_600_000;
+        let now_ms = store::to_unix_ms(SystemTime::now());
+        let seeded = |mark: u64| Persisted {
+            refresh_token: Some(Secret::new("canary-manager-rt+/=&seeded")),
+            generation: 3,
+            seeded_at_ms: Some(mark),
+            ..Persisted::default()
+        };
+        // A mark an hour old (a slow clock, or a replay) does not settle at once, and one an
+        // hour ahead does not hold the refresh for an hour.
+        for mark in [now_ms - hour, now_ms + hour] {
+            manager.held().seeded = None;
+            assert!(!manager.apply_persisted(Some(seeded(mark))));
+            let left = settle_left(&manager.held(), Instant::now()).expect("not settled yet");
+            assert!(
+                left > SEED_SETTLE - Duration::from_millis(500) && left <= SEED_SETTLE,
+                "{left:?} to go for a mark {} s off",
+                (i128::from(mark) - i128::from(now_ms)) / 1000
+            );
+            // The mark stays in the entry as it was (older versions read it).
+            assert_eq!(manager.to_persist().seeded_at_ms, Some(mark));
+        }
+        // The same re-seed read again keeps settling from when it was first seen; it is done
+        // after SEED_SETTLE on this clock.
+        let first = manager.held().seeded.expect("seeded").1;
+        assert!(!manager.apply_persisted(Some(seeded(now_ms + hour))));
+        assert_eq!(manager.held().seeded.expect("seeded").1, first);
+        assert_eq!(settle_left(&manager.held(), first + SEED_SETTLE), None);
+        // Another re-seed starts over.
+        assert!(!manager.apply_persisted(Some(seeded(now_ms + hour + 1))));
+        assert!(manager.held().seeded.expect("seeded").1 > first);
+    }
+
+    #[test]
+    fn the_wait_for_settling_is_bounded_to_four_settling_times_in_all() {
+        assert_eq!(settle_wait(Duration::ZERO, SEED_SETTLE), Some(SEED_SETTLE));
+        assert_eq!(
+            settle_wait(SETTLE_WAIT - Duration::from_millis(100), SEED_SETTLE),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(settle_wait(SETTLE_WAIT, SEED_SETTLE), None);
+        assert_eq!(SETTLE_WAIT, SEED_SETTLE * 4);
+        // A store re-seeded before each entry settles: the waits add up to SETTLE_WAIT, then
+        // the refresh ends.
+        let mut waited = Duration::ZERO;
+        let mut rounds = 0;
+        while let Some(wait) = settle_wait(waited, SEED_SETTLE) {
+            waited += wait;
+            rounds += 1;
+            assert!(rounds < 100, "the wait never ends");
+        }
+        assert_eq!(waited, SETTLE_WAIT);
     }
 
     #[test]
