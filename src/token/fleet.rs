@@ -17,7 +17,8 @@
 //!   exchange: nothing is rotated) does not sit out a lock expiry when its own token can no
 //!   longer be sent: once the same holder has kept the lock for
 //!   [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER) (or half what is left of the waiter's
-//!   token, when that is less), it takes the lock over (compare-and-set on the holder's value,
+//!   token, when that is less, but never less than
+//!   [`TAKE_OVER_FLOOR`](super::state::TAKE_OVER_FLOOR)), it takes the lock over (compare-and-set on the holder's value,
 //!   so one waiter wins and the others keep waiting for its result). A rotating refresh token never does this: a holder that is only
 //!   slow would spend it too.
 //!
@@ -470,7 +471,8 @@ impl FleetStore {
                             value,
                         }));
                     }
-                    continue;
+                    // Another waiter took it over first, or the holder let go: a poll interval
+                    // before asking again, as for any busy lock, never a loop against Redis.
                 }
             }
             let holder = raw.map(|h| shown_holder(&h));

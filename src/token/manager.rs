@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, TAKE_OVER_AFTER};
+use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, take_over_after};
 use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
@@ -628,7 +628,7 @@ impl Manager {
         // expires (4 s tokens enter their last second when the refresh starts).
         let may_take_over = |held_for: Duration| {
             let left = remaining(&self.held(), SystemTime::now());
-            held_for >= TAKE_OVER_AFTER.min(left / 2)
+            held_for >= take_over_after(left)
                 && self.duplicate_safe()
                 && self.valid().filter(|t| Some(t) != rejected).is_none()
         };

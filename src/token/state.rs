@@ -34,6 +34,18 @@ pub type TakeOver<'a> = &'a (dyn Fn(Duration) -> bool + Sync);
 /// whole `STATE_LOCK_TTL`.
 pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
+/// The least a holder is seen to keep the lock before it is taken over, however little is left of
+/// the waiter's token: a live holder's token request takes some time, and a waiter whose token
+/// has already expired (half of nothing left is nothing) would otherwise take every lock over
+/// the moment it saw it, live holder or not.
+pub const TAKE_OVER_FLOOR: Duration = Duration::from_millis(250);
+
+/// How long a waiter lets the same holder keep the lock before taking it over, with `left` of its
+/// own token remaining (see [`TAKE_OVER_AFTER`] and [`TAKE_OVER_FLOOR`]).
+pub fn take_over_after(left: Duration) -> Duration {
+    TAKE_OVER_AFTER.min(left / 2).max(TAKE_OVER_FLOOR)
+}
+
 /// The highest generation a stored state may carry (2^48). Each generation is one token
 /// replacement: a credential rotated every second for eight million years stays below it. A
 /// higher one is not a count of anything; the entry is refused as damaged rather than adopted,
@@ -205,5 +217,22 @@ impl StateStore {
             #[cfg(feature = "fleet")]
             Self::Fleet(fleet) => Ok(fleet.check_lock().await?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_taken_over_after_a_second_or_half_the_token_left_but_never_under_the_floor() {
+        assert_eq!(take_over_after(Duration::from_secs(60)), TAKE_OVER_AFTER);
+        assert_eq!(
+            take_over_after(Duration::from_millis(1200)),
+            Duration::from_millis(600)
+        );
+        // A waiter whose token has (almost) expired still lets a live holder's request run.
+        assert_eq!(take_over_after(Duration::from_millis(300)), TAKE_OVER_FLOOR);
+        assert_eq!(take_over_after(Duration::ZERO), TAKE_OVER_FLOOR);
     }
 }
