@@ -18,9 +18,15 @@
 //!   longer be sent: once the same holder has kept the lock for
 //!   [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER) (or half what is left of the waiter's
 //!   token, when that is less, but never less than
-//!   [`TAKE_OVER_FLOOR`](super::state::TAKE_OVER_FLOOR)), it takes the lock over (compare-and-set on the holder's value,
-//!   so one waiter wins and the others keep waiting for its result). A rotating refresh token never does this: a holder that is only
-//!   slow would spend it too.
+//!   [`TAKE_OVER_FLOOR`](super::state::TAKE_OVER_FLOOR)), it takes the lock over
+//!   (compare-and-set on the holder's value, so one waiter wins and the others keep waiting for
+//!   its result). A rotating refresh token never does this: a holder that is only slow would
+//!   spend it too; and no refresh token is spent under a lock taken over. The holder it was
+//!   taken from, once its token request returns, sees that another sidecar holds the lock
+//!   ([`FleetLock::taken_over`]) and neither installs nor writes its result (unless it carries
+//!   a new refresh token, the only copy of which must not be lost); and every write of a
+//!   result is a compare-and-set on what was read under the lock, so a holder that lost the lock
+//!   never overwrites the state written by the one that took it, but reads it.
 //!
 //! ## Re-seeding a store that lost its data
 //!
@@ -158,6 +164,25 @@ impl std::fmt::Debug for FleetStore {
 pub struct FleetLock {
     store: Arc<FleetStore>,
     value: String,
+    /// Taken over from a holder that kept it (see [`FleetStore::lock`]).
+    by_take_over: bool,
+}
+
+impl FleetLock {
+    /// Whether this lock was taken over from another holder, which may still be at work.
+    pub fn by_take_over(&self) -> bool {
+        self.by_take_over
+    }
+
+    /// Whether another sidecar holds the lock now: it took this one over, or took it after it
+    /// expired. Then that sidecar's result is the fleet's, and this holder's must not replace
+    /// it. An expired lock that nobody took is not taken over.
+    pub async fn taken_over(&self) -> Result<bool, FleetError> {
+        let mut get = redis::cmd("GET");
+        get.arg(&self.store.lock_key);
+        let holder: Option<String> = self.store.query(&get).await?;
+        Ok(holder.is_some_and(|h| h != self.value))
+    }
 }
 
 impl Drop for FleetLock {
@@ -337,8 +362,15 @@ impl FleetStore {
     pub async fn save(&self, state: &Persisted) -> Result<(), FleetError> {
         let sealed = self.seal(state)?;
         let mut set = redis::cmd("SET");
-        set.arg(&self.state_key).arg(sealed);
-        self.query::<()>(&set).await
+        set.arg(&self.state_key).arg(&sealed);
+        self.query::<()>(&set).await?;
+        self.remember(sealed.into_bytes());
+        Ok(())
+    }
+
+    /// What this sidecar last read or wrote: the next compare-and-set expects it.
+    fn remember(&self, sealed: Vec<u8>) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(sealed);
     }
 
     /// Writes `state` only where the store still holds `expected` (the sealed bytes of the last
@@ -350,12 +382,12 @@ impl FleetStore {
         expected: Option<&[u8]>,
     ) -> Result<bool, FleetError> {
         let sealed = self.seal(state)?;
-        match expected {
+        let written = match expected {
             None => {
                 let mut set = redis::cmd("SET");
-                set.arg(&self.state_key).arg(sealed).arg("NX");
+                set.arg(&self.state_key).arg(&sealed).arg("NX");
                 let written: Option<String> = self.query(&set).await?;
-                Ok(written.is_some())
+                written.is_some()
             }
             Some(expected) => {
                 let mut eval = redis::cmd("EVAL");
@@ -363,10 +395,16 @@ impl FleetStore {
                     .arg(1)
                     .arg(&self.state_key)
                     .arg(expected)
-                    .arg(sealed);
-                Ok(self.query::<i64>(&eval).await? == 1)
+                    .arg(&sealed);
+                self.query::<i64>(&eval).await? == 1
             }
+        };
+        // The next compare-and-set of this sidecar expects what it wrote, not what it read
+        // before (that would fail against its own write).
+        if written {
+            self.remember(sealed.into_bytes());
         }
+        Ok(written)
     }
 
     /// The sealed bytes the last [`FleetStore::load`] found.
@@ -434,6 +472,7 @@ impl FleetStore {
                 return Ok(Acquired::Lock(FleetLock {
                     store: self.clone(),
                     value,
+                    by_take_over: false,
                 }));
             }
             let mut state = redis::cmd("GET");
@@ -469,6 +508,7 @@ impl FleetStore {
                         return Ok(Acquired::Lock(FleetLock {
                             store: self.clone(),
                             value,
+                            by_take_over: true,
                         }));
                     }
                     // Another waiter took it over first, or the holder let go: a poll interval

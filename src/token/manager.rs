@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, take_over_after};
+use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateLock, StateStore, take_over_after};
 use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
@@ -423,18 +423,37 @@ impl Manager {
         false
     }
 
-    /// Writes the held state (on the blocking pool). On failure the state is marked newer than the file, so the file
-    /// is not adopted over it (that would bring back a spent refresh token), and the write is
-    /// tried again at the next token request.
+    /// Writes the held state (the state file on the blocking pool). On failure the state is
+    /// marked newer than the file, so the file is not adopted over it (that would bring back a
+    /// spent refresh token), and the write is tried again at the next token request. A fleet
+    /// store is written only where it still holds what this sidecar last read there: when another
+    /// sidecar wrote meanwhile (it took the lock over from this one, or took it after it expired),
+    /// its state is read and adopted unless it is older than the one held (see [`older`]), never
+    /// overwritten blindly.
     async fn persist(&self) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let result = store.save(self.to_persist()).await;
+        let result = store.save_unless_changed(self.to_persist()).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
         }
         self.held().unpersisted = result.is_err();
+        if let Ok(false) = result {
+            tracing::info!(
+                source = self.name,
+                "another sidecar stored a state for this credential since this one read it; reading it instead of overwriting it"
+            );
+            match self.adopt_persisted().await {
+                Ok(Stored::Nothing | Stored::Older) => self.reseed().await,
+                Ok(Stored::Current) => {}
+                Err(e) => {
+                    // Not written, and not known to be stored: written at the next look.
+                    self.held().unpersisted = true;
+                    tracing::warn!(source = self.name, error = %e, "cannot read the shared state store");
+                }
+            }
+        }
     }
 
     /// The held state as it is stored.
@@ -634,7 +653,7 @@ impl Manager {
         };
         // When this refresh first waited for a re-seeded entry to settle (see `settle_wait`).
         let mut settling: Option<Instant> = None;
-        let _lock = loop {
+        let lock = loop {
             let lock = match &self.store {
                 Some(store) => loop {
                     match store.lock(&may_take_over).await {
@@ -688,8 +707,30 @@ impl Manager {
             }
             break lock;
         };
-        match self.obtain().await {
+        // Under a lock taken over, the holder it was taken from may still be spending what it
+        // read: no refresh token is spent (a take-over is only for grants that can run afresh).
+        let took_over = lock.as_ref().is_some_and(StateLock::by_take_over);
+        match self.obtain(!took_over).await {
             Ok(issued) => {
+                // This sidecar's request was slow and another one took the lock over: that
+                // one's result is the fleet's. This one's token is good for the call that waited
+                // (a duplicate request is harmless for this grant), but it is neither installed
+                // nor written over the other's. A new refresh token is kept all the same: it
+                // may be the only copy of a rotation (the write is then a compare-and-set).
+                if issued.refresh_token.is_none()
+                    && let Some(held_lock) = &lock
+                    && held_lock.taken_over().await
+                {
+                    tracing::info!(
+                        source = self.name,
+                        "another sidecar took the fleet lock over while this one's token request was slow; its result stands, this one's serves only the call that waited"
+                    );
+                    drop(lock);
+                    if let Err(e) = self.adopt_persisted().await {
+                        tracing::debug!(source = self.name, error = %e, "cannot read the shared state store");
+                    }
+                    return Ok(AccessToken::new(issued.access_token));
+                }
                 let token = AccessToken::new(issued.access_token.clone());
                 let expires = issued.expires_at.map(crate::time::rfc3339);
                 self.install(issued).await;
@@ -786,9 +827,10 @@ impl Manager {
         }
     }
 
-    /// Refresh token first, then the source's own grant, then a login.
-    async fn obtain(&self) -> Result<Issued, GrantError> {
-        let refresh = self.held().refresh.clone();
+    /// Refresh token first (unless `refresh` is false: see [`StateLock::by_take_over`]), then
+    /// the source's own grant, then a login.
+    async fn obtain(&self, refresh: bool) -> Result<Issued, GrantError> {
+        let refresh = self.held().refresh.clone().filter(|_| refresh);
         if let (Some(oauth), Some(refresh)) = (&self.oauth, refresh) {
             match super::refresh::refresh(oauth, &refresh).await {
                 Ok(issued) => return Ok(issued),

@@ -114,8 +114,30 @@ pub enum StateLock {
     #[allow(dead_code, reason = "held for its Drop, which releases the lock")]
     File(Locked),
     #[cfg(feature = "fleet")]
-    #[allow(dead_code, reason = "held for its Drop, which releases the lock")]
     Fleet(FleetLock),
+}
+
+impl StateLock {
+    /// Whether this lock was taken over from a holder that kept it (see `FleetStore::lock`):
+    /// that holder may still be spending what it read, so no refresh token is spent under it.
+    pub fn by_take_over(&self) -> bool {
+        match self {
+            Self::File(_) => false,
+            #[cfg(feature = "fleet")]
+            Self::Fleet(lock) => lock.by_take_over(),
+        }
+    }
+
+    /// Whether another sidecar holds the lock now (it took this one over, or took it after it
+    /// expired): its result, not this holder's, is the fleet's. A store that cannot be reached
+    /// says no: the write that follows is a compare-and-set anyway.
+    pub async fn taken_over(&self) -> bool {
+        match self {
+            Self::File(_) => false,
+            #[cfg(feature = "fleet")]
+            Self::Fleet(lock) => lock.taken_over().await.unwrap_or(false),
+        }
+    }
 }
 
 impl StateStore {
@@ -193,6 +215,22 @@ impl StateStore {
                 Acquired::Lock(lock) => Some(StateLock::Fleet(lock)),
                 Acquired::Changed => None,
             }),
+        }
+    }
+
+    /// Writes the state a refresh (or a login) produced; callers hold [`StateStore::lock`]. The
+    /// fleet store is written only where it still holds what the last `load` (or this
+    /// sidecar's last write) left there: `Ok(false)` when another sidecar wrote meanwhile (one
+    /// that took the lock over from this one, or took it after it expired), whose state must
+    /// then be read, not overwritten. The state directory's lock cannot be lost this way:
+    /// plainly saved.
+    pub async fn save_unless_changed(&self, state: Persisted) -> Result<bool, StateError> {
+        match self {
+            Self::Dir(_) => self.save(state).await.map(|()| true),
+            #[cfg(feature = "fleet")]
+            Self::Fleet(fleet) => Ok(fleet
+                .put_if_unchanged(&state, fleet.last_seen().as_deref())
+                .await?),
         }
     }
 
