@@ -47,13 +47,22 @@
 //! never overwrites what another wrote), one holding a higher generation than the stored one
 //! replaces it (compare-and-set on the exact bytes it read, never the other way round), and
 //! nobody spends the refresh token of a re-seeded entry until it has stood for
-//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks): by then every live sidecar
-//! holding a newer state and able to reach the store has put it there. A stale sidecar that
-//! happens to seed first therefore costs a short wait, not the grant. The settling time is short
-//! on purpose: the refresh it holds back may be due, and the held token expiring meanwhile
-//! costs calls a wait (or, for tokens of a few seconds, a refused call and a retry).
-//! What cannot be recovered is a rotation whose only holder died with the store (or between the
-//! authorization server's answer and the write): see the README.
+//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks) on its own monotonic clock, from
+//! when it first saw the entry (the time written in the entry comes from another host's clock,
+//! or from an old entry replayed into the store): by then every live sidecar holding a newer
+//! state and able to reach the store has put it there. A stale sidecar that happens to seed
+//! first therefore costs a short wait, not the grant. A refresh waits for settling four
+//! `SEED_SETTLE` at most, then fails as a temporary error: a store re-seeded again and again
+//! does not hold it forever. The settling time is short on purpose: the refresh it holds back may be
+//! due, and the held token expiring meanwhile costs calls a wait (or, for tokens of a few
+//! seconds, a refused call and a retry). What cannot be recovered is a rotation whose only
+//! holder died with the store (or between the authorization server's answer and the write): see
+//! the README.
+//!
+//! Generations are ordered by one rule (`older` in the manager): a lower one is older, and an
+//! entry from before generations (0) is adopted only by a sidecar that holds generation 0 too,
+//! so an old sealed entry written back by anyone who can write to Redis never rolls a sidecar
+//! back to a spent refresh token. A generation above 2^48 is refused as damaged.
 //!
 //! The connection is made on first use and dropped on any error, so a Redis that restarted is
 //! reached again at the next call; nothing here retries a command on its own.
