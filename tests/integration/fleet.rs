@@ -659,3 +659,88 @@ async fn a_holder_that_sees_its_lock_taken_over_writes_nothing() {
     let answered = poll(|| async { Some(echo(&sidecar, 2).await) }, |s| *s == 200).await;
     assert_eq!(answered, Some(200));
 }
+
+/// A store that keeps being re-seeded (here: re-seeded entries of the same state written back
+/// one after the other, as a co-tenant of the shared Redis replaying what it saw could) never
+/// settles.
+/// The refresh that waits for it must end after four settling times with a temporary error
+/// naming the cause, not hold the call forever; and it spends no refresh token meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_re_seeded_again_and_again_fails_the_refresh_instead_of_holding_it() {
+    let redis = std::sync::Arc::new(Redis::start());
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(120);
+    let seed = canary();
+    idp.state.insert_refresh_token(&seed, "mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 23);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", &seed),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
+    let state_key = keys.lines().last().unwrap().to_string();
+    // Eight re-seeds of the held state: Redis emptied again and again, the sidecar puts it back
+    // each time.
+    let mut seeded = Vec::new();
+    for _ in 0..8 {
+        assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+        let entry = poll(
+            || async { redis.command(&["GET", &state_key]) },
+            |e| e.contains("msc1."),
+        )
+        .await
+        .expect("re-seeded");
+        // The bulk reply's header off: the sealed entry itself.
+        let (_, value) = entry.split_once("\r\n").unwrap();
+        seeded.push(value.to_string());
+    }
+    assert_ne!(seeded[0], seeded[1]);
+    let turns = seeded.len();
+    let refreshes = idp.state.grant_count("refresh_token");
+    // Written back one after the other, a new one every second: each read of the refresh
+    // waiting for settling (1.5 s apart) finds another re-seed, and the cycle takes longer than
+    // the refresh may wait.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replayer = std::thread::spawn({
+        let (redis, stop, state_key) = (redis.clone(), stop.clone(), state_key.clone());
+        move || {
+            let mut turn = 0;
+            while !stop.load(Ordering::SeqCst) {
+                redis.command(&["SET", &state_key, &seeded[turn % turns]]);
+                turn += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1000));
+            }
+        }
+    });
+    // The upstream rejects the held token: the call needs a refresh, which waits for settling.
+    upstream.state.set_token("rejected-now");
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), echo(&sidecar, 2)).await;
+    let waited = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    replayer.join().unwrap();
+    assert!(answer.is_ok(), "the call was held for {waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_secs(5),
+        "the refresh gave up after {waited:?}, before four settling times: {:?} {}",
+        answer,
+        status(&sidecar).await
+    );
+    let error = status(&sidecar).await["token"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("re-seeded again and again"), "{error}");
+    assert!(!error.contains("canary"), "{error}");
+    assert_eq!(idp.state.grant_count("refresh_token"), refreshes);
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+}
