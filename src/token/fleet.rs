@@ -17,9 +17,16 @@
 //!   exchange: nothing is rotated) does not sit out a lock expiry when its own token can no
 //!   longer be sent: once the same holder has kept the lock for
 //!   [`TAKE_OVER_AFTER`](super::state::TAKE_OVER_AFTER) (or half what is left of the waiter's
-//!   token, when that is less), it takes the lock over (compare-and-set on the holder's value,
-//!   so one waiter wins and the others keep waiting for its result). A rotating refresh token never does this: a holder that is only
-//!   slow would spend it too.
+//!   token, when that is less, but never less than
+//!   [`TAKE_OVER_FLOOR`](super::state::TAKE_OVER_FLOOR)), it takes the lock over
+//!   (compare-and-set on the holder's value, so one waiter wins and the others keep waiting for
+//!   its result). A rotating refresh token never does this: a holder that is only slow would
+//!   spend it too; and no refresh token is spent under a lock taken over. The holder it was
+//!   taken from, once its token request returns, sees that another sidecar holds the lock
+//!   ([`FleetLock::taken_over`]) and neither installs nor writes its result (unless it carries
+//!   a new refresh token, the only copy of which must not be lost); and every write of a
+//!   result is a compare-and-set on what was read under the lock, so a holder that lost the lock
+//!   never overwrites the state written by the one that took it, but reads it.
 //!
 //! ## Re-seeding a store that lost its data
 //!
@@ -40,13 +47,22 @@
 //! never overwrites what another wrote), one holding a higher generation than the stored one
 //! replaces it (compare-and-set on the exact bytes it read, never the other way round), and
 //! nobody spends the refresh token of a re-seeded entry until it has stood for
-//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks): by then every live sidecar
-//! holding a newer state and able to reach the store has put it there. A stale sidecar that
-//! happens to seed first therefore costs a short wait, not the grant. The settling time is short
-//! on purpose: the refresh it holds back may be due, and the held token expiring meanwhile
-//! costs calls a wait (or, for tokens of a few seconds, a refused call and a retry).
-//! What cannot be recovered is a rotation whose only holder died with the store (or between the
-//! authorization server's answer and the write): see the README.
+//! [`SEED_SETTLE`](super::state::SEED_SETTLE) (three checks) on its own monotonic clock, from
+//! when it first saw the entry (the time written in the entry comes from another host's clock,
+//! or from an old entry replayed into the store): by then every live sidecar holding a newer
+//! state and able to reach the store has put it there. A stale sidecar that happens to seed
+//! first therefore costs a short wait, not the grant. A refresh waits for settling four
+//! `SEED_SETTLE` at most, then fails as a temporary error: a store re-seeded again and again
+//! does not hold it forever. The settling time is short on purpose: the refresh it holds back may be
+//! due, and the held token expiring meanwhile costs calls a wait (or, for tokens of a few
+//! seconds, a refused call and a retry). What cannot be recovered is a rotation whose only
+//! holder died with the store (or between the authorization server's answer and the write): see
+//! the README.
+//!
+//! Generations are ordered by one rule (`older` in the manager): a lower one is older, and an
+//! entry from before generations (0) is adopted only by a sidecar that holds generation 0 too,
+//! so an old sealed entry written back by anyone who can write to Redis never rolls a sidecar
+//! back to a spent refresh token. A generation above 2^48 is refused as damaged.
 //!
 //! The connection is made on first use and dropped on any error, so a Redis that restarted is
 //! reached again at the next call; nothing here retries a command on its own.
@@ -157,6 +173,25 @@ impl std::fmt::Debug for FleetStore {
 pub struct FleetLock {
     store: Arc<FleetStore>,
     value: String,
+    /// Taken over from a holder that kept it (see [`FleetStore::lock`]).
+    by_take_over: bool,
+}
+
+impl FleetLock {
+    /// Whether this lock was taken over from another holder, which may still be at work.
+    pub fn by_take_over(&self) -> bool {
+        self.by_take_over
+    }
+
+    /// Whether another sidecar holds the lock now: it took this one over, or took it after it
+    /// expired. Then that sidecar's result is the fleet's, and this holder's must not replace
+    /// it. An expired lock that nobody took is not taken over.
+    pub async fn taken_over(&self) -> Result<bool, FleetError> {
+        let mut get = redis::cmd("GET");
+        get.arg(&self.store.lock_key);
+        let holder: Option<String> = self.store.query(&get).await?;
+        Ok(holder.is_some_and(|h| h != self.value))
+    }
 }
 
 impl Drop for FleetLock {
@@ -336,8 +371,15 @@ impl FleetStore {
     pub async fn save(&self, state: &Persisted) -> Result<(), FleetError> {
         let sealed = self.seal(state)?;
         let mut set = redis::cmd("SET");
-        set.arg(&self.state_key).arg(sealed);
-        self.query::<()>(&set).await
+        set.arg(&self.state_key).arg(&sealed);
+        self.query::<()>(&set).await?;
+        self.remember(sealed.into_bytes());
+        Ok(())
+    }
+
+    /// What this sidecar last read or wrote: the next compare-and-set expects it.
+    fn remember(&self, sealed: Vec<u8>) {
+        *self.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(sealed);
     }
 
     /// Writes `state` only where the store still holds `expected` (the sealed bytes of the last
@@ -349,12 +391,12 @@ impl FleetStore {
         expected: Option<&[u8]>,
     ) -> Result<bool, FleetError> {
         let sealed = self.seal(state)?;
-        match expected {
+        let written = match expected {
             None => {
                 let mut set = redis::cmd("SET");
-                set.arg(&self.state_key).arg(sealed).arg("NX");
+                set.arg(&self.state_key).arg(&sealed).arg("NX");
                 let written: Option<String> = self.query(&set).await?;
-                Ok(written.is_some())
+                written.is_some()
             }
             Some(expected) => {
                 let mut eval = redis::cmd("EVAL");
@@ -362,10 +404,16 @@ impl FleetStore {
                     .arg(1)
                     .arg(&self.state_key)
                     .arg(expected)
-                    .arg(sealed);
-                Ok(self.query::<i64>(&eval).await? == 1)
+                    .arg(&sealed);
+                self.query::<i64>(&eval).await? == 1
             }
+        };
+        // The next compare-and-set of this sidecar expects what it wrote, not what it read
+        // before (that would fail against its own write).
+        if written {
+            self.remember(sealed.into_bytes());
         }
+        Ok(written)
     }
 
     /// The sealed bytes the last [`FleetStore::load`] found.
@@ -433,6 +481,7 @@ impl FleetStore {
                 return Ok(Acquired::Lock(FleetLock {
                     store: self.clone(),
                     value,
+                    by_take_over: false,
                 }));
             }
             let mut state = redis::cmd("GET");
@@ -468,9 +517,11 @@ impl FleetStore {
                         return Ok(Acquired::Lock(FleetLock {
                             store: self.clone(),
                             value,
+                            by_take_over: true,
                         }));
                     }
-                    continue;
+                    // Another waiter took it over first, or the holder let go: a poll interval
+                    // before asking again, as for any busy lock, never a loop against Redis.
                 }
             }
             let holder = raw.map(|h| shown_holder(&h));

@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use super::endpoint::{GrantError, Issued, OAuthClient};
-use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateStore, TAKE_OVER_AFTER};
+use super::state::{SEED_SETTLE, STORE_CHECK, StateError, StateLock, StateStore, take_over_after};
 use super::store::{self, Persisted};
 use super::{AccessToken, BoxFuture, Login, TokenError, TokenSource, TokenStatus};
 use crate::config::GrantKind;
@@ -86,17 +86,23 @@ struct Held {
     /// The highest generation seen in the store, adopted or not: the next new token counts on
     /// from it, so the fleet's generations only grow.
     seen_generation: u64,
-    /// When the held state was put back into a fleet store that had lost it (by this sidecar or
-    /// another): its refresh token is not spent before [`SEED_SETTLE`] has passed.
-    seeded_at: Option<SystemTime>,
+    /// The held state was put back into a fleet store that had lost it (by this sidecar or
+    /// another): its re-seed mark as stored ([`Persisted::seeded_at_ms`], another host's clock,
+    /// kept only to tell one re-seed from the next) and when this sidecar first saw it or wrote
+    /// it, on its own monotonic clock. Its refresh token is not spent before [`SEED_SETTLE`] has
+    /// passed on that clock: a mark from a skewed clock, or an old one replayed into the store,
+    /// would otherwise settle at once or never.
+    seeded: Option<(u64, Instant)>,
 }
 
 impl Held {
     /// Counts one replacement of the tokens.
     fn next_generation(&mut self) {
-        self.generation = self.generation.max(self.seen_generation) + 1;
+        // Saturating: a stored generation is checked against `MAX_GENERATION` before it counts
+        // here, but no value read from outside may panic or wrap the count back to the oldest.
+        self.generation = self.generation.max(self.seen_generation).saturating_add(1);
         self.seen_generation = self.generation;
-        self.seeded_at = None;
+        self.seeded = None;
     }
 }
 
@@ -189,6 +195,10 @@ const REFRESH_WAIT: Duration = Duration::from_secs(30);
 /// expires, and is sent with it: a token that may be refused on arrival is still better than a
 /// call failed for certain (a refusal costs a refresh and one retry).
 const LAST_RESORT: Duration = Duration::from_millis(250);
+/// The longest a refresh waits for re-seeded entries to settle, in all: four settling times, so a
+/// store re-seeded once or twice meanwhile still settles, and one re-seeded again and again
+/// fails the refresh (a temporary error, retried) instead of holding it.
+const SETTLE_WAIT: Duration = Duration::from_millis(4 * SEED_SETTLE.as_millis() as u64);
 
 pub struct Parts {
     pub name: &'static str,
@@ -235,7 +245,10 @@ impl Manager {
         // fleet store is read at the first token request instead, under its lock: Redis may be
         // down at start, and what it holds may change before then anyway.
         let persisted = match &manager.store {
-            Some(StateStore::Dir(store)) => store.load().map_err(StateError::from),
+            Some(state @ StateStore::Dir(store)) => store
+                .load()
+                .map_err(StateError::from)
+                .and_then(|p| state.checked(p)),
             _ => Ok(None),
         };
         match persisted {
@@ -366,14 +379,16 @@ impl Manager {
         }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
-                // Written by a version without generations (a fleet in a rolling upgrade): its
-                // writes are the fleet's rotations too, so they are adopted as before.
-                let legacy = p.generation == 0 && p.seeded_at_ms.is_none();
-                if !legacy && p.generation < held.generation {
+                if older(p.generation, held.generation) {
                     return true;
                 }
                 held.generation = p.generation;
-                held.seeded_at = p.seeded_at_ms.and_then(store::from_unix_ms);
+                held.seeded = match (p.seeded_at_ms, held.seeded) {
+                    // The same re-seed as before: it settles from when it was first seen.
+                    (Some(mark), Some((seen, since))) if mark == seen => Some((seen, since)),
+                    (Some(mark), _) => Some((mark, Instant::now())),
+                    (None, _) => None,
+                };
                 let access = p.access_token.map(AccessToken::new);
                 if access != held.access || held.refresh != p.refresh_token {
                     held.access = access;
@@ -408,18 +423,37 @@ impl Manager {
         false
     }
 
-    /// Writes the held state (on the blocking pool). On failure the state is marked newer than the file, so the file
-    /// is not adopted over it (that would bring back a spent refresh token), and the write is
-    /// tried again at the next token request.
+    /// Writes the held state (the state file on the blocking pool). On failure the state is
+    /// marked newer than the file, so the file is not adopted over it (that would bring back a
+    /// spent refresh token), and the write is tried again at the next token request. A fleet
+    /// store is written only where it still holds what this sidecar last read there: when another
+    /// sidecar wrote meanwhile (it took the lock over from this one, or took it after it expired),
+    /// its state is read and adopted unless it is older than the one held (see [`older`]), never
+    /// overwritten blindly.
     async fn persist(&self) {
         let Some(store) = self.store.clone() else {
             return;
         };
-        let result = store.save(self.to_persist()).await;
+        let result = store.save_unless_changed(self.to_persist()).await;
         if let Err(e) = &result {
             tracing::error!(error = %e, "cannot persist the token state; it is kept in memory and written again at the next request");
         }
         self.held().unpersisted = result.is_err();
+        if let Ok(false) = result {
+            tracing::info!(
+                source = self.name,
+                "another sidecar stored a state for this credential since this one read it; reading it instead of overwriting it"
+            );
+            match self.adopt_persisted().await {
+                Ok(Stored::Nothing | Stored::Older) => self.reseed().await,
+                Ok(Stored::Current) => {}
+                Err(e) => {
+                    // Not written, and not known to be stored: written at the next look.
+                    self.held().unpersisted = true;
+                    tracing::warn!(source = self.name, error = %e, "cannot read the shared state store");
+                }
+            }
+        }
     }
 
     /// The held state as it is stored.
@@ -435,7 +469,7 @@ impl Manager {
             seed: held.seed,
             client: self.oauth.as_ref().and_then(|o| o.registered()),
             generation: held.generation,
-            seeded_at_ms: held.seeded_at.map(store::to_unix_ms),
+            seeded_at_ms: held.seeded.map(|(mark, _)| mark),
             ..Persisted::default()
         }
     }
@@ -451,9 +485,9 @@ impl Manager {
         if self.held().refresh.is_none() && self.valid().is_none() {
             return;
         }
-        let now = SystemTime::now();
+        let mark = store::to_unix_ms(SystemTime::now());
         let mut state = self.to_persist();
-        state.seeded_at_ms = Some(store::to_unix_ms(now));
+        state.seeded_at_ms = Some(mark);
         let generation = state.generation;
         match store.reseed(state).await {
             Ok(true) => {
@@ -463,7 +497,7 @@ impl Manager {
                     "the shared state store holds no state for this credential, or an older one; put back the one held here"
                 );
                 let mut held = self.held();
-                held.seeded_at = Some(now);
+                held.seeded = Some((mark, Instant::now()));
                 held.unpersisted = false;
             }
             // Another sidecar wrote first: its state is read at the next look.
@@ -480,11 +514,7 @@ impl Manager {
         self.oauth.as_ref()?;
         let held = self.held();
         held.refresh.as_ref()?;
-        let settled = held.seeded_at? + SEED_SETTLE;
-        settled
-            .duration_since(SystemTime::now())
-            .ok()
-            .filter(|left| !left.is_zero())
+        settle_left(&held, Instant::now())
     }
 
     /// A second token request for this credential costs nothing but the request: nothing is
@@ -617,11 +647,13 @@ impl Manager {
         // expires (4 s tokens enter their last second when the refresh starts).
         let may_take_over = |held_for: Duration| {
             let left = remaining(&self.held(), SystemTime::now());
-            held_for >= TAKE_OVER_AFTER.min(left / 2)
+            held_for >= take_over_after(left)
                 && self.duplicate_safe()
                 && self.valid().filter(|t| Some(t) != rejected).is_none()
         };
-        let _lock = loop {
+        // When this refresh first waited for a re-seeded entry to settle (see `settle_wait`).
+        let mut settling: Option<Instant> = None;
+        let lock = loop {
             let lock = match &self.store {
                 Some(store) => loop {
                     match store.lock(&may_take_over).await {
@@ -661,18 +693,44 @@ impl Manager {
             // a newer state had the time to replace it, without holding the lock meanwhile.
             if let Some(left) = self.unsettled() {
                 drop(lock);
+                let since = *settling.get_or_insert_with(Instant::now);
+                let Some(wait) = settle_wait(since.elapsed(), left) else {
+                    return Err(self.unsettled_too_long(since.elapsed()));
+                };
                 tracing::info!(
                     source = self.name,
-                    wait_ms = left.as_millis() as u64,
+                    wait_ms = wait.as_millis() as u64,
                     "the shared state store was re-seeded just now; waiting for a newer state from the fleet before spending the refresh token"
                 );
-                tokio::time::sleep(left).await;
+                tokio::time::sleep(wait).await;
                 continue;
             }
             break lock;
         };
-        match self.obtain().await {
+        // Under a lock taken over, the holder it was taken from may still be spending what it
+        // read: no refresh token is spent (a take-over is only for grants that can run afresh).
+        let took_over = lock.as_ref().is_some_and(StateLock::by_take_over);
+        match self.obtain(!took_over).await {
             Ok(issued) => {
+                // This sidecar's request was slow and another one took the lock over: that
+                // one's result is the fleet's. This one's token is good for the call that waited
+                // (a duplicate request is harmless for this grant), but it is neither installed
+                // nor written over the other's. A new refresh token is kept all the same: it
+                // may be the only copy of a rotation (the write is then a compare-and-set).
+                if issued.refresh_token.is_none()
+                    && let Some(held_lock) = &lock
+                    && held_lock.taken_over().await
+                {
+                    tracing::info!(
+                        source = self.name,
+                        "another sidecar took the fleet lock over while this one's token request was slow; its result stands, this one's serves only the call that waited"
+                    );
+                    drop(lock);
+                    if let Err(e) = self.adopt_persisted().await {
+                        tracing::debug!(source = self.name, error = %e, "cannot read the shared state store");
+                    }
+                    return Ok(AccessToken::new(issued.access_token));
+                }
                 let token = AccessToken::new(issued.access_token.clone());
                 let expires = issued.expires_at.map(crate::time::rfc3339);
                 self.install(issued).await;
@@ -727,6 +785,28 @@ impl Manager {
         error
     }
 
+    /// The answer when re-seeded entries kept replacing each other for [`SETTLE_WAIT`]: a
+    /// temporary error naming the cause (the refresh is tried again later; the held token serves
+    /// while it has not expired).
+    fn unsettled_too_long(&self, waited: Duration) -> TokenError {
+        let message = format!(
+            "the shared state store was re-seeded again and again for {:.1} s (sidecars holding different states, or old entries written back into it), so no refresh token was spent; the refresh is tried again later",
+            waited.as_secs_f32()
+        );
+        let mut stats = self.stats();
+        stats.last_attempt = Some(SystemTime::now());
+        stats.last_outcome = Some(format!("failed: {message}"));
+        stats.last_error = Some((true, message.clone()));
+        drop(stats);
+        tracing::warn!(
+            source = self.name,
+            waited_ms = waited.as_millis() as u64,
+            "the shared state store keeps being re-seeded; not spending the refresh token"
+        );
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
+        TokenError::Temporary(message)
+    }
+
     /// Whether `rejected` is a token obtained because the upstream rejected the previous one,
     /// and rejected in turn without ever having worked (see [`UNCONFIRMED_WINDOW`]).
     fn rejected_again(&self, rejected: &AccessToken) -> bool {
@@ -747,9 +827,10 @@ impl Manager {
         }
     }
 
-    /// Refresh token first, then the source's own grant, then a login.
-    async fn obtain(&self) -> Result<Issued, GrantError> {
-        let refresh = self.held().refresh.clone();
+    /// Refresh token first (unless `refresh` is false: see [`StateLock::by_take_over`]), then
+    /// the source's own grant, then a login.
+    async fn obtain(&self, refresh: bool) -> Result<Issued, GrantError> {
+        let refresh = self.held().refresh.clone().filter(|_| refresh);
         if let (Some(oauth), Some(refresh)) = (&self.oauth, refresh) {
             match super::refresh::refresh(oauth, &refresh).await {
                 Ok(issued) => return Ok(issued),
@@ -995,6 +1076,36 @@ impl Manager {
             }
         }
     }
+}
+
+/// Whether a stored state of generation `stored` is older than the held one of generation `held`:
+/// it is then not adopted, and the held one goes back over it (see [`Manager::reseed`]). The one
+/// ordering rule of the fleet's states. An entry written before generations existed carries 0,
+/// like a new one: it is adopted only while the held generation is 0 too. Adopting it over a
+/// counted state would let anyone able to write to the shared store (without the key, but with
+/// an old sealed entry seen earlier) roll the fleet back to a spent refresh token, which a server
+/// with reuse detection answers by revoking the grant. So a fleet is upgraded all at once
+/// (README): an older version's writes, all generation 0, are not taken for rotations.
+fn older(stored: u64, held: u64) -> bool {
+    stored < held
+}
+
+/// How long the held state's re-seed still has to stand at `now` before its refresh token may be
+/// spent: [`SEED_SETTLE`] from when this sidecar first saw it (see [`Held::seeded`]).
+fn settle_left(held: &Held, now: Instant) -> Option<Duration> {
+    let (_, since) = held.seeded?;
+    (since + SEED_SETTLE)
+        .checked_duration_since(now)
+        .filter(|left| !left.is_zero())
+}
+
+/// How long a refresh sleeps for a re-seeded entry to settle, with `left` of its settling to go
+/// and `waited` already spent waiting for settling: at most [`SETTLE_WAIT`] in all. `None` once
+/// that is spent: a store that keeps being re-seeded (sidecars holding different states, or
+/// writes replaying old entries) must not hold the refresh forever.
+fn settle_wait(waited: Duration, left: Duration) -> Option<Duration> {
+    let budget = SETTLE_WAIT.checked_sub(waited).filter(|b| !b.is_zero())?;
+    Some(left.min(budget))
 }
 
 /// The part of a token's life in which it is no longer sent (see [`EXPIRY_MARGIN`]).
@@ -1432,6 +1543,167 @@ mod tests {
         assert!(!sendable(&held(4, 3600), now));
         assert!(sendable(&held(3, 8), now));
         assert!(!sendable(&held(1, 8), now));
+    }
+
+    #[test]
+    fn a_lower_generation_is_older_and_a_legacy_zero_only_ties_with_zero() {
+        assert!(older(2, 3));
+        assert!(!older(3, 3));
+        assert!(!older(4, 3));
+        // An entry from before generations (0) is as new as a held state of a new fleet, and
+        // older than any counted one.
+        assert!(!older(0, 0));
+        assert!(older(0, 1));
+    }
+
+    /// A co-tenant of the shared store replays a sealed entry written before generations
+    /// existed (generation 0, no re-seed mark): a sidecar holding a counted state keeps it (and
+    /// puts it back), rather than rolling back to the entry's spent refresh token.
+    #[tokio::test]
+    async fn a_replayed_legacy_entry_does_not_roll_back_a_counted_state() {
+        let (_grant, manager) = gated(Duration::from_secs(100));
+        {
+            let mut held = manager.held();
+            held.refresh = Some(Secret::new("canary-manager-rt+/=&new"));
+            held.generation = 5;
+            held.seen_generation = 5;
+        }
+        let replayed = || Persisted {
+            refresh_token: Some(Secret::new("canary-manager-rt+/=&spent")),
+            access_token: Some(Secret::new("canary-manager-at+/=&old")),
+            generation: 0,
+            seeded_at_ms: None,
+            ..Persisted::default()
+        };
+        assert!(
+            manager.apply_persisted(Some(replayed())),
+            "reported as older, so the held state goes back"
+        );
+        {
+            let held = manager.held();
+            assert_eq!(
+                held.refresh.as_ref().map(|r| r.expose().to_string()),
+                Some("canary-manager-rt+/=&new".into())
+            );
+            assert_eq!(held.generation, 5);
+            assert!(held.access.is_none(), "nothing of the entry was taken");
+        }
+        // A sidecar that holds no counted state yet (an older fleet's entry, first read) takes
+        // it.
+        let (_grant, fresh) = gated(Duration::from_secs(100));
+        assert!(!fresh.apply_persisted(Some(replayed())));
+        assert_eq!(
+            fresh
+                .held()
+                .refresh
+                .as_ref()
+                .map(|r| r.expose().to_string()),
+            Some("canary-manager-rt+/=&spent".into())
+        );
+    }
+
+    /// The re-seed mark in the entry comes from another host's clock (or from an old entry
+    /// replayed into the store): settling is timed from when this sidecar first saw it.
+    #[tokio::test]
+    async fn seed_settling_counts_on_this_sidecars_clock_not_the_marks() {
+        let (_grant, manager) = gated(Duration::from_secs(100));
+        let hour = 3_600_000;
+        let now_ms = store::to_unix_ms(SystemTime::now());
+        let seeded = |mark: u64| Persisted {
+            refresh_token: Some(Secret::new("canary-manager-rt+/=&seeded")),
+            generation: 3,
+            seeded_at_ms: Some(mark),
+            ..Persisted::default()
+        };
+        // A mark an hour old (a slow clock, or a replay) does not settle at once, and one an
+        // hour ahead does not hold the refresh for an hour.
+        for mark in [now_ms - hour, now_ms + hour] {
+            manager.held().seeded = None;
+            assert!(!manager.apply_persisted(Some(seeded(mark))));
+            let left = settle_left(&manager.held(), Instant::now()).expect("not settled yet");
+            assert!(
+                left > SEED_SETTLE - Duration::from_millis(500) && left <= SEED_SETTLE,
+                "{left:?} to go for a mark {} s off",
+                (i128::from(mark) - i128::from(now_ms)) / 1000
+            );
+            // The mark stays in the entry as it was (older versions read it).
+            assert_eq!(manager.to_persist().seeded_at_ms, Some(mark));
+        }
+        // The same re-seed read again keeps settling from when it was first seen; it is done
+        // after SEED_SETTLE on this clock.
+        let first = manager.held().seeded.expect("seeded").1;
+        assert!(!manager.apply_persisted(Some(seeded(now_ms + hour))));
+        assert_eq!(manager.held().seeded.expect("seeded").1, first);
+        assert_eq!(settle_left(&manager.held(), first + SEED_SETTLE), None);
+        // Another re-seed starts over.
+        assert!(!manager.apply_persisted(Some(seeded(now_ms + hour + 1))));
+        assert!(manager.held().seeded.expect("seeded").1 > first);
+    }
+
+    #[test]
+    fn the_wait_for_settling_is_bounded_to_four_settling_times_in_all() {
+        assert_eq!(settle_wait(Duration::ZERO, SEED_SETTLE), Some(SEED_SETTLE));
+        assert_eq!(
+            settle_wait(SETTLE_WAIT - Duration::from_millis(100), SEED_SETTLE),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(settle_wait(SETTLE_WAIT, SEED_SETTLE), None);
+        assert_eq!(SETTLE_WAIT, SEED_SETTLE * 4);
+        // A store re-seeded before each entry settles: the waits add up to SETTLE_WAIT, then
+        // the refresh ends.
+        let mut waited = Duration::ZERO;
+        let mut rounds = 0;
+        while let Some(wait) = settle_wait(waited, SEED_SETTLE) {
+            waited += wait;
+            rounds += 1;
+            assert!(rounds < 100, "the wait never ends");
+        }
+        assert_eq!(waited, SETTLE_WAIT);
+    }
+
+    #[test]
+    fn the_generation_count_saturates_instead_of_overflowing() {
+        let mut held = Held {
+            generation: 3,
+            seen_generation: u64::MAX,
+            ..Held::default()
+        };
+        held.next_generation();
+        assert_eq!(held.generation, u64::MAX);
+        assert_eq!(held.seen_generation, u64::MAX);
+    }
+
+    /// A stored generation beyond `MAX_GENERATION` is refused as damaged, with a message
+    /// saying so, and never adopted (nor counted on from).
+    #[tokio::test]
+    async fn a_stored_generation_beyond_the_maximum_is_refused() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = store::Store::open(dir.path(), "tokens-test").expect("writable");
+        let state = StateStore::Dir(store.clone());
+        for generation in [super::super::state::MAX_GENERATION + 1, u64::MAX] {
+            store
+                .save(&Persisted {
+                    access_token: Some(Secret::new("canary-manager-at+/=&far")),
+                    generation,
+                    ..Persisted::default()
+                })
+                .expect("saved");
+            let error = match state.load().await {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("generation {generation} was taken for a state"),
+            };
+            assert!(error.contains("refused as damaged"), "{error}");
+            assert!(error.contains(&generation.to_string()), "{error}");
+            assert!(!error.contains("canary"), "{error}");
+        }
+        // The maximum itself is a state.
+        store
+            .save(&Persisted {
+                generation: super::super::state::MAX_GENERATION,
+                ..Persisted::default()
+            })
+            .expect("saved");
+        assert!(state.load().await.expect("a state").is_some());
     }
 
     #[test]

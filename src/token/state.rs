@@ -34,6 +34,24 @@ pub type TakeOver<'a> = &'a (dyn Fn(Duration) -> bool + Sync);
 /// whole `STATE_LOCK_TTL`.
 pub const TAKE_OVER_AFTER: Duration = Duration::from_secs(1);
 
+/// The least a holder is seen to keep the lock before it is taken over, however little is left of
+/// the waiter's token: a live holder's token request takes some time, and a waiter whose token
+/// has already expired (half of nothing left is nothing) would otherwise take every lock over
+/// the moment it saw it, live holder or not.
+pub const TAKE_OVER_FLOOR: Duration = Duration::from_millis(250);
+
+/// How long a waiter lets the same holder keep the lock before taking it over, with `left` of its
+/// own token remaining (see [`TAKE_OVER_AFTER`] and [`TAKE_OVER_FLOOR`]).
+pub fn take_over_after(left: Duration) -> Duration {
+    TAKE_OVER_AFTER.min(left / 2).max(TAKE_OVER_FLOOR)
+}
+
+/// The highest generation a stored state may carry (2^48). Each generation is one token
+/// replacement: a credential rotated every second for eight million years stays below it. A
+/// higher one is not a count of anything; the entry is refused as damaged rather than adopted,
+/// since counting on from it would make every later state look older than it.
+pub const MAX_GENERATION: u64 = 1 << 48;
+
 /// What `/status` shows of the store.
 #[derive(Debug, Clone, Serialize)]
 pub struct StoreStatus {
@@ -61,6 +79,10 @@ pub enum StateError {
     #[cfg(feature = "fleet")]
     #[error(transparent)]
     Fleet(#[from] FleetError),
+    #[error(
+        "the stored state at {at} has generation {generation}, more than any real count of token replacements ({MAX_GENERATION}); it is refused as damaged (delete it to start over)"
+    )]
+    Generation { at: String, generation: u64 },
 }
 
 impl From<StoreError> for StateError {
@@ -92,8 +114,30 @@ pub enum StateLock {
     #[allow(dead_code, reason = "held for its Drop, which releases the lock")]
     File(Locked),
     #[cfg(feature = "fleet")]
-    #[allow(dead_code, reason = "held for its Drop, which releases the lock")]
     Fleet(FleetLock),
+}
+
+impl StateLock {
+    /// Whether this lock was taken over from a holder that kept it (see `FleetStore::lock`):
+    /// that holder may still be spending what it read, so no refresh token is spent under it.
+    pub fn by_take_over(&self) -> bool {
+        match self {
+            Self::File(_) => false,
+            #[cfg(feature = "fleet")]
+            Self::Fleet(lock) => lock.by_take_over(),
+        }
+    }
+
+    /// Whether another sidecar holds the lock now (it took this one over, or took it after it
+    /// expired): its result, not this holder's, is the fleet's. A store that cannot be reached
+    /// says no: the write that follows is a compare-and-set anyway.
+    pub async fn taken_over(&self) -> bool {
+        match self {
+            Self::File(_) => false,
+            #[cfg(feature = "fleet")]
+            Self::Fleet(lock) => lock.taken_over().await.unwrap_or(false),
+        }
+    }
 }
 
 impl StateStore {
@@ -119,15 +163,28 @@ impl StateStore {
         }
     }
 
-    /// The stored state (the state file is read on the blocking pool).
+    /// The stored state (the state file is read on the blocking pool). A state whose
+    /// generation is beyond [`MAX_GENERATION`] is an error, never a state.
     pub async fn load(&self) -> Result<Option<Persisted>, StateError> {
-        match self {
+        let loaded = match self {
             Self::Dir(store) => {
                 let store = store.clone();
-                Ok(tokio::task::spawn_blocking(move || store.load()).await??)
+                tokio::task::spawn_blocking(move || store.load()).await??
             }
             #[cfg(feature = "fleet")]
-            Self::Fleet(fleet) => Ok(fleet.load().await?),
+            Self::Fleet(fleet) => fleet.load().await?,
+        };
+        self.checked(loaded)
+    }
+
+    /// `persisted` unless its generation is beyond [`MAX_GENERATION`].
+    pub fn checked(&self, persisted: Option<Persisted>) -> Result<Option<Persisted>, StateError> {
+        match persisted {
+            Some(p) if p.generation > MAX_GENERATION => Err(StateError::Generation {
+                at: self.describe(),
+                generation: p.generation,
+            }),
+            other => Ok(other),
         }
     }
 
@@ -161,6 +218,22 @@ impl StateStore {
         }
     }
 
+    /// Writes the state a refresh (or a login) produced; callers hold [`StateStore::lock`]. The
+    /// fleet store is written only where it still holds what the last `load` (or this
+    /// sidecar's last write) left there: `Ok(false)` when another sidecar wrote meanwhile (one
+    /// that took the lock over from this one, or took it after it expired), whose state must
+    /// then be read, not overwritten. The state directory's lock cannot be lost this way:
+    /// plainly saved.
+    pub async fn save_unless_changed(&self, state: Persisted) -> Result<bool, StateError> {
+        match self {
+            Self::Dir(_) => self.save(state).await.map(|()| true),
+            #[cfg(feature = "fleet")]
+            Self::Fleet(fleet) => Ok(fleet
+                .put_if_unchanged(&state, fleet.last_seen().as_deref())
+                .await?),
+        }
+    }
+
     /// Puts `state` back into a fleet store that lost it, or over an older state there (see
     /// [`super::fleet`]): only where the store still holds what the last `load` found.
     /// `Ok(false)`: another sidecar wrote first. The state directory is not shared this way:
@@ -182,5 +255,22 @@ impl StateStore {
             #[cfg(feature = "fleet")]
             Self::Fleet(fleet) => Ok(fleet.check_lock().await?),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_holder_is_taken_over_after_a_second_or_half_the_token_left_but_never_under_the_floor() {
+        assert_eq!(take_over_after(Duration::from_secs(60)), TAKE_OVER_AFTER);
+        assert_eq!(
+            take_over_after(Duration::from_millis(1200)),
+            Duration::from_millis(600)
+        );
+        // A waiter whose token has (almost) expired still lets a live holder's request run.
+        assert_eq!(take_over_after(Duration::from_millis(300)), TAKE_OVER_FLOOR);
+        assert_eq!(take_over_after(Duration::ZERO), TAKE_OVER_FLOOR);
     }
 }

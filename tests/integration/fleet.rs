@@ -520,3 +520,227 @@ async fn client_credentials_do_not_wait_out_a_dead_holders_lock_past_the_tokens_
     let grants = idp.state.grant_count("client_credentials") - before;
     assert!((1..=2).contains(&grants), "{grants} token requests");
 }
+
+/// A holder whose token request is slow has its lock taken over (client credentials, its
+/// waiter's token expiring); the waiter's token is stored first. When the slow holder's answer
+/// finally comes it must not write its own token over the newer state: it reads the store and
+/// takes the waiter's. (The mock upstream takes only the token issued last, the waiter's: an
+/// overwrite shows as a rejected call and one more token request.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_holder_whose_lock_was_taken_over_does_not_overwrite_the_newer_state() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(2);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 17);
+    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
+    let mut fleet = Vec::new();
+    for _ in 0..2 {
+        fleet.push(
+            Sidecar::start(&[
+                ("UPSTREAM_URL", &upstream_url),
+                ("CLIENT_ID", CLIENT_ID),
+                ("CLIENT_SECRET", CLIENT_SECRET),
+                ("TOKEN_URL", &token_url),
+                ("STATE_STORE", &store),
+                ("STATE_KEY_FILE", &key),
+                ("STATE_DIR", "/proc/not-writable"),
+                ("STATE_LOCK_TTL", "10s"),
+            ])
+            .await,
+        );
+        let sidecar = fleet.last().unwrap();
+        sidecar.wait_reason("ready").await;
+        assert_eq!(echo(sidecar, 1).await, 200);
+    }
+    assert_eq!(idp.state.grant_count("client_credentials"), 1);
+    let before = idp.state.grant_count("client_credentials");
+    // The tokens of the next round outlive the test. The first refresh ahead of expiry (either
+    // sidecar's) is answered by the server, but its reply hangs.
+    *idp.state.expires_in.lock().unwrap() = Some(120);
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("a refresh reached the server");
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    // The other sidecar's token can no longer be sent: it takes the lock over, and its token
+    // request (answered at once) is stored.
+    poll(
+        || async { Some(idp.state.grant_count("client_credentials")) },
+        |n| *n > before,
+    )
+    .await
+    .expect("the waiter took the lock over and got a token");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Now the slow holder's answer arrives.
+    idp.state.release.notify_waiters();
+    poll(
+        || async { Some(idp.state.grant_count("client_credentials")) },
+        |n| *n >= before + 2,
+    )
+    .await
+    .expect("the slow holder got its answer");
+    // Three store checks: an overwrite would have been adopted by the other sidecar by now.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for (i, sidecar) in fleet.iter().enumerate() {
+        assert_eq!(echo(sidecar, 10 + i as u64).await, 200);
+    }
+    assert_eq!(
+        idp.state.grant_count("client_credentials"),
+        before + 2,
+        "the slow holder's token replaced the newer one in the store"
+    );
+}
+
+/// The slow holder learns that its lock was taken over even before the sidecar that took it
+/// has stored anything: its answer is then neither installed nor written (the store keeps the
+/// exact bytes it had), so it cannot race the new holder's write.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_holder_that_sees_its_lock_taken_over_writes_nothing() {
+    let redis = Redis::start();
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(4);
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 19);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("STATE_LOCK_TTL", "10s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
+    let state_key = keys.lines().last().unwrap().to_string();
+    let lock_key = state_key.replace(":state", ":lock");
+    let before = idp.state.grant_count("client_credentials");
+    // The refresh ahead of expiry (half the 4 s life) is answered, but the reply hangs.
+    *idp.state.expires_in.lock().unwrap() = Some(120);
+    idp.state.hold_reply.store(true, Ordering::SeqCst);
+    poll(
+        || async { Some(idp.state.held.load(Ordering::SeqCst)) },
+        |n| *n >= 1,
+    )
+    .await
+    .expect("the refresh reached the server");
+    idp.state.hold_reply.store(false, Ordering::SeqCst);
+    // Another sidecar takes the lock over (as `FleetStore::lock` does) and has not written yet.
+    let stored = redis.command(&["GET", &state_key]).unwrap();
+    assert_eq!(
+        redis
+            .command(&["SET", &lock_key, "other-host/pid-2 0123", "PX", "10000"])
+            .as_deref(),
+        Some("+OK")
+    );
+    idp.state.release.notify_waiters();
+    poll(
+        || async { Some(idp.state.grant_count("client_credentials")) },
+        |n| *n > before,
+    )
+    .await
+    .expect("the slow answer arrived");
+    // Well before this sidecar's own token can no longer be sent (3 s into its life) and it
+    // may take the lock over in turn.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        redis.command(&["GET", &state_key]).unwrap(),
+        stored,
+        "the slow holder wrote over a lock it no longer held"
+    );
+    // Later it takes the other's lock over itself (its token expiring) and carries on.
+    let answered = poll(|| async { Some(echo(&sidecar, 2).await) }, |s| *s == 200).await;
+    assert_eq!(answered, Some(200));
+}
+
+/// A store that keeps being re-seeded (here: re-seeded entries of the same state written back
+/// one after the other, as a co-tenant of the shared Redis replaying what it saw could) never
+/// settles.
+/// The refresh that waits for it must end after four settling times with a temporary error
+/// naming the cause, not hold the call forever; and it spends no refresh token meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_re_seeded_again_and_again_fails_the_refresh_instead_of_holding_it() {
+    let redis = std::sync::Arc::new(Redis::start());
+    let (upstream, idp) = linked();
+    *idp.state.expires_in.lock().unwrap() = Some(120);
+    let seed = canary();
+    idp.state.insert_refresh_token(&seed, "mcp:tools");
+    let dir = tempfile::tempdir().unwrap();
+    let key = key_file(&dir, "key", 23);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("REFRESH_TOKEN", &seed),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", &key),
+        ("STATE_DIR", "/proc/not-writable"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
+    let state_key = keys.lines().last().unwrap().to_string();
+    // Eight re-seeds of the held state: Redis emptied again and again, the sidecar puts it back
+    // each time.
+    let mut seeded = Vec::new();
+    for _ in 0..8 {
+        assert_eq!(redis.command(&["FLUSHALL"]).as_deref(), Some("+OK"));
+        let entry = poll(
+            || async { redis.command(&["GET", &state_key]) },
+            |e| e.contains("msc1."),
+        )
+        .await
+        .expect("re-seeded");
+        // The bulk reply's header off: the sealed entry itself.
+        let (_, value) = entry.split_once("\r\n").unwrap();
+        seeded.push(value.to_string());
+    }
+    assert_ne!(seeded[0], seeded[1]);
+    let turns = seeded.len();
+    let refreshes = idp.state.grant_count("refresh_token");
+    // Written back one after the other, a new one every second: each read of the refresh
+    // waiting for settling (1.5 s apart) finds another re-seed, and the cycle takes longer than
+    // the refresh may wait.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let replayer = std::thread::spawn({
+        let (redis, stop, state_key) = (redis.clone(), stop.clone(), state_key.clone());
+        move || {
+            let mut turn = 0;
+            while !stop.load(Ordering::SeqCst) {
+                redis.command(&["SET", &state_key, &seeded[turn % turns]]);
+                turn += 1;
+                std::thread::sleep(std::time::Duration::from_millis(1000));
+            }
+        }
+    });
+    // The upstream rejects the held token: the call needs a refresh, which waits for settling.
+    upstream.state.set_token("rejected-now");
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(20), echo(&sidecar, 2)).await;
+    let waited = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    replayer.join().unwrap();
+    assert!(answer.is_ok(), "the call was held for {waited:?}");
+    assert!(
+        waited >= std::time::Duration::from_secs(5),
+        "the refresh gave up after {waited:?}, before four settling times: {:?} {}",
+        answer,
+        status(&sidecar).await
+    );
+    let error = status(&sidecar).await["token"]["last_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("re-seeded again and again"), "{error}");
+    assert!(!error.contains("canary"), "{error}");
+    assert_eq!(idp.state.grant_count("refresh_token"), refreshes);
+    assert_eq!(idp.state.invalid_grants.load(Ordering::SeqCst), 0);
+}
