@@ -379,7 +379,15 @@ impl Manager {
         }
         match persisted {
             Some(p) if seed_print.is_none() || p.seed == seed_print => {
-                if older(p.generation, held.generation) {
+                // A state file written by a version without generations (a process of the
+                // older version sharing STATE_DIR during an upgrade) is that process's rotation:
+                // adopted, as before. Files are not sealed: whoever can write them can write any
+                // generation, so the ordering guards nothing there. A sealed fleet entry can only
+                // be replayed, never forged, and there a legacy entry never beats a counted state.
+                let legacy_file = matches!(self.store, Some(StateStore::Dir(_)))
+                    && p.generation == 0
+                    && p.seeded_at_ms.is_none();
+                if !legacy_file && older(p.generation, held.generation) {
                     return true;
                 }
                 held.generation = p.generation;
@@ -1085,7 +1093,8 @@ impl Manager {
 /// counted state would let anyone able to write to the shared store (without the key, but with
 /// an old sealed entry seen earlier) roll the fleet back to a spent refresh token, which a server
 /// with reuse detection answers by revoking the grant. So a fleet is upgraded all at once
-/// (README): an older version's writes, all generation 0, are not taken for rotations.
+/// (README): an older version's writes, all generation 0, are not taken for rotations. (A state
+/// file in `STATE_DIR` is the exception, see [`Manager::apply_persisted`].)
 fn older(stored: u64, held: u64) -> bool {
     stored < held
 }
@@ -1671,6 +1680,55 @@ mod tests {
         held.next_generation();
         assert_eq!(held.generation, u64::MAX);
         assert_eq!(held.seen_generation, u64::MAX);
+    }
+
+    /// A state file without a generation (a process of an older version sharing STATE_DIR) is
+    /// its rotation and adopted over a counted state: files are not sealed, so refusing it would
+    /// guard nothing and cost the grant in an upgrade. (A fleet entry is not: the test above.)
+    #[test]
+    fn a_legacy_state_file_is_adopted_over_a_counted_state() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let store = store::Store::open(dir.path(), "tokens-test").expect("writable");
+        let grant = Arc::new(Gated {
+            obtains: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            lifetime: Duration::from_secs(100),
+            failing: AtomicBool::new(false),
+        });
+        let manager = Manager::with_wait(
+            Parts {
+                name: "command",
+                kind: None,
+                grant: Box::new(Shared(grant)),
+                interactive: None,
+                oauth: None,
+                store: Some(StateStore::Dir(store)),
+                seed: None,
+                skew: Duration::from_secs(60),
+            },
+            REFRESH_WAIT,
+        );
+        {
+            let mut held = manager.held();
+            held.refresh = Some(Secret::new("canary-manager-rt+/=&ours"));
+            held.generation = 5;
+            held.seen_generation = 5;
+        }
+        let rotated = Persisted {
+            refresh_token: Some(Secret::new("canary-manager-rt+/=&rotated")),
+            generation: 0,
+            seeded_at_ms: None,
+            ..Persisted::default()
+        };
+        assert!(!manager.apply_persisted(Some(rotated)), "adopted");
+        assert_eq!(
+            manager
+                .held()
+                .refresh
+                .as_ref()
+                .map(|r| r.expose().to_string()),
+            Some("canary-manager-rt+/=&rotated".into())
+        );
     }
 
     /// A stored generation beyond `MAX_GENERATION` is refused as damaged, with a message
