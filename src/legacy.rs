@@ -21,6 +21,39 @@ use crate::upstream::Upstream;
 
 /// Path segment under `PATH` where rewritten endpoints live.
 pub const LEGACY_SEGMENT: &str = "/legacy";
+
+/// `data.reason` of the error a client gets for a Streamable HTTP POST to an upstream that
+/// speaks only this transport.
+pub const WRONG_TRANSPORT: &str = "transport_mismatch";
+
+/// Whether `answer` is an upstream of this transport refusing a Streamable HTTP POST to its SSE
+/// URL: its last handshake found the HTTP+SSE transport, and the answer is an error that is not
+/// JSON-RPC (express's "Cannot POST /sse" page, a bare 405). Passed on, the client would show
+/// the page, or nothing, and give up without saying why.
+pub fn is_wrong_transport(
+    answer: &crate::forwarder::Answer,
+    readiness: &crate::readiness::Readiness,
+) -> bool {
+    let json = answer
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.to_ascii_lowercase().contains("json"));
+    !answer.status.is_success()
+        && !json
+        && !crate::sse::is_event_stream(&answer.headers)
+        && readiness.speaks_sse_transport()
+}
+
+/// What a client of the HTTP front is told: the sidecar serves this transport at the same URL.
+pub const WRONG_TRANSPORT_HTTP: &str = "mcp-sidecar: the upstream speaks only the HTTP+SSE \
+     transport (protocol 2024-11-05), not Streamable HTTP: connect to this same URL with the SSE \
+     transport (Claude Code: claude mcp add --transport sse NAME URL; MCP Inspector: --transport sse)";
+
+/// What a host of the stdio front is told: that front speaks Streamable HTTP upstream only.
+pub const WRONG_TRANSPORT_STDIO: &str = "mcp-sidecar: the upstream speaks only the HTTP+SSE \
+     transport (protocol 2024-11-05), which mcp-sidecar stdio does not bridge: run mcp-sidecar \
+     serve in front of it and connect with the SSE transport";
 /// A stream that sends this much before its first complete event is not a legacy stream; stop
 /// looking for the endpoint event rather than buffer more.
 const MAX_PENDING: usize = 64 * 1024;

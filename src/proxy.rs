@@ -30,8 +30,7 @@ use crate::forwarder::{Answer, ForwardError, Forwarded, Prepared};
 use crate::jsonrpc::{self, Code};
 use crate::mcp::MCP_SESSION_ID;
 use crate::metrics::Outcome;
-use crate::upstream::BodyError;
-use crate::upstream::RefusedAnswer;
+use crate::upstream::{BodyError, RefusedAnswer};
 
 /// Where a request goes upstream.
 enum Target {
@@ -125,6 +124,25 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
         Ok(Forwarded::Away(follow)) => {
             app.metrics.record_request(method, Outcome::forwarded);
             away_stream_response(&app, request.client_session.as_deref(), follow)
+        }
+        Ok(Forwarded::Answer(answer))
+            if *method == Method::POST
+                && matches!(request.target, crate::forwarder::Target::Endpoint { .. })
+                && crate::legacy::is_wrong_transport(&answer, &app.readiness) =>
+        {
+            let id = request.rpc_id();
+            tracing::info!(
+                status = answer.status.as_u16(),
+                "a client POSTed Streamable HTTP to an upstream that speaks only the HTTP+SSE transport; told it which transport to use"
+            );
+            app.metrics.record_request(method, Outcome::refused);
+            error_response(
+                StatusCode::BAD_REQUEST,
+                id,
+                Code::UpstreamFailed,
+                crate::legacy::WRONG_TRANSPORT_HTTP,
+                crate::legacy::WRONG_TRANSPORT,
+            )
         }
         Ok(Forwarded::Answer(answer)) => {
             if tracing::enabled!(tracing::Level::DEBUG) {

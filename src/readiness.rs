@@ -160,6 +160,15 @@ impl Readiness {
         self.state.borrow().clone()
     }
 
+    /// Whether the last successful handshake found the 2024-11-05 HTTP+SSE transport.
+    pub fn speaks_sse_transport(&self) -> bool {
+        self.state
+            .borrow()
+            .server
+            .as_ref()
+            .is_some_and(|s| s.mode == Mode::SseTransport)
+    }
+
     /// The `/ready` body. A success older than one interval (plus the check's own timeout) no
     /// longer counts: a stuck checker must not keep reporting ready.
     pub fn report(&self) -> Report {

@@ -445,6 +445,18 @@ impl Front {
                 }
                 let initialize =
                     matches!(&kind, Kind::Request { method, .. } if method == "initialize");
+                if let Kind::Request { id, .. } = &kind
+                    && crate::legacy::is_wrong_transport(&answer, &self.readiness)
+                {
+                    self.emit_error(
+                        id.clone(),
+                        Code::UpstreamFailed as i32,
+                        crate::legacy::WRONG_TRANSPORT_STDIO,
+                        crate::legacy::WRONG_TRANSPORT,
+                        None,
+                    );
+                    return;
+                }
                 if event_stream && status.is_success() {
                     self.relay_events(answer.body, initialize).await;
                 } else {

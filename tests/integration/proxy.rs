@@ -975,6 +975,41 @@ async fn idle_sse_streams_get_keepalive_comments_between_events() {
     assert_eq!(events.len(), 2, "{seen:?}");
 }
 
+/// A Streamable HTTP client POSTing to a sidecar whose upstream speaks only the 2024-11-05
+/// HTTP+SSE transport gets a JSON-RPC error that names the transport to use, never the
+/// upstream's page ("Cannot POST /sse", a bare 405).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_post_to_an_sse_transport_upstream_says_which_transport_to_use() {
+    let mock = MockUpstream::start(TOKEN, Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(
+        &client,
+        &sidecar.url("/mcp"),
+        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},
+            "clientInfo":{"name":"t","version":"1"}}})
+        .to_string(),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 1, "{body}");
+    assert_eq!(
+        body["error"]["data"]["reason"], "transport_mismatch",
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("HTTP+SSE"), "{message}");
+    assert!(message.contains("--transport sse"), "{message}");
+    // /ready is not changed by a client's choice of transport.
+    let ready = sidecar.wait_reason("ready").await;
+    assert_eq!(ready["ready"], true);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn legacy_sse_transport_endpoint_is_rewritten_through_the_sidecar() {
     let mock = MockUpstream::start(TOKEN, Mode::SseTransport);

@@ -764,3 +764,25 @@ async fn connect_refuses_settings_it_would_ignore() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
+
+/// An upstream that speaks only the 2024-11-05 HTTP+SSE transport: `initialize` fails with an
+/// error that says so and what to run instead, not with the upstream's 405.
+#[tokio::test]
+async fn an_sse_transport_upstream_is_named_as_such() {
+    let mock = MockUpstream::start("tok-sse", Mode::SseTransport);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "tok-sse")]);
+    host.send(&initialize(1)).await;
+    let reply = host.expect("initialize error", |m| m["id"] == 1).await;
+    assert_eq!(
+        reply["error"]["data"]["reason"], "transport_mismatch",
+        "{reply}"
+    );
+    assert!(
+        reply["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HTTP+SSE") && m.contains("mcp-sidecar serve")),
+        "{reply}"
+    );
+    let (code, _, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}

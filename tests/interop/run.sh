@@ -443,6 +443,16 @@ scenario_e() {
     fail "legacy-sse.mjs through the sidecar"
   fi
   sed 's/^/  /' "$WORK/client-e.out"
+  # A Streamable HTTP client (a POST to the same URL) is told which transport to use, not shown
+  # server-everything's "Cannot POST /sse" page.
+  local code body
+  body=$(curl -sS -o - -w '\n%{http_code}' -X POST "http://127.0.0.1:$sc_port/mcp" \
+    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
+    -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}')
+  code=${body##*$'\n'} body=${body%$'\n'*}
+  [[ $code == 400 ]] && jq -e '.error.data.reason == "transport_mismatch"' <<<"$body" >/dev/null ||
+    fail "a Streamable HTTP POST got HTTP $code: $body"
+  note "a Streamable HTTP POST is answered 400 transport_mismatch: $(jq -r .error.message <<<"$body" | cut -c1-120)"
 }
 
 # F: traces. The sidecar exports OTLP/HTTP protobuf to a receiver decoding it with the official
