@@ -394,20 +394,40 @@ impl Sources {
     /// process's upstream and holds the real credential, so no upstream of this process's own
     /// may be configured (it would be ignored: refused instead, naming each key). What the pipe
     /// sends the sidecar is the sidecar's `CLIENT_TOKEN` (or `_FILE`), when set, as its bearer
-    /// token; plain HTTP is allowed, since that is what the sidecar's front speaks. The global
-    /// keys (`LOG`, timeouts, `STDIO_READY_TIMEOUT`) apply as always.
+    /// token. Plain HTTP to a host other than loopback needs `ALLOW_INSECURE_UPSTREAM=true`, as
+    /// for any upstream (a compose service name on the pod's own network, say), the one upstream
+    /// key taken here. The global keys (`LOG`, timeouts, `STDIO_READY_TIMEOUT`) apply as always.
+    /// The URL is never printed whole: it could hold a password.
     pub fn for_connect(&mut self, url: &str) -> Result<(), Vec<String>> {
         let mut problems = Vec::new();
+        // Keys match whatever the case after the prefix, as the loader matches them.
+        let key_of = |name: &str| name.strip_prefix(ENV_PREFIX).map(str::to_ascii_lowercase);
+        let insecure_ok = self.env.iter().any(|(k, v)| {
+            key_of(k).as_deref() == Some("allow_insecure_upstream")
+                && matches!(
+                    v.trim().to_ascii_lowercase().as_str(),
+                    "true" | "1" | "yes" | "on"
+                )
+        });
         match Url::parse(url) {
-            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
-                problems.push(format!("--connect {url:?}: not an http:// or https:// URL"));
-            }
             Ok(u) if !u.username().is_empty() || u.password().is_some() => problems.push(
                 "--connect: the URL holds credentials; set MCP_SIDECAR_CLIENT_TOKEN_FILE instead"
                     .into(),
             ),
+            Ok(u) if !matches!(u.scheme(), "http" | "https") || u.host_str().is_none() => {
+                problems.push(format!(
+                    "--connect: a {}: URL; it takes an http:// or https:// URL",
+                    u.scheme()
+                ));
+            }
+            Ok(u) if u.scheme() == "http" && !host_is_loopback(&u) && !insecure_ok => {
+                problems.push(format!(
+                    "--connect: plain http to {} would send the client token in clear text; use https, or set MCP_SIDECAR_ALLOW_INSECURE_UPSTREAM=true for a host on a network of your own",
+                    u.host_str().unwrap_or_default()
+                ));
+            }
             Ok(_) => {}
-            Err(e) => problems.push(format!("--connect {url:?}: not a URL ({e})")),
+            Err(e) => problems.push(format!("--connect: not a URL ({e})")),
         }
         if let Some(file) = &self.file {
             problems.push(format!(
@@ -419,9 +439,9 @@ impl Sources {
             .env
             .keys()
             .filter(|k| {
-                k.strip_prefix(ENV_PREFIX).is_some_and(|key| {
-                    let key = key.to_ascii_lowercase();
-                    UPSTREAM_KEYS.contains(&key.as_str()) || key.starts_with(UPSTREAMS_ENV)
+                key_of(k).is_some_and(|key| {
+                    key != "allow_insecure_upstream"
+                        && (UPSTREAM_KEYS.contains(&key.as_str()) || key.starts_with(UPSTREAMS_ENV))
                 })
             })
             .collect();
@@ -431,25 +451,39 @@ impl Sources {
                 "{key}: with --connect the running sidecar holds the upstream's settings; this process has none of its own"
             ));
         }
+        let client_token: Vec<String> = self
+            .env
+            .keys()
+            .filter(|k| {
+                key_of(k).is_some_and(|key| key == "client_token" || key == "client_token_file")
+            })
+            .cloned()
+            .collect();
+        if client_token.len() > 1 {
+            problems.push(format!(
+                "{}: set one of them, not both",
+                client_token.join(" and ")
+            ));
+        }
         if !problems.is_empty() {
             return Err(problems);
         }
         let var = |key: &str| format!("{ENV_PREFIX}{key}");
-        let client_token_file = self.env.remove(&var("CLIENT_TOKEN_FILE"));
-        let client_token = self.env.remove(&var("CLIENT_TOKEN"));
+        let presented = client_token.first().and_then(|name| {
+            let value = self.env.remove(name)?;
+            Some((key_of(name) == Some("client_token_file".into()), value))
+        });
         self.env.insert(var("UPSTREAM_URL"), url.to_string());
-        self.env
-            .insert(var("ALLOW_INSECURE_UPSTREAM"), "true".to_string());
-        match (client_token_file, client_token) {
-            (Some(file), _) => {
+        match presented {
+            Some((true, file)) => {
                 self.env.insert(var("AUTH"), "bearer".into());
                 self.env.insert(var("TOKEN_FILE"), file);
             }
-            (None, Some(token)) => {
+            Some((false, token)) => {
                 self.env.insert(var("AUTH"), "bearer".into());
                 self.env.insert(var("TOKEN"), token);
             }
-            (None, None) => {
+            None => {
                 self.env.insert(var("AUTH"), "none".into());
             }
         }

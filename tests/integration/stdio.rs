@@ -749,13 +749,57 @@ async fn connect_refuses_settings_it_would_ignore() {
     assert_eq!(code, Some(64), "{stderr}");
     assert!(stdout.is_empty(), "{stdout}");
     for expected in [
-        "not an http:// or https:// URL",
+        "a ftp: URL; it takes an http:// or https:// URL",
         "MCP_SIDECAR_TOKEN: with --connect the running sidecar holds",
         "MCP_SIDECAR_UPSTREAM_URL: with --connect",
     ] {
         assert!(stderr.contains(expected), "{expected}: {stderr}");
     }
     assert!(!stderr.contains(&secret[..24]), "{stderr}");
+
+    // A password in the URL is never printed, whatever else is wrong with it; both client-token
+    // forms at once, any case after the prefix, are one problem; plain http to a remote host
+    // needs ALLOW_INSECURE_UPSTREAM, the one upstream key --connect takes.
+    let host = Host::spawn_with(
+        &[
+            "--connect",
+            &format!("ftp://user:{secret}@sidecar:99999/mcp"),
+        ],
+        &[("CLIENT_TOKEN", "a"), ("client_token_FILE", "/run/x")],
+    );
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(!stderr.contains(&secret[..24]), "{stderr}");
+    assert!(stderr.contains("set one of them, not both"), "{stderr}");
+    // (A password with a `/` ends the authority early: the parse error above covers it.)
+    let password = "url-password-canary-0123456789abcdef";
+    let host = Host::spawn_with(
+        &["--connect", &format!("http://u:{password}@sidecar/mcp")],
+        &[],
+    );
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("the URL holds credentials"), "{stderr}");
+    assert!(!stderr.contains(password), "{stderr}");
+    let host = Host::spawn_with(&["--connect", "http://sidecar.internal:4510/mcp"], &[]);
+    let (code, _, stderr) = host.finish().await;
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(
+        stderr.contains("plain http to sidecar.internal"),
+        "{stderr}"
+    );
+    let host = Host::spawn_with(
+        &["--connect", "http://sidecar.internal:4510/mcp"],
+        &[
+            ("ALLOW_INSECURE_UPSTREAM", "true"),
+            ("STDIO_READY_TIMEOUT", "1s"),
+        ],
+    );
+    let (_, _, stderr) = host.close().await;
+    assert!(
+        !stderr.contains("plain http"),
+        "accepted with the key: {stderr}"
+    );
     let host = Host::spawn_with(
         &["--connect", "http://127.0.0.1:1/mcp", "--upstream", "a"],
         &[],
