@@ -664,6 +664,15 @@ pub async fn refused_answer(refused: Response) -> RefusedAnswer {
         crate::secret::scrub_json(&mut message);
         return RefusedAnswer::JsonRpc(message);
     }
+    // Other JSON is quoted decoded and scrubbed too: an escaped form of a secret (`\u0063`)
+    // matches nothing in the bytes, and whoever reads the quote can decode it.
+    let body = match serde_json::from_slice::<Value>(&body) {
+        Ok(mut value) => {
+            crate::secret::scrub_json(&mut value);
+            Bytes::from(value.to_string())
+        }
+        Err(_) => body,
+    };
     let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
     RefusedAnswer::Message(if text.is_empty() {
         format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")

@@ -2071,3 +2071,49 @@ async fn a_forbidden_jsonrpc_error_quoting_an_escaped_token_is_scrubbed_once_dec
     assert_eq!(message, "denied for Bearer <redacted>");
     assert_eq!(body["error"]["code"], -32000);
 }
+
+/// A 403 whose body is JSON but not a JSON-RPC error is quoted in the sidecar's own error: its
+/// strings are decoded and scrubbed first, so a token with one letter escaped (`\u0063`) is not
+/// quoted in the escaped form the agent could read back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbidden_json_body_quoting_an_escaped_token_is_scrubbed_once_decoded() {
+    let secret = format!("canary-{}-end", "escaped+/=&".repeat(10));
+    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let escaped = presented.replacen("Bearer c", "Bearer \\u0063", 1);
+        let status = if headers.contains_key("x-test") {
+            403
+        } else {
+            200
+        };
+        axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(format!(
+                "{{\"detail\":\"denied for {escaped}\"}}"
+            )))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
+    let client = reqwest::Client::new();
+    let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], -32006, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("denied for Bearer"), "{message}");
+    assert!(
+        !message.contains(&secret[1..30]),
+        "the agent reads the escaped token: {message}"
+    );
+}
