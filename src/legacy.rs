@@ -54,6 +54,7 @@ pub const WRONG_TRANSPORT_HTTP: &str = "mcp-sidecar: the upstream speaks only th
 pub const WRONG_TRANSPORT_STDIO: &str = "mcp-sidecar: the upstream speaks only the HTTP+SSE \
      transport (protocol 2024-11-05), which mcp-sidecar stdio does not bridge: run mcp-sidecar \
      serve in front of it and connect with the SSE transport";
+
 /// A stream that sends this much before its first complete event is not a legacy stream; stop
 /// looking for the endpoint event rather than buffer more.
 const MAX_PENDING: usize = 64 * 1024;
