@@ -92,10 +92,7 @@ pub async fn run(upstream: &Upstream, mode: &mut Mode) -> Result<ServerInfo, Han
         // `/ready` says what the refusal said, as a client of the same request would hear it.
         Err(HandshakeError::Upstream(UpstreamError::Forbidden(refused))) => Err(
             HandshakeError::Refused(match crate::upstream::refused_answer(*refused).await {
-                crate::upstream::RefusedAnswer::Message(message) => message
-                    .strip_prefix("mcp-sidecar: ")
-                    .unwrap_or(&message)
-                    .to_string(),
+                crate::upstream::RefusedAnswer::Message(message) => message,
                 crate::upstream::RefusedAnswer::JsonRpc(error) => format!(
                     "the upstream refused the request (HTTP 403): {}",
                     crate::secret::excerpt(

@@ -522,9 +522,13 @@ async fn relay_forbidden(
             );
             response
         }
-        RefusedAnswer::Message(message) => {
-            error_response(status, id, failure.code(), &message, failure.reason())
-        }
+        RefusedAnswer::Message(message) => error_response(
+            status,
+            id,
+            failure.code(),
+            &format!("mcp-sidecar: {message}"),
+            failure.reason(),
+        ),
     }
 }
 

@@ -513,7 +513,7 @@ impl Front {
             RefusedAnswer::Message(message) => self.emit_error(
                 id.clone(),
                 failure.code() as i32,
-                &message,
+                &format!("mcp-sidecar: {message}"),
                 failure.reason(),
                 None,
             ),

@@ -646,7 +646,8 @@ pub enum RefusedAnswer {
     /// The upstream's own JSON-RPC error (what an MCP server sends for a refused call), its
     /// bytes and its decoded strings scrubbed.
     JsonRpc(Value),
-    /// The sidecar's message quoting the upstream's text, scrubbed and then cut.
+    /// What the upstream said, scrubbed and then cut, in a sentence of the sidecar's (without
+    /// the `mcp-sidecar: ` a front's error message starts with; `/ready`'s detail has none).
     Message(String),
 }
 
@@ -675,9 +676,9 @@ pub async fn refused_answer(refused: Response) -> RefusedAnswer {
     };
     let text = crate::secret::excerpt(String::from_utf8_lossy(&body).trim(), FORBIDDEN_TEXT_LIMIT);
     RefusedAnswer::Message(if text.is_empty() {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status})")
+        format!("the upstream refused the request (HTTP {upstream_status})")
     } else {
-        format!("mcp-sidecar: the upstream refused the request (HTTP {upstream_status}): {text}")
+        format!("the upstream refused the request (HTTP {upstream_status}): {text}")
     })
 }
 

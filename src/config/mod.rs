@@ -387,9 +387,7 @@ impl Sources {
         let file = config_arg.or_else(|| env.get(CONFIG_ENV).map(PathBuf::from));
         Self { file, env }
     }
-}
 
-impl Sources {
     /// The sources of `mcp-sidecar stdio --connect URL`: the running sidecar at `url` is this
     /// process's upstream and holds the real credential, so no upstream of this process's own
     /// may be configured (it would be ignored: refused instead, naming each key). What the pipe

@@ -239,13 +239,7 @@ impl StateStore {
     /// `Ok(false)`: another sidecar wrote first. The state directory is not shared this way:
     /// plainly saved.
     pub async fn reseed(&self, state: Persisted) -> Result<bool, StateError> {
-        match self {
-            Self::Dir(_) => self.save(state).await.map(|()| true),
-            #[cfg(feature = "fleet")]
-            Self::Fleet(fleet) => Ok(fleet
-                .put_if_unchanged(&state, fleet.last_seen().as_deref())
-                .await?),
-        }
+        self.save_unless_changed(state).await
     }
 
     /// Refreshes what `/status` shows of the lock (fleet store only).
