@@ -1349,6 +1349,15 @@ mod tests {
     }
 
     fn gated_waiting(lifetime: Duration, wait: Duration) -> (Arc<Gated>, Arc<Manager>) {
+        gated_in(None, lifetime, wait)
+    }
+
+    /// [`gated`] with a state store.
+    fn gated_in(
+        store: Option<StateStore>,
+        lifetime: Duration,
+        wait: Duration,
+    ) -> (Arc<Gated>, Arc<Manager>) {
         let grant = Arc::new(Gated {
             obtains: AtomicUsize::new(0),
             gate: tokio::sync::Semaphore::new(0),
@@ -1362,7 +1371,7 @@ mod tests {
                 grant: Box::new(Shared(grant.clone())),
                 interactive: None,
                 oauth: None,
-                store: None,
+                store,
                 seed: None,
                 skew: Duration::from_secs(60),
             },
@@ -1689,23 +1698,9 @@ mod tests {
     fn a_legacy_state_file_is_adopted_over_a_counted_state() {
         let dir = tempfile::tempdir().expect("a temp dir");
         let store = store::Store::open(dir.path(), "tokens-test").expect("writable");
-        let grant = Arc::new(Gated {
-            obtains: AtomicUsize::new(0),
-            gate: tokio::sync::Semaphore::new(0),
-            lifetime: Duration::from_secs(100),
-            failing: AtomicBool::new(false),
-        });
-        let manager = Manager::with_wait(
-            Parts {
-                name: "command",
-                kind: None,
-                grant: Box::new(Shared(grant)),
-                interactive: None,
-                oauth: None,
-                store: Some(StateStore::Dir(store)),
-                seed: None,
-                skew: Duration::from_secs(60),
-            },
+        let (_grant, manager) = gated_in(
+            Some(StateStore::Dir(store)),
+            Duration::from_secs(100),
             REFRESH_WAIT,
         );
         {

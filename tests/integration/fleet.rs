@@ -29,6 +29,30 @@ fn linked() -> (MockUpstream, MockIdp) {
     (upstream, idp)
 }
 
+/// A client-credentials sidecar of the fleet in `redis` whose lock outlives its tokens (10 s),
+/// ready and having served one call.
+async fn long_lock_sidecar(
+    upstream: &MockUpstream,
+    idp: &MockIdp,
+    redis: &Redis,
+    key: &str,
+) -> Sidecar {
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("CLIENT_ID", CLIENT_ID),
+        ("CLIENT_SECRET", CLIENT_SECRET),
+        ("TOKEN_URL", &idp.url("/token")),
+        ("STATE_STORE", &redis.url()),
+        ("STATE_KEY_FILE", key),
+        ("STATE_DIR", "/proc/not-writable"),
+        ("STATE_LOCK_TTL", "10s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    assert_eq!(echo(&sidecar, 1).await, 200);
+    sidecar
+}
+
 async fn echo(sidecar: &Sidecar, id: u64) -> u16 {
     mcp_post(
         &reqwest::Client::new(),
@@ -483,19 +507,7 @@ async fn client_credentials_do_not_wait_out_a_dead_holders_lock_past_the_tokens_
     *idp.state.expires_in.lock().unwrap() = Some(2);
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir, "key", 13);
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("STATE_STORE", &redis.url()),
-        ("STATE_KEY_FILE", &key),
-        ("STATE_DIR", "/proc/not-writable"),
-        ("STATE_LOCK_TTL", "10s"),
-    ])
-    .await;
-    sidecar.wait_reason("ready").await;
-    assert_eq!(echo(&sidecar, 1).await, 200);
+    let sidecar = long_lock_sidecar(&upstream, &idp, &redis, &key).await;
     let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
     let lock_key = keys.lines().last().unwrap().replace(":state", ":lock");
     let before = idp.state.grant_count("client_credentials");
@@ -533,25 +545,9 @@ async fn a_slow_holder_whose_lock_was_taken_over_does_not_overwrite_the_newer_st
     *idp.state.expires_in.lock().unwrap() = Some(2);
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir, "key", 17);
-    let (upstream_url, token_url, store) = (upstream.url(), idp.url("/token"), redis.url());
     let mut fleet = Vec::new();
     for _ in 0..2 {
-        fleet.push(
-            Sidecar::start(&[
-                ("UPSTREAM_URL", &upstream_url),
-                ("CLIENT_ID", CLIENT_ID),
-                ("CLIENT_SECRET", CLIENT_SECRET),
-                ("TOKEN_URL", &token_url),
-                ("STATE_STORE", &store),
-                ("STATE_KEY_FILE", &key),
-                ("STATE_DIR", "/proc/not-writable"),
-                ("STATE_LOCK_TTL", "10s"),
-            ])
-            .await,
-        );
-        let sidecar = fleet.last().unwrap();
-        sidecar.wait_reason("ready").await;
-        assert_eq!(echo(sidecar, 1).await, 200);
+        fleet.push(long_lock_sidecar(&upstream, &idp, &redis, &key).await);
     }
     assert_eq!(idp.state.grant_count("client_credentials"), 1);
     let before = idp.state.grant_count("client_credentials");
@@ -605,19 +601,7 @@ async fn a_holder_that_sees_its_lock_taken_over_writes_nothing() {
     *idp.state.expires_in.lock().unwrap() = Some(4);
     let dir = tempfile::tempdir().unwrap();
     let key = key_file(&dir, "key", 19);
-    let sidecar = Sidecar::start(&[
-        ("UPSTREAM_URL", &upstream.url()),
-        ("CLIENT_ID", CLIENT_ID),
-        ("CLIENT_SECRET", CLIENT_SECRET),
-        ("TOKEN_URL", &idp.url("/token")),
-        ("STATE_STORE", &redis.url()),
-        ("STATE_KEY_FILE", &key),
-        ("STATE_DIR", "/proc/not-writable"),
-        ("STATE_LOCK_TTL", "10s"),
-    ])
-    .await;
-    sidecar.wait_reason("ready").await;
-    assert_eq!(echo(&sidecar, 1).await, 200);
+    let sidecar = long_lock_sidecar(&upstream, &idp, &redis, &key).await;
     let keys = redis.command(&["KEYS", "mcp-sidecar:*:state"]).unwrap();
     let state_key = keys.lines().last().unwrap().to_string();
     let lock_key = state_key.replace(":state", ":lock");

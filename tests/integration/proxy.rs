@@ -2036,25 +2036,12 @@ async fn a_compressed_echo_of_the_token_is_not_passed_on() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forbidden_jsonrpc_error_quoting_an_escaped_token_is_scrubbed_once_decoded() {
     let secret = format!("canary-{}-end", "escaped".repeat(10));
-    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let escaped = presented.replacen("Bearer c", "Bearer \\u0063", 1);
-        let status = if headers.contains_key("x-test") { 403 } else { 200 };
-        axum::response::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(format!(
-                "{{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{{\"code\":-32000,\"message\":\"denied for {escaped}\"}}}}"
-            )))
-            .unwrap()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream = escaping_upstream(|escaped| {
+        format!(
+            "{{\"jsonrpc\":\"2.0\",\"id\":1,\"error\":{{\"code\":-32000,\"message\":\"denied for {escaped}\"}}}}"
+        )
+    })
+    .await;
     let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
     let client = reqwest::Client::new();
     let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
@@ -2078,29 +2065,8 @@ async fn a_forbidden_jsonrpc_error_quoting_an_escaped_token_is_scrubbed_once_dec
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forbidden_json_body_quoting_an_escaped_token_is_scrubbed_once_decoded() {
     let secret = format!("canary-{}-end", "escaped+/=&".repeat(10));
-    let app = axum::Router::new().fallback(|headers: axum::http::HeaderMap| async move {
-        let presented = headers
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        let escaped = presented.replacen("Bearer c", "Bearer \\u0063", 1);
-        let status = if headers.contains_key("x-test") {
-            403
-        } else {
-            200
-        };
-        axum::response::Response::builder()
-            .status(status)
-            .header("content-type", "application/json")
-            .body(axum::body::Body::from(format!(
-                "{{\"detail\":\"denied for {escaped}\"}}"
-            )))
-            .unwrap()
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let upstream =
+        escaping_upstream(|escaped| format!("{{\"detail\":\"denied for {escaped}\"}}")).await;
     let sidecar = Sidecar::start(&[("UPSTREAM_URL", &upstream), ("TOKEN", &secret)]).await;
     let client = reqwest::Client::new();
     let response = mcp_post(&client, &sidecar.url("/mcp"), call(1, "echo", json!({})))
@@ -2116,4 +2082,31 @@ async fn a_forbidden_json_body_quoting_an_escaped_token_is_scrubbed_once_decoded
         !message.contains(&secret[1..30]),
         "the agent reads the escaped token: {message}"
     );
+}
+
+/// An upstream that answers the test's client (`x-test`) 403, and everything else 200, with
+/// `body(the Authorization it got, one letter JSON-escaped)` as JSON; its URL.
+async fn escaping_upstream(body: fn(&str) -> String) -> String {
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| async move {
+        let presented = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let escaped = presented.replacen("Bearer c", "Bearer \\u0063", 1);
+        let status = if headers.contains_key("x-test") {
+            403
+        } else {
+            200
+        };
+        axum::response::Response::builder()
+            .status(status)
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(body(&escaped)))
+            .unwrap()
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}/mcp", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    upstream
 }
