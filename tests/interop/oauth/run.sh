@@ -28,6 +28,9 @@
 #       (invalid_grant) each give /ready 503 auth_required with a detail naming the error
 #   G   the resource server revokes a token that has an hour to live (401 invalid_token): the sidecar
 #       gets one new token and the client's call is answered
+#   S   the stdio front (SDK StdioClientTransport spawning `mcp-sidecar stdio`) killed with SIGKILL
+#       mid-session and respawned 10 times, 4 s access tokens, rotating refresh tokens: every call
+#       answered, no invalid_grant, no login (stdio-kill.mjs)
 #   M   two upstreams in one sidecar: server-everything (no auth) and this resource server (client
 #       credentials); the SDK client calls a tool on each route; then the resource server is killed:
 #       its route 502 JSON-RPC error, /ready 503 naming it, the other route keeps serving
@@ -864,6 +867,45 @@ fi
   exit 1
 }
 
+# A host kills its stdio servers and respawns them (Claude Code after an idle spell; here SIGKILL,
+# which leaves no chance to save anything on the way out), ten times, with 4 s access tokens and
+# the IdP rotating the refresh token on every use: each new process must go on from the rotated
+# refresh token its predecessor left in STATE_DIR (the seed file holds one spent long ago), so no
+# login and no invalid_grant.
+scenario_s() {
+  local ttl=4 name=s state=$WORK/state-s rounds=10
+  start_servers s "$ttl"
+  seed_refresh_token s
+  mkdir -p "$state"
+  chmod 700 "$state"
+  local seeded_refreshes seeded_grants
+  seeded_refreshes=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token"')
+  seeded_grants=$(count_lines "$IDP_LOG" '.event == "token" and .grant_type != "refresh_token"')
+  if ! env -i PATH="$PATH" HOME="$WORK" MCP_SIDECAR_LOG=debug MCP_SIDECAR_UPSTREAM_URL="$RS" \
+    MCP_SIDECAR_AUTH=refresh_token MCP_SIDECAR_CLIENT_ID=device-client \
+    "MCP_SIDECAR_REFRESH_TOKEN_FILE=$SEED_FILE" "MCP_SIDECAR_TOKEN_URL=$IDP/token" MCP_SIDECAR_REFRESH_SKEW=2s \
+    "MCP_SIDECAR_STATE_DIR=$state" \
+    node "$HERE/stdio-kill.mjs" "$SIDECAR_BIN" "$rounds" 3 1 "$WORK/sidecar-$name.log" \
+    >"$WORK/stdio-kill-$name.out" 2>"$WORK/stdio-kill-$name.err"; then
+    sed 's/^/  /' "$WORK/stdio-kill-$name.out" | tail -n 5
+    tail -n 5 "$WORK/stdio-kill-$name.err" | sed 's/^/  /'
+    fail "stdio-kill.mjs (the sidecars' stderr in sidecar-$name.log)"
+  fi
+  local calls tokens
+  read -r _ _ _ calls _ tokens < <(grep '^rounds ' "$WORK/stdio-kill-$name.out")
+  note "$rounds processes killed with SIGKILL and respawned: $calls calls, $tokens distinct access tokens"
+  ((tokens >= 3)) || fail "expected the access token to change across $((rounds * 2)) s of 4 s tokens, saw $tokens distinct"
+  refresh_outcomes
+  local refreshes
+  refreshes=$(($(count_lines "$IDP_LOG" '.event == "token" and .grant_type == "refresh_token" and .outcome == "ok"') - seeded_refreshes))
+  ((refreshes >= 2)) || fail "expected refreshes across the respawns, the IdP saw $refreshes"
+  local logins
+  logins=$(($(count_lines "$IDP_LOG" '.event == "token" and .grant_type != "refresh_token"') - seeded_grants))
+  ((logins == 0)) || fail "the respawned processes made $logins token request(s) of another grant than refresh_token"
+  note "IdP: $refreshes refreshes over $rounds processes, no invalid_grant, no other grant"
+  assert_no_secrets "$name" "$SEED"
+}
+
 # the client keys for private_key_jwt, each in two PEM encodings: RSA as PKCS#8 (BEGIN PRIVATE KEY)
 # and PKCS#1 (BEGIN RSA PRIVATE KEY), EC P-256 as PKCS#8 and SEC1 (BEGIN EC PRIVATE KEY, what
 # `openssl ecparam -genkey` writes); the IdP registers their public halves
@@ -885,6 +927,7 @@ run_scenario B "client_credentials, private_key_jwt: RS256 (PKCS#8 key, no kid),
 run_scenario B2 "client_credentials, private_key_jwt: RS256 from a PKCS#1 key, ES256 from a SEC1 key" scenario_b2
 run_scenario C "refresh_token: rotation across expiries with two clients, then a restart; no invalid_grant" scenario_c
 run_scenario C2 "refresh_token: two sidecars sharing one STATE_DIR, across two expiries; no invalid_grant" scenario_c2
+run_scenario S "stdio front killed (SIGKILL) and respawned 10 times, rotating refresh tokens: no login, no invalid_grant" scenario_s
 run_scenario D "device_code via ISSUER: approved on the provider's pages; restart reuses the state" scenario_d
 run_scenario E "discovery: UPSTREAM_URL + client credentials only (401 -> PRM -> AS metadata)" scenario_e
 run_scenario F "IdP refusals: wrong client secret, unknown refresh token -> 503 auth_required naming the error" scenario_f
