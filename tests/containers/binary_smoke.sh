@@ -21,10 +21,10 @@ run=("$bin")
 if [[ $arch != "$(uname -m)" ]]; then
   if ! command -v "qemu-$arch-static" >/dev/null; then
     if [[ $(id -u) == 0 ]]; then
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
+      apt-get -o DPkg::Lock::Timeout=600 update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends qemu-user-static >/dev/null
     else
-      sudo apt-get install -y -qq --no-install-recommends qemu-user-static >/dev/null
+      sudo apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends qemu-user-static >/dev/null
     fi
   fi
   run=("qemu-$arch-static" "$bin")

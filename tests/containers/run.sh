@@ -236,12 +236,12 @@ setup() {
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
   done
   if ((${#missing[@]})); then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    apt-get -o DPkg::Lock::Timeout=600 update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq "${missing[@]}" >/dev/null
   fi
   if [[ ! -x $VENV/bin/pip ]] && ! python3 -m venv "$VENV" >"$WORK/venv.log" 2>&1; then
     # Debian's own python3 keeps venv in a separate package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -qq python3-venv >/dev/null
     rm -rf "$VENV"
     python3 -m venv "$VENV"
   fi
