@@ -16,6 +16,10 @@
 #   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
 #      server-everything: tools, progress, a server-to-client roots/list answered by the client,
 #      and the upstream session ended when the client closes (stdio.mjs)
+#   G-CC  the real Claude Code spawns `mcp-sidecar stdio`, added with `claude mcp add NAME -e ...
+#      -- mcp-sidecar stdio`, in front of the demo upstream that demands a token (from a file):
+#      ✔ Connected; with a wrong token ✘ Failed to connect, its log naming upstream_auth_rejected;
+#      the token nowhere in Claude Code's home or output
 #   GATE-*  gate/run.sh: the agent gate with the real Claude Code, Gemini CLI and Codex CLI: every
 #      upstream a sidecar serving two lists at /upstreams registered, connected, and removed when no
 #      longer listed
@@ -24,7 +28,8 @@
 # CI calls this script and nothing else. It needs node/npm, curl and jq. It installs the pinned
 # npm packages with `npm ci`, uses $MCP_SIDECAR_BIN if set (else `cargo build` from the repo root),
 # prints PASS/FAIL per scenario and a closing "N passed, N failed" line, and exits non-zero if any
-# scenario failed. Logs go to a temp dir that is printed (and tailed) on failure; KEEP_LOGS=1 keeps
+# scenario failed. ONLY="B G-CC" runs just those scenarios of this file, and oauth/run.sh or
+# gate/run.sh only when ONLY names "oauth" or "gate" (each has its own ONLY for its scenarios). Logs go to a temp dir that is printed (and tailed) on failure; KEEP_LOGS=1 keeps
 # it after a green run too.
 #
 # Pins (package.json, exact, with package-lock.json): the OpenTelemetry JS packages stay at
@@ -195,6 +200,7 @@ assert_no_canary() {
 
 run_scenario() { # run_scenario ID DESCRIPTION FUNCTION
   local id=$1 desc=$2 fn=$3 rc
+  [[ -z ${ONLY:-} || " $ONLY " == *" $id "* ]] || return 0
   echo "--- scenario $id: $desc"
   # A subshell with errexit of its own (errexit is ignored in functions called from a condition),
   # and a trap that kills the scenario's servers however it ends.
@@ -523,6 +529,50 @@ scenario_g() {
   note "the stdio process ended the upstream session (DELETE) when the client closed"
 }
 
+# G-CC: Claude Code's stdio servers get the variables `claude mcp add -e` stored and a few of its
+# own environment (HOME, PATH, ...), so the sidecar's settings are exactly the -e list. The token
+# is in a file the entry names, never in Claude Code's configuration.
+scenario_g_cc() {
+  local token wrong up_port line
+  # a canary with + / = & in it, longer than any cut a log or error makes
+  token="$(canary gcc)+/=&$(head -c 150 /dev/urandom | base64 -w0)"
+  wrong="$(canary gcc-wrong)+/=&$(head -c 150 /dev/urandom | base64 -w0)"
+  up_port=$(free_port)
+  start demo-gcc "$SIDECAR_BIN" demo --upstream-only --listen "127.0.0.1:$up_port" --token "$token"
+  wait_http "http://127.0.0.1:$up_port/mcp" "$STARTED_PID" 30
+  (umask 077 && printf '%s' "$token" >"$WORK/gcc-token" && printf '%s' "$wrong" >"$WORK/gcc-wrong")
+
+  CLAUDE_HOME=$WORK/claude-home-gcc
+  CLAUDE_CWD=$WORK/claude-cwd-gcc
+  mkdir -p "$CLAUDE_HOME" "$CLAUDE_CWD"
+  local name file
+  for name in sidecar wrongtoken; do
+    file=$WORK/gcc-token
+    [[ $name == sidecar ]] || file=$WORK/gcc-wrong
+    claude mcp add "$name" -e "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$up_port/mcp" \
+      -e MCP_SIDECAR_AUTH=bearer -e "MCP_SIDECAR_TOKEN_FILE=$file" -e MCP_SIDECAR_LOG=debug \
+      -- "$SIDECAR_BIN" stdio >>"$WORK/claude-gcc.out" 2>&1 ||
+      fail "claude mcp add $name: $(cat "$WORK/claude-gcc.out")"
+  done
+  # `mcp list` spawns every stdio server, initializes it, lists its tools and stops it.
+  claude mcp list >"$WORK/claude-gcc-list.out" 2>&1 ||
+    fail "claude mcp list exited non-zero: $(cat "$WORK/claude-gcc-list.out")"
+  sed 's/^/  claude: /' "$WORK/claude-gcc-list.out"
+  line=$(grep '^sidecar:' "$WORK/claude-gcc-list.out" || true)
+  [[ $line == *"$SIDECAR_BIN stdio"* ]] || fail "Claude Code does not run the sidecar as a stdio server: ${line:-no line for sidecar}"
+  [[ $line == *"✔ Connected"* ]] || fail "Claude Code does not show mcp-sidecar stdio as Connected: ${line:-no line for sidecar}"
+  line=$(grep '^wrongtoken:' "$WORK/claude-gcc-list.out" || true)
+  [[ $line == *"Failed to connect"* ]] ||
+    fail "mcp-sidecar stdio with a wrong token: expected Failed to connect, got: ${line:-no line for wrongtoken}"
+  grep -rqs upstream_auth_rejected "$CLAUDE_HOME"/.cache/claude-cli-nodejs/*/mcp-logs-wrongtoken/ ||
+    fail "mcp-sidecar stdio with a wrong token: Claude Code's MCP log does not name upstream_auth_rejected"
+  note "with a wrong token: ${line##* - }, and Claude Code's log names upstream_auth_rejected"
+  # Claude Code keeps the entries and each server's stderr (the sidecar's debug log) in its home.
+  assert_no_canary "$token" "$WORK"/claude-gcc*.out "$CLAUDE_HOME"
+  assert_no_canary "$wrong" "$WORK"/claude-gcc*.out "$CLAUDE_HOME"
+  note "token canaries absent from Claude Code's configuration, its MCP logs and its output"
+}
+
 run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
@@ -530,8 +580,15 @@ run_scenario D "a client session survives a crash and restart of server-everythi
 run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
-MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/oauth/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
-MCP_SIDECAR_BIN=$SIDECAR_BIN bash "$HERE/gate/run.sh" || { FAILED=$((FAILED + 1)); FAILED_NAMES+=("gate (gate/run.sh)"); }
+run_scenario G-CC "stdio front: Claude Code (claude mcp add ... -- mcp-sidecar stdio) -> demo upstream (bearer)" scenario_g_cc
+if [[ -z ${ONLY:-} || " $ONLY " == *" oauth "* ]]; then
+  env -u ONLY MCP_SIDECAR_BIN="$SIDECAR_BIN" bash "$HERE/oauth/run.sh" ||
+    { FAILED=$((FAILED + 1)); FAILED_NAMES+=("oauth (oauth/run.sh)"); }
+fi
+if [[ -z ${ONLY:-} || " $ONLY " == *" gate "* ]]; then
+  env -u ONLY MCP_SIDECAR_BIN="$SIDECAR_BIN" bash "$HERE/gate/run.sh" ||
+    { FAILED=$((FAILED + 1)); FAILED_NAMES+=("gate (gate/run.sh)"); }
+fi
 
 echo
 echo "interop: $((SECONDS - STARTED_AT)) s"
