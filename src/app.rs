@@ -44,8 +44,13 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub metrics: Arc<Metrics>,
     /// The pipeline to the upstream (one per upstream once there are several).
-    pub forwarder: crate::forwarder::Forwarder,
+    pub forwarder: Arc<crate::forwarder::Forwarder>,
     pub legacy: Arc<crate::legacy::Endpoints>,
+    /// The legacy SSE clients bridged to this (Streamable HTTP) upstream, at `PATH/sse`.
+    pub bridges: Arc<crate::bridge::Bridges>,
+    /// How long a bridged client's `initialize` waits for readiness (`STDIO_READY_TIMEOUT`).
+    pub bridge_ready_timeout: Duration,
+    pub shutdown_grace: Duration,
     pub sse_keepalive: Duration,
     /// Becomes true when shutdown begins (GET streams end at their next event boundary).
     pub shutdown: watch::Receiver<bool>,

@@ -25,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bridge;
 pub mod challenge;
 pub mod cli;
 pub mod commands;

@@ -81,6 +81,131 @@ pub async fn handle_legacy(State(app): State<Arc<App>>, request: Request) -> Res
     }
 }
 
+/// `PATH/sse`: a client of the legacy HTTP+SSE transport. An upstream that speaks it too gets
+/// the stream passed through as at `PATH` (its endpoint rewritten); any other upstream is
+/// bridged ([`crate::bridge`]).
+pub async fn handle_sse(State(app): State<Arc<App>>, request: Request) -> Response {
+    if let Some(refusal) = refuse(&app, request.method(), request.uri(), request.headers()) {
+        return refusal;
+    }
+    if request.method() != Method::GET {
+        app.metrics
+            .record_request(request.method(), Outcome::refused);
+        return method_not_allowed(
+            &format!(
+                "{}{} is the legacy SSE transport's event stream: GET it, and POST the messages to the endpoint its first event names",
+                app.path,
+                crate::bridge::SSE_SEGMENT
+            ),
+            "GET",
+        );
+    }
+    if app.readiness.speaks_sse_transport() {
+        return forward(app, request, Target::Endpoint).await;
+    }
+    let settings = crate::stdio::Pump {
+        forwarder: app.forwarder.clone(),
+        readiness: app.readiness.clone(),
+        ready_timeout: app.bridge_ready_timeout,
+        max_message_bytes: app.max_body_bytes,
+        shutdown_grace: app.shutdown_grace,
+        input: "POSTed message",
+        output: "event stream",
+        wrong_transport: crate::legacy::WRONG_TRANSPORT_HTTP,
+    };
+    let message_path = format!("{}{}", app.path, crate::bridge::MESSAGE_SEGMENT);
+    let events = app.bridges.open(
+        &message_path,
+        settings,
+        app.shutdown.clone(),
+        app.sse_keepalive,
+    );
+    app.metrics.record_request(&Method::GET, Outcome::forwarded);
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// `PATH/sse/message?sessionId=ID`: a bridged legacy client's message, handed to its stream's
+/// pump; the answer arrives on the stream, so the POST itself gets `202 Accepted`.
+pub async fn handle_sse_message(State(app): State<Arc<App>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    if let Some(refusal) = refuse(&app, &parts.method, &parts.uri, &parts.headers) {
+        return refusal;
+    }
+    if parts.method != Method::POST {
+        app.metrics.record_request(&parts.method, Outcome::refused);
+        return method_not_allowed(
+            "the legacy SSE transport's message endpoint takes POST only",
+            "POST",
+        );
+    }
+    let id = parts
+        .uri
+        .query()
+        .into_iter()
+        .flat_map(|query| url::form_urlencoded::parse(query.as_bytes()))
+        .find(|(key, _)| key == "sessionId")
+        .map(|(_, value)| value.into_owned());
+    let body = match read_body(body, &parts.headers, app.max_body_bytes).await {
+        Ok(body) => body,
+        Err(response) => {
+            app.metrics.record_request(&parts.method, Outcome::refused);
+            return response;
+        }
+    };
+    let delivered = match id.as_deref() {
+        Some(id) => app.bridges.deliver(id, &body).await,
+        None => Err(crate::bridge::Refused::Unknown),
+    };
+    match delivered {
+        Ok(()) => {
+            app.metrics
+                .record_request(&parts.method, Outcome::forwarded);
+            (StatusCode::ACCEPTED, "Accepted").into_response()
+        }
+        Err(crate::bridge::Refused::NotJson) => {
+            app.metrics.record_request(&parts.method, Outcome::refused);
+            error_response(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                Code::Refused,
+                "the body is not a JSON-RPC message (JSON)",
+                "parse_error",
+            )
+        }
+        Err(crate::bridge::Refused::Unknown) => {
+            app.metrics.record_request(&parts.method, Outcome::refused);
+            error_response(
+                StatusCode::NOT_FOUND,
+                Value::Null,
+                Code::Refused,
+                "no open SSE stream has this sessionId (it closed, or never opened): open a new one with GET on the SSE URL",
+                "session_not_found",
+            )
+        }
+    }
+}
+
+fn method_not_allowed(message: &str, allow: &'static str) -> Response {
+    let mut response = error_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Value::Null,
+        Code::Refused,
+        message,
+        "method_not_allowed",
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
 async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let started = Instant::now();
     let (parts, body) = request.into_parts();

@@ -55,6 +55,14 @@ pub fn router(apps: Arc<Apps>) -> Router {
                 ),
                 crate::trace::layer(any(crate::proxy::handle_legacy)),
             )
+            .route(
+                &format!("{}{}", app.path, crate::bridge::SSE_SEGMENT),
+                crate::trace::layer(any(crate::proxy::handle_sse)),
+            )
+            .route(
+                &format!("{}{}", app.path, crate::bridge::MESSAGE_SEGMENT),
+                crate::trace::layer(any(crate::proxy::handle_sse_message)),
+            )
             .route(&format!("{oauth}/login"), get(crate::admin::oauth_login))
             .route(
                 &format!("{oauth}/callback"),
@@ -62,6 +70,21 @@ pub fn router(apps: Arc<Apps>) -> Router {
             )
             .with_state(app.clone());
         router = router.merge(routes);
+    }
+    // MCP Inspector's `--transport sse` turns any URL not ending in `/sse` into `/sse` at the
+    // root (`http://127.0.0.1:4510/mcp` becomes `http://127.0.0.1:4510/sse`): with one upstream,
+    // that is its SSE front. With several the root names none of them, and stays a 404.
+    if let [app] = apps.all.as_slice()
+        && app.path != crate::bridge::SSE_SEGMENT
+    {
+        router = router.merge(
+            Router::new()
+                .route(
+                    crate::bridge::SSE_SEGMENT,
+                    crate::trace::layer(any(crate::proxy::handle_sse)),
+                )
+                .with_state(app.clone()),
+        );
     }
     router
         .route("/healthz", get(crate::admin::healthz))
@@ -152,13 +175,16 @@ pub async fn serve(
             upstream: upstream.clone(),
             readiness: readiness.clone(),
             metrics: counted,
-            forwarder: Forwarder::new(
+            forwarder: Arc::new(Forwarder::new(
                 upstream.clone(),
                 Sessions::new(config.sessions),
                 readiness,
                 settings.ready.timeout,
-            ),
+            )),
             legacy: crate::legacy::Endpoints::new(),
+            bridges: crate::bridge::Bridges::new(),
+            bridge_ready_timeout: config.stdio_ready_timeout,
+            shutdown_grace: config.shutdown_grace,
             sse_keepalive: config.sse_keepalive,
             shutdown: stop_rx.clone(),
             started_at,

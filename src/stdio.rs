@@ -114,7 +114,7 @@ where
     .map_err(StdioError::Setup)?;
     let readiness = Readiness::new(settings.ready);
     let metrics = Arc::new(Metrics::new());
-    let (stop_tx, mut stop_rx) = watch::channel(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
     let checker = {
         let mut stop_rx = stop_rx.clone();
         tokio::spawn(
@@ -134,23 +134,74 @@ where
     );
 
     let (lines, queue) = mpsc::channel::<String>(OUTPUT_QUEUE);
-    let (closed_tx, mut closed_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = watch::channel(false);
     let writer = tokio::spawn(write_lines(output, queue, closed_tx));
-    let front = Arc::new(Front {
-        forwarder: Forwarder::new(
-            upstream.clone(),
-            Sessions::new(config.sessions),
-            readiness.clone(),
-            settings.ready.timeout,
-        ),
+    let forwarder = Arc::new(Forwarder::new(
+        upstream.clone(),
+        Sessions::new(config.sessions),
+        readiness.clone(),
+        settings.ready.timeout,
+    ));
+    let settings = Pump {
+        forwarder,
         readiness,
         ready_timeout: config.stdio_ready_timeout,
         max_message_bytes: config.max_body_bytes,
+        shutdown_grace: config.shutdown_grace,
+        input: "stdin",
+        output: "stdout",
+        wrong_transport: crate::legacy::WRONG_TRANSPORT_STDIO,
+    };
+    pump(settings, input, lines, closed_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    // The writer ends once every sender is gone: the pump's and its tasks'.
+    let _ = tokio::time::timeout(config.shutdown_grace / 4, writer).await;
+    let _ = checker.await;
+    Ok(())
+}
+
+/// What [`pump`] forwards with, and how it names its two ends in logs.
+pub struct Pump {
+    pub forwarder: Arc<Forwarder>,
+    pub readiness: Arc<Readiness>,
+    /// How long `initialize` waits for the readiness handshake (`STDIO_READY_TIMEOUT`).
+    pub ready_timeout: Duration,
+    pub max_message_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub input: &'static str,
+    pub output: &'static str,
+    /// What a client is told when the upstream turns out to speak the HTTP+SSE transport.
+    pub wrong_transport: &'static str,
+}
+
+/// The message pump of a front that holds the upstream session on its client's behalf: each
+/// line of `input` is one client message; every message for the client is sent to `out` as one
+/// line. Runs until `input` ends, `closed` turns true (nobody reads `out` any more) or
+/// `shutdown` resolves; then gives calls in flight half the grace and ends the upstream session
+/// (`DELETE`) within the other half. The stdio front runs it on stdin/stdout, the SSE bridge
+/// ([`crate::bridge`]) on one legacy client's POSTs and event stream.
+pub async fn pump<R>(
+    settings: Pump,
+    input: R,
+    out: mpsc::Sender<String>,
+    mut closed_rx: watch::Receiver<bool>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    R: AsyncBufRead + Unpin + Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let front = Arc::new(Front {
+        forwarder: settings.forwarder,
+        readiness: settings.readiness,
+        ready_timeout: settings.ready_timeout,
+        max_message_bytes: settings.max_message_bytes,
+        input: settings.input,
+        wrong_transport: settings.wrong_transport,
         session: Mutex::new(None),
         protocol: Mutex::new(None),
-        out: lines,
+        out,
         stream_opened: Mutex::new(false),
-        stop: stop_rx.clone(),
+        stop: stop_rx,
         initializing: watch::channel(false).0,
     });
 
@@ -165,7 +216,7 @@ where
             // Cancel-safe: bytes read before another branch won stay in `line`.
             read = input.read_until(b'\n', &mut line) => match read {
                 Ok(0) => {
-                    tracing::info!("stdin closed; ending the upstream session");
+                    tracing::info!(input = settings.input, "the client's input ended; ending the upstream session");
                     break;
                 }
                 Ok(_) => {
@@ -179,7 +230,7 @@ where
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read stdin; stopping");
+                    tracing::warn!(input = settings.input, error = %e, "cannot read the client's input; stopping");
                     break;
                 }
             },
@@ -195,7 +246,7 @@ where
                 }
             }
             _ = closed_rx.wait_for(|closed| *closed) => {
-                tracing::info!("stdout closed; stopping");
+                tracing::info!(output = settings.output, "the client's output closed; stopping");
                 break;
             }
             () = &mut shutdown => break,
@@ -204,7 +255,7 @@ where
 
     // Calls already made get half the grace to finish (a host that closes stdin right after
     // its last request still wants the answer); the DELETE gets the rest.
-    let grace = config.shutdown_grace;
+    let grace = settings.shutdown_grace;
     let drained = tokio::time::timeout(grace / 2, async {
         while tasks.join_next().await.is_some() {}
     })
@@ -216,19 +267,14 @@ where
         );
     }
     tasks.abort_all();
+    // Ends the GET stream's relay.
     let _ = stop_tx.send(true);
-    let _ = stop_rx.borrow_and_update();
     if tokio::time::timeout(grace / 2, front.end_session())
         .await
         .is_err()
     {
         tracing::warn!("the upstream did not answer the session's DELETE in time");
     }
-    // The writer ends once every sender is gone: the front's own and the tasks'.
-    drop(front);
-    let _ = tokio::time::timeout(grace / 4, writer).await;
-    let _ = checker.await;
-    Ok(())
 }
 
 /// Writes each queued line to `output`, flushed, until the queue ends or `output` fails; a
@@ -254,10 +300,13 @@ async fn write_lines<W: AsyncWrite + Unpin>(
 
 /// What every message's task shares.
 struct Front {
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     readiness: Arc<Readiness>,
     ready_timeout: Duration,
     max_message_bytes: usize,
+    /// What the client's input is called in its parse errors ("stdin").
+    input: &'static str,
+    wrong_transport: &'static str,
     /// The upstream session, as the forwarder knows it (it maps it to the current upstream id).
     session: Mutex<Option<String>>,
     /// The protocol version the upstream chose in its `initialize` result.
@@ -349,7 +398,7 @@ impl Front {
                 self.emit_error(
                     Value::Null,
                     PARSE_ERROR,
-                    &format!("mcp-sidecar: stdin line is not JSON ({e})"),
+                    &format!("mcp-sidecar: {} line is not JSON ({e})", self.input),
                     "parse_error",
                     None,
                 );
@@ -451,7 +500,7 @@ impl Front {
                     self.emit_error(
                         id.clone(),
                         Code::UpstreamFailed as i32,
-                        crate::legacy::WRONG_TRANSPORT_STDIO,
+                        self.wrong_transport,
                         crate::legacy::WRONG_TRANSPORT,
                         None,
                     );

@@ -170,17 +170,19 @@ const NAME_RULE: &str =
     "upstream names are 1 to 63 lower-case letters, digits and -, starting with a letter or digit";
 
 /// `PATH/legacy/...` is where `default` serves the legacy transport's message endpoints
-/// (`crate::legacy::LEGACY_SEGMENT`, whose test checks the two agree): no upstream may be there.
-pub const RESERVED_UPSTREAM_NAME: &str = "legacy";
+/// (`crate::legacy::LEGACY_SEGMENT`) and `PATH/sse` its bridged SSE clients
+/// (`crate::bridge::SSE_SEGMENT`; the tests of both modules check they agree): no upstream may
+/// be there.
+pub const RESERVED_UPSTREAM_NAMES: &[&str] = &["legacy", "sse"];
 
 /// A name usable for an upstream, or why not.
 fn check_upstream_name(name: &str) -> Result<(), String> {
     if !is_valid_upstream_name(name) {
         return Err(NAME_RULE.into());
     }
-    if name == RESERVED_UPSTREAM_NAME {
+    if RESERVED_UPSTREAM_NAMES.contains(&name) {
         return Err(format!(
-            "{name} is reserved (PATH/{name} serves the legacy transport's message endpoints)"
+            "{name} is reserved (PATH/{name} serves the legacy HTTP+SSE transport)"
         ));
     }
     Ok(())
@@ -2593,6 +2595,18 @@ mod tests {
         let message = check_log_filter("verbose").unwrap_err();
         assert!(message.contains("TARGET=LEVEL"), "{message}");
         assert!(!message.contains("did you mean"), "{message}");
+    }
+
+    #[test]
+    fn upstream_names_of_the_legacy_sse_routes_are_refused() {
+        for name in ["LEGACY", "SSE"] {
+            let url_key = format!("UPSTREAMS__{name}__UPSTREAM_URL");
+            let found = problems(&env(&[(url_key.as_str(), "https://x.example/mcp")]));
+            assert!(
+                found.iter().any(|p| p.message.contains("is reserved")),
+                "{name}: {found:?}"
+            );
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod common;
 
+mod bridge;
 mod cli;
 mod defects;
 #[cfg(feature = "fleet")]

@@ -10,6 +10,10 @@
 #      next call on its old session succeeds because the sidecar re-initialized upstream (restart.mjs)
 #   E  legacy HTTP+SSE (2024-11-05): the SDK's SSE client through the sidecar to server-everything's
 #      `sse` transport; the endpoint event is rewritten so every POST goes through the sidecar
+#   E2 the legacy SSE front bridged to Streamable HTTP: the SDK's SSE client at the sidecar's
+#      PATH/sse in front of server-everything `streamableHttp` (tools, progress, roots/list
+#      answered by the client; bridge-sse.mjs), the upstream session ended when it closes; MCP
+#      Inspector's CLI with `--transport sse` at the sidecar's URL lists the tools
 #   F  traces: the SDK client -> sidecar (OTLP) -> server-everything under the OpenTelemetry Node
 #      SDK; one trace holds both spans, parent-linked (receiver: lib/otlp-receiver.py, decoding
 #      with PyPI's opentelemetry-proto, pinned in requirements-otel.txt, venv .venv-otel)
@@ -461,6 +465,47 @@ scenario_e() {
   note "a Streamable HTTP POST is answered 400 transport_mismatch: $(jq -r .error.message <<<"$body" | cut -c1-120)"
 }
 
+# E2: the client speaks HTTP+SSE, the upstream Streamable HTTP; the sidecar bridges the two.
+scenario_e2() {
+  local se_port sc_port session out
+  se_port=$(free_port)
+  start everything-e2 env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
+  sc_port=$(free_port)
+  start_sidecar sidecar-e2 "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/mcp" MCP_SIDECAR_AUTH=none
+  wait_ready sidecar-e2 "$sc_port"
+  if ! node "$HERE/bridge-sse.mjs" "http://127.0.0.1:$sc_port/mcp/sse" >"$WORK/client-e2.out" 2>"$WORK/client-e2.log"; then
+    sed 's/^/  /' "$WORK/client-e2.out"
+    fail "bridge-sse.mjs through the sidecar's SSE front"
+  fi
+  sed 's/^/  /' "$WORK/client-e2.out"
+  # The bridged session is the sidecar's own with server-everything; its DELETE follows the
+  # client's close.
+  local deleted=''
+  for _ in $(seq 1 50); do
+    grep -q 'ended the upstream session' "$WORK/sidecar-e2.log" && deleted=1 && break
+    sleep 0.2
+  done
+  [[ -n $deleted ]] || fail "the sidecar did not end the bridged upstream session when the client closed"
+  session=$(grep -o 'termination request for session [0-9a-f-]*' "$WORK/everything-e2.log" | tail -n 1)
+  [[ -n $session ]] || fail "no DELETE reached server-everything"
+  note "the client closed; the sidecar ended the upstream session (server-everything: $session)"
+
+  # MCP Inspector's CLI: --transport sse turns the URL into /sse at the root, which the sidecar
+  # serves for its one upstream.
+  out=$WORK/inspector-e2.out
+  if ! timeout 60 node "$HERE/node_modules/@modelcontextprotocol/inspector-cli/build/index.js" \
+    "http://127.0.0.1:$sc_port/mcp" --transport sse --method tools/list >"$out" 2>"$WORK/inspector-e2.log"; then
+    tail -n 5 "$WORK/inspector-e2.log" | sed 's/^/  /'
+    fail "MCP Inspector --transport sse --method tools/list"
+  fi
+  jq -e '.tools | map(.name) | index("echo")' "$out" >/dev/null ||
+    fail "MCP Inspector listed no echo tool: $(head -c 300 "$out")"
+  note "MCP Inspector CLI --transport sse at http://127.0.0.1:$sc_port/mcp (it asks /sse): $(jq '.tools | length' "$out") tools"
+}
+
 # F: traces. The sidecar exports OTLP/HTTP protobuf to a receiver decoding it with the official
 # opentelemetry-proto definitions; server-everything runs under the OpenTelemetry Node SDK with
 # HTTP auto-instrumentation, exporting to the same receiver. One SDK client call must yield one
@@ -578,6 +623,7 @@ run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the to
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
 run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
+run_scenario E2 "legacy SSE front, bridged: SDK SSE client and MCP Inspector -> sidecar PATH/sse -> server-everything streamableHttp" scenario_e2
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
 run_scenario G-CC "stdio front: Claude Code (claude mcp add ... -- mcp-sidecar stdio) -> demo upstream (bearer)" scenario_g_cc
