@@ -14,7 +14,8 @@
 //!   [`proxy`]: the HTTP front of the MCP endpoint; [`session`]: transparent re-initialization of sessions the
 //!   upstream forgot; [`stream`]: GET streams kept open and re-attached through an upstream
 //!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
-//!   sidecar's own error replies; [`stdio`]: the stdio front (MCP over stdin/stdout).
+//!   sidecar's own error replies; [`stdio`]: the stdio front (MCP over stdin/stdout) and its
+//!   message pump; [`bridge`]: the legacy SSE front at `PATH/sse`, that pump per client stream.
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.

@@ -40,6 +40,8 @@
 # 0.223.0, the last release train declaring Node 20 support (0.300 on needs Node >= 22.15);
 # @anthropic-ai/claude-code stays at 2.1.197, the last release whose package declares Node >= 18 (from 2.1.198 on it declares >= 22, and these
 # machines have Node 20); it is also the version PROTOCOL.md's observations were made with.
+# @modelcontextprotocol/inspector-cli 0.15.0 is MCP Inspector's CLI (scenario E2): the last release
+# that declares no Node >= 22 engine (0.16 on do); run as build/index.js, what `inspector --cli` runs.
 # @google/gemini-cli 0.61.0 (declares Node >= 20) and @openai/codex 0.171.0 (a native binary) are
 # the gate's other two agents (gate/run.sh); neither needs a login for what is checked there.
 set -euo pipefail
