@@ -46,6 +46,8 @@ pub struct App {
     /// The pipeline to the upstream (one per upstream once there are several).
     pub forwarder: Arc<crate::forwarder::Forwarder>,
     pub legacy: Arc<crate::legacy::Endpoints>,
+    /// The Streamable HTTP clients bridged to this upstream when it speaks HTTP+SSE.
+    pub sse_sessions: Arc<crate::sse_upstream::Sessions>,
     /// The legacy SSE clients bridged to this (Streamable HTTP) upstream, at `PATH/sse`.
     pub bridges: Arc<crate::bridge::Bridges>,
     /// How long a bridged client's `initialize` waits for readiness (`STDIO_READY_TIMEOUT`).

@@ -15,7 +15,8 @@
 //!   upstream forgot; [`stream`]: GET streams kept open and re-attached through an upstream
 //!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies; [`stdio`]: the stdio front (MCP over stdin/stdout) and its
-//!   message pump; [`bridge`]: the legacy SSE front at `PATH/sse`, that pump per client stream.
+//!   message pump; [`bridge`]: the legacy SSE front at `PATH/sse`, that pump per client stream;
+//!   [`sse_upstream`]: Streamable HTTP clients bridged to an HTTP+SSE upstream.
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
@@ -52,6 +53,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod sse;
+pub mod sse_upstream;
 pub mod stdio;
 pub mod stream;
 pub mod subscriptions;

@@ -245,6 +245,24 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
     let request = Prepared::new(method, target, &parts.headers, body);
     let method = &request.method;
 
+    if matches!(request.target, crate::forwarder::Target::Endpoint { .. })
+        && app.readiness.speaks_sse_transport()
+    {
+        use crate::sse_upstream::Handled;
+        match app
+            .sse_sessions
+            .handle(&app.forwarder, &request, app.sse_keepalive)
+            .await
+        {
+            Handled::No => {}
+            Handled::Yes(response) => {
+                app.metrics.record_request(method, Outcome::forwarded);
+                return response;
+            }
+            Handled::Failed(error) => return forward_failed(&app, &request, error).await,
+        }
+    }
+
     match app.forwarder.forward(&request).await {
         Ok(Forwarded::Away(follow)) => {
             app.metrics.record_request(method, Outcome::forwarded);
@@ -294,10 +312,18 @@ async fn forward(app: Arc<App>, request: Request, target: Target) -> Response {
             };
             (status, axum::Json(refusal.body)).into_response()
         }
-        Err(ForwardError::Upstream(crate::upstream::UpstreamError::Forbidden(refused))) => {
-            relay_forbidden(&app, method, request.rpc_id(), *refused).await
+        Err(error) => forward_failed(&app, &request, error).await,
+    }
+}
+
+/// The answer to a request the upstream could not be reached for, or refused.
+async fn forward_failed(app: &App, request: &Prepared, error: ForwardError) -> Response {
+    let method = &request.method;
+    match error {
+        ForwardError::Upstream(crate::upstream::UpstreamError::Forbidden(refused)) => {
+            relay_forbidden(app, method, request.rpc_id(), *refused).await
         }
-        Err(error) => {
+        error => {
             let id = request.rpc_id();
             let failure = error.failure();
             let reason = failure.reason();

@@ -183,6 +183,7 @@ pub async fn serve(
             )),
             legacy: crate::legacy::Endpoints::new(),
             bridges: crate::bridge::Bridges::new(),
+            sse_sessions: crate::sse_upstream::Sessions::new(config.sessions),
             bridge_ready_timeout: config.stdio_ready_timeout,
             shutdown_grace: config.shutdown_grace,
             sse_keepalive: config.sse_keepalive,

@@ -2,7 +2,7 @@
 //! whose `endpoint` event names where to POST, every answer a `message` event on that stream,
 //! bridged to a Streamable HTTP upstream with the credential injected.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
@@ -324,5 +324,152 @@ async fn with_one_upstream_the_root_sse_path_that_inspector_makes_is_its_sse_fro
     assert_eq!(named.status(), 200);
     let mut seen = String::new();
     assert!(read_until(&mut named, &mut seen, "/mcp/two/sse/message?sessionId=").await);
+    sidecar.shutdown().await;
+}
+
+/// The other direction: a Streamable HTTP client in front of an HTTP+SSE upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streamable_http_client_is_bridged_to_an_sse_transport_upstream() {
+    let token = canary();
+    let mock = MockUpstream::start(&token, Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", &token)]).await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let post = |body: String, session: Option<&str>| {
+        let mut request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(body);
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        request.send()
+    };
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+    let response = post(initialize.to_string(), None).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let session = response.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        body["result"]["serverInfo"]["name"], "mock-sse-transport",
+        "{body}"
+    );
+
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    let response = post(initialized.to_string(), Some(&session)).await.unwrap();
+    assert_eq!(response.status(), 202);
+    let call = json!({"jsonrpc":"2.0","id":"c-2","method":"tools/call","params":{"name":"echo","arguments":{"text":"bridged"}}});
+    let response = post(call.to_string(), Some(&session)).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], "c-2");
+    assert_eq!(body["result"]["content"][0]["text"], "bridged");
+
+    // An upstream that echoes the credential: scrubbed on the way back.
+    let leak = json!({"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"echo","arguments":{"text":token}}});
+    let text = post(leak.to_string(), Some(&session))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains(&token[..40]), "{text}");
+
+    // The messages went to the announced endpoint with the credential; the stream was opened
+    // with it too.
+    let posts: Vec<_> = mock
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| {
+            r.method == "POST"
+                && r.query
+                    .as_deref()
+                    .is_some_and(|q| q.starts_with("sessionId="))
+        })
+        .collect();
+    assert!(posts.len() >= 4, "{}", posts.len());
+    for post in &posts {
+        assert_eq!(
+            post.authorization(),
+            Some(format!("Bearer {token}").as_str())
+        );
+    }
+
+    // DELETE ends it; the id is then unknown, and the client is told to initialize again.
+    let deleted = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 204);
+    let response = post(call.to_string(), Some(&session)).await.unwrap();
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "session_not_found");
+    assert_eq!(body["id"], "c-2");
+    sidecar.shutdown().await;
+}
+
+/// A Streamable HTTP client that goes away without `DELETE` leaves an upstream stream open; a
+/// session idle past `SESSION_IDLE_TIMEOUT` is ended when the next one is made.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_bridged_session_is_ended_by_the_next_initialize() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", "t"),
+        ("SESSION_IDLE_TIMEOUT", "1s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let client = reqwest::Client::new();
+    let url = sidecar.url("/mcp");
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}})
+    .to_string();
+    let open = || async {
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(initialize.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    let first = open().await;
+    let ping = json!({"jsonrpc":"2.0","id":2,"method":"ping"}).to_string();
+    let status = |session: String| {
+        let request = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("mcp-session-id", session)
+            .body(ping.clone());
+        async move { request.send().await.unwrap().status() }
+    };
+    assert_eq!(status(first.clone()).await, 200);
+    let last_used = Instant::now();
+    // Any message would keep it alive: wait, untouched, past the timeout.
+    let idle = poll(
+        || async { (last_used.elapsed() > Duration::from_millis(1100)).then_some(()) },
+        |_| true,
+    )
+    .await;
+    assert!(idle.is_some());
+    // The next session ends it.
+    let _second = open().await;
+    assert_eq!(status(first.clone()).await, 404);
     sidecar.shutdown().await;
 }

@@ -984,13 +984,12 @@ async fn a_post_to_an_sse_transport_upstream_says_which_transport_to_use() {
     let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", TOKEN)]).await;
     sidecar.wait_reason("ready").await;
     let client = reqwest::Client::new();
+    // An `initialize` is bridged (tests/integration/bridge.rs); a message outside any session
+    // cannot be.
     let response = mcp_post(
         &client,
         &sidecar.url("/mcp"),
-        json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-            "protocolVersion":"2025-11-25","capabilities":{},
-            "clientInfo":{"name":"t","version":"1"}}})
-        .to_string(),
+        json!({"jsonrpc":"2.0","id":1,"method":"tools/list"}).to_string(),
     )
     .send()
     .await

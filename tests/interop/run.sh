@@ -9,7 +9,9 @@
 #   D  session resilience: server-everything is killed and restarted mid-session; the SDK client's
 #      next call on its old session succeeds because the sidecar re-initialized upstream (restart.mjs)
 #   E  legacy HTTP+SSE (2024-11-05): the SDK's SSE client through the sidecar to server-everything's
-#      `sse` transport; the endpoint event is rewritten so every POST goes through the sidecar
+#      `sse` transport; the endpoint event is rewritten so every POST goes through the sidecar.
+#      Streamable HTTP clients at the same URL are bridged to it: the SDK's client (client.mjs)
+#      and Claude Code with --transport http (✔ Connected)
 #   E2 the legacy SSE front bridged to Streamable HTTP: the SDK's SSE client at the sidecar's
 #      PATH/sse in front of server-everything `streamableHttp` (tools, progress, roots/list
 #      answered by the client; bridge-sse.mjs), the upstream session ended when it closes; MCP
@@ -455,16 +457,27 @@ scenario_e() {
     fail "legacy-sse.mjs through the sidecar"
   fi
   sed 's/^/  /' "$WORK/client-e.out"
-  # A Streamable HTTP client (a POST to the same URL) is told which transport to use, not shown
-  # server-everything's "Cannot POST /sse" page.
-  local code body
-  body=$(curl -sS -o - -w '\n%{http_code}' -X POST "http://127.0.0.1:$sc_port/mcp" \
-    -H 'content-type: application/json' -H 'accept: application/json, text/event-stream' \
-    -d '{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"curl","version":"1"}}}')
-  code=${body##*$'\n'} body=${body%$'\n'*}
-  [[ $code == 400 ]] && jq -e '.error.data.reason == "transport_mismatch"' <<<"$body" >/dev/null ||
-    fail "a Streamable HTTP POST got HTTP $code: $body"
-  note "a Streamable HTTP POST is answered 400 transport_mismatch: $(jq -r .error.message <<<"$body" | cut -c1-120)"
+  # A Streamable HTTP client at the same URL is bridged to the HTTP+SSE transport: the SDK's
+  # client (tools, progress on its GET stream, DELETE) and Claude Code with --transport http.
+  if ! node "$HERE/client.mjs" "http://127.0.0.1:$sc_port/mcp" >"$WORK/client-e-http.out" 2>"$WORK/client-e-http.log"; then
+    sed 's/^/  /' "$WORK/client-e-http.out"
+    fail "client.mjs (Streamable HTTP) through the sidecar to server-everything's sse transport"
+  fi
+  sed 's/^/  http: /' "$WORK/client-e-http.out"
+  CLAUDE_HOME=$WORK/claude-home-e
+  CLAUDE_CWD=$WORK/claude-cwd-e
+  mkdir -p "$CLAUDE_HOME" "$CLAUDE_CWD"
+  claude mcp add --transport http legacy "http://127.0.0.1:$sc_port/mcp" >>"$WORK/claude-e.out" 2>&1 ||
+    fail "claude mcp add legacy: $(cat "$WORK/claude-e.out")"
+  claude mcp list >"$WORK/claude-e-list.out" 2>&1 || fail "claude mcp list exited non-zero: $(cat "$WORK/claude-e-list.out")"
+  sed 's/^/  claude: /' "$WORK/claude-e-list.out"
+  local line
+  line=$(grep '^legacy:' "$WORK/claude-e-list.out" || true)
+  [[ $line == *"✔ Connected"* ]] ||
+    fail "Claude Code --transport http in front of server-everything sse: ${line:-no line for legacy}"
+  grep -q "bridged to the upstream's HTTP+SSE transport" "$WORK/sidecar-e.log" ||
+    fail "the sidecar log does not show the Streamable HTTP clients bridged"
+  note "Claude Code --transport http and the SDK's Streamable HTTP client, bridged to server-everything's sse transport"
 }
 
 # E2: the client speaks HTTP+SSE, the upstream Streamable HTTP; the sidecar bridges the two.
@@ -624,7 +637,7 @@ run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
-run_scenario E "legacy HTTP+SSE transport: SDK SSE client -> sidecar -> server-everything sse" scenario_e
+run_scenario E "HTTP+SSE upstream: SDK SSE client passed through; SDK Streamable HTTP client and Claude Code --transport http bridged -> server-everything sse" scenario_e
 run_scenario E2 "legacy SSE front, bridged: SDK SSE client and MCP Inspector -> sidecar PATH/sse -> server-everything streamableHttp" scenario_e2
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
