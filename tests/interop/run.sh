@@ -22,6 +22,10 @@
 #   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
 #      server-everything: tools, progress, a server-to-client roots/list answered by the client,
 #      and the upstream session ended when the client closes (stdio.mjs)
+#   G-PY  the MCP Python SDK's stdio_client spawns `mcp-sidecar stdio` in front of
+#      server-everything: tools, progress, a resource subscription and its update notification,
+#      sampling, elicitation and roots/list sent by the server and answered by the client
+#      (stdio_py.py; the SDK pinned in requirements.txt, venv .venv)
 #   G-CC  the real Claude Code spawns `mcp-sidecar stdio`, added with `claude mcp add NAME -e ...
 #      -- mcp-sidecar stdio`, in front of the demo upstream that demands a token (from a file):
 #      ✔ Connected; with a wrong token ✘ Failed to connect, its log naming upstream_auth_rejected;
@@ -589,6 +593,25 @@ scenario_g() {
   note "the stdio process ended the upstream session (DELETE) when the client closed"
 }
 
+scenario_g_py() {
+  local se_port
+  bash "$HERE/lib/python-sdk-venv.sh" "$WORK/pip-sdk.log"
+  se_port=$(free_port)
+  start everything-gpy env PORT="$se_port" node --require "$HERE/lib/loopback.cjs" \
+    "$HERE/node_modules/@modelcontextprotocol/server-everything/dist/index.js" streamableHttp
+  wait_http "http://127.0.0.1:$se_port/mcp" "$STARTED_PID" 30
+  mkdir -p "$WORK/state-gpy"
+  if ! "$HERE/.venv/bin/python" "$HERE/stdio_py.py" "$SIDECAR_BIN" "http://127.0.0.1:$se_port/mcp" \
+    "$WORK/state-gpy" >"$WORK/client-gpy.out" 2>"$WORK/client-gpy.log"; then
+    sed 's/^/  /' "$WORK/client-gpy.out"
+    fail "stdio_py.py spawning mcp-sidecar stdio (its stderr in client-gpy.log)"
+  fi
+  sed 's/^/  /' "$WORK/client-gpy.out"
+  grep -q "ended the upstream session" "$WORK/client-gpy.log" ||
+    fail "mcp-sidecar stdio did not end the upstream session when the Python client closed"
+  note "the stdio process ended the upstream session (DELETE) when the client closed"
+}
+
 # G-CC: Claude Code's stdio servers get the variables `claude mcp add -e` stored and a few of its
 # own environment (HOME, PATH, ...), so the sidecar's settings are exactly the -e list. The token
 # is in a file the entry names, never in Claude Code's configuration.
@@ -641,6 +664,7 @@ run_scenario E "HTTP+SSE upstream: SDK SSE client passed through; SDK Streamable
 run_scenario E2 "legacy SSE front, bridged: SDK SSE client and MCP Inspector -> sidecar PATH/sse -> server-everything streamableHttp" scenario_e2
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
+run_scenario G-PY "stdio front: Python SDK stdio_client -> mcp-sidecar stdio -> server-everything (tools, progress, subscribe, sampling, elicitation, roots)" scenario_g_py
 run_scenario G-CC "stdio front: Claude Code (claude mcp add ... -- mcp-sidecar stdio) -> demo upstream (bearer)" scenario_g_cc
 if [[ -z ${ONLY:-} || " $ONLY " == *" oauth "* ]]; then
   env -u ONLY MCP_SIDECAR_BIN="$SIDECAR_BIN" bash "$HERE/oauth/run.sh" ||
