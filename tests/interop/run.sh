@@ -20,8 +20,9 @@
 #      SDK; one trace holds both spans, parent-linked (receiver: lib/otlp-receiver.py, decoding
 #      with PyPI's opentelemetry-proto, pinned in requirements-otel.txt, venv .venv-otel)
 #   G  stdio front: the SDK's StdioClientTransport spawns `mcp-sidecar stdio` in front of
-#      server-everything: tools, progress, a server-to-client roots/list answered by the client,
-#      and the upstream session ended when the client closes (stdio.mjs)
+#      server-everything: tools, progress, a resource subscription and its update, sampling,
+#      elicitation and roots/list sent by the server and answered by the client, and the
+#      upstream session ended when the client closes (stdio.mjs)
 #   G-PY  the MCP Python SDK's stdio_client spawns `mcp-sidecar stdio` in front of
 #      server-everything: tools, progress, a resource subscription and its update notification,
 #      sampling, elicitation and roots/list sent by the server and answered by the client

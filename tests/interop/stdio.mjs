@@ -1,4 +1,4 @@
-// Scenario F client: the official TypeScript SDK client with StdioClientTransport spawning
+// Scenario G client: the official TypeScript SDK client with StdioClientTransport spawning
 // `mcp-sidecar stdio` (the way stdio-only hosts run servers) in front of server-everything.
 // It checks what a host's user would see and exits non-zero with a message on the first mismatch.
 //
@@ -8,8 +8,11 @@
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import {
+  CreateMessageRequestSchema,
+  ElicitRequestSchema,
   ListRootsRequestSchema,
   LoggingMessageNotificationSchema,
+  ResourceUpdatedNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
 
 const [bin, upstream, stateDir] = process.argv.slice(2);
@@ -51,8 +54,23 @@ const transport = new StdioClientTransport({
 });
 const client = new Client(
   { name: 'mcp-sidecar-interop-stdio', version: '0.0.0' },
-  { capabilities: { roots: { listChanged: true } } },
+  { capabilities: { roots: { listChanged: true }, sampling: {}, elicitation: {} } },
 );
+const SAMPLED = 'sampled-by-the-typescript-client';
+const ELICITED = 'Grace Hopper (typescript client)';
+const asked = { sampling: 0, elicitation: 0 };
+const updated = [];
+client.setRequestHandler(CreateMessageRequestSchema, async () => {
+  asked.sampling += 1;
+  return { role: 'assistant', content: { type: 'text', text: SAMPLED }, model: 'interop-typescript', stopReason: 'endTurn' };
+});
+client.setRequestHandler(ElicitRequestSchema, async () => {
+  asked.elicitation += 1;
+  return { action: 'accept', content: { name: ELICITED, check: true } };
+});
+client.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+  updated.push(n.params.uri);
+});
 let rootsAsked = 0;
 const logs = [];
 client.setRequestHandler(ListRootsRequestSchema, async () => {
@@ -129,6 +147,22 @@ try {
   const listed = await client.callTool({ name: 'get-roots-list', arguments: {} });
   if (!JSON.stringify(listed).includes(ROOT.uri)) fail(`get-roots-list: ${JSON.stringify(listed)}`);
   ok('get-roots-list shows the root the client answered with');
+
+  const { resources } = await client.listResources();
+  if (!resources.length) fail('resources/list is empty');
+  const uri = resources[0].uri;
+  await client.subscribeResource({ uri });
+  await client.callTool({ name: 'toggle-subscriber-updates', arguments: {} });
+  if (!(await until(() => updated.includes(uri), 20_000))) fail(`no notifications/resources/updated for ${uri}`);
+  ok(`resources/subscribe ${uri}: notifications/resources/updated arrived`);
+
+  const textOf = (r) => (r.content ?? []).map((c) => c.text ?? '').join(' ');
+  const sampled = textOf(await client.callTool({ name: 'trigger-sampling-request', arguments: { prompt: 'hello' } }));
+  if (asked.sampling !== 1 || !sampled.includes(SAMPLED)) fail(`sampling: asked ${asked.sampling} times, tool said ${sampled.slice(0, 300)}`);
+  ok('sampling/createMessage from the server answered by the client; the tool returned the answer');
+  const elicited = textOf(await client.callTool({ name: 'trigger-elicitation-request', arguments: {} }));
+  if (asked.elicitation !== 1 || !elicited.includes(ELICITED)) fail(`elicitation: asked ${asked.elicitation} times, tool said ${elicited.slice(0, 300)}`);
+  ok('elicitation/create from the server answered by the client; the tool returned the answer');
 
   await client.close();
   // The one error the SDK race above raises, for a progress written before the result.
