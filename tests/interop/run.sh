@@ -15,7 +15,8 @@
 #   E2 the legacy SSE front bridged to Streamable HTTP: the SDK's SSE client at the sidecar's
 #      PATH/sse in front of server-everything `streamableHttp` (tools, progress, roots/list
 #      answered by the client; bridge-sse.mjs), the upstream session ended when it closes; MCP
-#      Inspector's CLI with `--transport sse` at the sidecar's URL lists the tools
+#      Inspector's CLI with `--transport sse` at the sidecar's URL lists the tools (and with
+#      `--transport http`)
 #   F  traces: the SDK client -> sidecar (OTLP) -> server-everything under the OpenTelemetry Node
 #      SDK; one trace holds both spans, parent-linked (receiver: lib/otlp-receiver.py, decoding
 #      with PyPI's opentelemetry-proto, pinned in requirements-otel.txt, venv .venv-otel)
@@ -524,6 +525,15 @@ scenario_e2() {
   jq -e '.tools | map(.name) | index("echo")' "$out" >/dev/null ||
     fail "MCP Inspector listed no echo tool: $(head -c 300 "$out")"
   note "MCP Inspector CLI --transport sse at http://127.0.0.1:$sc_port/mcp (it asks /sse): $(jq '.tools | length' "$out") tools"
+  # and its Streamable HTTP transport at PATH, which needs no bridge
+  if ! timeout 60 node "$HERE/node_modules/@modelcontextprotocol/inspector-cli/build/index.js" \
+    "http://127.0.0.1:$sc_port/mcp" --transport http --method tools/list >"$out.http" 2>>"$WORK/inspector-e2.log"; then
+    tail -n 5 "$WORK/inspector-e2.log" | sed 's/^/  /'
+    fail "MCP Inspector --transport http --method tools/list"
+  fi
+  jq -e '.tools | map(.name) | index("echo")' "$out.http" >/dev/null ||
+    fail "MCP Inspector (http) listed no echo tool: $(head -c 300 "$out.http")"
+  note "MCP Inspector CLI --transport http at http://127.0.0.1:$sc_port/mcp: $(jq '.tools | length' "$out.http") tools"
 }
 
 # F: traces. The sidecar exports OTLP/HTTP protobuf to a receiver decoding it with the official
