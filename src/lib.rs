@@ -28,6 +28,7 @@
 pub mod admin;
 pub mod app;
 pub mod bridge;
+pub mod browser;
 pub mod challenge;
 pub mod cli;
 pub mod commands;

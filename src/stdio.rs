@@ -85,6 +85,14 @@ pub enum StdioError {
     Setup(String),
 }
 
+/// Who started the process: a host, with stdin a pipe (the usual case), or a person in a
+/// terminal, who is shown a pending login on stderr and gets the sign-in page opened in a
+/// browser where one exists (`env` says where: [`crate::browser`]).
+pub enum Started {
+    ByHost,
+    ByHand { env: HashMap<String, String> },
+}
+
 /// Runs the front on `input`/`output` until `input` ends, `output` is closed or `shutdown`
 /// resolves; then ends the upstream session (`DELETE`) within `config.shutdown_grace`.
 pub async fn run<R, W>(
@@ -92,6 +100,7 @@ pub async fn run<R, W>(
     input: R,
     output: W,
     shutdown: impl Future<Output = ()> + Send + 'static,
+    started: Started,
 ) -> Result<(), StdioError>
 where
     R: AsyncBufRead + Unpin + Send + 'static,
@@ -125,6 +134,9 @@ where
                 }),
         )
     };
+    if let Started::ByHand { env } = started {
+        tokio::spawn(show_logins(readiness.clone(), env));
+    }
     tracing::info!(
         upstream = %crate::net::display_url(upstream.url()),
         state_dir = %settings.state_dir.display(),
@@ -158,6 +170,54 @@ where
     let _ = tokio::time::timeout(config.shutdown_grace / 4, writer).await;
     let _ = checker.await;
     Ok(())
+}
+
+/// For a person at a terminal: each login the readiness checker starts waiting for is shown on
+/// stderr once, its page opened in a browser where one exists. A device code is approved in the
+/// browser and the checker picks the token up; an authorization code needs the redirected URL
+/// pasted back, which `mcp-sidecar login` reads (stdin is this front's message channel).
+async fn show_logins(readiness: Arc<Readiness>, env: HashMap<String, String>) {
+    let mut changes = readiness.subscribe();
+    let mut shown: Option<(String, Option<String>)> = None;
+    loop {
+        if let Some(login) = readiness.state().login {
+            let key = (login.verification_uri.clone(), login.user_code.clone());
+            if shown.as_ref() != Some(&key) {
+                shown = Some(key);
+                show_login(&login, &env);
+            }
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+fn show_login(login: &crate::token::Login, env: &HashMap<String, String>) {
+    use crate::output::errln;
+    let Some(code) = &login.user_code else {
+        errln!(
+            "mcp-sidecar stdio: a login is needed: run `mcp-sidecar login` with this same configuration (it opens {} and reads the redirected URL you paste), then start this again",
+            login.verification_uri
+        );
+        return;
+    };
+    let page = login
+        .verification_uri_complete
+        .as_deref()
+        .unwrap_or(&login.verification_uri);
+    errln!(
+        "mcp-sidecar stdio: to log in, open {} and enter the code {code}{}",
+        login.verification_uri,
+        login
+            .expires_at
+            .as_deref()
+            .map(|at| format!(" (expires {at})"))
+            .unwrap_or_default()
+    );
+    if crate::browser::open(page, env, in_container(env)) {
+        errln!("mcp-sidecar stdio: opened {page} in your browser");
+    }
 }
 
 /// What [`pump`] forwards with, and how it names its two ends in logs.

@@ -117,6 +117,21 @@ fn print_prompt(login: Option<Login>) {
     if let Some(complete) = &login.verification_uri_complete {
         errln!("mcp-sidecar login: or open {complete} (the code is filled in)");
     }
+    open_in_browser(
+        login
+            .verification_uri_complete
+            .as_deref()
+            .unwrap_or(&login.verification_uri),
+    );
+}
+
+/// Opens the sign-in page where a person runs this in a terminal with a browser at hand.
+fn open_in_browser(url: &str) {
+    let at_terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    if at_terminal && crate::browser::open(url, &env, crate::stdio::in_container(&env)) {
+        errln!("mcp-sidecar login: opened it in your browser");
+    }
 }
 
 async fn authorization_code(
@@ -125,6 +140,7 @@ async fn authorization_code(
 ) -> Result<(), String> {
     let url = grant.begin().await.map_err(|e| e.to_string())?;
     errln!("mcp-sidecar login: open this URL in a browser and log in:\n\n  {url}\n");
+    open_in_browser(url.as_str());
     errln!(
         "mcp-sidecar login: then paste the URL the browser was sent to (it fails to load if nothing listens there; that is fine):"
     );

@@ -45,6 +45,14 @@ pub fn run(config_file: Option<PathBuf>, upstream: Option<String>, connect: Opti
         config.relocate_state_dir(dir);
     }
     super::warn_pending_files(&config);
+    // A host gives the process a pipe; a terminal means a person ran it by hand.
+    let started = if connect.is_none() && std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        crate::stdio::Started::ByHand {
+            env: sources.env.clone(),
+        }
+    } else {
+        crate::stdio::Started::ByHost
+    };
     let runtime = match super::server_runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -61,7 +69,7 @@ pub fn run(config_file: Option<PathBuf>, upstream: Option<String>, connect: Opti
             }
         };
         let input = tokio::io::BufReader::new(tokio::io::stdin());
-        match crate::stdio::run(config, input, tokio::io::stdout(), shutdown).await {
+        match crate::stdio::run(config, input, tokio::io::stdout(), shutdown, started).await {
             Ok(()) => exit::OK,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start the stdio front");

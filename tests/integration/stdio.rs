@@ -830,3 +830,66 @@ async fn an_sse_transport_upstream_is_named_as_such() {
     let (code, _, stderr) = host.close().await;
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+/// Run by hand in a terminal (stdin a tty, here through `script`), a pending device login is
+/// shown on stderr with its code; approving that code is all it takes. A host's pipe gets no
+/// such line (the prompt travels in the `initialize` error instead).
+#[tokio::test(flavor = "multi_thread")]
+async fn run_by_hand_in_a_terminal_a_pending_login_is_shown_on_stderr() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("tokens");
+    let mut child = Command::new("script")
+        .args(["-qfec", &format!("{BIN} stdio"), "/dev/null"])
+        .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
+        .env("MCP_SIDECAR_AUTH", "device_code")
+        .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
+        .env("MCP_SIDECAR_ISSUER", idp.url(""))
+        .env("MCP_SIDECAR_STATE_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script(1) runs (util-linux)");
+    let mut terminal = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prompt = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(line)) = terminal.next_line().await {
+            if line.contains("to log in, open") {
+                return Some(line);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten()
+    .expect("the login prompt on the terminal");
+    let code = prompt
+        .split("enter the code ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no code in {prompt:?}"))
+        .to_string();
+    assert!(prompt.contains(&idp.url("")), "{prompt}");
+    idp.state.approve(&code);
+    // The checker picks the approved login up: the device code is exchanged for a token.
+    let issued = poll(
+        || async {
+            Some(idp.state.requests.lock().unwrap().iter().any(|r| {
+                r.form.get("grant_type").map(String::as_str)
+                    == Some("urn:ietf:params:oauth:grant-type:device_code")
+                    && r.outcome == "ok"
+            }))
+        },
+        |issued| *issued,
+    )
+    .await;
+    assert_eq!(
+        issued,
+        Some(true),
+        "the approved device code was not exchanged"
+    );
+    let _ = child.kill().await;
+}
