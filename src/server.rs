@@ -183,7 +183,11 @@ pub async fn serve(
             )),
             legacy: crate::legacy::Endpoints::new(),
             bridges: crate::bridge::Bridges::new(),
-            sse_sessions: crate::sse_upstream::Sessions::new(config.sessions),
+            sse_sessions: crate::sse_upstream::Sessions::new(
+                config.sessions,
+                config.max_body_bytes,
+                stop_rx.clone(),
+            ),
             bridge_ready_timeout: config.stdio_ready_timeout,
             shutdown_grace: config.shutdown_grace,
             sse_keepalive: config.sse_keepalive,

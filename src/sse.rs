@@ -43,6 +43,11 @@ impl Parser {
         Self::default()
     }
 
+    /// The bytes held for the event being read: what a reader bounds a stream's events by.
+    pub fn buffered(&self) -> usize {
+        self.line.len() + self.data.len()
+    }
+
     pub fn push(&mut self, chunk: &[u8]) -> Vec<Event> {
         let mut events = Vec::new();
         for &byte in chunk {

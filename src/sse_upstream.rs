@@ -13,7 +13,9 @@
 //! upstream stream ending, ends the session; a client whose session is gone gets 404 and
 //! initializes again, as the Streamable HTTP transport says.
 //!
-//! Everything the upstream sends is scrubbed of known secrets before it reaches the client.
+//! Everything the upstream sends is scrubbed of known secrets before it reaches the client, and
+//! answers to `tools/list` are filtered by the tool policy as on the other paths. An upstream
+//! event larger than `MAX_BODY_BYTES` ends the session rather than growing memory without bound.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,7 +29,7 @@ use futures_util::{Stream, StreamExt};
 use http::header::{self, HeaderValue};
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::forwarder::{ForwardError, Forwarded, Forwarder, Prepared, Target};
 use crate::jsonrpc::Code;
@@ -60,19 +62,91 @@ pub enum Handled {
 pub struct Sessions {
     open: Mutex<HashMap<String, Arc<Session>>>,
     limits: crate::config::SessionLimits,
+    /// The largest upstream event held (`MAX_BODY_BYTES`).
+    max_event_bytes: usize,
+    /// Ends the upstream streams and the clients' GET streams at shutdown.
+    shutdown: watch::Receiver<bool>,
 }
 
 struct Session {
     post_url: url::Url,
-    /// Requests waiting for their answer on the upstream stream, by JSON-RPC id.
-    pending: Mutex<HashMap<String, oneshot::Sender<Value>>>,
+    pending: Mutex<Pending>,
     /// The client's GET stream, while one is open.
     client_stream: Mutex<Option<mpsc::Sender<String>>>,
     reader: Mutex<Option<tokio::task::AbortHandle>>,
     last_used: Mutex<Instant>,
 }
 
+/// Requests waiting for their answer on the upstream stream, by JSON-RPC id (its JSON text).
+#[derive(Default)]
+struct Pending {
+    by_id: HashMap<String, (u64, oneshot::Sender<Value>)>,
+    /// Labels each entry, so a finished request removes its own entry and never a later one
+    /// that reuses the id.
+    next: u64,
+    /// The session has ended: nothing will answer, so nothing more may wait.
+    ended: bool,
+}
+
+/// Why a request cannot wait for its answer.
+enum NotWaiting {
+    Ended,
+    /// A request of this id is already waiting: its answer could not be told apart.
+    Duplicate(Value),
+}
+
 impl Session {
+    /// Registers the requests `ids` as waiting; all or none.
+    fn expect(
+        &self,
+        ids: &[Value],
+    ) -> Result<Vec<(String, u64, oneshot::Receiver<Value>)>, NotWaiting> {
+        let mut pending = lock(&self.pending);
+        if pending.ended {
+            return Err(NotWaiting::Ended);
+        }
+        let keys: Vec<String> = ids.iter().map(Value::to_string).collect();
+        for (i, key) in keys.iter().enumerate() {
+            if pending.by_id.contains_key(key) || keys[..i].contains(key) {
+                return Err(NotWaiting::Duplicate(ids[i].clone()));
+            }
+        }
+        let mut waiting = Vec::with_capacity(keys.len());
+        for key in keys {
+            let (tx, rx) = oneshot::channel();
+            let label = pending.next;
+            pending.next += 1;
+            pending.by_id.insert(key.clone(), (label, tx));
+            waiting.push((key, label, rx));
+        }
+        Ok(waiting)
+    }
+
+    /// Hands an answer to the request waiting for it; gives it back when none is.
+    fn answer(&self, message: Value) -> Result<(), Value> {
+        let Some(id) = message.get("id") else {
+            return Err(message);
+        };
+        let waiting = lock(&self.pending).by_id.remove(&id.to_string());
+        match waiting {
+            Some((_, tx)) => {
+                let _ = tx.send(message);
+                Ok(())
+            }
+            None => Err(message),
+        }
+    }
+
+    /// Fails every waiting request and lets no more wait.
+    fn close(&self) {
+        let mut pending = lock(&self.pending);
+        pending.ended = true;
+        // Dropping the senders fails every waiting request.
+        pending.by_id.clear();
+        drop(pending);
+        lock(&self.client_stream).take();
+    }
+
     fn touch(&self) {
         *lock(&self.last_used) = Instant::now();
     }
@@ -93,9 +167,7 @@ impl Session {
         if let Some(reader) = lock(&self.reader).take() {
             reader.abort();
         }
-        // Dropping the senders fails every waiting request.
-        lock(&self.pending).clear();
-        lock(&self.client_stream).take();
+        self.close();
     }
 
     fn to_client(&self, message: &Value) {
@@ -110,10 +182,16 @@ impl Session {
 }
 
 impl Sessions {
-    pub fn new(limits: crate::config::SessionLimits) -> Arc<Self> {
+    pub fn new(
+        limits: crate::config::SessionLimits,
+        max_event_bytes: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             open: Mutex::new(HashMap::new()),
             limits,
+            max_event_bytes,
+            shutdown,
         })
     }
 
@@ -258,7 +336,7 @@ impl Sessions {
         let id = crate::token::endpoint::random_token();
         let session = Arc::new(Session {
             post_url,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
             client_stream: Mutex::new(None),
             reader: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
@@ -277,23 +355,23 @@ impl Sessions {
             open = lock(&self.open).len(),
             "a Streamable HTTP client's session bridged to the upstream's HTTP+SSE transport"
         );
-        match self.send(forwarder, request, &session).await {
+        // Until the client has its id, the session is ended however this ends (the client
+        // gone mid-way included).
+        let mut unclaimed = Unclaimed {
+            sessions: self,
+            id: Some(&id),
+        };
+        match self.send(forwarder, request, &id, &session).await {
             Handled::Yes(mut response) => {
                 if response.status().is_success()
                     && let Ok(value) = HeaderValue::from_str(&id)
                 {
                     response.headers_mut().insert(MCP_SESSION_ID.clone(), value);
-                } else if let Some(session) = self.remove(&id) {
-                    session.end();
+                    unclaimed.id = None;
                 }
                 Handled::Yes(response)
             }
-            other => {
-                if let Some(session) = self.remove(&id) {
-                    session.end();
-                }
-                other
-            }
+            other => other,
         }
     }
 
@@ -307,8 +385,8 @@ impl Sessions {
     ) -> Handled {
         session.touch();
         match request.method {
-            Method::POST => self.send(forwarder, request, &session).await,
-            Method::GET => Handled::Yes(client_stream(&session, keepalive)),
+            Method::POST => self.send(forwarder, request, id, &session).await,
+            Method::GET => Handled::Yes(client_stream(&session, keepalive, self.shutdown.clone())),
             Method::DELETE => {
                 if let Some(session) = self.remove(id) {
                     session.end();
@@ -320,33 +398,58 @@ impl Sessions {
         }
     }
 
-    /// POSTs one message to the session's endpoint; a request waits for its answer.
-    async fn send(&self, forwarder: &Forwarder, request: &Prepared, session: &Session) -> Handled {
-        let message: Value = match serde_json::from_slice(&request.body) {
-            Ok(message) => message,
-            Err(_) => {
+    /// POSTs one message, or a batch, to the session's endpoint; its requests wait for their
+    /// answers on the upstream stream, which are the reply (an array for a batch).
+    async fn send(
+        &self,
+        forwarder: &Forwarder,
+        request: &Prepared,
+        id: &str,
+        session: &Session,
+    ) -> Handled {
+        let Ok(message) = serde_json::from_slice::<Value>(&request.body) else {
+            return Handled::Yes(error(
+                StatusCode::BAD_REQUEST,
+                Value::Null,
+                Code::Refused,
+                "mcp-sidecar: the body is not a JSON-RPC message (JSON)",
+                "parse_error",
+            ));
+        };
+        let messages = match &message {
+            Value::Array(items) => items.as_slice(),
+            one => std::slice::from_ref(one),
+        };
+        let ids_of = |wanted: fn(&str) -> bool| -> Vec<Value> {
+            messages
+                .iter()
+                .filter(|m| m.get("method").and_then(Value::as_str).is_some_and(wanted))
+                .filter_map(|m| m.get("id").filter(|id| !id.is_null()).cloned())
+                .collect()
+        };
+        let requests = ids_of(|_| true);
+        let lists = ids_of(|method| method == "tools/list");
+        let waiting = match session.expect(&requests) {
+            Ok(waiting) => waiting,
+            Err(NotWaiting::Ended) => return Handled::Yes(session_gone(request.rpc_id())),
+            Err(NotWaiting::Duplicate(duplicate)) => {
                 return Handled::Yes(error(
                     StatusCode::BAD_REQUEST,
-                    Value::Null,
+                    duplicate,
                     Code::Refused,
-                    "mcp-sidecar: the body is not a JSON-RPC message (JSON)",
-                    "parse_error",
+                    "mcp-sidecar: a request with this id is already waiting for its answer in this session; ids of requests in flight must differ",
+                    "duplicate_request_id",
                 ));
             }
         };
-        let waiting = match (message.get("method"), message.get("id")) {
-            (Some(_), Some(id)) if !id.is_null() => {
-                let (tx, rx) = oneshot::channel();
-                lock(&session.pending).insert(id.to_string(), tx);
-                Some((id.to_string(), rx))
-            }
-            _ => None,
-        };
-        // However this ends (the client gone too), the entry goes.
-        let _forget = waiting.as_ref().map(|(key, _)| Forget {
+        // However this ends (the client gone too), the entries go.
+        let _forget = Forget {
             session,
-            key: key.clone(),
-        });
+            entries: waiting
+                .iter()
+                .map(|(key, label, _)| (key.clone(), *label))
+                .collect(),
+        };
         let mut headers = HeaderMap::new();
         headers.insert(
             header::CONTENT_TYPE,
@@ -360,6 +463,15 @@ impl Sessions {
         );
         match forwarder.forward(&post).await {
             Ok(Forwarded::Answer(answer)) if answer.status.is_success() => {}
+            Ok(Forwarded::Answer(answer)) if answer.status == StatusCode::NOT_FOUND => {
+                tracing::info!(
+                    "the upstream no longer knows a bridged session's message endpoint (404); ended the session, the client will initialize again"
+                );
+                if let Some(session) = self.remove(id) {
+                    session.end();
+                }
+                return Handled::Yes(session_gone(request.rpc_id()));
+            }
             Ok(Forwarded::Answer(answer)) => {
                 return Handled::Yes(upstream_failed(
                     request.rpc_id(),
@@ -385,33 +497,71 @@ impl Sessions {
             }
             Err(e) => return Handled::Failed(e),
         }
-        let Some((_, answer)) = waiting else {
+        if waiting.is_empty() {
             return Handled::Yes(StatusCode::ACCEPTED.into_response());
-        };
-        match answer.await {
-            Ok(answer) => Handled::Yes(axum::Json(answer).into_response()),
-            Err(_) => Handled::Yes(upstream_failed(
-                request.rpc_id(),
-                "the upstream's SSE stream closed before it answered",
-            )),
         }
+        let tools = forwarder.upstream().tools();
+        let mut answers = Vec::with_capacity(waiting.len());
+        for (_, _, answer) in waiting {
+            let Ok(mut answer) = answer.await else {
+                return Handled::Yes(upstream_failed(
+                    request.rpc_id(),
+                    "the upstream's SSE stream closed before it answered",
+                ));
+            };
+            if tools.is_set() {
+                tools.filter_answer(&lists, &mut answer);
+            }
+            answers.push(answer);
+        }
+        let reply = match (message.is_array(), answers.pop()) {
+            (false, Some(answer)) => answer,
+            (_, last) => {
+                answers.extend(last);
+                Value::Array(answers)
+            }
+        };
+        Handled::Yes(axum::Json(reply).into_response())
     }
 }
 
-/// Removes a request's waiting entry when its POST ends, answered or not.
+/// Removes a request's waiting entries when its POST ends, answered or not; only its own
+/// (another request may reuse an id once this one was answered).
 struct Forget<'a> {
     session: &'a Session,
-    key: String,
+    entries: Vec<(String, u64)>,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        lock(&self.session.pending).remove(&self.key);
+        let mut pending = lock(&self.session.pending);
+        for (key, label) in &self.entries {
+            if pending.by_id.get(key).is_some_and(|(own, _)| own == label) {
+                pending.by_id.remove(key);
+            }
+        }
     }
 }
 
-/// Reads the upstream's event stream for one session until it ends: answers go to the POSTs
-/// waiting for them, everything else to the client's GET stream.
+/// Ends a session made by an `initialize` whose client never got its id.
+struct Unclaimed<'a> {
+    sessions: &'a Sessions,
+    id: Option<&'a str>,
+}
+
+impl Drop for Unclaimed<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id
+            && let Some(session) = self.sessions.remove(id)
+        {
+            session.end();
+        }
+    }
+}
+
+/// Reads the upstream's event stream for one session until it ends, breaks off, sends an
+/// event over `MAX_BODY_BYTES` or the sidecar shuts down: answers go to the POSTs waiting for
+/// them, everything else to the client's GET stream.
 async fn read_upstream<S, E>(
     sessions: Arc<Sessions>,
     id: String,
@@ -423,8 +573,16 @@ async fn read_upstream<S, E>(
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let max = sessions.max_event_bytes;
     let deliver = |event: crate::sse::Event| {
         if event.event.as_deref().is_some_and(|kind| kind != "message") {
+            return;
+        }
+        if event.data.len() > max {
+            tracing::warn!(
+                limit = max,
+                "the upstream sent an event larger than MAX_BODY_BYTES; dropped"
+            );
             return;
         }
         let Ok(mut message) = serde_json::from_str::<Value>(&event.data) else {
@@ -434,53 +592,73 @@ async fn read_upstream<S, E>(
         crate::secret::scrub_json(&mut message);
         let answer =
             message.get("method").is_none() && message.get("id").is_some_and(|id| !id.is_null());
-        if answer
-            && let Some(id) = message.get("id")
-            && let Some(waiting) = lock(&session.pending).remove(&id.to_string())
-        {
-            let _ = waiting.send(message);
-            return;
+        if !answer {
+            session.to_client(&message);
+        } else if session.answer(message).is_err() {
+            // Streamable HTTP puts answers on the POST that asked, never on the GET stream.
+            tracing::debug!("the upstream answered a request nobody waits for any more; dropped");
         }
-        session.to_client(&message);
     };
     for event in already {
         deliver(event);
     }
-    while let Some(chunk) = chunks.next().await {
+    let mut shutdown = sessions.shutdown.clone();
+    loop {
+        let chunk = tokio::select! {
+            chunk = chunks.next() => chunk,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        };
         match chunk {
-            Ok(chunk) => {
+            Some(Ok(chunk)) => {
                 for event in parser.push(&chunk) {
                     deliver(event);
                 }
+                if parser.buffered() > max {
+                    tracing::warn!(
+                        limit = max,
+                        "the upstream's SSE stream sent an event larger than MAX_BODY_BYTES; ended the bridged session"
+                    );
+                    break;
+                }
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::warn!(error = %crate::secret::scrub(&e.to_string()), "the upstream's SSE stream broke off");
+                break;
+            }
+            None => {
+                tracing::info!(
+                    "the upstream's SSE stream of a bridged session ended; the client will initialize again"
+                );
                 break;
             }
         }
     }
-    tracing::info!(
-        "the upstream's SSE stream of a bridged session ended; the client will initialize again"
-    );
-    if let Some(session) = sessions.remove(&id) {
-        // Not `end`: that would abort this very task before it returns.
-        lock(&session.pending).clear();
-        lock(&session.client_stream).take();
-    }
+    sessions.remove(&id);
+    // Not `end`: that would abort this very task before it returns.
+    session.close();
 }
 
-/// The client's GET stream of a bridged session (replacing one it opened before).
-fn client_stream(session: &Session, keepalive: Duration) -> Response {
+/// The client's GET stream of a bridged session (replacing one it opened before); it ends at
+/// shutdown, between two events.
+fn client_stream(
+    session: &Session,
+    keepalive: Duration,
+    shutdown: watch::Receiver<bool>,
+) -> Response {
     let (tx, rx) = mpsc::channel::<String>(STREAM_QUEUE);
     *lock(&session.client_stream) = Some(tx);
-    let events = futures_util::stream::unfold(rx, move |mut rx| async move {
-        let frame = match tokio::time::timeout(keepalive, rx.recv()).await {
-            Ok(Some(line)) => Bytes::from(format!("event: message\ndata: {line}\n\n")),
-            Ok(None) => return None,
-            Err(_) => Bytes::from_static(b":\n\n"),
-        };
-        Some((Ok::<_, Infallible>(frame), rx))
-    });
+    let events =
+        futures_util::stream::unfold((rx, shutdown), move |(mut rx, mut shutdown)| async move {
+            let frame = tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return None,
+                next = tokio::time::timeout(keepalive, rx.recv()) => match next {
+                    Ok(Some(line)) => Bytes::from(format!("event: message\ndata: {line}\n\n")),
+                    Ok(None) => return None,
+                    Err(_) => Bytes::from_static(b":\n\n"),
+                },
+            };
+            Some((Ok::<_, Infallible>(frame), (rx, shutdown)))
+        });
     let mut response = Response::new(Body::from_stream(events));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

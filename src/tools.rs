@@ -282,16 +282,18 @@ impl ToolPolicy {
     pub fn filter_message(&self, ids: &[Value], text: &[u8]) -> Option<Vec<u8>> {
         let mut message: Value = serde_json::from_slice(text).ok()?;
         let changed = match &mut message {
-            Value::Array(items) => items
-                .iter_mut()
-                .fold(false, |changed, item| self.filter_one(ids, item) | changed),
-            item => self.filter_one(ids, item),
+            Value::Array(items) => items.iter_mut().fold(false, |changed, item| {
+                self.filter_answer(ids, item) | changed
+            }),
+            item => self.filter_answer(ids, item),
         };
         // Serializing a Value cannot fail: its keys are strings.
         changed.then(|| serde_json::to_vec(&message).unwrap_or_default())
     }
 
-    fn filter_one(&self, ids: &[Value], message: &mut Value) -> bool {
+    /// Filters one message when it is the answer to a `tools/list` request of `ids`; whether
+    /// a tool was removed.
+    pub fn filter_answer(&self, ids: &[Value], message: &mut Value) -> bool {
         if message.get("method").is_some() || !message.get("id").is_some_and(|id| ids.contains(id))
         {
             return false;

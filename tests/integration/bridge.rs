@@ -473,3 +473,278 @@ async fn an_idle_bridged_session_is_ended_by_the_next_initialize() {
     assert_eq!(status(first.clone()).await, 404);
     sidecar.shutdown().await;
 }
+
+/// A Streamable HTTP client's session bridged to the mock's HTTP+SSE transport.
+struct Bridged {
+    client: reqwest::Client,
+    url: String,
+    session: String,
+}
+
+impl Bridged {
+    async fn open(sidecar: &Sidecar) -> Self {
+        let client = reqwest::Client::new();
+        let url = sidecar.url("/mcp");
+        let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+            "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
+        let response = client
+            .post(&url)
+            .header("content-type", "application/json")
+            .body(initialize.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let session = response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        Self {
+            client,
+            url,
+            session,
+        }
+    }
+
+    async fn post(&self, body: Value) -> reqwest::Response {
+        self.client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("mcp-session-id", &self.session)
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+fn call(id: Value, name: &str, arguments: Value) -> Value {
+    json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":arguments}})
+}
+
+/// The answer to `tools/list` arrives on the upstream's stream, not in the POST's reply: the
+/// tool policy filters it there too, in a batch as well; a batch gets its answers as an array.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_session_filters_tools_list_by_the_policy_and_answers_batches() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", "t"),
+        ("TOOLS_DENY", "delete_*"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let bridged = Bridged::open(&sidecar).await;
+    let names = |list: &Value| -> Vec<String> {
+        list["result"]["tools"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no tools: {list}"))
+            .iter()
+            .map(|tool| tool["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let list = json!({"jsonrpc":"2.0","id":2,"method":"tools/list"});
+    let response = bridged.post(list.clone()).await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(names(&answer), ["echo"]);
+
+    let batch = json!([
+        {"jsonrpc":"2.0","id":"b-1","method":"tools/list"},
+        {"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1}},
+        call(json!("b-2"), "echo", json!({"text":"in a batch"})),
+    ]);
+    let response = bridged.post(batch).await;
+    assert_eq!(response.status(), 200);
+    let answers: Value = response.json().await.unwrap();
+    let answers = answers
+        .as_array()
+        .expect("a batch is answered with an array");
+    assert_eq!(answers.len(), 2, "{answers:?}");
+    let by_id = |id: &str| answers.iter().find(|a| a["id"] == id).unwrap().clone();
+    assert_eq!(names(&by_id("b-1")), ["echo"]);
+    assert_eq!(by_id("b-2")["result"]["content"][0]["text"], "in a batch");
+    // A denied tool is refused by the sidecar, as on every path.
+    let refused: Value = bridged
+        .post(call(json!(3), "delete_all", json!({})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(refused["error"].is_object(), "{refused}");
+    sidecar.shutdown().await;
+}
+
+/// Two requests in flight with one id could not be told apart when the answer arrives: the
+/// second is refused, the first still gets its answer, and the id is free again after.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_session_refuses_a_second_request_with_an_id_in_flight() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let bridged = std::sync::Arc::new(Bridged::open(&sidecar).await);
+    let first = tokio::spawn({
+        let bridged = bridged.clone();
+        async move { bridged.post(call(json!(7), "gated", json!({}))).await }
+    });
+    let posted = poll(
+        || async {
+            mock.state
+                .requests()
+                .iter()
+                .any(|r| r.body.windows(7).any(|w| w == b"\"gated\""))
+                .then_some(())
+        },
+        |_| true,
+    )
+    .await;
+    assert!(
+        posted.is_some(),
+        "the gated call never reached the upstream"
+    );
+    let second = bridged
+        .post(call(json!(7), "echo", json!({"text":"x"})))
+        .await;
+    assert_eq!(second.status(), 400);
+    let body: Value = second.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "duplicate_request_id");
+    assert_eq!(body["id"], 7);
+
+    mock.state.gate.notify_one();
+    let first = tokio::time::timeout(DEADLINE, first)
+        .await
+        .expect("the first request was never answered")
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let again: Value = bridged
+        .post(call(json!(7), "echo", json!({"text":"again"})))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again["result"]["content"][0]["text"], "again");
+    sidecar.shutdown().await;
+}
+
+/// The sidecar holds an upstream event whole to read it: one past `MAX_BODY_BYTES` ends the
+/// session instead of growing memory, and the client is told to initialize again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_event_over_max_body_bytes_ends_the_bridged_session() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", "t"),
+        ("MAX_BODY_BYTES", "65536"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let bridged = Bridged::open(&sidecar).await;
+    let small = bridged
+        .post(call(json!(2), "flood", json!({"bytes": 1000})))
+        .await;
+    assert_eq!(small.status(), 200);
+    let big = bridged
+        .post(call(json!(3), "flood", json!({"bytes": 300_000})))
+        .await;
+    assert_eq!(big.status(), 502);
+    let body = big.text().await.unwrap();
+    assert!(body.contains("closed before it answered"), "{body}");
+    assert!(body.len() < 1000, "{} bytes", body.len());
+    let after = bridged
+        .post(call(json!(4), "echo", json!({"text":"x"})))
+        .await;
+    assert_eq!(after.status(), 404);
+    sidecar.shutdown().await;
+}
+
+/// An upstream that forgot the session its stream announced (404 on the message endpoint):
+/// the session ends and the client is told to initialize again, as for a Streamable HTTP one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_endpoint_that_answers_404_ends_the_bridged_session() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let bridged = Bridged::open(&sidecar).await;
+    mock.state
+        .legacy_forget
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let response = bridged
+        .post(call(json!(2), "echo", json!({"text":"x"})))
+        .await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["reason"], "session_not_found");
+    assert_eq!(body["id"], 2);
+    mock.state
+        .legacy_forget
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    // The session is gone on the sidecar too: its id is not taken again.
+    let response = bridged
+        .post(call(json!(3), "echo", json!({"text":"x"})))
+        .await;
+    assert_eq!(response.status(), 404);
+    sidecar.shutdown().await;
+}
+
+/// Shutdown ends a bridged session's GET stream between events, rather than the client
+/// holding the sidecar for the whole grace.
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_ends_the_get_stream_of_a_session_bridged_to_an_sse_upstream() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[
+        ("UPSTREAM_URL", &mock.url()),
+        ("TOKEN", "t"),
+        ("SHUTDOWN_GRACE", "60s"),
+    ])
+    .await;
+    sidecar.wait_reason("ready").await;
+    let bridged = Bridged::open(&sidecar).await;
+    let mut stream = bridged
+        .client
+        .get(&bridged.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &bridged.session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let started = Instant::now();
+    // Within DEADLINE (15 s), well inside the 60 s grace.
+    sidecar.shutdown().await;
+    assert!(started.elapsed() < DEADLINE);
+    let rest = tokio::time::timeout(DEADLINE, async {
+        while let Ok(Some(_)) = stream.chunk().await {}
+    })
+    .await;
+    assert!(rest.is_ok(), "the client's stream outlived the sidecar");
+}
+
+/// A client that gives up during its `initialize` never learns the session's id: the session
+/// and its upstream stream end then, not at the idle timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_gives_up_during_initialize_leaves_no_upstream_stream_open() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let closed = || async { (mock.state.open_legacy_streams() == 0).then_some(()) };
+    assert!(
+        poll(closed, |_| true).await.is_some(),
+        "the handshake's stream stayed open"
+    );
+    let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+        "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"silent","version":"1"}}});
+    let gave_up = reqwest::Client::new()
+        .post(sidecar.url("/mcp"))
+        .header("content-type", "application/json")
+        .body(initialize.to_string())
+        .timeout(Duration::from_millis(500))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the silent initialize was answered");
+    assert_eq!(mock.state.open_legacy_streams(), 1);
+    assert!(
+        poll(closed, |_| true).await.is_some(),
+        "the upstream stream of an unclaimed session stayed open"
+    );
+    sidecar.shutdown().await;
+}

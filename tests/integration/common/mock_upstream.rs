@@ -111,6 +111,8 @@ pub struct MockState {
     pub initialized_delay: Mutex<Option<std::time::Duration>>,
     /// Answer `tools/list` as SSE (a progress notification, then the list) instead of JSON.
     pub tools_list_sse: AtomicBool,
+    /// HTTP+SSE mode: answer the message endpoint 404, as a server that forgot the session.
+    pub legacy_forget: AtomicBool,
 }
 
 /// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
@@ -250,6 +252,7 @@ impl MockUpstream {
             forbid_everyone: AtomicBool::new(false),
             initialized_delay: Mutex::new(None),
             tools_list_sse: AtomicBool::new(false),
+            legacy_forget: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -725,6 +728,18 @@ fn get_stream(state: &Arc<MockState>, headers: &HeaderMap) -> Response {
     response
 }
 
+impl MockState {
+    /// HTTP+SSE mode: how many streams a client still holds open.
+    pub fn open_legacy_streams(&self) -> usize {
+        self.sse_streams
+            .lock()
+            .unwrap()
+            .values()
+            .filter(|tx| !tx.is_closed())
+            .count()
+    }
+}
+
 /// GET on the SSE URL of an HTTP+SSE server: announce the message endpoint, then relay replies.
 fn legacy_stream(state: &Arc<MockState>) -> Response {
     let session = format!("sse-{}", state.requests.lock().unwrap().len());
@@ -765,11 +780,46 @@ async fn legacy_message(
     let Some(tx) = state.sse_streams.lock().unwrap().get(&session).cloned() else {
         return (StatusCode::NOT_FOUND, "unknown session").into_response();
     };
+    if state.legacy_forget.load(Ordering::SeqCst) {
+        return (StatusCode::NOT_FOUND, "unknown session").into_response();
+    }
     let message: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if let Some(id) = message.get("id") {
+    // A batch is answered one message at a time, each on the stream.
+    let messages = match message {
+        Value::Array(items) => items,
+        one => vec![one],
+    };
+    for message in messages {
+        let Some(id) = message.get("id").cloned() else {
+            continue;
+        };
         let result = match message["method"].as_str() {
+            // Never answered: a client that gives up waiting.
+            Some("initialize") if message["params"]["clientInfo"]["name"] == "silent" => continue,
             Some("initialize") => {
                 json!({"protocolVersion": "2024-11-05", "capabilities": {}, "serverInfo": {"name": "mock-sse-transport", "version": "0.1"}})
+            }
+            Some("tools/list") => {
+                json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}, {"name": "delete_all", "inputSchema": {"type": "object"}}]})
+            }
+            // Answered once the test opens the gate.
+            Some("tools/call") if message["params"]["name"] == "gated" => {
+                let state = state.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    state.gate.notified().await;
+                    let _ = tx.send(
+                        json!({"jsonrpc": "2.0", "id": id, "result": {"content": []}}).to_string(),
+                    );
+                });
+                continue;
+            }
+            // An answer of `bytes` bytes of text.
+            Some("tools/call") if message["params"]["name"] == "flood" => {
+                let bytes = message["params"]["arguments"]["bytes"]
+                    .as_u64()
+                    .unwrap_or(0);
+                json!({"content": [{"type": "text", "text": "x".repeat(bytes as usize)}]})
             }
             Some("tools/call") => {
                 json!({"content": [{"type": "text", "text": message["params"]["arguments"]["text"]}]})
