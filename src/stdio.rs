@@ -46,6 +46,13 @@ const INVALID_REQUEST: i32 = -32600;
 /// Lines waiting for stdout; a host that stops reading slows the upstream reads down rather
 /// than growing memory.
 const OUTPUT_QUEUE: usize = 256;
+/// Requests of one client waiting for the upstream at once; past that a request is answered
+/// with an error at once. Each holds an upstream request open, and the SSE bridge's clients are
+/// remote: without a bound one of them could open any number.
+const MAX_REQUESTS_IN_FLIGHT: usize = 64;
+/// Every message being handled (notifications and the client's answers too); past that the
+/// others are dropped, with a warning.
+const MAX_TASKS: usize = 2 * MAX_REQUESTS_IN_FLIGHT;
 
 static PROTOCOL_VERSION: header::HeaderName =
     header::HeaderName::from_static("mcp-protocol-version");
@@ -478,6 +485,31 @@ impl Front {
             Kind::Request { id, .. } => Some(id_key(id)),
             _ => None,
         };
+        if let Kind::Request { id, .. } = &kind
+            && in_flight.len() >= MAX_REQUESTS_IN_FLIGHT
+        {
+            tracing::warn!(
+                limit = MAX_REQUESTS_IN_FLIGHT,
+                "the client has too many requests in flight; answered one with an error"
+            );
+            self.emit_error(
+                id.clone(),
+                Code::Refused as i32,
+                &format!(
+                    "mcp-sidecar: {MAX_REQUESTS_IN_FLIGHT} requests of this client are already waiting for the upstream; this one was not sent (send it again once one is answered)"
+                ),
+                "too_many_requests",
+                None,
+            );
+            return None;
+        }
+        if tasks.len() >= MAX_TASKS {
+            tracing::warn!(
+                limit = MAX_TASKS,
+                "the client sends messages faster than the upstream takes them; dropped one"
+            );
+            return cancelled;
+        }
         // Set before the next line is read, so every message after it waits for it.
         let initialized =
             matches!(&kind, Kind::Notification { method } if method == "notifications/initialized");

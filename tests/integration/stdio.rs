@@ -363,6 +363,54 @@ async fn cancellation_ends_the_upstream_request_and_is_forwarded() {
     );
 }
 
+/// Each request in flight holds an upstream request open: past 64 a request is answered with
+/// an error at once instead of opening more; a cancellation still gets through and frees a place.
+#[tokio::test]
+async fn requests_in_flight_are_bounded_and_a_cancellation_still_frees_a_place() {
+    let mock = MockUpstream::start("t0ken", Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    host.initialize().await;
+    for id in 100..164 {
+        host.send(&call(id, "hang", json!({}))).await;
+    }
+    host.send(&call(164, "echo", json!({"text": "one too many"})))
+        .await;
+    let refused = host.expect("the refusal", |m| m["id"] == 164).await;
+    assert_eq!(
+        refused["error"]["data"]["reason"], "too_many_requests",
+        "{refused}"
+    );
+    let reached = |text: &'static str| {
+        let mock = &mock;
+        move || async move {
+            let n = bodies(mock)
+                .into_iter()
+                .filter(|(_, _, b)| b["params"]["name"] == text)
+                .count();
+            Some(n)
+        }
+    };
+    assert_eq!(reached("echo")().await, Some(0));
+    assert_eq!(
+        poll(reached("hang"), |n| *n == 64).await,
+        Some(64),
+        "every request under the bound reached the upstream"
+    );
+    host.send(&json!({"jsonrpc":"2.0","method":"notifications/cancelled",
+        "params":{"requestId":100,"reason":"user"}}))
+        .await;
+    host.send(&call(165, "echo", json!({"text": "after a cancel"})))
+        .await;
+    let reply = host
+        .expect("the call after the cancel", |m| m["id"] == 165)
+        .await;
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "after a cancel",
+        "{reply}"
+    );
+    drop(host);
+}
+
 #[tokio::test]
 async fn an_upstream_that_is_down_fails_initialize_in_bounded_time() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
