@@ -45,15 +45,18 @@ pub fn is_wrong_transport(
         && readiness.speaks_sse_transport()
 }
 
-/// What a client of the HTTP front is told: the sidecar serves this transport at the same URL.
+/// What a client of the HTTP front is told when it POSTs outside any session to an upstream of
+/// the HTTP+SSE transport ([`crate::sse_upstream`] bridges sessions from their `initialize`).
 pub const WRONG_TRANSPORT_HTTP: &str = "mcp-sidecar: the upstream speaks only the HTTP+SSE \
-     transport (protocol 2024-11-05), not Streamable HTTP: connect to this same URL with the SSE \
-     transport (Claude Code: claude mcp add --transport sse NAME URL; MCP Inspector: --transport sse)";
+     transport (protocol 2024-11-05): the sidecar bridges a Streamable HTTP session to it from \
+     the session's initialize, and this message belongs to none (send initialize first), or \
+     connect to this same URL with the SSE transport (Claude Code: claude mcp add --transport \
+     sse NAME URL; MCP Inspector: --transport sse)";
 
-/// What a host of the stdio front is told: that front speaks Streamable HTTP upstream only.
+/// The same for a host of the stdio front.
 pub const WRONG_TRANSPORT_STDIO: &str = "mcp-sidecar: the upstream speaks only the HTTP+SSE \
-     transport (protocol 2024-11-05), which mcp-sidecar stdio does not bridge: run mcp-sidecar \
-     serve in front of it and connect with the SSE transport";
+     transport (protocol 2024-11-05): the sidecar bridges a session to it from the host's \
+     initialize, and this message came before it (send initialize first)";
 
 /// A stream that sends this much before its first complete event is not a legacy stream; stop
 /// looking for the endpoint event rather than buffer more.

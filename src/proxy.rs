@@ -105,6 +105,7 @@ pub async fn handle_sse(State(app): State<Arc<App>>, request: Request) -> Respon
     }
     let settings = crate::stdio::Pump {
         forwarder: app.forwarder.clone(),
+        sse_sessions: app.sse_sessions.clone(),
         readiness: app.readiness.clone(),
         ready_timeout: app.bridge_ready_timeout,
         max_message_bytes: app.max_body_bytes,

@@ -31,7 +31,7 @@ use http::{HeaderMap, Method, StatusCode};
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::forwarder::{ForwardError, Forwarded, Forwarder, Prepared, Target};
+use crate::forwarder::{Answer, ForwardError, Forwarded, Forwarder, Prepared, Target};
 use crate::jsonrpc::Code;
 use crate::mcp::MCP_SESSION_ID;
 
@@ -39,6 +39,8 @@ use crate::mcp::MCP_SESSION_ID;
 const ENDPOINT_WAIT: Duration = Duration::from_secs(10);
 /// An upstream that sends this much before its `endpoint` event is not the legacy transport.
 const MAX_BEFORE_ENDPOINT: usize = 64 * 1024;
+/// Keepalives on the GET stream of a front in this process (the stdio front), which needs none.
+const IN_PROCESS_KEEPALIVE: Duration = Duration::from_secs(3600);
 /// Messages waiting for the client's GET stream; past that they are dropped (and logged), as a
 /// server's would be with no stream open.
 const STREAM_QUEUE: usize = 256;
@@ -258,6 +260,21 @@ impl Sessions {
                 None => Handled::Yes(session_gone(request.rpc_id())),
             },
             _ => Handled::No,
+        }
+    }
+
+    /// [`Forwarder::forward`] for a front that holds the session on its client's behalf (the
+    /// stdio front): the bridge's answer as an upstream one; what it does not take goes to the
+    /// forwarder.
+    pub async fn forward(
+        self: &Arc<Self>,
+        forwarder: &Forwarder,
+        request: &Prepared,
+    ) -> Result<Forwarded, ForwardError> {
+        match self.handle(forwarder, request, IN_PROCESS_KEEPALIVE).await {
+            Handled::No => forwarder.forward(request).await,
+            Handled::Yes(response) => Ok(Forwarded::Answer(answer_of(response))),
+            Handled::Failed(e) => Err(e),
         }
     }
 
@@ -668,6 +685,22 @@ fn client_stream(
         .headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// A reply of the bridge as the forwarder hands over an upstream's. Its bodies are made here
+/// (JSON, or the GET stream's channel) and cannot fail.
+fn answer_of(response: Response) -> Answer {
+    let (parts, body) = response.into_parts();
+    let chunks = body
+        .into_data_stream()
+        .filter_map(|chunk| std::future::ready(chunk.ok()))
+        .map(Ok);
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body: crate::upstream::Body::from_stream(chunks),
+        follow: None,
+    }
 }
 
 fn session_gone(id: Value) -> Response {

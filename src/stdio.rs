@@ -163,6 +163,11 @@ where
     ));
     let settings = Pump {
         forwarder,
+        sse_sessions: crate::sse_upstream::Sessions::new(
+            config.sessions,
+            config.max_body_bytes,
+            stop_rx.clone(),
+        ),
         readiness,
         ready_timeout: config.stdio_ready_timeout,
         max_message_bytes: config.max_body_bytes,
@@ -230,6 +235,8 @@ fn show_login(login: &crate::token::Login, env: &HashMap<String, String>) {
 /// What [`pump`] forwards with, and how it names its two ends in logs.
 pub struct Pump {
     pub forwarder: Arc<Forwarder>,
+    /// Sessions bridged to an upstream that speaks only HTTP+SSE.
+    pub sse_sessions: Arc<crate::sse_upstream::Sessions>,
     pub readiness: Arc<Readiness>,
     /// How long `initialize` waits for the readiness handshake (`STDIO_READY_TIMEOUT`).
     pub ready_timeout: Duration,
@@ -259,6 +266,7 @@ pub async fn pump<R>(
     let (stop_tx, stop_rx) = watch::channel(false);
     let front = Arc::new(Front {
         forwarder: settings.forwarder,
+        sse_sessions: settings.sse_sessions,
         readiness: settings.readiness,
         ready_timeout: settings.ready_timeout,
         max_message_bytes: settings.max_message_bytes,
@@ -368,6 +376,7 @@ async fn write_lines<W: AsyncWrite + Unpin>(
 /// What every message's task shares.
 struct Front {
     forwarder: Arc<Forwarder>,
+    sse_sessions: Arc<crate::sse_upstream::Sessions>,
     readiness: Arc<Readiness>,
     ready_timeout: Duration,
     max_message_bytes: usize,
@@ -570,7 +579,7 @@ impl Front {
             return;
         }
         let request = self.prepare(Method::POST, body);
-        match self.forwarder.forward(&request).await {
+        match self.forward(&request).await {
             Ok(Forwarded::Answer(answer)) => {
                 let status = answer.status;
                 let event_stream = crate::sse::is_event_stream(&answer.headers);
@@ -678,6 +687,15 @@ impl Front {
                 }
             }
         }
+    }
+
+    /// Through the bridge to an upstream that speaks only HTTP+SSE ([`crate::sse_upstream`]),
+    /// else straight through the forwarder.
+    async fn forward(&self, request: &Prepared) -> Result<Forwarded, ForwardError> {
+        if self.readiness.speaks_sse_transport() {
+            return self.sse_sessions.forward(&self.forwarder, request).await;
+        }
+        self.forwarder.forward(request).await
     }
 
     fn prepare(&self, method: Method, body: Bytes) -> Prepared {
@@ -852,7 +870,7 @@ impl Front {
             let mut stop = self.stop.clone();
             let request = self.prepare(Method::GET, Bytes::new());
             let stream = async {
-                match self.forwarder.forward(&request).await {
+                match self.forward(&request).await {
                     Ok(Forwarded::Answer(answer))
                         if answer.status.is_success()
                             && crate::sse::is_event_stream(&answer.headers) =>
@@ -896,7 +914,7 @@ impl Front {
             return;
         }
         let request = self.prepare(Method::DELETE, Bytes::new());
-        match self.forwarder.forward(&request).await {
+        match self.forward(&request).await {
             Ok(Forwarded::Answer(answer)) => {
                 tracing::info!(
                     status = answer.status.as_u16(),

@@ -857,26 +857,66 @@ async fn connect_refuses_settings_it_would_ignore() {
     assert!(stderr.contains("cannot be used with"), "{stderr}");
 }
 
-/// An upstream that speaks only the 2024-11-05 HTTP+SSE transport: `initialize` fails with an
-/// error that says so and what to run instead, not with the upstream's 405.
+/// An upstream that speaks only the 2024-11-05 HTTP+SSE transport: the stdio front's session
+/// is bridged to it ([`mcp_sidecar::sse_upstream`]): the answers arrive on the upstream's
+/// stream, the messages go to the endpoint it announced, with the credential, and EOF ends it.
 #[tokio::test]
-async fn an_sse_transport_upstream_is_named_as_such() {
-    let mock = MockUpstream::start("tok-sse", Mode::SseTransport);
-    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "tok-sse")]);
+async fn the_stdio_front_is_bridged_to_an_sse_transport_upstream() {
+    let token = canary();
+    let mock = MockUpstream::start(&token, Mode::SseTransport);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", &token)]);
     host.send(&initialize(1)).await;
-    let reply = host.expect("initialize error", |m| m["id"] == 1).await;
+    let reply = host.expect("initialize reply", |m| m["id"] == 1).await;
     assert_eq!(
-        reply["error"]["data"]["reason"], "transport_mismatch",
+        reply["result"]["serverInfo"]["name"], "mock-sse-transport",
         "{reply}"
     );
+    host.send(&json!({"jsonrpc":"2.0","method":"notifications/initialized"}))
+        .await;
+    host.send(&call(2, "echo", json!({"text": "over the bridge"})))
+        .await;
+    let reply = host.expect("the call's reply", |m| m["id"] == 2).await;
+    assert_eq!(
+        reply["result"]["content"][0]["text"], "over the bridge",
+        "{reply}"
+    );
+    // An upstream that echoes the credential: scrubbed on the way to the host.
+    host.send(&call(3, "echo", json!({"text": token}))).await;
+    let reply = host.expect("the echo's reply", |m| m["id"] == 3).await;
+    assert!(!reply.to_string().contains(&token[..40]), "{reply}");
+    let posts: Vec<_> = mock
+        .state
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "POST")
+        .collect();
     assert!(
-        reply["error"]["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("HTTP+SSE") && m.contains("mcp-sidecar serve")),
-        "{reply}"
+        posts
+            .iter()
+            .filter(|r| r
+                .query
+                .as_deref()
+                .is_some_and(|q| q.starts_with("sessionId=")))
+            .count()
+            >= 4,
+        "{posts:?}"
     );
+    for post in &posts {
+        assert_eq!(
+            post.authorization(),
+            Some(format!("Bearer {token}").as_str())
+        );
+    }
     let (code, _, stderr) = host.close().await;
     assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains(&token[..40]), "{stderr}");
+    // EOF ended the session: the sidecar closed the upstream stream.
+    let closed = poll(
+        || async { (mock.state.open_legacy_streams() == 0).then_some(()) },
+        |_| true,
+    )
+    .await;
+    assert!(closed.is_some(), "the upstream stream stayed open");
 }
 
 /// Run by hand in a terminal (stdin a tty, here through `script`), a pending device login is

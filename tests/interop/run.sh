@@ -484,6 +484,18 @@ scenario_e() {
   grep -q "bridged to the upstream's HTTP+SSE transport" "$WORK/sidecar-e.log" ||
     fail "the sidecar log does not show the Streamable HTTP clients bridged"
   note "Claude Code --transport http and the SDK's Streamable HTTP client, bridged to server-everything's sse transport"
+  # The stdio front bridges its session the same way: the SDK's StdioClientTransport with the
+  # full feature set (progress, subscribe, sampling, elicitation, roots) against the sse server.
+  mkdir -p "$WORK/state-e-stdio"
+  if ! node "$HERE/stdio.mjs" "$SIDECAR_BIN" "http://127.0.0.1:$se_port/sse" "$WORK/state-e-stdio/tokens" \
+    >"$WORK/client-e-stdio.out" 2>"$WORK/client-e-stdio.log"; then
+    sed 's/^/  /' "$WORK/client-e-stdio.out"
+    fail "stdio.mjs spawning mcp-sidecar stdio in front of server-everything's sse transport (its log in client-e-stdio.log)"
+  fi
+  sed 's/^/  stdio: /' "$WORK/client-e-stdio.out"
+  grep -q "bridged to the upstream's HTTP+SSE transport" "$WORK/client-e-stdio.log" ||
+    fail "mcp-sidecar stdio's log does not show its session bridged"
+  note "mcp-sidecar stdio with the SDK's StdioClientTransport, bridged to server-everything's sse transport"
 }
 
 # E2: the client speaks HTTP+SSE, the upstream Streamable HTTP; the sidecar bridges the two.
@@ -671,7 +683,7 @@ run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
 run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
-run_scenario E "HTTP+SSE upstream: SDK SSE client passed through; SDK Streamable HTTP client and Claude Code --transport http bridged -> server-everything sse" scenario_e
+run_scenario E "HTTP+SSE upstream: SDK SSE client passed through; SDK Streamable HTTP client, Claude Code --transport http and mcp-sidecar stdio bridged -> server-everything sse" scenario_e
 run_scenario E2 "legacy SSE front, bridged: SDK SSE client and MCP Inspector -> sidecar PATH/sse -> server-everything streamableHttp" scenario_e2
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f
 run_scenario G "stdio front: SDK StdioClientTransport -> mcp-sidecar stdio -> server-everything" scenario_g
