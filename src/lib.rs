@@ -16,7 +16,9 @@
 //!   outage; [`subscriptions`]: resource subscriptions replayed into a re-made session; [`legacy`]: the 2024-11-05 HTTP+SSE transport; [`guard`]: Host/Origin/client-token checks; [`jsonrpc`]: the
 //!   sidecar's own error replies; [`stdio`]: the stdio front (MCP over stdin/stdout) and its
 //!   message pump; [`bridge`]: the legacy SSE front at `PATH/sse`, that pump per client stream;
-//!   [`sse_upstream`]: Streamable HTTP clients bridged to an HTTP+SSE upstream.
+//!   [`sse_upstream`]: Streamable HTTP clients bridged to an HTTP+SSE upstream;
+//!   [`terminal_login`]: the stdio front's login when a person runs it in a terminal;
+//!   [`browser`]: opening a page in the user's browser.
 //! - [`mcp`]: wire constants; [`sse`]: event-stream parsing and boundaries.
 //! - [`handshake`] and [`readiness`]: what `/ready` means; [`admin`]: the sidecar's endpoints;
 //!   [`metrics`]: counters.
@@ -59,6 +61,7 @@ pub mod stdio;
 pub mod stream;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod terminal_login;
 pub mod time;
 pub mod token;
 pub mod tools;

@@ -120,7 +120,7 @@ where
     let settings = config
         .take_single_upstream("mcp-sidecar stdio")
         .map_err(StdioError::Setup)?;
-    let (upstream, _built) = Upstream::start(
+    let (upstream, built) = Upstream::start(
         &settings.name,
         settings.auth,
         &settings.upstream,
@@ -141,9 +141,34 @@ where
                 }),
         )
     };
-    if let Started::ByHand { env } = started {
-        tokio::spawn(show_logins(readiness.clone(), env));
-    }
+    let input: Box<dyn AsyncBufRead + Unpin + Send> = match started {
+        Started::ByHost => Box::new(input),
+        Started::ByHand { env } => {
+            use crate::terminal_login::{Browser, paste_back, show_device_codes, split_pasted};
+            let browser = Browser {
+                in_container: in_container(&env),
+                env,
+            };
+            tokio::spawn(show_device_codes(readiness.clone(), browser.clone()));
+            match built.manager.clone().zip(built.authorization.clone()) {
+                // Stdin carries the pasted redirect too.
+                Some((manager, grant)) => {
+                    let (pasted_tx, pasted_rx) = mpsc::channel(4);
+                    let (messages, pump_input) = tokio::io::duplex(64 * 1024);
+                    tokio::spawn(split_pasted(input, messages, pasted_tx));
+                    tokio::spawn(paste_back(
+                        readiness.clone(),
+                        manager,
+                        grant,
+                        browser,
+                        pasted_rx,
+                    ));
+                    Box::new(tokio::io::BufReader::new(pump_input))
+                }
+                None => Box::new(input),
+            }
+        }
+    };
     tracing::info!(
         upstream = %crate::net::display_url(upstream.url()),
         state_dir = %settings.state_dir.display(),
@@ -182,54 +207,6 @@ where
     let _ = tokio::time::timeout(config.shutdown_grace / 4, writer).await;
     let _ = checker.await;
     Ok(())
-}
-
-/// For a person at a terminal: each login the readiness checker starts waiting for is shown on
-/// stderr once, its page opened in a browser where one exists. A device code is approved in the
-/// browser and the checker picks the token up; an authorization code needs the redirected URL
-/// pasted back, which `mcp-sidecar login` reads (stdin is this front's message channel).
-async fn show_logins(readiness: Arc<Readiness>, env: HashMap<String, String>) {
-    let mut changes = readiness.subscribe();
-    let mut shown: Option<(String, Option<String>)> = None;
-    loop {
-        if let Some(login) = readiness.state().login {
-            let key = (login.verification_uri.clone(), login.user_code.clone());
-            if shown.as_ref() != Some(&key) {
-                shown = Some(key);
-                show_login(&login, &env);
-            }
-        }
-        if changes.changed().await.is_err() {
-            return;
-        }
-    }
-}
-
-fn show_login(login: &crate::token::Login, env: &HashMap<String, String>) {
-    use crate::output::errln;
-    let Some(code) = &login.user_code else {
-        errln!(
-            "mcp-sidecar stdio: a login is needed: run `mcp-sidecar login` with this same configuration (it opens {} and reads the redirected URL you paste), then start this again",
-            login.verification_uri
-        );
-        return;
-    };
-    let page = login
-        .verification_uri_complete
-        .as_deref()
-        .unwrap_or(&login.verification_uri);
-    errln!(
-        "mcp-sidecar stdio: to log in, open {} and enter the code {code}{}",
-        login.verification_uri,
-        login
-            .expires_at
-            .as_deref()
-            .map(|at| format!(" (expires {at})"))
-            .unwrap_or_default()
-    );
-    if crate::browser::open(page, env, in_container(env)) {
-        errln!("mcp-sidecar stdio: opened {page} in your browser");
-    }
 }
 
 /// What [`pump`] forwards with, and how it names its two ends in logs.
@@ -547,28 +524,35 @@ impl Front {
             && let Err(report) = self.wait_ready().await
         {
             let reason = report.reason;
-            let mut message = format!(
-                "mcp-sidecar: the upstream is not ready ({}): {}",
-                reason.as_str(),
-                crate::secret::scrub(&report.detail)
-            );
-            if let Some(login) = &report.login {
-                message.push_str(&format!(
-                    "; to log in, open {}",
-                    login
+            let mut detail = crate::secret::scrub(&report.detail);
+            let mut login = report.login;
+            let how = match &login {
+                Some(device) if device.user_code.is_some() => format!(
+                    "; to log in, open {} and enter the code {}",
+                    device
                         .verification_uri_complete
                         .as_deref()
-                        .unwrap_or(&login.verification_uri)
-                ));
-                if let Some(code) = &login.user_code {
-                    message.push_str(&format!(" and enter the code {code}"));
+                        .unwrap_or(&device.verification_uri),
+                    device.user_code.as_deref().unwrap_or_default()
+                ),
+                // An authorization code comes back to the sidecar's login page, which nothing
+                // serves in this process.
+                Some(page) => {
+                    detail = detail.replace(&page.describe(), "a person has to log in");
+                    login = None;
+                    "; to log in, run mcp-sidecar stdio (or mcp-sidecar login) with this configuration in a terminal: it shows the authorization URL and reads the redirected URL pasted back".to_string()
                 }
-            }
+                None => String::new(),
+            };
+            let message = format!(
+                "mcp-sidecar: the upstream is not ready ({}): {detail}{how}",
+                reason.as_str(),
+            );
             let data = json!({
                 "source": "mcp-sidecar",
                 "reason": reason.as_str(),
-                "detail": crate::secret::scrub(&report.detail),
-                "login": report.login,
+                "detail": detail,
+                "login": login,
             });
             self.write(json!({
                 "jsonrpc": "2.0",

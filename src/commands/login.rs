@@ -151,17 +151,12 @@ async fn authorization_code(
     .await
     .map_err(|e| format!("cannot read standard input: {e}"))?
     .map_err(|e| format!("cannot read standard input: {e}"))?;
-    let pasted = line.trim();
-    let query = match url::Url::parse(pasted) {
-        Ok(url) => url.query().unwrap_or("").to_string(),
-        Err(_) => pasted.trim_start_matches('?').to_string(),
-    };
-    if query.is_empty() {
+    let Some(query) = crate::terminal_login::callback_query(&line) else {
         return Err(
             "nothing usable was pasted: expected the full redirected URL with ?code=...&state=..."
                 .into(),
         );
-    }
+    };
     let issued = grant.complete(&query).await.map_err(|e| e.to_string())?;
     manager.accept(issued).await;
     Ok(())

@@ -981,3 +981,109 @@ async fn run_by_hand_in_a_terminal_a_pending_login_is_shown_on_stderr() {
     );
     let _ = child.kill().await;
 }
+
+/// `AUTH=authorization_code` run by hand: the authorization URL is shown on the terminal, the
+/// URL the browser was sent to is pasted back on stdin (not taken as a message), the code is
+/// exchanged and the tokens kept in `STATE_DIR` for the host that runs it later.
+#[tokio::test]
+async fn run_by_hand_an_authorization_code_login_takes_the_pasted_redirect() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    let state = tempfile::tempdir().unwrap();
+    let dir = state.path().join("tokens");
+    let mut child = Command::new("script")
+        .args(["-qfec", &format!("{BIN} stdio"), "/dev/null"])
+        .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
+        .env("MCP_SIDECAR_AUTH", "authorization_code")
+        .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
+        .env("MCP_SIDECAR_ISSUER", idp.url(""))
+        .env("MCP_SIDECAR_STATE_DIR", &dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("script(1) runs (util-linux)");
+    let mut terminal = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut read_until = async |needle: &str| -> Option<String> {
+        tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = terminal.next_line().await {
+                seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    };
+    let authorize = read_until("/authorize?")
+        .await
+        .expect("the authorization URL on the terminal")
+        .trim()
+        .to_string();
+    assert!(
+        authorize.starts_with(&idp.url("/authorize?")),
+        "{authorize}"
+    );
+    // The "browser" logs in and is sent to the redirect URI, where nothing listens.
+    let back = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(&authorize)
+        .send()
+        .await
+        .unwrap();
+    let redirected = back.headers()["location"].to_str().unwrap().to_string();
+    let stdin = child.stdin.as_mut().unwrap();
+    stdin
+        .write_all(format!("{redirected}\n").as_bytes())
+        .await
+        .unwrap();
+    stdin.flush().await.unwrap();
+    let done = read_until("logged in").await;
+    assert!(done.is_some(), "no login on the terminal: {seen:#?}");
+    let exchanged = idp.state.requests.lock().unwrap().iter().any(|r| {
+        r.form.get("grant_type").map(String::as_str) == Some("authorization_code")
+            && r.outcome == "ok"
+    });
+    assert!(exchanged, "the pasted code was not exchanged");
+    let stored = std::fs::read_dir(&dir)
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert!(stored > 0, "nothing stored in STATE_DIR");
+    let _ = child.kill().await;
+}
+
+/// Spawned by a host with `AUTH=authorization_code` and no token: `initialize` says how to log
+/// in, not to open the sidecar's own login page, which nothing serves in a stdio process.
+#[tokio::test]
+async fn a_pending_authorization_code_login_says_to_log_in_from_a_terminal() {
+    let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
+    let idp = MockIdp::start(Some(upstream.state.clone()));
+    let mut host = Host::spawn(&[
+        ("UPSTREAM_URL", &upstream.url()),
+        ("AUTH", "authorization_code"),
+        ("CLIENT_ID", CLIENT_ID),
+        ("ISSUER", &idp.url("")),
+        ("STDIO_READY_TIMEOUT", "1s"),
+    ]);
+    let answer = initialize_until(&mut host, 1, |m| {
+        m["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("to log in"))
+    })
+    .await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("run mcp-sidecar stdio (or mcp-sidecar login)"),
+        "{answer}"
+    );
+    assert!(!answer.to_string().contains("/oauth/login"), "{answer}");
+    let (code, _, stderr) = host.close().await;
+    assert_eq!(code, Some(0), "{stderr}");
+}
