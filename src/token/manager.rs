@@ -145,6 +145,10 @@ pub struct Manager {
     skew: Duration,
     held: Mutex<Held>,
     flight: tokio::sync::Mutex<()>,
+    /// Step-ups decide one at a time: a request refused together with the one that asks for
+    /// the wider token must wait for that token, not find the old one and give up (the
+    /// requesting one takes `flight` only once its token request task runs).
+    step_ups: tokio::sync::Mutex<()>,
     /// See [`REFRESH_WAIT`].
     refresh_wait: Duration,
     /// A refresh ahead of expiry was spawned and has not finished: requests spawn no other.
@@ -231,6 +235,7 @@ impl Manager {
             skew: parts.skew,
             held: Mutex::new(Held::default()),
             flight: tokio::sync::Mutex::new(()),
+            step_ups: tokio::sync::Mutex::new(()),
             background: AtomicBool::new(false),
             #[cfg(test)]
             background_spawned: AtomicUsize::new(0),
@@ -1219,6 +1224,7 @@ impl TokenSource for Manager {
             let Some(oauth) = &self.oauth else {
                 return Ok(None);
             };
+            let _deciding = self.step_ups.lock().await;
             let granted = self.held().scope.clone();
             if !oauth.add_scopes(scope, granted.as_deref(), MAX_EXTRA_SCOPES) {
                 // Requests refused together share one step-up: the first adds the scopes and
@@ -1378,6 +1384,72 @@ mod tests {
             wait,
         );
         (grant, manager)
+    }
+
+    /// [`gated`] with the OAuth client of a client-credentials configuration, for step-ups.
+    fn gated_oauth(lifetime: Duration) -> (Arc<Gated>, Arc<Manager>) {
+        let env = [
+            ("MCP_SIDECAR_UPSTREAM_URL", "http://127.0.0.1:9/mcp"),
+            ("MCP_SIDECAR_AUTH", "client_credentials"),
+            ("MCP_SIDECAR_CLIENT_ID", "step-up-client"),
+            ("MCP_SIDECAR_CLIENT_SECRET", "canary-step-up-secret+/=&"),
+            ("MCP_SIDECAR_TOKEN_URL", "http://127.0.0.1:9/token"),
+        ];
+        let mut config = crate::config::load(&crate::config::Sources {
+            file: None,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        })
+        .expect("a valid client-credentials configuration");
+        let crate::config::AuthConfig::OAuth(oauth) = config.upstreams.remove(0).auth else {
+            panic!("AUTH=client_credentials is an OAuth configuration");
+        };
+        let oauth = Arc::new(OAuthClient::new(
+            reqwest::Client::new(),
+            Arc::new(*oauth),
+            url::Url::parse("http://127.0.0.1:9/mcp").expect("a URL"),
+        ));
+        let grant = Arc::new(Gated {
+            obtains: AtomicUsize::new(0),
+            gate: tokio::sync::Semaphore::new(0),
+            lifetime,
+            failing: AtomicBool::new(false),
+        });
+        let manager = Manager::new(Parts {
+            name: "client_credentials",
+            kind: None,
+            grant: Box::new(Shared(grant.clone())),
+            interactive: None,
+            oauth: Some(oauth),
+            store: None,
+            seed: None,
+            skew: Duration::from_secs(60),
+        });
+        (grant, manager)
+    }
+
+    /// Two requests refused with `insufficient_scope` at once: the second must get the token
+    /// the first asks for, however the two are scheduled. On one thread the first spawns its
+    /// token request and yields before that task takes `flight`; without `step_ups` the second
+    /// took `flight` first, found the old token and gave up.
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_refused_together_share_one_step_up_however_they_are_scheduled() {
+        let (grant, manager) = gated_oauth(Duration::from_secs(3600));
+        let rejected = manager.token().await.expect("a token").expect("not none");
+        grant.gate.add_permits(1);
+        let (first, second) = tokio::join!(
+            manager.step_up(Some(&rejected), "admin"),
+            manager.step_up(Some(&rejected), "admin"),
+        );
+        let first = first.expect("no error").expect("the first steps up");
+        let second = second
+            .expect("no error")
+            .expect("the second takes the first's token");
+        assert_ne!(first, rejected);
+        assert_eq!(first, second);
+        assert_eq!(grant.obtains.load(Ordering::SeqCst), 2, "one step-up");
     }
 
     /// Moves the held token's life so that `left` of it remains out of `lifetime`.
