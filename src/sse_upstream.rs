@@ -9,9 +9,13 @@
 //! `Mcp-Session-Id`. Every message of that session is POSTed to the announced endpoint; the
 //! answer to a request arrives on the upstream stream, matched by its JSON-RPC id, and is the
 //! POST's JSON reply. What the upstream sends on its own (notifications, server-to-client
-//! requests, progress) goes to the client's GET stream when it has one open. `DELETE`, or the
-//! upstream stream ending, ends the session; a client whose session is gone gets 404 and
-//! initializes again, as the Streamable HTTP transport says.
+//! requests, progress) goes to the client's GET stream when it has one open. `DELETE` ends the
+//! session; a client whose session is gone gets 404 and initializes again, as the Streamable
+//! HTTP transport says. When the upstream stream ends (the server restarted, a proxy cut it),
+//! the requests waiting for an answer fail, and the next message opens another stream and
+//! replays the client's `initialize` and `notifications/initialized` into it first: clients
+//! that never re-initialize (stdio hosts behind `mcp-sidecar stdio`) go on as if nothing
+//! happened, as with the forwarder's session recovery.
 //!
 //! Everything the upstream sends is scrubbed of known secrets before it reaches the client, and
 //! answers to `tools/list` are filtered by the tool policy as on the other paths. An upstream
@@ -71,7 +75,14 @@ pub struct Sessions {
 }
 
 struct Session {
-    post_url: url::Url,
+    /// Where the current upstream stream takes messages.
+    post_url: Mutex<url::Url>,
+    /// The client's `initialize`, replayed when the upstream stream is opened again.
+    initialize: Bytes,
+    /// Whether the client sent `notifications/initialized` (replayed too).
+    initialized: std::sync::atomic::AtomicBool,
+    /// One re-opening at a time; the others wait for it.
+    relinking: tokio::sync::Mutex<()>,
     pending: Mutex<Pending>,
     /// The client's GET stream, while one is open.
     client_stream: Mutex<Option<mpsc::Sender<String>>>,
@@ -86,26 +97,49 @@ struct Pending {
     /// Labels each entry, so a finished request removes its own entry and never a later one
     /// that reuses the id.
     next: u64,
-    /// The session has ended: nothing will answer, so nothing more may wait.
-    ended: bool,
+    link: Link,
+    /// Counts the upstream streams of the session; each reader carries its own.
+    generation: u64,
+    /// The last stream whose end was seen.
+    lost: Option<u64>,
 }
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    #[default]
+    Up,
+    /// The upstream stream ended (the server restarted, a proxy cut it): the next message
+    /// opens another and replays the client's `initialize` first.
+    Down,
+    /// The session has ended: nothing will answer, so nothing more may wait.
+    Ended,
+}
+
+/// A registered request: its key, its label, where its answer arrives.
+type Waiting = (String, u64, oneshot::Receiver<Value>);
 
 /// Why a request cannot wait for its answer.
 enum NotWaiting {
     Ended,
+    Down,
     /// A request of this id is already waiting: its answer could not be told apart.
     Duplicate(Value),
 }
 
 impl Session {
     /// Registers the requests `ids` as waiting; all or none.
-    fn expect(
-        &self,
-        ids: &[Value],
-    ) -> Result<Vec<(String, u64, oneshot::Receiver<Value>)>, NotWaiting> {
+    fn expect(&self, ids: &[Value]) -> Result<Vec<Waiting>, NotWaiting> {
+        self.expect_on(ids, Link::Up)
+    }
+
+    /// Registers requests while the link is `link`: a replay waits while it is still down,
+    /// before the client's messages may go.
+    fn expect_on(&self, ids: &[Value], link: Link) -> Result<Vec<Waiting>, NotWaiting> {
         let mut pending = lock(&self.pending);
-        if pending.ended {
-            return Err(NotWaiting::Ended);
+        match pending.link {
+            now if now == link => {}
+            Link::Ended => return Err(NotWaiting::Ended),
+            _ => return Err(NotWaiting::Down),
         }
         let keys: Vec<String> = ids.iter().map(Value::to_string).collect();
         for (i, key) in keys.iter().enumerate() {
@@ -141,12 +175,28 @@ impl Session {
 
     /// Fails every waiting request and lets no more wait.
     fn close(&self) {
+        self.fail_waiting(Link::Ended);
+        lock(&self.client_stream).take();
+    }
+
+    /// The upstream stream ended: the requests waiting get no answer; the client keeps its
+    /// session and its GET stream.
+    fn lost_link(&self, generation: u64) {
+        lock(&self.pending).lost = Some(generation);
+        self.fail_waiting(Link::Down);
+    }
+
+    fn fail_waiting(&self, link: Link) {
         let mut pending = lock(&self.pending);
-        pending.ended = true;
+        if pending.link != Link::Ended {
+            pending.link = link;
+        }
         // Dropping the senders fails every waiting request.
         pending.by_id.clear();
-        drop(pending);
-        lock(&self.client_stream).take();
+    }
+
+    fn post_url(&self) -> url::Url {
+        lock(&self.post_url).clone()
     }
 
     fn touch(&self) {
@@ -279,95 +329,27 @@ impl Sessions {
     }
 
     async fn initialize(self: &Arc<Self>, forwarder: &Forwarder, request: &Prepared) -> Handled {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::ACCEPT,
-            HeaderValue::from_static("text/event-stream"),
-        );
-        let open = Prepared::new(
-            Method::GET,
-            Target::Endpoint { query: None },
-            &headers,
-            Bytes::new(),
-        );
-        let answer = match forwarder.forward(&open).await {
-            Ok(Forwarded::Answer(answer))
-                if answer.status.is_success() && crate::sse::is_event_stream(&answer.headers) =>
-            {
-                answer
+        let (post_url, chunks, parser, after) = match open_stream(forwarder).await {
+            Ok(opened) => opened,
+            Err(Opening::Failed(message)) => {
+                return Handled::Yes(upstream_failed(request.rpc_id(), &message));
             }
-            Ok(Forwarded::Answer(answer)) => {
-                return Handled::Yes(upstream_failed(
-                    request.rpc_id(),
-                    &format!(
-                        "the upstream's SSE stream did not open (HTTP {})",
-                        answer.status.as_u16()
-                    ),
-                ));
-            }
-            Ok(Forwarded::Away(_) | Forwarded::Refused(_)) => {
-                return Handled::Yes(upstream_failed(
-                    request.rpc_id(),
-                    "the upstream's SSE stream is not available",
-                ));
-            }
-            Err(e) => return Handled::Failed(e),
+            Err(Opening::Forward(e)) => return Handled::Failed(e),
         };
-        let mut chunks = answer.body;
-        let mut parser = crate::sse::Parser::new();
-        let mut read = 0usize;
-        let mut after = Vec::new();
-        let endpoint = tokio::time::timeout(ENDPOINT_WAIT, async {
-            while let Some(Ok(chunk)) = chunks.next().await {
-                read += chunk.len();
-                let mut events = parser.push(&chunk).into_iter();
-                for event in events.by_ref() {
-                    if event.event.as_deref() == Some("endpoint") {
-                        after.extend(events);
-                        return Some(event.data);
-                    }
-                }
-                if read > MAX_BEFORE_ENDPOINT {
-                    break;
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten();
-        let Some(post_url) = endpoint
-            .as_deref()
-            .and_then(|reference| forwarder.upstream().same_origin(reference.trim()))
-        else {
-            tracing::warn!(
-                "the upstream's SSE stream announced no message endpoint on its own origin"
-            );
-            return Handled::Yes(upstream_failed(
-                request.rpc_id(),
-                "the upstream's SSE stream announced no message endpoint on its own origin",
-            ));
-        };
-
         self.make_room();
         let id = crate::token::endpoint::random_token();
         let session = Arc::new(Session {
-            post_url,
+            post_url: Mutex::new(post_url),
+            initialize: request.body.clone(),
+            initialized: std::sync::atomic::AtomicBool::new(false),
+            relinking: tokio::sync::Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             client_stream: Mutex::new(None),
             reader: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
         });
         lock(&self.open).insert(id.clone(), session.clone());
-        let reader = tokio::spawn(read_upstream(
-            self.clone(),
-            id.clone(),
-            session.clone(),
-            chunks,
-            parser,
-            after,
-        ));
-        *lock(&session.reader) = Some(reader.abort_handle());
+        let _ = self.spawn_reader(&id, &session, chunks, parser, after);
         tracing::info!(
             open = lock(&self.open).len(),
             "a Streamable HTTP client's session bridged to the upstream's HTTP+SSE transport"
@@ -392,8 +374,148 @@ impl Sessions {
         }
     }
 
-    async fn in_session(
+    fn spawn_reader(
+        self: &Arc<Self>,
+        id: &str,
+        session: &Arc<Session>,
+        chunks: crate::upstream::Body,
+        parser: crate::sse::Parser,
+        after: Vec<crate::sse::Event>,
+    ) -> u64 {
+        let generation = {
+            let mut pending = lock(&session.pending);
+            pending.generation += 1;
+            pending.generation
+        };
+        let reader = tokio::spawn(read_upstream(
+            self.clone(),
+            (id.to_string(), generation),
+            session.clone(),
+            chunks,
+            parser,
+            after,
+        ));
+        *lock(&session.reader) = Some(reader.abort_handle());
+        generation
+    }
+
+    /// Opens another upstream stream for a session whose stream ended, and replays the
+    /// client's `initialize` (under an id of the sidecar's own, its answer not passed on) and
+    /// `notifications/initialized` into it, so the client's next message finds a session as
+    /// if nothing happened. Concurrent messages wait for one re-opening.
+    async fn relink(
+        self: &Arc<Self>,
+        forwarder: &Forwarder,
+        id: &str,
+        session: &Arc<Session>,
+        request: &Prepared,
+    ) -> Result<(), Handled> {
+        let _one = session.relinking.lock().await;
+        if lock(&session.pending).link != Link::Down {
+            return Ok(());
+        }
+        let failed = |message: &str| Handled::Yes(upstream_failed(request.rpc_id(), message));
+        let (post_url, chunks, parser, after) = match open_stream(forwarder).await {
+            Ok(opened) => opened,
+            Err(Opening::Failed(message)) => return Err(failed(&message)),
+            Err(Opening::Forward(e)) => return Err(Handled::Failed(e)),
+        };
+        *lock(&session.post_url) = post_url.clone();
+        let generation = self.spawn_reader(id, session, chunks, parser, after);
+        let replayed = self
+            .replay(forwarder, session, &post_url, generation, request)
+            .await;
+        if replayed.is_err()
+            && let Some(reader) = lock(&session.reader).take()
+        {
+            // Not left holding a stream: the next message opens another.
+            reader.abort();
+        }
+        replayed
+    }
+
+    /// Replays the client's `initialize` and `notifications/initialized` into the stream of
+    /// `generation`, then lets the client's messages go.
+    async fn replay(
         &self,
+        forwarder: &Forwarder,
+        session: &Arc<Session>,
+        post_url: &url::Url,
+        generation: u64,
+        request: &Prepared,
+    ) -> Result<(), Handled> {
+        let failed = |message: &str| Handled::Yes(upstream_failed(request.rpc_id(), message));
+
+        let replay_id = Value::String(format!(
+            "mcp-sidecar-reinitialize-{}",
+            crate::token::endpoint::random_token()
+        ));
+        let mut initialize: Value = serde_json::from_slice(&session.initialize)
+            .map_err(|_| failed("the session's initialize cannot be replayed"))?;
+        initialize["id"] = replay_id.clone();
+        let mut waiting = match session.expect_on(std::slice::from_ref(&replay_id), Link::Down) {
+            Ok(waiting) => waiting,
+            Err(NotWaiting::Ended) => return Err(Handled::Yes(session_gone(request.rpc_id()))),
+            Err(_) => return Err(failed("the session's initialize cannot be replayed")),
+        };
+        let _forget = Forget {
+            session,
+            entries: waiting
+                .iter()
+                .map(|(key, label, _)| (key.clone(), *label))
+                .collect(),
+        };
+        post_message(forwarder, post_url, initialize.to_string().into())
+            .await
+            .map_err(|why| match why {
+                Posted::Refused(message) => failed(&message),
+                Posted::Failed(e) => Handled::Failed(e),
+            })?;
+        let answer = match waiting.pop() {
+            Some((_, _, answer)) => tokio::time::timeout(ENDPOINT_WAIT, answer).await,
+            None => return Err(failed("the replayed initialize could not wait")),
+        };
+        match answer {
+            Ok(Ok(answer)) if answer.get("result").is_some() => {}
+            Ok(Ok(_)) => return Err(failed("the upstream refused the replayed initialize")),
+            _ => {
+                return Err(failed(
+                    "the upstream did not answer the replayed initialize",
+                ));
+            }
+        }
+        if session
+            .initialized
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            let initialized =
+                serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+            post_message(forwarder, post_url, initialized.to_string().into())
+                .await
+                .map_err(|why| match why {
+                    Posted::Refused(message) => failed(&message),
+                    Posted::Failed(e) => Handled::Failed(e),
+                })?;
+        }
+        {
+            let mut pending = lock(&session.pending);
+            match pending.link {
+                Link::Ended => return Err(Handled::Yes(session_gone(request.rpc_id()))),
+                _ if pending.lost == Some(generation) => {
+                    return Err(failed("the upstream's new SSE stream ended at once"));
+                }
+                _ => pending.link = Link::Up,
+            }
+        }
+        crate::trace::note(crate::trace::Note::SessionReinitialized);
+        tracing::info!(
+            "the upstream's SSE stream of a bridged session had ended; opened another and replayed the client's initialize"
+        );
+        Ok(())
+    }
+
+    async fn in_session(
+        self: &Arc<Self>,
         forwarder: &Forwarder,
         request: &Prepared,
         id: &str,
@@ -418,11 +540,11 @@ impl Sessions {
     /// POSTs one message, or a batch, to the session's endpoint; its requests wait for their
     /// answers on the upstream stream, which are the reply (an array for a batch).
     async fn send(
-        &self,
+        self: &Arc<Self>,
         forwarder: &Forwarder,
         request: &Prepared,
         id: &str,
-        session: &Session,
+        session: &Arc<Session>,
     ) -> Handled {
         let Ok(message) = serde_json::from_slice::<Value>(&request.body) else {
             return Handled::Yes(error(
@@ -446,19 +568,38 @@ impl Sessions {
         };
         let requests = ids_of(|_| true);
         let lists = ids_of(|method| method == "tools/list");
-        let waiting = match session.expect(&requests) {
-            Ok(waiting) => waiting,
-            Err(NotWaiting::Ended) => return Handled::Yes(session_gone(request.rpc_id())),
-            Err(NotWaiting::Duplicate(duplicate)) => {
-                return Handled::Yes(error(
-                    StatusCode::BAD_REQUEST,
-                    duplicate,
-                    Code::Refused,
-                    "mcp-sidecar: a request with this id is already waiting for its answer in this session; ids of requests in flight must differ",
-                    "duplicate_request_id",
-                ));
+        let mut relinked = false;
+        let waiting = loop {
+            match session.expect(&requests) {
+                Ok(waiting) => break waiting,
+                Err(NotWaiting::Down) if !relinked => {
+                    relinked = true;
+                    if let Err(handled) = self.relink(forwarder, id, session, request).await {
+                        return handled;
+                    }
+                }
+                Err(NotWaiting::Ended | NotWaiting::Down) => {
+                    return Handled::Yes(session_gone(request.rpc_id()));
+                }
+                Err(NotWaiting::Duplicate(duplicate)) => {
+                    return Handled::Yes(error(
+                        StatusCode::BAD_REQUEST,
+                        duplicate,
+                        Code::Refused,
+                        "mcp-sidecar: a request with this id is already waiting for its answer in this session; ids of requests in flight must differ",
+                        "duplicate_request_id",
+                    ));
+                }
             }
         };
+        if messages
+            .iter()
+            .any(|m| m.get("method").and_then(Value::as_str) == Some("notifications/initialized"))
+        {
+            session
+                .initialized
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         // However this ends (the client gone too), the entries go.
         let _forget = Forget {
             session,
@@ -474,7 +615,7 @@ impl Sessions {
         );
         let post = Prepared::new(
             Method::POST,
-            Target::Legacy(session.post_url.clone()),
+            Target::Legacy(session.post_url()),
             &headers,
             request.body.clone(),
         );
@@ -542,6 +683,125 @@ impl Sessions {
     }
 }
 
+/// Why an upstream stream could not be opened.
+enum Opening {
+    /// What the client is told (502).
+    Failed(String),
+    Forward(ForwardError),
+}
+
+type Opened = (
+    url::Url,
+    crate::upstream::Body,
+    crate::sse::Parser,
+    Vec<crate::sse::Event>,
+);
+
+/// Opens the upstream's event stream with the credential and reads it up to its `endpoint`
+/// event (only an endpoint on the upstream's own origin is used): where to POST, the stream
+/// and what it sent after that event.
+async fn open_stream(forwarder: &Forwarder) -> Result<Opened, Opening> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    let open = Prepared::new(
+        Method::GET,
+        Target::Endpoint { query: None },
+        &headers,
+        Bytes::new(),
+    );
+    let answer = match forwarder.forward(&open).await {
+        Ok(Forwarded::Answer(answer))
+            if answer.status.is_success() && crate::sse::is_event_stream(&answer.headers) =>
+        {
+            answer
+        }
+        Ok(Forwarded::Answer(answer)) => {
+            return Err(Opening::Failed(format!(
+                "the upstream's SSE stream did not open (HTTP {})",
+                answer.status.as_u16()
+            )));
+        }
+        Ok(Forwarded::Away(_) | Forwarded::Refused(_)) => {
+            return Err(Opening::Failed(
+                "the upstream's SSE stream is not available".into(),
+            ));
+        }
+        Err(e) => return Err(Opening::Forward(e)),
+    };
+    let mut chunks = answer.body;
+    let mut parser = crate::sse::Parser::new();
+    let mut read = 0usize;
+    let mut after = Vec::new();
+    let endpoint = tokio::time::timeout(ENDPOINT_WAIT, async {
+        while let Some(Ok(chunk)) = chunks.next().await {
+            read += chunk.len();
+            let mut events = parser.push(&chunk).into_iter();
+            for event in events.by_ref() {
+                if event.event.as_deref() == Some("endpoint") {
+                    after.extend(events);
+                    return Some(event.data);
+                }
+            }
+            if read > MAX_BEFORE_ENDPOINT {
+                break;
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let Some(post_url) = endpoint
+        .as_deref()
+        .and_then(|reference| forwarder.upstream().same_origin(reference.trim()))
+    else {
+        tracing::warn!("the upstream's SSE stream announced no message endpoint on its own origin");
+        return Err(Opening::Failed(
+            "the upstream's SSE stream announced no message endpoint on its own origin".into(),
+        ));
+    };
+    Ok((post_url, chunks, parser, after))
+}
+
+/// Why a message of the sidecar's own was not taken.
+enum Posted {
+    Refused(String),
+    Failed(ForwardError),
+}
+
+/// POSTs a message of the sidecar's own (a replay) to the session's endpoint.
+async fn post_message(
+    forwarder: &Forwarder,
+    post_url: &url::Url,
+    body: Bytes,
+) -> Result<(), Posted> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let post = Prepared::new(
+        Method::POST,
+        Target::Legacy(post_url.clone()),
+        &headers,
+        body,
+    );
+    match forwarder.forward(&post).await {
+        Ok(Forwarded::Answer(answer)) if answer.status.is_success() => Ok(()),
+        Ok(Forwarded::Answer(answer)) => Err(Posted::Refused(format!(
+            "the upstream refused the replayed message (HTTP {})",
+            answer.status.as_u16()
+        ))),
+        Ok(_) => Err(Posted::Refused(
+            "the upstream did not take the replayed message".into(),
+        )),
+        Err(e) => Err(Posted::Failed(e)),
+    }
+}
+
 /// Removes a request's waiting entries when its POST ends, answered or not; only its own
 /// (another request may reuse an id once this one was answered).
 struct Forget<'a> {
@@ -581,7 +841,7 @@ impl Drop for Unclaimed<'_> {
 /// them, everything else to the client's GET stream.
 async fn read_upstream<S, E>(
     sessions: Arc<Sessions>,
-    id: String,
+    (id, generation): (String, u64),
     session: Arc<Session>,
     mut chunks: S,
     mut parser: crate::sse::Parser,
@@ -620,10 +880,11 @@ async fn read_upstream<S, E>(
         deliver(event);
     }
     let mut shutdown = sessions.shutdown.clone();
-    loop {
+    // Whether the session can go on with another stream.
+    let recoverable = loop {
         let chunk = tokio::select! {
             chunk = chunks.next() => chunk,
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = shutdown.wait_for(|stop| *stop) => break false,
         };
         match chunk {
             Some(Ok(chunk)) => {
@@ -635,24 +896,28 @@ async fn read_upstream<S, E>(
                         limit = max,
                         "the upstream's SSE stream sent an event larger than MAX_BODY_BYTES; ended the bridged session"
                     );
-                    break;
+                    break false;
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %crate::secret::scrub(&e.to_string()), "the upstream's SSE stream broke off");
-                break;
+                tracing::warn!(error = %crate::secret::scrub(&e.to_string()), "the upstream's SSE stream of a bridged session broke off; the next message opens another");
+                break true;
             }
             None => {
                 tracing::info!(
-                    "the upstream's SSE stream of a bridged session ended; the client will initialize again"
+                    "the upstream's SSE stream of a bridged session ended; the next message opens another"
                 );
-                break;
+                break true;
             }
         }
-    }
-    sessions.remove(&id);
+    };
     // Not `end`: that would abort this very task before it returns.
-    session.close();
+    if recoverable {
+        session.lost_link(generation);
+    } else {
+        sessions.remove(&id);
+        session.close();
+    }
 }
 
 /// The client's GET stream of a bridged session (replacing one it opened before); it ends at

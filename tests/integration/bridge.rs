@@ -733,18 +733,91 @@ async fn a_client_that_gives_up_during_initialize_leaves_no_upstream_stream_open
     );
     let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
         "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"silent","version":"1"}}});
-    let gave_up = reqwest::Client::new()
+    let request = reqwest::Client::new()
         .post(sidecar.url("/mcp"))
         .header("content-type", "application/json")
         .body(initialize.to_string())
-        .timeout(Duration::from_millis(500))
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the silent initialize was answered");
+        .send();
+    let client = tokio::spawn(request);
+    // The client gives up once its initialize reached the upstream (the session is made).
+    let reached = poll(
+        || async {
+            mock.state
+                .requests()
+                .iter()
+                .any(|r| r.body.windows(8).any(|w| w == b"\"silent\""))
+                .then_some(())
+        },
+        |_| true,
+    )
+    .await;
+    assert!(
+        reached.is_some(),
+        "the initialize never reached the upstream"
+    );
     assert_eq!(mock.state.open_legacy_streams(), 1);
+    client.abort();
+    assert!(
+        client.await.is_err_and(|e| e.is_cancelled()),
+        "the silent initialize was answered"
+    );
     assert!(
         poll(closed, |_| true).await.is_some(),
         "the upstream stream of an unclaimed session stayed open"
     );
+    sidecar.shutdown().await;
+}
+
+/// The upstream's stream of a bridged session ends (the server restarted): the request in
+/// flight fails, and the next message, with the same session id, opens another stream into
+/// which the client's initialize and initialized notification are replayed first.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bridged_session_outlives_the_end_of_its_upstream_stream() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let bridged = Bridged::open(&sidecar).await;
+    let initialized = json!({"jsonrpc":"2.0","method":"notifications/initialized"});
+    assert_eq!(bridged.post(initialized).await.status(), 202);
+    let sent = |method: &'static str| {
+        mock.state
+            .requests()
+            .iter()
+            .filter(|r| {
+                r.query
+                    .as_deref()
+                    .is_some_and(|q| q.starts_with("sessionId="))
+                    && r.rpc_method().as_deref() == Some(method)
+            })
+            .count()
+    };
+    let (initializes, notifications) = (sent("initialize"), sent("notifications/initialized"));
+    let cut = bridged.post(call(json!(2), "end_stream", json!({}))).await;
+    assert_eq!(cut.status(), 502);
+    let closed = poll(
+        || async { (mock.state.open_legacy_streams() == 0).then_some(()) },
+        |_| true,
+    )
+    .await;
+    assert!(closed.is_some(), "the mock's stream did not end");
+
+    let response = bridged
+        .post(call(json!(3), "echo", json!({"text": "after the restart"})))
+        .await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["id"], 3);
+    assert_eq!(body["result"]["content"][0]["text"], "after the restart");
+    assert_eq!(
+        sent("initialize"),
+        initializes + 1,
+        "initialize not replayed"
+    );
+    assert_eq!(
+        sent("notifications/initialized"),
+        notifications + 1,
+        "initialized not replayed"
+    );
+    assert_eq!(mock.state.open_legacy_streams(), 1);
     sidecar.shutdown().await;
 }

@@ -1,6 +1,9 @@
 // Scenario D: an MCP session survives a restart of the upstream server.
 //
-//   node restart.mjs SIDECAR_MCP_URL UPSTREAM_PORT
+//   node restart.mjs SIDECAR_MCP_URL UPSTREAM_PORT [TRANSPORT]
+//
+// TRANSPORT is server-everything's: streamableHttp (the default) or sse, the 2024-11-05
+// transport, whose session the sidecar bridges (its upstream stream ends with the crash).
 //
 // The sidecar in front of UPSTREAM_PORT is already running (run.sh starts it). This script starts
 // server-everything there, connects the official SDK client through the sidecar, calls a tool,
@@ -14,9 +17,9 @@ import { dirname, join } from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 
-const [url, port] = process.argv.slice(2);
-if (!url || !port) {
-  console.error('usage: node restart.mjs SIDECAR_MCP_URL UPSTREAM_PORT');
+const [url, port, serverTransport = 'streamableHttp'] = process.argv.slice(2);
+if (!url || !port || !['streamableHttp', 'sse'].includes(serverTransport)) {
+  console.error('usage: node restart.mjs SIDECAR_MCP_URL UPSTREAM_PORT [streamableHttp|sse]');
   process.exit(2);
 }
 const here = dirname(fileURLToPath(import.meta.url));
@@ -33,7 +36,7 @@ const ok = (msg) => console.log(`ok   ${msg}`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 function startServer(generation) {
-  const child = spawn(process.execPath, ['--require', join(here, 'lib/loopback.cjs'), everything, 'streamableHttp'], {
+  const child = spawn(process.execPath, ['--require', join(here, 'lib/loopback.cjs'), everything, serverTransport], {
     env: { ...process.env, PORT: port },
     stdio: ['ignore', 'ignore', 'inherit'],
   });
@@ -78,7 +81,8 @@ try {
   await new Promise((r) => server.once('exit', r));
   server = startServer(2);
   await until('the new server answering', async () => {
-    await fetch(`http://127.0.0.1:${port}/mcp`);
+    // Not the sse transport's /sse: that response never ends.
+    await fetch(`http://127.0.0.1:${port}/${serverTransport === 'sse' ? 'message' : 'mcp'}`);
     return true;
   });
   ok('server-everything restarted (it knows no sessions now)');

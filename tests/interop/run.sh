@@ -445,6 +445,20 @@ scenario_d() {
   grep -q "re-initialized it transparently" "$WORK/sidecar-d.log" ||
     fail "the sidecar's log does not show the transparent re-initialization"
   note "the sidecar's log shows the transparent re-initialization"
+  # The same with server-everything's sse transport, the session bridged: the crash ends the
+  # upstream stream, and the next call opens another and replays the client's initialize.
+  se_port=$(free_port)
+  sc_port=$(free_port)
+  start_sidecar sidecar-d-sse "$sc_port" \
+    "MCP_SIDECAR_UPSTREAM_URL=http://127.0.0.1:$se_port/sse" MCP_SIDECAR_AUTH=none
+  if ! node "$HERE/restart.mjs" "http://127.0.0.1:$sc_port/mcp" "$se_port" sse >"$WORK/client-d-sse.out" 2>"$WORK/client-d-sse.log"; then
+    sed 's/^/  /' "$WORK/client-d-sse.out"
+    fail "restart.mjs through the sidecar to server-everything's sse transport"
+  fi
+  sed 's/^/  sse: /' "$WORK/client-d-sse.out"
+  grep -q "opened another and replayed the client's initialize" "$WORK/sidecar-d-sse.log" ||
+    fail "the sidecar's log does not show the bridged session's stream opened again"
+  note "a session bridged to server-everything's sse transport survives its crash and restart"
 }
 
 scenario_e() {
@@ -682,7 +696,7 @@ scenario_g_cc() {
 run_scenario A "SDK client -> sidecar (auth none) -> server-everything" scenario_a
 run_scenario B "Claude Code -> sidecar (bearer) -> demo upstream; without the token it is refused" scenario_b
 run_scenario C "readiness gate: /ready 503 until the upstream answers, then 200" scenario_c
-run_scenario D "a client session survives a crash and restart of server-everything" scenario_d
+run_scenario D "a client session survives a crash and restart of server-everything (streamableHttp, and sse bridged)" scenario_d
 run_scenario E "HTTP+SSE upstream: SDK SSE client passed through; SDK Streamable HTTP client, Claude Code --transport http and mcp-sidecar stdio bridged -> server-everything sse" scenario_e
 run_scenario E2 "legacy SSE front, bridged: SDK SSE client and MCP Inspector -> sidecar PATH/sse -> server-everything streamableHttp" scenario_e2
 run_scenario F "traces: SDK client -> sidecar -> server-everything (OTel Node SDK), one trace" scenario_f

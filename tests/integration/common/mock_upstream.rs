@@ -814,6 +814,11 @@ async fn legacy_message(
                 });
                 continue;
             }
+            // The server "restarts": this session's stream ends, unanswered.
+            Some("tools/call") if message["params"]["name"] == "end_stream" => {
+                state.sse_streams.lock().unwrap().remove(&session);
+                continue;
+            }
             // An answer of `bytes` bytes of text.
             Some("tools/call") if message["params"]["name"] == "flood" => {
                 let bytes = message["params"]["arguments"]["bytes"]
