@@ -182,7 +182,22 @@ impl Session {
     /// The upstream stream ended: the requests waiting get no answer; the client keeps its
     /// session and its GET stream.
     fn lost_link(&self, generation: u64) {
-        lock(&self.pending).lost = Some(generation);
+        {
+            let mut pending = lock(&self.pending);
+            pending.lost = Some(generation);
+            // An older stream's end says nothing about the current one.
+            if generation != pending.generation {
+                return;
+            }
+        }
+        self.fail_waiting(Link::Down);
+    }
+
+    /// Stops the current stream's reader and lets the next message open another.
+    fn drop_link(&self) {
+        if let Some(reader) = lock(&self.reader).take() {
+            reader.abort();
+        }
         self.fail_waiting(Link::Down);
     }
 
@@ -395,7 +410,9 @@ impl Sessions {
             parser,
             after,
         ));
-        *lock(&session.reader) = Some(reader.abort_handle());
+        if let Some(replaced) = lock(&session.reader).replace(reader.abort_handle()) {
+            replaced.abort();
+        }
         generation
     }
 
@@ -422,14 +439,14 @@ impl Sessions {
         };
         *lock(&session.post_url) = post_url.clone();
         let generation = self.spawn_reader(id, session, chunks, parser, after);
+        // However the replay ends short of success (an error, or this request cancelled), the
+        // new stream is not left open: the next message opens another.
+        let mut unlinked = Unlinked(Some(session));
         let replayed = self
             .replay(forwarder, session, &post_url, generation, request)
             .await;
-        if replayed.is_err()
-            && let Some(reader) = lock(&session.reader).take()
-        {
-            // Not left holding a stream: the next message opens another.
-            reader.abort();
+        if replayed.is_ok() {
+            unlinked.0 = None;
         }
         replayed
     }
@@ -622,13 +639,16 @@ impl Sessions {
         match forwarder.forward(&post).await {
             Ok(Forwarded::Answer(answer)) if answer.status.is_success() => {}
             Ok(Forwarded::Answer(answer)) if answer.status == StatusCode::NOT_FOUND => {
+                // A proxy in between may keep the old stream looking open: it is dropped, and
+                // the next message opens another and replays the client's initialize.
                 tracing::info!(
-                    "the upstream no longer knows a bridged session's message endpoint (404); ended the session, the client will initialize again"
+                    "the upstream no longer knows a bridged session's message endpoint (404); the next message opens another stream"
                 );
-                if let Some(session) = self.remove(id) {
-                    session.end();
-                }
-                return Handled::Yes(session_gone(request.rpc_id()));
+                session.drop_link();
+                return Handled::Yes(upstream_failed(
+                    request.rpc_id(),
+                    "the upstream no longer knew this session (HTTP 404 from its message endpoint), so the message did not run; send it again",
+                ));
             }
             Ok(Forwarded::Answer(answer)) => {
                 return Handled::Yes(upstream_failed(
@@ -820,6 +840,17 @@ impl Drop for Forget<'_> {
     }
 }
 
+/// Stops the reader of a re-opened stream whose replay did not succeed.
+struct Unlinked<'a>(Option<&'a Session>);
+
+impl Drop for Unlinked<'_> {
+    fn drop(&mut self) {
+        if let Some(session) = self.0 {
+            session.drop_link();
+        }
+    }
+}
+
 /// Ends a session made by an `initialize` whose client never got its id.
 struct Unclaimed<'a> {
     sessions: &'a Sessions,
@@ -851,15 +882,13 @@ async fn read_upstream<S, E>(
     E: std::fmt::Display,
 {
     let max = sessions.max_event_bytes;
+    let too_large = std::sync::atomic::AtomicBool::new(false);
     let deliver = |event: crate::sse::Event| {
         if event.event.as_deref().is_some_and(|kind| kind != "message") {
             return;
         }
         if event.data.len() > max {
-            tracing::warn!(
-                limit = max,
-                "the upstream sent an event larger than MAX_BODY_BYTES; dropped"
-            );
+            too_large.store(true, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         let Ok(mut message) = serde_json::from_str::<Value>(&event.data) else {
@@ -891,7 +920,7 @@ async fn read_upstream<S, E>(
                 for event in parser.push(&chunk) {
                     deliver(event);
                 }
-                if parser.buffered() > max {
+                if parser.buffered() > max || too_large.load(std::sync::atomic::Ordering::Relaxed) {
                     tracing::warn!(
                         limit = max,
                         "the upstream's SSE stream sent an event larger than MAX_BODY_BYTES; ended the bridged session"

@@ -490,9 +490,20 @@ impl Front {
             return None;
         }
         if tasks.len() >= MAX_TASKS {
+            if let Kind::Request { id, .. } = &kind {
+                self.emit_error(
+                    id.clone(),
+                    Code::Refused as i32,
+                    &format!(
+                        "mcp-sidecar: {MAX_TASKS} messages of this client are already being handled; this request was not sent (send it again once one is answered)"
+                    ),
+                    "too_many_requests",
+                    None,
+                );
+            }
             tracing::warn!(
                 limit = MAX_TASKS,
-                "the client sends messages faster than the upstream takes them; dropped one"
+                "the client sends messages faster than the upstream takes them; refused or dropped one"
             );
             return cancelled;
         }

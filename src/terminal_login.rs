@@ -34,6 +34,10 @@ impl Browser {
     }
 }
 
+/// How long after a failed start (discovery, the authorization server away) the login is
+/// started again.
+const RETRY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shows each device-code login the checker waits for, once. With `paste_back` running, an
 /// authorization-code login is shown there instead.
 pub async fn show_device_codes(readiness: Arc<Readiness>, browser: Browser) {
@@ -118,10 +122,14 @@ where
         }
         if is_pasted_redirect(&line) {
             // The redirect's code is single-use and bound to this process's PKCE verifier: it
-            // is of no use to anyone else, but it is still not logged.
-            let _ = pasted
-                .send(String::from_utf8_lossy(&line).into_owned())
-                .await;
+            // is of no use to anyone else, but it is still not logged. Never waited for: the
+            // messages after it must not stall behind a paste nobody asked for.
+            if pasted
+                .try_send(String::from_utf8_lossy(&line).into_owned())
+                .is_err()
+            {
+                errln!("mcp-sidecar stdio: no login is waiting for a pasted URL; ignored it");
+            }
             continue;
         }
         if messages.write_all(&line).await.is_err() {
@@ -147,11 +155,17 @@ pub async fn paste_back(
                 return;
             }
         }
+        // Pastes meant for an earlier round would fail this one's state check.
+        while pasted.try_recv().is_ok() {}
         let url = match grant.begin().await {
             Ok(url) => url,
             Err(e) => {
-                errln!("mcp-sidecar stdio: cannot start the login: {e}");
-                return;
+                errln!(
+                    "mcp-sidecar stdio: cannot start the login: {e}; trying again in {}s",
+                    RETRY.as_secs()
+                );
+                tokio::time::sleep(RETRY).await;
+                continue;
             }
         };
         errln!("mcp-sidecar stdio: to log in, open this URL in a browser:\n\n  {url}\n");

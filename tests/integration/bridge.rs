@@ -657,10 +657,11 @@ async fn an_upstream_event_over_max_body_bytes_ends_the_bridged_session() {
     sidecar.shutdown().await;
 }
 
-/// An upstream that forgot the session its stream announced (404 on the message endpoint):
-/// the session ends and the client is told to initialize again, as for a Streamable HTTP one.
+/// An upstream that forgot the session its stream announced (404 on the message endpoint; a
+/// proxy in between may keep the old stream looking open): the message is answered 502 (it did
+/// not run), and the next one gets a new stream with the client's initialize replayed.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_message_endpoint_that_answers_404_ends_the_bridged_session() {
+async fn a_message_endpoint_that_answers_404_gets_a_new_stream_for_the_next_message() {
     let mock = MockUpstream::start("t", Mode::SseTransport);
     let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
     sidecar.wait_reason("ready").await;
@@ -671,18 +672,35 @@ async fn a_message_endpoint_that_answers_404_ends_the_bridged_session() {
     let response = bridged
         .post(call(json!(2), "echo", json!({"text":"x"})))
         .await;
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 502);
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["data"]["reason"], "session_not_found");
     assert_eq!(body["id"], 2);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("did not run")),
+        "{body}"
+    );
     mock.state
         .legacy_forget
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    // The session is gone on the sidecar too: its id is not taken again.
     let response = bridged
-        .post(call(json!(3), "echo", json!({"text":"x"})))
+        .post(call(json!(3), "echo", json!({"text":"again"})))
         .await;
-    assert_eq!(response.status(), 404);
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "again");
+    // The old stream was let go: one is open, the new one.
+    let one = poll(
+        || async { (mock.state.open_legacy_streams() == 1).then_some(()) },
+        |_| true,
+    )
+    .await;
+    assert!(
+        one.is_some(),
+        "{} streams open",
+        mock.state.open_legacy_streams()
+    );
     sidecar.shutdown().await;
 }
 
@@ -819,5 +837,51 @@ async fn a_bridged_session_outlives_the_end_of_its_upstream_stream() {
         "initialized not replayed"
     );
     assert_eq!(mock.state.open_legacy_streams(), 1);
+    sidecar.shutdown().await;
+}
+
+/// A client that gives up while its message waits for the replay into a re-opened stream:
+/// the stream opened for it is let go, not left running beside the next one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_gives_up_during_the_replay_leaves_no_stream_open() {
+    let mock = MockUpstream::start("t", Mode::SseTransport);
+    let sidecar = Sidecar::start(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t")]).await;
+    sidecar.wait_reason("ready").await;
+    let bridged = std::sync::Arc::new(Bridged::open(&sidecar).await);
+    let cut = bridged.post(call(json!(2), "end_stream", json!({}))).await;
+    assert_eq!(cut.status(), 502);
+    let none_open = || async { (mock.state.open_legacy_streams() == 0).then_some(()) };
+    assert!(poll(none_open, |_| true).await.is_some());
+    mock.state
+        .legacy_silent_initialize
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let initializes = || {
+        mock.state
+            .requests()
+            .iter()
+            .filter(|r| r.rpc_method().as_deref() == Some("initialize"))
+            .count()
+    };
+    let before = initializes();
+    let waiting = tokio::spawn({
+        let bridged = bridged.clone();
+        async move {
+            bridged
+                .post(call(json!(3), "echo", json!({"text":"x"})))
+                .await
+        }
+    });
+    let replaying = poll(
+        || async { (initializes() > before).then_some(()) },
+        |_| true,
+    )
+    .await;
+    assert!(replaying.is_some(), "the initialize was not replayed");
+    assert_eq!(mock.state.open_legacy_streams(), 1);
+    waiting.abort();
+    assert!(
+        poll(none_open, |_| true).await.is_some(),
+        "the re-opened stream outlived the request that opened it"
+    );
     sidecar.shutdown().await;
 }

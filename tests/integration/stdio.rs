@@ -411,6 +411,26 @@ async fn requests_in_flight_are_bounded_and_a_cancellation_still_frees_a_place()
     drop(host);
 }
 
+/// Past 128 messages being handled a request is still answered, with an error, never left
+/// without one (here the requests share one id, so fewer than 64 are counted in flight).
+#[tokio::test]
+async fn past_the_bound_on_messages_being_handled_a_request_is_refused_not_dropped() {
+    let mock = MockUpstream::start("t0ken", Mode::Legacy);
+    let mut host = Host::spawn(&[("UPSTREAM_URL", &mock.url()), ("TOKEN", "t0ken")]);
+    host.initialize().await;
+    for _ in 0..128 {
+        host.send(&call(7, "hang", json!({}))).await;
+    }
+    host.send(&call(900, "echo", json!({"text": "one too many"})))
+        .await;
+    let refused = host.expect("the refusal", |m| m["id"] == 900).await;
+    assert_eq!(
+        refused["error"]["data"]["reason"], "too_many_requests",
+        "{refused}"
+    );
+    drop(host);
+}
+
 #[tokio::test]
 async fn an_upstream_that_is_down_fails_initialize_in_bounded_time() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -113,6 +113,8 @@ pub struct MockState {
     pub tools_list_sse: AtomicBool,
     /// HTTP+SSE mode: answer the message endpoint 404, as a server that forgot the session.
     pub legacy_forget: AtomicBool,
+    /// HTTP+SSE mode: leave every `initialize` unanswered.
+    pub legacy_silent_initialize: AtomicBool,
 }
 
 /// A 403 the mock answers: an optional `WWW-Authenticate`, a content type and a body.
@@ -253,6 +255,7 @@ impl MockUpstream {
             initialized_delay: Mutex::new(None),
             tools_list_sse: AtomicBool::new(false),
             legacy_forget: AtomicBool::new(false),
+            legacy_silent_initialize: AtomicBool::new(false),
         });
         let listener =
             std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind mock upstream");
@@ -795,7 +798,12 @@ async fn legacy_message(
         };
         let result = match message["method"].as_str() {
             // Never answered: a client that gives up waiting.
-            Some("initialize") if message["params"]["clientInfo"]["name"] == "silent" => continue,
+            Some("initialize")
+                if message["params"]["clientInfo"]["name"] == "silent"
+                    || state.legacy_silent_initialize.load(Ordering::SeqCst) =>
+            {
+                continue;
+            }
             Some("initialize") => {
                 json!({"protocolVersion": "2024-11-05", "capabilities": {}, "serverInfo": {"name": "mock-sse-transport", "version": "0.1"}})
             }
