@@ -50,8 +50,8 @@ const OUTPUT_QUEUE: usize = 256;
 /// with an error at once. Each holds an upstream request open, and the SSE bridge's clients are
 /// remote: without a bound one of them could open any number.
 const MAX_REQUESTS_IN_FLIGHT: usize = 64;
-/// Every message being handled (notifications and the client's answers too); past that the
-/// others are dropped, with a warning.
+/// Every message being handled (notifications and the client's answers too); past that a
+/// request is answered with an error as above and any other message is dropped, with a warning.
 const MAX_TASKS: usize = 2 * MAX_REQUESTS_IN_FLIGHT;
 
 static PROTOCOL_VERSION: header::HeaderName =
