@@ -462,6 +462,10 @@ impl Sessions {
         request: &Prepared,
     ) -> Result<(), Handled> {
         let failed = |message: &str| Handled::Yes(upstream_failed(request.rpc_id(), message));
+        let posted = |why: Posted| match why {
+            Posted::Refused(message) => failed(&message),
+            Posted::Failed(e) => Handled::Failed(e),
+        };
 
         let replay_id = Value::String(format!(
             "mcp-sidecar-reinitialize-{}",
@@ -475,19 +479,10 @@ impl Sessions {
             Err(NotWaiting::Ended) => return Err(Handled::Yes(session_gone(request.rpc_id()))),
             Err(_) => return Err(failed("the session's initialize cannot be replayed")),
         };
-        let _forget = Forget {
-            session,
-            entries: waiting
-                .iter()
-                .map(|(key, label, _)| (key.clone(), *label))
-                .collect(),
-        };
+        let _forget = Forget::new(session, &waiting);
         post_message(forwarder, post_url, initialize.to_string().into())
             .await
-            .map_err(|why| match why {
-                Posted::Refused(message) => failed(&message),
-                Posted::Failed(e) => Handled::Failed(e),
-            })?;
+            .map_err(posted)?;
         let answer = match waiting.pop() {
             Some((_, _, answer)) => tokio::time::timeout(ENDPOINT_WAIT, answer).await,
             None => return Err(failed("the replayed initialize could not wait")),
@@ -509,10 +504,7 @@ impl Sessions {
                 serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
             post_message(forwarder, post_url, initialized.to_string().into())
                 .await
-                .map_err(|why| match why {
-                    Posted::Refused(message) => failed(&message),
-                    Posted::Failed(e) => Handled::Failed(e),
-                })?;
+                .map_err(posted)?;
         }
         {
             let mut pending = lock(&session.pending);
@@ -618,25 +610,11 @@ impl Sessions {
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
         // However this ends (the client gone too), the entries go.
-        let _forget = Forget {
-            session,
-            entries: waiting
-                .iter()
-                .map(|(key, label, _)| (key.clone(), *label))
-                .collect(),
-        };
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let post = Prepared::new(
-            Method::POST,
-            Target::Legacy(session.post_url()),
-            &headers,
-            request.body.clone(),
-        );
-        match forwarder.forward(&post).await {
+        let _forget = Forget::new(session, &waiting);
+        match forwarder
+            .forward(&message_post(session.post_url(), request.body.clone()))
+            .await
+        {
             Ok(Forwarded::Answer(answer)) if answer.status.is_success() => {}
             Ok(Forwarded::Answer(answer)) if answer.status == StatusCode::NOT_FOUND => {
                 // A proxy in between may keep the old stream looking open: it is dropped, and
@@ -786,6 +764,16 @@ async fn open_stream(forwarder: &Forwarder) -> Result<Opened, Opening> {
     Ok((post_url, chunks, parser, after))
 }
 
+/// A POST of one message (or batch) to a session's message endpoint.
+fn message_post(post_url: url::Url, body: Bytes) -> Prepared {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Prepared::new(Method::POST, Target::Legacy(post_url), &headers, body)
+}
+
 /// Why a message of the sidecar's own was not taken.
 enum Posted {
     Refused(String),
@@ -798,18 +786,10 @@ async fn post_message(
     post_url: &url::Url,
     body: Bytes,
 ) -> Result<(), Posted> {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    let post = Prepared::new(
-        Method::POST,
-        Target::Legacy(post_url.clone()),
-        &headers,
-        body,
-    );
-    match forwarder.forward(&post).await {
+    match forwarder
+        .forward(&message_post(post_url.clone(), body))
+        .await
+    {
         Ok(Forwarded::Answer(answer)) if answer.status.is_success() => Ok(()),
         Ok(Forwarded::Answer(answer)) => Err(Posted::Refused(format!(
             "the upstream refused the replayed message (HTTP {})",
@@ -827,6 +807,18 @@ async fn post_message(
 struct Forget<'a> {
     session: &'a Session,
     entries: Vec<(String, u64)>,
+}
+
+impl<'a> Forget<'a> {
+    fn new(session: &'a Session, waiting: &[Waiting]) -> Self {
+        Self {
+            session,
+            entries: waiting
+                .iter()
+                .map(|(key, label, _)| (key.clone(), *label))
+                .collect(),
+        }
+    }
 }
 
 impl Drop for Forget<'_> {
