@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 use crate::common::mock_upstream::{MockUpstream, Mode};
-use crate::common::{DEADLINE, Sidecar, poll, read_until};
+use crate::common::{DEADLINE, Sidecar, mcp_post, poll, read_until};
 
 /// Longer than any cut, with the characters that encodings and scrubbers trip on.
 fn canary() -> String {
@@ -487,10 +487,7 @@ impl Bridged {
         let url = sidecar.url("/mcp");
         let initialize = json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
             "protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"t","version":"1"}}});
-        let response = client
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(initialize.to_string())
+        let response = mcp_post(&client, &url, initialize.to_string())
             .send()
             .await
             .unwrap();
@@ -507,11 +504,8 @@ impl Bridged {
     }
 
     async fn post(&self, body: Value) -> reqwest::Response {
-        self.client
-            .post(&self.url)
-            .header("content-type", "application/json")
+        mcp_post(&self.client, &self.url, body.to_string())
             .header("mcp-session-id", &self.session)
-            .body(body.to_string())
             .send()
             .await
             .unwrap()

@@ -939,6 +939,65 @@ async fn the_stdio_front_is_bridged_to_an_sse_transport_upstream() {
     assert!(closed.is_some(), "the upstream stream stayed open");
 }
 
+/// `mcp-sidecar stdio` run by hand: stdin a terminal, here through `script(1)`, whose output is
+/// the terminal (stdout and stderr both), with `AUTH=auth` against `idp` and a fresh STATE_DIR.
+struct Terminal {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    /// Every terminal line read so far.
+    seen: Vec<String>,
+    dir: std::path::PathBuf,
+    _state: tempfile::TempDir,
+}
+
+impl Terminal {
+    fn spawn(auth: &str, upstream: &MockUpstream, idp: &MockIdp) -> Self {
+        let state = tempfile::tempdir().unwrap();
+        let dir = state.path().join("tokens");
+        let mut child = Command::new("script")
+            .args(["-qfec", &format!("{BIN} stdio"), "/dev/null"])
+            .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
+            .env("MCP_SIDECAR_AUTH", auth)
+            .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
+            .env("MCP_SIDECAR_ISSUER", idp.url(""))
+            .env("MCP_SIDECAR_STATE_DIR", &dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script(1) runs (util-linux)");
+        let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            lines,
+            seen: Vec::new(),
+            dir,
+            _state: state,
+        }
+    }
+
+    /// The next terminal line holding `needle`, within [`DEADLINE`].
+    async fn line_with(&mut self, needle: &str) -> Option<String> {
+        tokio::time::timeout(DEADLINE, async {
+            while let Ok(Some(line)) = self.lines.next_line().await {
+                self.seen.push(line.clone());
+                if line.contains(needle) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
+    async fn kill(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
 /// Run by hand in a terminal (stdin a tty, here through `script`), a pending device login is
 /// shown on stderr with its code; approving that code is all it takes. A host's pipe gets no
 /// such line (the prompt travels in the `initialize` error instead).
@@ -946,34 +1005,11 @@ async fn the_stdio_front_is_bridged_to_an_sse_transport_upstream() {
 async fn run_by_hand_in_a_terminal_a_pending_login_is_shown_on_stderr() {
     let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
     let idp = MockIdp::start(Some(upstream.state.clone()));
-    let state = tempfile::tempdir().unwrap();
-    let dir = state.path().join("tokens");
-    let mut child = Command::new("script")
-        .args(["-qfec", &format!("{BIN} stdio"), "/dev/null"])
-        .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
-        .env("MCP_SIDECAR_AUTH", "device_code")
-        .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
-        .env("MCP_SIDECAR_ISSUER", idp.url(""))
-        .env("MCP_SIDECAR_STATE_DIR", &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("script(1) runs (util-linux)");
-    let mut terminal = BufReader::new(child.stdout.take().unwrap()).lines();
-    let prompt = tokio::time::timeout(DEADLINE, async {
-        while let Ok(Some(line)) = terminal.next_line().await {
-            if line.contains("to log in, open") {
-                return Some(line);
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .expect("the login prompt on the terminal");
+    let mut terminal = Terminal::spawn("device_code", &upstream, &idp);
+    let prompt = terminal
+        .line_with("to log in, open")
+        .await
+        .expect("the login prompt on the terminal");
     let code = prompt
         .split("enter the code ")
         .nth(1)
@@ -999,7 +1035,7 @@ async fn run_by_hand_in_a_terminal_a_pending_login_is_shown_on_stderr() {
         Some(true),
         "the approved device code was not exchanged"
     );
-    let _ = child.kill().await;
+    terminal.kill().await;
 }
 
 /// `AUTH=authorization_code` run by hand: the authorization URL is shown on the terminal, the
@@ -1009,38 +1045,9 @@ async fn run_by_hand_in_a_terminal_a_pending_login_is_shown_on_stderr() {
 async fn run_by_hand_an_authorization_code_login_takes_the_pasted_redirect() {
     let upstream = MockUpstream::start("not-issued-yet", Mode::Legacy);
     let idp = MockIdp::start(Some(upstream.state.clone()));
-    let state = tempfile::tempdir().unwrap();
-    let dir = state.path().join("tokens");
-    let mut child = Command::new("script")
-        .args(["-qfec", &format!("{BIN} stdio"), "/dev/null"])
-        .env("MCP_SIDECAR_UPSTREAM_URL", upstream.url())
-        .env("MCP_SIDECAR_AUTH", "authorization_code")
-        .env("MCP_SIDECAR_CLIENT_ID", CLIENT_ID)
-        .env("MCP_SIDECAR_ISSUER", idp.url(""))
-        .env("MCP_SIDECAR_STATE_DIR", &dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("script(1) runs (util-linux)");
-    let mut terminal = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    let mut read_until = async |needle: &str| -> Option<String> {
-        tokio::time::timeout(DEADLINE, async {
-            while let Ok(Some(line)) = terminal.next_line().await {
-                seen.push(line.clone());
-                if line.contains(needle) {
-                    return Some(line);
-                }
-            }
-            None
-        })
-        .await
-        .ok()
-        .flatten()
-    };
-    let authorize = read_until("/authorize?")
+    let mut terminal = Terminal::spawn("authorization_code", &upstream, &idp);
+    let authorize = terminal
+        .line_with("/authorize?")
         .await
         .expect("the authorization URL on the terminal")
         .trim()
@@ -1059,24 +1066,28 @@ async fn run_by_hand_an_authorization_code_login_takes_the_pasted_redirect() {
         .await
         .unwrap();
     let redirected = back.headers()["location"].to_str().unwrap().to_string();
-    let stdin = child.stdin.as_mut().unwrap();
+    let stdin = terminal.child.stdin.as_mut().unwrap();
     stdin
         .write_all(format!("{redirected}\n").as_bytes())
         .await
         .unwrap();
     stdin.flush().await.unwrap();
-    let done = read_until("logged in").await;
-    assert!(done.is_some(), "no login on the terminal: {seen:#?}");
+    let done = terminal.line_with("logged in").await;
+    assert!(
+        done.is_some(),
+        "no login on the terminal: {:#?}",
+        terminal.seen
+    );
     let exchanged = idp.state.requests.lock().unwrap().iter().any(|r| {
         r.form.get("grant_type").map(String::as_str) == Some("authorization_code")
             && r.outcome == "ok"
     });
     assert!(exchanged, "the pasted code was not exchanged");
-    let stored = std::fs::read_dir(&dir)
+    let stored = std::fs::read_dir(&terminal.dir)
         .map(|entries| entries.count())
         .unwrap_or(0);
     assert!(stored > 0, "nothing stored in STATE_DIR");
-    let _ = child.kill().await;
+    terminal.kill().await;
 }
 
 /// Spawned by a host with `AUTH=authorization_code` and no token: `initialize` says how to log
