@@ -75,8 +75,6 @@ pub struct Sessions {
 }
 
 struct Session {
-    /// Where the current upstream stream takes messages.
-    post_url: Mutex<url::Url>,
     /// The client's `initialize`, replayed when the upstream stream is opened again.
     initialize: Bytes,
     /// Whether the client sent `notifications/initialized` (replayed too).
@@ -86,12 +84,13 @@ struct Session {
     pending: Mutex<Pending>,
     /// The client's GET stream, while one is open.
     client_stream: Mutex<Option<mpsc::Sender<String>>>,
-    reader: Mutex<Option<tokio::task::AbortHandle>>,
+    /// The current stream's reader, with the stream's generation.
+    reader: Mutex<Option<(u64, tokio::task::AbortHandle)>>,
     last_used: Mutex<Instant>,
 }
 
-/// Requests waiting for their answer on the upstream stream, by JSON-RPC id (its JSON text).
-#[derive(Default)]
+/// Requests waiting for their answer on the upstream stream, by JSON-RPC id (its JSON text),
+/// and the stream they wait on.
 struct Pending {
     by_id: HashMap<String, (u64, oneshot::Sender<Value>)>,
     /// Labels each entry, so a finished request removes its own entry and never a later one
@@ -100,13 +99,28 @@ struct Pending {
     link: Link,
     /// Counts the upstream streams of the session; each reader carries its own.
     generation: u64,
+    /// Where the current stream takes messages. It changes with `generation`, under the same
+    /// lock, so a request learns both when it registers.
+    post_url: url::Url,
     /// The last stream whose end was seen.
     lost: Option<u64>,
 }
 
-#[derive(Default, Clone, Copy, PartialEq, Eq)]
+impl Pending {
+    fn new(post_url: url::Url) -> Self {
+        Self {
+            by_id: HashMap::new(),
+            next: 0,
+            link: Link::Up,
+            generation: 0,
+            post_url,
+            lost: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Link {
-    #[default]
     Up,
     /// The upstream stream ended (the server restarted, a proxy cut it): the next message
     /// opens another and replays the client's `initialize` first.
@@ -118,6 +132,15 @@ enum Link {
 /// A registered request: its key, its label, where its answer arrives.
 type Waiting = (String, u64, oneshot::Receiver<Value>);
 
+/// A message's requests registered on one upstream stream: the message goes to that stream's
+/// endpoint, never to a later one's. (A stream that ended failed the requests waiting on it; a
+/// message posted into the next stream would run there with nobody waiting for its answer.)
+struct Registered {
+    waiting: Vec<Waiting>,
+    generation: u64,
+    post_url: url::Url,
+}
+
 /// Why a request cannot wait for its answer.
 enum NotWaiting {
     Ended,
@@ -127,14 +150,14 @@ enum NotWaiting {
 }
 
 impl Session {
-    /// Registers the requests `ids` as waiting; all or none.
-    fn expect(&self, ids: &[Value]) -> Result<Vec<Waiting>, NotWaiting> {
+    /// Registers the requests `ids` as waiting on the current stream; all or none.
+    fn expect(&self, ids: &[Value]) -> Result<Registered, NotWaiting> {
         self.expect_on(ids, Link::Up)
     }
 
     /// Registers requests while the link is `link`: a replay waits while it is still down,
     /// before the client's messages may go.
-    fn expect_on(&self, ids: &[Value], link: Link) -> Result<Vec<Waiting>, NotWaiting> {
+    fn expect_on(&self, ids: &[Value], link: Link) -> Result<Registered, NotWaiting> {
         let mut pending = lock(&self.pending);
         match pending.link {
             now if now == link => {}
@@ -155,7 +178,25 @@ impl Session {
             pending.by_id.insert(key.clone(), (label, tx));
             waiting.push((key, label, rx));
         }
-        Ok(waiting)
+        Ok(Registered {
+            waiting,
+            generation: pending.generation,
+            post_url: pending.post_url.clone(),
+        })
+    }
+
+    /// A new upstream stream, taking messages at `post_url`: its generation.
+    fn next_stream(&self, post_url: url::Url) -> u64 {
+        let mut pending = lock(&self.pending);
+        pending.generation += 1;
+        pending.post_url = post_url;
+        pending.generation
+    }
+
+    /// Whether the stream of `generation` is still the one messages go to.
+    fn is_current(&self, generation: u64) -> bool {
+        let pending = lock(&self.pending);
+        pending.generation == generation && pending.link == Link::Up
     }
 
     /// Hands an answer to the request waiting for it; gives it back when none is.
@@ -193,12 +234,27 @@ impl Session {
         self.fail_waiting(Link::Down);
     }
 
-    /// Stops the current stream's reader and lets the next message open another.
-    fn drop_link(&self) {
-        if let Some(reader) = lock(&self.reader).take() {
-            reader.abort();
+    /// Stops the reader of the stream of `generation` and lets the next message open another;
+    /// nothing when a later stream has replaced it (another message has re-opened it already).
+    fn drop_link(&self, generation: u64) {
+        if lock(&self.pending).generation != generation {
+            return;
         }
-        self.fail_waiting(Link::Down);
+        {
+            let mut reader = lock(&self.reader);
+            if reader.as_ref().is_some_and(|(own, _)| *own == generation)
+                && let Some((_, reader)) = reader.take()
+            {
+                reader.abort();
+            }
+        }
+        let mut pending = lock(&self.pending);
+        if pending.generation == generation {
+            if pending.link != Link::Ended {
+                pending.link = Link::Down;
+            }
+            pending.by_id.clear();
+        }
     }
 
     fn fail_waiting(&self, link: Link) {
@@ -208,10 +264,6 @@ impl Session {
         }
         // Dropping the senders fails every waiting request.
         pending.by_id.clear();
-    }
-
-    fn post_url(&self) -> url::Url {
-        lock(&self.post_url).clone()
     }
 
     fn touch(&self) {
@@ -231,7 +283,7 @@ impl Session {
     }
 
     fn end(&self) {
-        if let Some(reader) = lock(&self.reader).take() {
+        if let Some((_, reader)) = lock(&self.reader).take() {
             reader.abort();
         }
         self.close();
@@ -354,17 +406,16 @@ impl Sessions {
         self.make_room();
         let id = crate::token::endpoint::random_token();
         let session = Arc::new(Session {
-            post_url: Mutex::new(post_url),
             initialize: request.body.clone(),
             initialized: std::sync::atomic::AtomicBool::new(false),
             relinking: tokio::sync::Mutex::new(()),
-            pending: Mutex::new(Pending::default()),
+            pending: Mutex::new(Pending::new(post_url.clone())),
             client_stream: Mutex::new(None),
             reader: Mutex::new(None),
             last_used: Mutex::new(Instant::now()),
         });
         lock(&self.open).insert(id.clone(), session.clone());
-        let _ = self.spawn_reader(&id, &session, chunks, parser, after);
+        let _ = self.spawn_reader(&id, &session, post_url, chunks, parser, after);
         tracing::info!(
             open = lock(&self.open).len(),
             "a Streamable HTTP client's session bridged to the upstream's HTTP+SSE transport"
@@ -393,15 +444,12 @@ impl Sessions {
         self: &Arc<Self>,
         id: &str,
         session: &Arc<Session>,
+        post_url: url::Url,
         chunks: crate::upstream::Body,
         parser: crate::sse::Parser,
         after: Vec<crate::sse::Event>,
     ) -> u64 {
-        let generation = {
-            let mut pending = lock(&session.pending);
-            pending.generation += 1;
-            pending.generation
-        };
+        let generation = session.next_stream(post_url);
         let reader = tokio::spawn(read_upstream(
             self.clone(),
             (id.to_string(), generation),
@@ -410,7 +458,9 @@ impl Sessions {
             parser,
             after,
         ));
-        if let Some(replaced) = lock(&session.reader).replace(reader.abort_handle()) {
+        if let Some((_, replaced)) =
+            lock(&session.reader).replace((generation, reader.abort_handle()))
+        {
             replaced.abort();
         }
         generation
@@ -437,11 +487,10 @@ impl Sessions {
             Err(Opening::Failed(message)) => return Err(failed(&message)),
             Err(Opening::Forward(e)) => return Err(Handled::Failed(e)),
         };
-        *lock(&session.post_url) = post_url.clone();
-        let generation = self.spawn_reader(id, session, chunks, parser, after);
+        let generation = self.spawn_reader(id, session, post_url.clone(), chunks, parser, after);
         // However the replay ends short of success (an error, or this request cancelled), the
         // new stream is not left open: the next message opens another.
-        let mut unlinked = Unlinked(Some(session));
+        let mut unlinked = Unlinked(Some((session, generation)));
         let replayed = self
             .replay(forwarder, session, &post_url, generation, request)
             .await;
@@ -475,7 +524,7 @@ impl Sessions {
             .map_err(|_| failed("the session's initialize cannot be replayed"))?;
         initialize["id"] = replay_id.clone();
         let mut waiting = match session.expect_on(std::slice::from_ref(&replay_id), Link::Down) {
-            Ok(waiting) => waiting,
+            Ok(registered) => registered.waiting,
             Err(NotWaiting::Ended) => return Err(Handled::Yes(session_gone(request.rpc_id()))),
             Err(_) => return Err(failed("the session's initialize cannot be replayed")),
         };
@@ -578,9 +627,13 @@ impl Sessions {
         let requests = ids_of(|_| true);
         let lists = ids_of(|method| method == "tools/list");
         let mut relinked = false;
-        let waiting = loop {
+        let Registered {
+            waiting,
+            generation,
+            post_url,
+        } = loop {
             match session.expect(&requests) {
-                Ok(waiting) => break waiting,
+                Ok(registered) => break registered,
                 Err(NotWaiting::Down) if !relinked => {
                     relinked = true;
                     if let Err(handled) = self.relink(forwarder, id, session, request).await {
@@ -611,8 +664,16 @@ impl Sessions {
         }
         // However this ends (the client gone too), the entries go.
         let _forget = Forget::new(session, &waiting);
+        if !session.is_current(generation) {
+            // Its stream ended since it registered, which failed its requests: posted now, it
+            // would run (in the stream another message re-opened) with nobody waiting.
+            return Handled::Yes(upstream_failed(
+                request.rpc_id(),
+                "the upstream's SSE stream ended before the message was sent, so it did not run; send it again",
+            ));
+        }
         match forwarder
-            .forward(&message_post(session.post_url(), request.body.clone()))
+            .forward(&message_post(post_url, request.body.clone()))
             .await
         {
             Ok(Forwarded::Answer(answer)) if answer.status.is_success() => {}
@@ -622,7 +683,7 @@ impl Sessions {
                 tracing::info!(
                     "the upstream no longer knows a bridged session's message endpoint (404); the next message opens another stream"
                 );
-                session.drop_link();
+                session.drop_link(generation);
                 return Handled::Yes(upstream_failed(
                     request.rpc_id(),
                     "the upstream no longer knew this session (HTTP 404 from its message endpoint), so the message did not run; send it again",
@@ -832,13 +893,13 @@ impl Drop for Forget<'_> {
     }
 }
 
-/// Stops the reader of a re-opened stream whose replay did not succeed.
-struct Unlinked<'a>(Option<&'a Session>);
+/// Stops the reader of a re-opened stream (of its generation) whose replay did not succeed.
+struct Unlinked<'a>(Option<(&'a Session, u64)>);
 
 impl Drop for Unlinked<'_> {
     fn drop(&mut self) {
-        if let Some(session) = self.0 {
-            session.drop_link();
+        if let Some((session, generation)) = self.0 {
+            session.drop_link(generation);
         }
     }
 }
@@ -1022,4 +1083,63 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(post_url: &url::Url) -> Session {
+        Session {
+            initialize: Bytes::new(),
+            initialized: std::sync::atomic::AtomicBool::new(false),
+            relinking: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(Pending::new(post_url.clone())),
+            client_stream: Mutex::new(None),
+            reader: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
+    /// A request registered just before its stream ended, posted after another message had
+    /// re-opened the stream: it must not run in the new stream (where nobody waits for its
+    /// answer and its client is told 502), and the old endpoint's 404 must not drop the new link.
+    #[test]
+    fn a_message_goes_to_the_stream_it_registered_on_never_to_a_later_one() {
+        let old = url::Url::parse("http://upstream.test/messages?session=old").unwrap();
+        let new = url::Url::parse("http://upstream.test/messages?session=new").unwrap();
+        let session = session(&old);
+        let first = session.next_stream(old.clone());
+
+        let Ok(mut registered) = session.expect(&[Value::from(1)]) else {
+            panic!("the link is up: the request registers");
+        };
+        assert_eq!((registered.generation, &registered.post_url), (first, &old));
+
+        // The stream ends; another message opens the next one and replays the initialize.
+        session.lost_link(first);
+        let (_, _, mut answer) = registered.waiting.pop().expect("one request registered");
+        assert!(
+            answer.try_recv().is_err(),
+            "the lost stream failed the request"
+        );
+        let second = session.next_stream(new.clone());
+        lock(&session.pending).link = Link::Up;
+
+        assert!(!session.is_current(registered.generation));
+        assert_eq!(
+            registered.post_url, old,
+            "the message keeps its own stream's endpoint"
+        );
+        session.drop_link(registered.generation);
+        assert!(
+            session.is_current(second),
+            "the old endpoint's 404 leaves the new link up"
+        );
+
+        let Ok(later) = session.expect(&[Value::from(2)]) else {
+            panic!("the new link is up");
+        };
+        assert_eq!((later.generation, later.post_url), (second, new));
+    }
 }
