@@ -454,8 +454,12 @@ scenario_arm64() {
   bash "$HERE/binary_smoke.sh" "$ARM_BIN" >"$WORK/arm64-smoke.out" 2>&1 ||
     fail "binary_smoke.sh: $(tail -n 5 "$WORK/arm64-smoke.out")"
   sed 's/^binary_smoke: /  /' "$WORK/arm64-smoke.out"
-  note "aarch64 binary size: $(stat -c %s "$ARM_BIN") bytes"
-  measured "static musl binary, aarch64 (\`stat -c %s\`)" "$(stat -c %s "$ARM_BIN") bytes"
+  local size
+  size=$(stat -c %s "$ARM_BIN")
+  note "aarch64 binary size: $size bytes"
+  measured "static musl binary, aarch64 (\`stat -c %s\`)" "$size bytes"
+  ((size <= BINARY_BUDGET)) ||
+    fail "the aarch64 binary is $size bytes, $((size - BINARY_BUDGET)) over its budget of $BINARY_BUDGET bytes (6 MiB)"
 }
 
 # ---------------------------------------------------------------------------------------------
