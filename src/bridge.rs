@@ -133,9 +133,16 @@ impl Bridges {
             .map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b })
             .collect();
         line.push(b'\n');
-        let mut input = input.lock().await;
+        // Waiting for its turn, a message may be given up (its POST cancelled) with nothing
+        // written. Once it is being written it is finished in a task of its own, even if its POST
+        // is cancelled: half a line would run into the next message and spoil both.
+        let mut input = input.lock_owned().await;
+        let write = tokio::spawn(async move { input.write_all(&line).await });
         // Fails only once the pump stopped reading (it is ending): the stream is as good as closed.
-        input.write_all(&line).await.map_err(|_| Refused::Unknown)
+        match write.await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Refused::Unknown),
+        }
     }
 }
 
@@ -163,4 +170,59 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncBufReadExt;
+
+    /// A POST given up while its message is half written (the pump reading slowly) must not
+    /// leave half a line in the pump's input: the next message would be read as its tail.
+    #[tokio::test]
+    async fn a_message_whose_post_is_cancelled_mid_write_still_arrives_whole() {
+        let bridges = Bridges::new();
+        let (input, pump_side) = tokio::io::duplex(1024);
+        lock(&bridges.open).insert("id".into(), Arc::new(tokio::sync::Mutex::new(input)));
+        let big = serde_json::json!({
+            "jsonrpc": "2.0", "method": "notifications/message", "params": {"pad": "a".repeat(64 * 1024)}
+        })
+        .to_string();
+        let small = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+
+        // Nobody reads yet: the write stalls once the pipe's 1 KiB is full, and its POST is
+        // cancelled by the timeout.
+        let posted = tokio::time::timeout(
+            Duration::from_millis(50),
+            bridges.deliver("id", big.as_bytes()),
+        )
+        .await;
+        assert!(
+            posted.is_err(),
+            "the write cannot finish while nobody reads"
+        );
+
+        let next = {
+            let bridges = bridges.clone();
+            tokio::spawn(async move { bridges.deliver("id", small.as_bytes()).await })
+        };
+        let mut lines = BufReader::new(pump_side).lines();
+        let mut line = async || {
+            tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("a line within 10 s")
+                .unwrap()
+                .expect("a line before the end")
+        };
+        let first = line().await;
+        let second = line().await;
+        assert_eq!(
+            first.len(),
+            big.len(),
+            "the first line is the whole cancelled message"
+        );
+        assert_eq!(first, big);
+        assert_eq!(second, small);
+        assert_eq!(next.await.unwrap(), Ok(()));
+    }
 }
