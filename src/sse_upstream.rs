@@ -150,6 +150,20 @@ enum NotWaiting {
 }
 
 impl Session {
+    /// A session made by the client's `initialize`, its first stream taking messages at
+    /// `post_url`.
+    fn new(initialize: Bytes, post_url: url::Url) -> Self {
+        Self {
+            initialize,
+            initialized: std::sync::atomic::AtomicBool::new(false),
+            relinking: tokio::sync::Mutex::new(()),
+            pending: Mutex::new(Pending::new(post_url)),
+            client_stream: Mutex::new(None),
+            reader: Mutex::new(None),
+            last_used: Mutex::new(Instant::now()),
+        }
+    }
+
     /// Registers the requests `ids` as waiting on the current stream; all or none.
     fn expect(&self, ids: &[Value]) -> Result<Registered, NotWaiting> {
         self.expect_on(ids, Link::Up)
@@ -405,15 +419,7 @@ impl Sessions {
         };
         self.make_room();
         let id = crate::token::endpoint::random_token();
-        let session = Arc::new(Session {
-            initialize: request.body.clone(),
-            initialized: std::sync::atomic::AtomicBool::new(false),
-            relinking: tokio::sync::Mutex::new(()),
-            pending: Mutex::new(Pending::new(post_url.clone())),
-            client_stream: Mutex::new(None),
-            reader: Mutex::new(None),
-            last_used: Mutex::new(Instant::now()),
-        });
+        let session = Arc::new(Session::new(request.body.clone(), post_url.clone()));
         lock(&self.open).insert(id.clone(), session.clone());
         let _ = self.spawn_reader(&id, &session, post_url, chunks, parser, after);
         tracing::info!(
@@ -1089,18 +1095,6 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn session(post_url: &url::Url) -> Session {
-        Session {
-            initialize: Bytes::new(),
-            initialized: std::sync::atomic::AtomicBool::new(false),
-            relinking: tokio::sync::Mutex::new(()),
-            pending: Mutex::new(Pending::new(post_url.clone())),
-            client_stream: Mutex::new(None),
-            reader: Mutex::new(None),
-            last_used: Mutex::new(Instant::now()),
-        }
-    }
-
     /// A request registered just before its stream ended, posted after another message had
     /// re-opened the stream: it must not run in the new stream (where nobody waits for its
     /// answer and its client is told 502), and the old endpoint's 404 must not drop the new link.
@@ -1108,7 +1102,7 @@ mod tests {
     fn a_message_goes_to_the_stream_it_registered_on_never_to_a_later_one() {
         let old = url::Url::parse("http://upstream.test/messages?session=old").unwrap();
         let new = url::Url::parse("http://upstream.test/messages?session=new").unwrap();
-        let session = session(&old);
+        let session = Session::new(Bytes::new(), old.clone());
         let first = session.next_stream(old.clone());
 
         let Ok(mut registered) = session.expect(&[Value::from(1)]) else {
