@@ -512,6 +512,18 @@ impl Bridged {
     }
 }
 
+/// Whether a request whose body holds `needle` reaches the upstream before the poll gives up.
+async fn reached_upstream(mock: &MockUpstream, needle: &[u8]) -> bool {
+    let seen = || async {
+        mock.state
+            .requests()
+            .iter()
+            .any(|r| r.body.windows(needle.len()).any(|w| w == needle))
+            .then_some(())
+    };
+    poll(seen, |_| true).await.is_some()
+}
+
 fn call(id: Value, name: &str, arguments: Value) -> Value {
     json!({"jsonrpc":"2.0","id":id,"method":"tools/call","params":{"name":name,"arguments":arguments}})
 }
@@ -581,19 +593,8 @@ async fn a_bridged_session_refuses_a_second_request_with_an_id_in_flight() {
         let bridged = bridged.clone();
         async move { bridged.post(call(json!(7), "gated", json!({}))).await }
     });
-    let posted = poll(
-        || async {
-            mock.state
-                .requests()
-                .iter()
-                .any(|r| r.body.windows(7).any(|w| w == b"\"gated\""))
-                .then_some(())
-        },
-        |_| true,
-    )
-    .await;
     assert!(
-        posted.is_some(),
+        reached_upstream(&mock, b"\"gated\"").await,
         "the gated call never reached the upstream"
     );
     let second = bridged
@@ -752,19 +753,8 @@ async fn a_client_that_gives_up_during_initialize_leaves_no_upstream_stream_open
         .send();
     let client = tokio::spawn(request);
     // The client gives up once its initialize reached the upstream (the session is made).
-    let reached = poll(
-        || async {
-            mock.state
-                .requests()
-                .iter()
-                .any(|r| r.body.windows(8).any(|w| w == b"\"silent\""))
-                .then_some(())
-        },
-        |_| true,
-    )
-    .await;
     assert!(
-        reached.is_some(),
+        reached_upstream(&mock, b"\"silent\"").await,
         "the initialize never reached the upstream"
     );
     assert_eq!(mock.state.open_legacy_streams(), 1);
