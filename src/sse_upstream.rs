@@ -107,6 +107,15 @@ struct Pending {
 }
 
 impl Pending {
+    /// Fails every waiting request (dropping the senders does) and sets the link, unless the
+    /// session has ended.
+    fn fail_all(&mut self, link: Link) {
+        if self.link != Link::Ended {
+            self.link = link;
+        }
+        self.by_id.clear();
+    }
+
     fn new(post_url: url::Url) -> Self {
         Self {
             by_id: HashMap::new(),
@@ -237,47 +246,35 @@ impl Session {
     /// The upstream stream ended: the requests waiting get no answer; the client keeps its
     /// session and its GET stream.
     fn lost_link(&self, generation: u64) {
-        {
-            let mut pending = lock(&self.pending);
-            pending.lost = Some(generation);
-            // An older stream's end says nothing about the current one.
-            if generation != pending.generation {
-                return;
-            }
+        let mut pending = lock(&self.pending);
+        pending.lost = Some(generation);
+        // An older stream's end says nothing about the current one.
+        if generation == pending.generation {
+            pending.fail_all(Link::Down);
         }
-        self.fail_waiting(Link::Down);
     }
 
     /// Stops the reader of the stream of `generation` and lets the next message open another;
     /// nothing when a later stream has replaced it (another message has re-opened it already).
     fn drop_link(&self, generation: u64) {
-        if lock(&self.pending).generation != generation {
-            return;
-        }
         {
-            let mut reader = lock(&self.reader);
-            if reader.as_ref().is_some_and(|(own, _)| *own == generation)
-                && let Some((_, reader)) = reader.take()
-            {
-                reader.abort();
+            let mut pending = lock(&self.pending);
+            if pending.generation != generation {
+                return;
             }
+            pending.fail_all(Link::Down);
         }
-        let mut pending = lock(&self.pending);
-        if pending.generation == generation {
-            if pending.link != Link::Ended {
-                pending.link = Link::Down;
-            }
-            pending.by_id.clear();
+        // A relink may have replaced the reader since: only this stream's own is stopped.
+        let mut reader = lock(&self.reader);
+        if reader.as_ref().is_some_and(|(own, _)| *own == generation)
+            && let Some((_, reader)) = reader.take()
+        {
+            reader.abort();
         }
     }
 
     fn fail_waiting(&self, link: Link) {
-        let mut pending = lock(&self.pending);
-        if pending.link != Link::Ended {
-            pending.link = link;
-        }
-        // Dropping the senders fails every waiting request.
-        pending.by_id.clear();
+        lock(&self.pending).fail_all(link);
     }
 
     fn touch(&self) {
